@@ -1,0 +1,146 @@
+"""The `llgbm` Typer root: global options, error handling, command-group registration.
+
+Global options (``--project/-p``, ``-v/--verbose``, ``--quiet``, ``--json``) are declared here
+once and may be written anywhere on the command line (``llgbm merge ... --json`` works): they
+are hoisted in front of the subcommand before parsing. Command modules are thin and import
+their services (and torch) lazily, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from .errors import EXIT_FAILED, LlgbmError
+
+# Flags that belong to the root, wherever they appear; value-taking ones listed separately.
+_GLOBAL_FLAGS = {"-v", "--verbose", "--quiet", "-q", "--json"}
+_GLOBAL_VALUE = {"--project", "-p"}
+
+
+def hoist_globals(args: list[str]) -> list[str]:
+    """Move global options to the front so they parse at the root, whatever their position."""
+    front, rest = [], []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i:])
+            break
+        if a in _GLOBAL_FLAGS:
+            front.append(a)
+        elif a in _GLOBAL_VALUE and i + 1 < len(args):
+            front.extend([a, args[i + 1]])
+            i += 1
+        elif a.startswith("--project="):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+class LlgbmGroup(TyperGroup):
+    """Root group: hoists global flags and turns LlgbmError into one line + exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_globals(list(args)))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LlgbmError as e:
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            if state is not None and state.verbose:
+                raise
+            _print_error(e.message, e.hint)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit):
+            raise
+        except KeyboardInterrupt:
+            _print_error("interrupted; finished work was kept")
+            ctx.exit(130)
+        except Exception as e:  # an internal error: one line, traceback with -v
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            if state is not None and state.verbose:
+                raise
+            _print_error(f"internal error: {type(e).__name__}: {e}", "run again with -v for the traceback")
+            ctx.exit(EXIT_FAILED)
+
+
+def _print_error(message: str, hint: Optional[str] = None) -> None:
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+
+
+class State:
+    """Global options, shared by every command through ``ctx.obj``."""
+
+    def __init__(self, project: Optional[str], verbose: bool, quiet: bool, json_out: bool):
+        self.project = project
+        self.verbose = verbose
+        self.quiet = quiet
+        self.json = json_out
+
+    def load_config(self, overrides: Optional[dict[str, Any]] = None):
+        from .config import load_config
+
+        return load_config(self.project, overrides, explicit=self.project is not None)
+
+
+app = typer.Typer(
+    cls=LlgbmGroup,
+    name="llgbm",
+    help="LoRA generators with behavioral matching: zoo, delta cache, training, index, retrieval, merging, eval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    project: Optional[str] = typer.Option(
+        None, "--project", "-p", help="Project file (default: ./llgbm.toml; built-in defaults when absent)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and full tracebacks."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or informational logs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+) -> None:
+    """llgbm: train and evaluate LoRA generators that match teacher behaviour, not only weights."""
+    ctx.obj = State(project, verbose, quiet, json_out)
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet or json_out else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _register() -> None:
+    from .commands import register_all
+
+    register_all(app)
+
+
+_register()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point."""
+    app(args=argv, prog_name="llgbm")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

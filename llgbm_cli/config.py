@@ -1,0 +1,509 @@
+"""Typed project configuration read from ``llgbm.toml``.
+
+Every section is a pydantic model with ``extra="forbid"``; each field carries its help text
+(used to generate docs/config.md). Defaults are the original plans' values; the shipped
+``llgbm.toml`` is the CPU-sized profile of the built-in world, so a plan value is always one
+key away. Validation runs once and reports every problem as ``section.key: message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+DEFAULT_PROJECT_FILE = "llgbm.toml"
+DEFAULT_TASKS = ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class ProjectSection(Section):
+    name: str = Field("llgbm-project", description="A name for the project, recorded in provenance.")
+    workdir: str = Field(
+        "runs",
+        description="Folder where every output goes (relative paths are relative to the project file).",
+    )
+    seed: int = Field(0, description="Global seed; every command is deterministic given it.")
+
+
+class ModelSection(Section):
+    base: str = Field(
+        "smollm2-135m-instruct",
+        description="Base causal LM: a built-in name (`smollm2-135m-instruct`, `tiny-llama`), a local "
+        "Hugging Face folder, or a hub id where a hub is reachable.",
+    )
+    encoder: str = Field(
+        "minilm-l6",
+        description="Frozen condition encoder: built-in `minilm-l6` or a local Hugging Face folder.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for the base model (`auto`: bfloat16 on CUDA, float32 on CPU)."
+    )
+    device: str = Field("auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`.")
+
+
+class LoraSection(Section):
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r of teachers and generated adapters.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout used while training teachers.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="Names of the base model's nn.Linear modules that carry LoRA.",
+    )
+    last_layers: Optional[int] = Field(
+        None, ge=1, description="Restrict LoRA to the last L transformer layers (None: all layers)."
+    )
+
+
+class DataSection(Section):
+    datasets: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TASKS),
+        description="Datasets of the shipped pack this project uses (see `llgbm data list`).",
+    )
+    max_length: int = Field(256, ge=16, description="Truncate training sequences to this many tokens.")
+    test_sample: int = Field(200, ge=1, description="Held-out questions scored per task (seeded sample).")
+    chat_template: bool = Field(
+        True, description="Wrap prompts in the tokenizer's chat template when it has one."
+    )
+
+
+class ZooSection(Section):
+    path: str = Field("zoo", description="Zoo folder (relative to workdir) holding adapters and zoo.jsonl.")
+    tasks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TASKS), description="One teacher trajectory per task."
+    )
+    steps: int = Field(200, ge=1, description="Optimizer steps per teacher.")
+    warmup_steps: int = Field(100, ge=0, description="Steps before the first kept checkpoint.")
+    checkpoints: int = Field(5, ge=1, description="Checkpoints kept per teacher after warm-up (DnD used 50).")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate for teachers.")
+    batch_size: int = Field(8, ge=1, description="Training batch size for teachers.")
+    condition_prompts: int = Field(
+        64, ge=1, description="Unlabeled prompts from the task's train split stored with each adapter."
+    )
+
+
+class ProbesSection(Section):
+    source: str = Field(
+        "generic",
+        description="Built-in probe set name (`generic`, or `task:<dataset>`) or a .txt/.jsonl file path.",
+    )
+    count: Optional[int] = Field(None, ge=1, description="Use only the first N probes (None: all).")
+    chat_template: bool = Field(True, description="Apply the tokenizer's chat template to probes.")
+    max_length: int = Field(128, ge=4, description="Truncate each probe to this many tokens.")
+
+
+class DeltaSection(Section):
+    layers: list[int] = Field(
+        default_factory=lambda: [-1],
+        min_length=1,
+        description="Hidden-state layers to read (negative counts from the end; several are concatenated).",
+    )
+    pool: Literal["last_token", "mean"] = Field("last_token", description="Pooling over each probe's tokens.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Compute dtype for delta forwards (the cache is always float32)."
+    )
+    adapters_per_batch: int = Field(8, ge=1, description="How many adapters share one forward pass.")
+    cache: str = Field("deltas", description="Cache folder (relative to workdir).")
+
+
+class MultitaskSection(Section):
+    generator: str = Field("hyperconv", description="Generator name (`hyperconv`, `hypernet`).")
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(4, ge=1, description="Adapters per step for the weight loss.")
+    delta_batch_size: int = Field(2, ge=0, description="Adapters per step that also get the delta loss.")
+    total_steps: int = Field(5000, ge=1, description="Optimizer steps.")
+    warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="LR decay after warm-up.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    lambda_delta: float = Field(1.0, ge=0, description="Maximum weight λ of the delta loss.")
+    lambda_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="λ schedule over lambda_warmup_steps (constant: 0 during warm-up, then λ)."
+    )
+    lambda_warmup_steps: int = Field(500, ge=0, description="Steps over which λ ramps to lambda_delta.")
+    delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
+    delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
+    weight_loss: Literal["tokens", "delta_w"] = Field(
+        "tokens", description="Weight loss: masked MSE on normalized tokens (DnD) or MSE on ΔW = B·A."
+    )
+    condition: Literal["prompts", "description"] = Field(
+        "prompts", description="Condition text: sampled task prompts (DnD) or a task description (T2L)."
+    )
+    condition_prompts: int = Field(8, ge=1, description="Prompts sampled per adapter per step.")
+    max_text_length: int = Field(512, ge=8, description="Condition text truncation (encoder tokens).")
+    log_interval: int = Field(10, ge=1, description="Steps between metric logs.")
+    save_interval: int = Field(500, ge=1, description="Steps between checkpoints.")
+    eval_interval: int = Field(100, ge=1, description="Steps between held-out evaluations.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision.")
+    holdout_tasks: list[str] = Field(default_factory=list, description="Tasks whose adapters are not trained on.")
+    generator_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the chosen generator (sizes, depth)."
+    )
+
+
+class DeltaOnlySection(Section):
+    variant: Literal["b1", "b2"] = Field("b1", description="b1: generator on delta only; b2: delta predictor.")
+    generator: str = Field("hyperconv", description="Generator for B1.")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (B1).")
+    epochs: int = Field(10, ge=1, description="Epochs over the zoo (B1).")
+    batch_size: int = Field(4, ge=1, description="Adapters per step (B1).")
+    delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
+    delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
+    lora_norm_weight: float = Field(0.01, ge=0, description="Weight of the LoRA norm penalty.")
+    lora_variance_weight: float = Field(
+        0.001, ge=0, description="Weight of the negative-variance term (rewards spread, against collapse)."
+    )
+    logit_kl_weight: float = Field(0.0, ge=0, description="Weight of the KL tether on probe logits.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    log_interval: int = Field(10, ge=1, description="Steps between metric logs.")
+    save_interval: int = Field(500, ge=1, description="Steps between checkpoints.")
+    holdout_tasks: list[str] = Field(default_factory=list, description="Tasks left out of training.")
+    generator_options: dict[str, Any] = Field(default_factory=dict, description="Generator keyword arguments.")
+    predictor_hidden: int = Field(2048, ge=1, description="DeltaPredictor MLP hidden width (3 linear layers, GELU).")
+    predictor_dropout: float = Field(0.1, ge=0, lt=1, description="DeltaPredictor dropout.")
+    predictor_learning_rate: float = Field(1e-3, gt=0, description="DeltaPredictor learning rate (B2).")
+    predictor_epochs: int = Field(200, ge=1, description="DeltaPredictor epochs (B2).")
+    predictor_loss: Literal["mse", "cosine"] = Field("mse", description="DeltaPredictor loss (B2).")
+
+
+class TrainSection(Section):
+    multitask: MultitaskSection = Field(default_factory=MultitaskSection)
+    delta_only: DeltaOnlySection = Field(default_factory=DeltaOnlySection)
+
+
+class IndexSection(Section):
+    kind: str = Field("flat", description="FAISS index kind: `flat` (exact), `hnsw`, `ivf`.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Build/search on a GPU when `cuda` and one is present.")
+    hnsw_m: int = Field(32, ge=2, description="HNSW graph degree M.")
+    hnsw_ef_construction: int = Field(200, ge=1, description="HNSW efConstruction.")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW efSearch.")
+    ivf_nlist: int = Field(100, ge=1, description="IVF number of lists.")
+    ivf_nprobe: int = Field(10, ge=1, description="IVF lists probed per query.")
+    path: str = Field("index", description="Index folder (relative to workdir).")
+
+
+class RetrieveSection(Section):
+    top_k: int = Field(3, ge=1, description="Adapters returned per query.")
+    merge_strategy: str = Field("ties", description="Strategy used by `retrieve --merge` when none is named.")
+
+
+class MergeSection(Section):
+    strategy: str = Field("linear", description="Merge strategy name (see `llgbm merge --list`).")
+    space: Literal["delta", "factors"] = Field(
+        "delta", description="`delta`: merge ΔW=B·A then SVD to rank; `factors`: merge A and B separately."
+    )
+    density: float = Field(0.5, gt=0, le=1, description="TIES density (share of entries kept).")
+    drop_rate: float = Field(0.9, gt=0, le=1, description="DARE drop rate.")
+    rank: Optional[int] = Field(None, ge=1, description="Output rank (None: the inputs' rank).")
+    seed: int = Field(0, description="Seed for DARE masks.")
+    device: str = Field("cpu", description="`cpu` or `cuda`.")
+
+
+class EvalSection(Section):
+    methods: list[str] = Field(
+        default_factory=lambda: ["base", "teacher", "mean-delta", "multitask", "b1", "b2"],
+        description="Methods to compare (base, teacher, mean-delta, multitask, b1, b2, merge:<strategy>, or a folder).",
+    )
+    tasks: list[str] = Field(default_factory=list, description="Held-out tasks (empty: every zoo task).")
+    test_sample: int = Field(200, ge=1, description="Questions scored per task.")
+    strict: bool = Field(False, description="Exit 1 when an acceptance check fails.")
+
+
+class AblationSection(Section):
+    lambda_delta: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0, 2.0], description="λ values.")
+    delta_loss_type: list[str] = Field(default_factory=lambda: ["mse", "cosine", "combined"], description="Loss types.")
+    probe_count: list[int] = Field(default_factory=lambda: [3, 5, 10], description="Probe counts.")
+    lambda_schedule: list[str] = Field(
+        default_factory=lambda: ["constant", "linear", "cosine"], description="λ schedules."
+    )
+    interaction_lambda: list[float] = Field(default_factory=lambda: [0.1, 1.0], description="λ of the interaction grid.")
+    interaction_loss: list[str] = Field(default_factory=lambda: ["mse", "cosine"], description="Loss types of the interaction grid.")
+    total_steps: Optional[int] = Field(None, ge=1, description="Override train steps per cell (None: the train section's).")
+
+
+class LlgbmConfig(Section):
+    project: ProjectSection = Field(default_factory=ProjectSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    zoo: ZooSection = Field(default_factory=ZooSection)
+    probes: ProbesSection = Field(default_factory=ProbesSection)
+    delta: DeltaSection = Field(default_factory=DeltaSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    index: IndexSection = Field(default_factory=IndexSection)
+    retrieve: RetrieveSection = Field(default_factory=RetrieveSection)
+    merge: MergeSection = Field(default_factory=MergeSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    ablation: AblationSection = Field(default_factory=AblationSection)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ResolvedConfig:
+    """The validated config plus where it came from."""
+
+    config: LlgbmConfig
+    path: Optional[Path]  # None when no project file exists and defaults are used
+    root: Path  # folder that relative paths in the config are resolved against
+    sources: dict[str, str] = field(default_factory=dict)  # dotted key -> default | file | flag
+
+    @property
+    def workdir(self) -> Path:
+        return (self.root / self.config.project.workdir).resolve()
+
+    def resolve_path(self, p: str | Path, base: Optional[Path] = None) -> Path:
+        """Resolve a config path: absolute stays, relative is taken from ``base`` (default workdir)."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else ((base or self.workdir) / p).resolve()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+
+def _leaf_keys(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model_cls.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_leaf_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def all_keys() -> list[str]:
+    """Every dotted config key, e.g. ``train.multitask.lambda_delta``."""
+    return _leaf_keys(LlgbmConfig)
+
+
+def _model_at(loc: tuple) -> Optional[type[BaseModel]]:
+    cls: type[BaseModel] = LlgbmConfig
+    for part in loc:
+        f = cls.model_fields.get(str(part))
+        if f is None:
+            return None
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            return None
+    return cls
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(str(x) for x in e["loc"])
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            names = list(parent.model_fields) if parent else []
+            guess = difflib.get_close_matches(loc[-1], names, n=1)
+            hint = f" (did you mean `{'.'.join(loc[:-1] + (guess[0],))}`?)" if guess else ""
+            valid = f"; valid keys: {', '.join(names)}" if names and not guess else ""
+            problems.append(f"{key}: unknown key{hint}{valid}")
+        else:
+            msg = e["msg"]
+            if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+            problems.append(f"{key}: {msg}")
+    return problems
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not k.endswith("generator_options"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (value in TOML syntax, bare strings allowed)."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text}: expected section.key=value"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"file not found; create one (see docs/config.md) or pass --project PATH"], source=str(path))
+    except OSError as e:
+        raise ConfigError([f"cannot read: {e.strerror}"], source=str(path))
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax error: {e}"], source=str(path))
+
+
+def load_config(
+    path: Optional[str | Path] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    *,
+    explicit: bool = False,
+) -> ResolvedConfig:
+    """Read, merge flag overrides, validate once; raise ConfigError listing every problem.
+
+    ``path`` None means ``./llgbm.toml``; when that default file is absent and ``explicit`` is
+    False the built-in defaults are used. ``overrides`` maps dotted keys to values (flags win).
+    Overrides whose value is None are ignored (an unset flag).
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    p = Path(path) if path is not None else Path(DEFAULT_PROJECT_FILE)
+    raw: dict[str, Any] = {}
+    used_path: Optional[Path] = None
+    if p.exists() or explicit or path is not None:
+        raw = read_toml(p)
+        used_path = p.resolve()
+    file_keys = set(_flatten(raw))
+    data = _deep_copy(raw)
+    known = set(all_keys())
+    bad_flags = []
+    for k, v in overrides.items():
+        if k not in known and not k.split(".")[-1] == "generator_options" and ".generator_options." not in k:
+            guess = difflib.get_close_matches(k, sorted(known), n=1)
+            bad_flags.append(f"{k}: unknown key" + (f" (did you mean `{guess[0]}`?)" if guess else ""))
+            continue
+        _set_dotted(data, k, v)
+    problems = list(bad_flags)
+    cfg = None
+    try:
+        cfg = LlgbmConfig.model_validate(data)
+    except ValidationError as e:
+        problems.extend(_format_errors(e))
+    problems.extend(_dataset_checks(data))
+    if cfg is not None:
+        problems.extend(_semantic_checks(cfg))
+    if problems:
+        raise ConfigError(problems, source=str(used_path or p))
+    sources = {}
+    for k in all_keys():
+        if k in overrides:
+            sources[k] = "flag"
+        elif k in file_keys:
+            sources[k] = "file"
+        else:
+            sources[k] = "default"
+    root = used_path.parent if used_path else Path.cwd().resolve()
+    return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources)
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def _dataset_checks(data: dict) -> list[str]:
+    """Dataset names are checked on the raw values, so they are reported with type errors too."""
+    from .data import list_datasets  # light: no torch
+
+    problems = []
+    valid = list_datasets()
+    for key in ("data.datasets", "zoo.tasks"):
+        sec, name = key.split(".")
+        names = (data.get(sec) or {}).get(name) if isinstance(data.get(sec), dict) else None
+        if not isinstance(names, list):
+            continue
+        for n in names:
+            if isinstance(n, str) and n not in valid:
+                guess = difflib.get_close_matches(n, valid, n=1)
+                problems.append(
+                    f"{key}: unknown dataset {n!r}"
+                    + (f" (did you mean {guess[0]!r}?)" if guess else "")
+                    + f"; valid: {', '.join(valid)}"
+                )
+    return problems
+
+
+def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
+    """Cross-field checks that pydantic field constraints cannot express."""
+    problems = []
+    mt = cfg.train.multitask
+    if mt.delta_batch_size > mt.batch_size:
+        problems.append(
+            f"train.multitask.delta_batch_size: {mt.delta_batch_size} exceeds batch_size {mt.batch_size}; "
+            "lower it or raise batch_size"
+        )
+    if mt.warmup_steps >= mt.total_steps:
+        problems.append(
+            f"train.multitask.warmup_steps: {mt.warmup_steps} must be below total_steps {mt.total_steps}"
+        )
+    if cfg.zoo.warmup_steps >= cfg.zoo.steps:
+        problems.append(f"zoo.warmup_steps: {cfg.zoo.warmup_steps} must be below zoo.steps {cfg.zoo.steps}")
+    return problems
+
+
+def describe_schema() -> list[dict[str, Any]]:
+    """Rows (key, type, default, help) for docs/config.md."""
+    rows = []
+
+    def walk(cls: type[BaseModel], prefix: str):
+        for name, f in cls.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.get_default(call_default_factory=True)
+            rows.append(
+                {
+                    "key": f"{prefix}{name}",
+                    "type": _type_name(ann),
+                    "default": default,
+                    "help": f.description or "",
+                }
+            )
+
+    walk(LlgbmConfig, "")
+    return rows
+
+
+def _type_name(ann: Any) -> str:
+    s = str(ann).replace("typing.", "")
+    if isinstance(ann, type):
+        s = ann.__name__
+    return s

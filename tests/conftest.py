@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny random Llama (2 layers, hidden 32) and a CLI runner.
+
+The tiny model is the built-in `tiny-llama` (seeded, SmolLM2's tokenizer); the real built-in
+models are used by tests marked `slow`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of the tiny random Llama; do not mutate the model (use tiny_model_copy)."""
+    from llgbm_cli.models import load_base_model
+
+    return load_base_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture
+def tiny_model_copy(tiny):
+    return copy.deepcopy(tiny[0])
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from llgbm_cli.models import load_base_model
+
+    return load_base_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture
+def cli():
+    """Invoke the llgbm app in-process: cli(args...) -> click Result (stdout and stderr separate)."""
+    from typer.testing import CliRunner
+
+    from llgbm_cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, **kw):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
+
+    return invoke
+
+
+TINY_TOML = """
+[project]
+workdir = "runs"
+seed = 0
+
+[model]
+base = "tiny-llama"
+device = "cpu"
+
+[lora]
+rank = 4
+alpha = 8.0
+target_modules = ["q_proj", "v_proj"]
+
+[data]
+datasets = ["arc-easy", "boolq"]
+test_sample = 8
+
+[zoo]
+tasks = ["arc-easy", "boolq"]
+steps = 6
+warmup_steps = 2
+checkpoints = 2
+batch_size = 2
+
+[probes]
+source = "generic"
+count = 4
+
+[delta]
+adapters_per_batch = 4
+"""
+
+
+@pytest.fixture
+def tiny_project(tmp_path):
+    """A project folder whose llgbm.toml configures the tiny world; returns its path."""
+    p = tmp_path / "llgbm.toml"
+    p.write_text(TINY_TOML)
+    return p
