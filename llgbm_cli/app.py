@@ -13,7 +13,6 @@ import os
 import sys
 from typing import Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -49,10 +48,10 @@ def hoist_globals(args: list[str]) -> list[str]:
 class LlgbmGroup(TyperGroup):
     """Root group: hoists global flags and turns LlgbmError into one line + exit code."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_globals(list(args)))
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx) -> Any:
         try:
             return super().invoke(ctx)
         except LlgbmError as e:
@@ -61,12 +60,12 @@ class LlgbmGroup(TyperGroup):
                 raise
             _print_error(e.message, e.hint)
             ctx.exit(e.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit):
-            raise
         except KeyboardInterrupt:
             _print_error("interrupted; finished work was kept")
             ctx.exit(130)
         except Exception as e:  # an internal error: one line, traceback with -v
+            if _is_cli_control(e):  # exit, abort, usage errors: the CLI framework handles them
+                raise
             state = ctx.obj if isinstance(ctx.obj, State) else None
             if state is not None and state.verbose:
                 raise
@@ -74,10 +73,16 @@ class LlgbmGroup(TyperGroup):
             ctx.exit(EXIT_FAILED)
 
 
+def _is_cli_control(e: BaseException) -> bool:
+    # Typer may use click or its own vendored copy: recognise their exceptions by module.
+    return any(c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
+
+
 def _print_error(message: str, hint: Optional[str] = None) -> None:
-    click.echo(f"error: {message}", err=True)
+    sys.stderr.write(f"error: {message}\n")
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        sys.stderr.write(f"hint: {hint}\n")
+    sys.stderr.flush()
 
 
 class State:
