@@ -83,6 +83,9 @@ class DataSection(Section):
     chat_template: bool = Field(
         True, description="Wrap prompts in the tokenizer's chat template when it has one."
     )
+    score_batch_size: int = Field(
+        16, ge=1, description="Questions per forward pass when scoring multiple-choice tasks."
+    )
 
 
 class ZooSection(Section):
@@ -98,6 +101,9 @@ class ZooSection(Section):
     condition_prompts: int = Field(
         64, ge=1, description="Unlabeled prompts from the task's train split stored with each adapter."
     )
+    lr_warmup_steps: int = Field(10, ge=0, description="Linear learning-rate warm-up steps of teachers (then constant).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay for teachers.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm for teachers.")
 
 
 class ProbesSection(Section):
@@ -120,8 +126,19 @@ class DeltaSection(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Compute dtype for delta forwards (the cache is always float32)."
     )
-    adapters_per_batch: int = Field(8, ge=1, description="How many adapters share one forward pass.")
+    adapters_per_batch: int = Field(
+        8, ge=1, description="How many adapters share one forward pass (bounds peak memory on any zoo size)."
+    )
     cache: str = Field("deltas", description="Cache folder (relative to workdir).")
+    pack: bool = Field(
+        True,
+        description="Pack the probes into one sequence that computes their shared prefix once (exact; "
+        "less work than a padded batch). False runs the plain padded batch.",
+    )
+    flush_seconds: float = Field(
+        10.0, ge=0, description="Commit the cache at most this often while computing (0: after every batch); "
+        "an interrupted run keeps every committed row.",
+    )
 
 
 class MultitaskSection(Section):
@@ -182,6 +199,26 @@ class DeltaOnlySection(Section):
     predictor_learning_rate: float = Field(1e-3, gt=0, description="DeltaPredictor learning rate (B2).")
     predictor_epochs: int = Field(200, ge=1, description="DeltaPredictor epochs (B2).")
     predictor_loss: Literal["mse", "cosine"] = Field("mse", description="DeltaPredictor loss (B2).")
+    predictor_batch_size: int = Field(32, ge=1, description="Adapters per DeltaPredictor step (B2).")
+    predictor_condition_prompts: int = Field(
+        8, ge=1, description="Condition prompts averaged per adapter per step (B2; a fresh subset every epoch)."
+    )
+    condition_prompts: int = Field(8, ge=1, description="Condition prompts sampled per adapter per step (B1).")
+    eval_interval: int = Field(50, ge=1, description="Steps between held-out and degeneracy checks (B1).")
+    init_from_teachers: bool = Field(
+        True, description="Start the generator's output at the teachers' mean adapter, as multitask does (B1); "
+        "false: the generator's own initialization."
+    )
+    collapse_norm_ratio: float = Field(
+        0.1, ge=0, description="Flag norm collapse when the generated ‖ΔW‖ falls below this share of the teachers' mean (B1)."
+    )
+    collapse_cosine: float = Field(
+        0.99, gt=0, le=1, description="Flag diversity collapse when generated adapters of different tasks have a mean "
+        "pairwise ΔW cosine above this, while the teachers' is below it (B1)."
+    )
+    predictor_val_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of adapters held out for validation when holdout_tasks is empty (B2)."
+    )
 
 
 class TrainSection(Section):
@@ -212,9 +249,22 @@ class MergeSection(Section):
     )
     density: float = Field(0.5, gt=0, le=1, description="TIES density (share of entries kept).")
     drop_rate: float = Field(0.9, gt=0, le=1, description="DARE drop rate.")
-    rank: Optional[int] = Field(None, ge=1, description="Output rank (None: the inputs' rank).")
-    seed: int = Field(0, description="Seed for DARE masks.")
-    device: str = Field("cpu", description="`cpu` or `cuda`.")
+    rank: Optional[int] = Field(
+        None, ge=1, description="Output rank (None: the inputs' largest rank; `cat`: the sum of their ranks)."
+    )
+    seed: int = Field(0, description="Seed for DARE masks (one independent mask per adapter and module).")
+    device: str = Field("cpu", description="Where the merge arithmetic runs: `cpu` or `cuda`.")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        from .merging import STRATEGIES  # the registry is torch-free
+
+        if v not in STRATEGIES:
+            guess = difflib.get_close_matches(v, list(STRATEGIES), n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            raise ValueError(f"unknown merge strategy {v!r}{hint}; valid: {', '.join(STRATEGIES)}")
+        return v
 
 
 class EvalSection(Section):
@@ -225,6 +275,20 @@ class EvalSection(Section):
     tasks: list[str] = Field(default_factory=list, description="Held-out tasks (empty: every zoo task).")
     test_sample: int = Field(200, ge=1, description="Questions scored per task.")
     strict: bool = Field(False, description="Exit 1 when an acceptance check fails.")
+    holdout: list[str] = Field(
+        default_factory=list,
+        description="Leave-one-out tasks: evaluated as held out; a generator or index that saw them is refused.",
+    )
+    merge_adapters: list[str] = Field(
+        default_factory=list,
+        description="Zoo ids merged by `merge:<strategy>` methods (empty: the latest teacher of every other "
+        "training task).",
+    )
+    batch_size: int = Field(16, ge=1, description="Questions per scoring forward.")
+    floor_tolerance: float = Field(
+        0.05, ge=0, description="Accuracy gap to multitask within which retrieval still counts as a competitive floor."
+    )
+    out: str = Field("eval", description="Output folder (relative to workdir).")
 
 
 class AblationSection(Section):
@@ -237,6 +301,11 @@ class AblationSection(Section):
     interaction_lambda: list[float] = Field(default_factory=lambda: [0.1, 1.0], description="λ of the interaction grid.")
     interaction_loss: list[str] = Field(default_factory=lambda: ["mse", "cosine"], description="Loss types of the interaction grid.")
     total_steps: Optional[int] = Field(None, ge=1, description="Override train steps per cell (None: the train section's).")
+    methods: list[str] = Field(
+        default_factory=lambda: ["base", "mean-delta", "multitask"],
+        description="Methods evaluated per cell (the cell's generator is `multitask`).",
+    )
+    out: str = Field("ablation", description="Output folder (relative to workdir); one subfolder per cell.")
 
 
 class LlgbmConfig(Section):

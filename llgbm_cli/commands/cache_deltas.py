@@ -1,0 +1,60 @@
+"""`llgbm cache-deltas`: the delta of every adapter, cached and kept up to date."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .common import console, emit, progress, state
+
+
+def cache_deltas_cmd(
+    ctx: typer.Context,
+    adapters: Optional[List[str]] = typer.Option(
+        None, "--adapters", "-a", help="Adapter folders or globs to cache instead of the zoo (repeatable)."
+    ),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Discard the existing cache and start over."),
+    probes: Optional[str] = typer.Option(None, "--probes", help="Probe set (`generic`, `task:<dataset>`) or a .txt/.jsonl file."),
+    probe_count: Optional[int] = typer.Option(None, "--probe-count", help="Use only the first N probes."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Hidden-state layers, comma-separated (e.g. -1 or 6,-1)."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="`last_token` or `mean`."),
+    batch: Optional[int] = typer.Option(None, "--adapters-per-batch", help="Adapters sharing one forward."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key, e.g. --set delta.cache=deltas2."),
+) -> None:
+    """Compute each adapter's delta on the probes; only new or changed adapters are computed.
+
+    Runs sharded under `accelerate launch -m llgbm_cli cache-deltas ...` (the main process writes).
+    """
+    from ..config import parse_override
+    from ..errors import CheckFailed, InputError
+    from ..services.cache_deltas import run_cache_deltas
+
+    overrides = dict(parse_override(s) for s in (set_ or []))
+    if layers is not None:
+        try:
+            overrides["delta.layers"] = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"--layers {layers}: expected comma-separated integers, e.g. -1 or 6,-1")
+    overrides.update({"probes.source": probes, "probes.count": probe_count, "delta.pool": pool,
+                      "delta.adapters_per_batch": batch})
+    resolved = state(ctx).load_config(overrides)
+    with progress(ctx) as rep:
+        result = run_cache_deltas(resolved, adapters=adapters, rebuild=rebuild, progress=rep)
+    if not result.is_main:
+        return
+
+    def render(r):
+        console().print(f"{r.cache}: {r.rows} rows of dim {r.dim} (computed {r.computed}, reused {r.reused}, "
+                        f"failed {len(r.failed)}) in {r.seconds:.1f} s")
+        for f in r.failed:
+            console(stderr=True).print(f"skipped {f['id']}: {f['error']}")
+
+    emit(ctx, result, render)
+    if result.failed:
+        raise CheckFailed(f"{len(result.failed)} adapter(s) could not be cached: "
+                          + ", ".join(f["id"] for f in result.failed[:10]) + "; the others are cached")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cache-deltas")(cache_deltas_cmd)

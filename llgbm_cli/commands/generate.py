@@ -1,0 +1,37 @@
+"""`llgbm generate`: text in, PEFT adapter folder out, with a trained generator."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .common import console, emit, state
+
+
+def generate_cmd(
+    ctx: typer.Context,
+    prompts: Optional[List[str]] = typer.Argument(None, help="Condition prompts (sample prompts of the task)."),
+    out: str = typer.Option(..., "--out", "-o", help="Adapter folder to write."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Prompts, one per line (.txt) or JSONL."),
+    description: Optional[str] = typer.Option(None, "--description", help="A task description (description-conditioned generators)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: <workdir>/train/multitask/final)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for subsampling prompts (default: project.seed)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Generate a LoRA adapter from a task's prompts or description; loads with PEFT."""
+    from ..services.generate import generate_adapter, read_prompts_file
+
+    resolved = state(ctx).load_config()
+    texts = list(prompts or [])
+    if prompts_file:
+        texts += read_prompts_file(prompts_file)
+    result = generate_adapter(resolved, texts, out, description=description, checkpoint=checkpoint,
+                              seed=seed, force=force)
+    emit(ctx, result, lambda r: console().print(
+        f"{r['out']}: adapter from {r['texts']} text(s) (generator {r['generator']}, rank {r['rank']}, "
+        f"{r['modules']} modules)"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_cmd)

@@ -1,0 +1,56 @@
+"""`llgbm retrieve`: the adapters whose deltas are nearest to a text's predicted delta."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .common import console, emit, progress, state
+from .config import SET_HELP, overrides_from
+
+
+def retrieve_cmd(
+    ctx: typer.Context,
+    text: Optional[str] = typer.Argument(None, help="Condition text (a prompt of the task, or a description)."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Prompts of one task (.txt lines or "
+                                               ".jsonl with a text field), taken together as one condition."),
+    adapter_delta: Optional[str] = typer.Option(None, "--adapter-delta", help="Query with the delta of this "
+                                                "indexed adapter id (its nearest neighbours)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Adapters returned (default: retrieve.top_k)."),
+    merge: Optional[str] = typer.Option(None, "--merge", help="Merge the top-k with this strategy (e.g. ties, "
+                                        "linear), weighted by similarity; needs --out."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the merged PEFT adapter."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Predict a delta for TEXT with the B2 predictor and list the nearest adapters of the index."""
+    from ..services.retrieve import read_prompts_file, retrieve
+
+    resolved = state(ctx).load_config(overrides_from(set_))
+    prompts = read_prompts_file(prompts_file) if prompts_file else None
+    with progress(ctx) as rep:
+        result = retrieve(resolved, text=text, prompts=prompts, adapter_id=adapter_delta, k=top_k, merge=merge,
+                          out=out, force=force, progress=rep)
+
+    def render(r):
+        from rich.table import Table
+
+        c = console()
+        t = Table(title=f"retrieve: {r.query}  ({r.index_kind} index)")
+        for col in ("rank", "adapter", "task", "score"):
+            t.add_column(col, justify="right" if col in ("rank", "score") else "left")
+        for h in r.hits:
+            t.add_row(str(h["rank"]), h["id"], str(h["task"] or "-"), f"{h['score']:.4f}")
+        c.print(t)
+        if r.merged:
+            w = ", ".join(f"{x:.3f}" for x in r.merged["weights"])
+            c.print(f"merged ({r.merged['strategy']}, weights {w}) -> {r.merged['out']}")
+        for n in r.notes:
+            c.print(f"note: {n}")
+
+    emit(ctx, result, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("retrieve")(retrieve_cmd)

@@ -1,0 +1,125 @@
+"""`llgbm zoo build|add|score|list`: the teacher zoo."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .common import console, emit, progress, state
+
+zoo_app = typer.Typer(help="Teacher LoRA zoo: build trajectories, register adapters, score them.",
+                      no_args_is_help=True)
+
+
+def _split(values: Optional[List[str]]) -> Optional[list[str]]:
+    if not values:
+        return None
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+@zoo_app.command("build")
+def build_cmd(
+    ctx: typer.Context,
+    tasks: Optional[List[str]] = typer.Option(None, "--tasks", help="Datasets to train teachers on (comma "
+                                              "separated or repeated; default: [zoo] tasks)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps per teacher ([zoo] steps)."),
+    checkpoints: Optional[int] = typer.Option(None, "--checkpoints", min=1,
+                                              help="Checkpoints kept per teacher after warm-up ([zoo] checkpoints)."),
+    force: bool = typer.Option(False, "--force", help="Retrain and overwrite finished checkpoints."),
+) -> None:
+    """Train one LoRA teacher trajectory per task; a rerun resumes and skips finished checkpoints."""
+    from ..services.zoo import build_zoo
+
+    task_list = _split(tasks)
+    resolved = state(ctx).load_config({"zoo.tasks": task_list, "zoo.steps": steps, "zoo.checkpoints": checkpoints})
+    with progress(ctx) as rep:
+        result = build_zoo(resolved, force=force, progress=rep)
+
+    def render(r):
+        d = r.to_dict()
+        for t in d["tasks"]:
+            sps = f", {t['seconds_per_step']:.3f} s/step" if t["seconds_per_step"] else ""
+            resumed = f", resumed from step {t['resumed_from']}" if t["resumed_from"] else ""
+            console().print(f"{t['task']}: {len(t['built'])} built, {len(t['skipped'])} already done"
+                            f"{resumed} ({t['steps_run']} steps in {t['seconds']:.1f} s{sps})")
+        console().print(f"zoo: {d['zoo']} ({d['built']} built, {d['skipped']} skipped, {d['seconds']:.1f} s)")
+
+    emit(ctx, result, render)
+
+
+@zoo_app.command("add")
+def add_cmd(
+    ctx: typer.Context,
+    paths: List[str] = typer.Argument(..., help="PEFT LoRA adapter folders."),
+    task: str = typer.Option(..., "--task", help="Dataset the adapters are for (see `llgbm data list`)."),
+    force: bool = typer.Option(False, "--force", help="Replace manifest rows with the same id."),
+) -> None:
+    """Register existing PEFT adapters in the zoo after checking they fit the base model."""
+    from ..services.zoo import add_adapters
+
+    resolved = state(ctx).load_config()
+    result = add_adapters(resolved, paths, task, force=force)
+
+    def render(r):
+        for a in r.added:
+            console().print(f"added {a['id']} ({a['task']}): {a['path']}")
+
+    emit(ctx, result, render)
+
+
+@zoo_app.command("score")
+def score_cmd(
+    ctx: typer.Context,
+    tasks: Optional[List[str]] = typer.Option(None, "--tasks", help="Tasks to score (default: every zoo task)."),
+    test_sample: Optional[int] = typer.Option(None, "--test-sample", min=1,
+                                              help="Held-out questions per task ([data] test_sample)."),
+    checkpoints: str = typer.Option("all", "--checkpoints", help="`all` checkpoints or only the `last` per task."),
+) -> None:
+    """Accuracy of the base model and of every teacher on a seeded held-out sample of its task."""
+    from ..services.zoo import score_zoo
+
+    resolved = state(ctx).load_config({"data.test_sample": test_sample})
+    with progress(ctx) as rep:
+        report = score_zoo(resolved, tasks=_split(tasks), checkpoints=checkpoints, progress=rep)
+
+    def render(r):
+        from rich.table import Table
+
+        d = r.to_dict()
+        width = max((len(t["adapters"]) for t in d["tasks"].values()), default=0)
+        table = Table(title=f"accuracy on {d['test_sample']} held-out questions per task (seed {d['seed']})")
+        for c in ["task", "n", "base"] + [f"ckpt {i + 1}" for i in range(width)] + ["best"]:
+            table.add_column(c, justify="left" if c == "task" else "right")
+        for task, t in d["tasks"].items():
+            accs = list(t["adapters"].values())
+            cells = [f"{a:.3f}" for a in accs] + [""] * (width - len(accs))
+            best = "" if t["best"] is None else f"{t['best_accuracy']:.3f} ({t['best']})"
+            table.add_row(task, str(t["n"]), f"{t['base']:.3f}", *cells, best)
+        console().print(table)
+        b = d["beats_base"]
+        console().print(f"teachers beat the base model on {b['count']} of {b['of']} tasks"
+                        + (f": {', '.join(b['tasks'])}" if b["tasks"] else ""))
+
+    emit(ctx, report, render)
+
+
+@zoo_app.command("list")
+def list_cmd(ctx: typer.Context) -> None:
+    """List the zoo's adapters (id, task, step, source)."""
+    from ..services.zoo import zoo_dir
+    from ..zoo import Zoo
+
+    zoo = Zoo.load(zoo_dir(state(ctx).load_config()))
+    rows = [{"id": e.id, "task": e.task, "step": e.step, "source": e.source, "path": str(zoo.path_of(e)),
+             "condition_prompts": len(e.condition)} for e in zoo.entries]
+
+    def render(p):
+        for r in p["adapters"]:
+            console().print(f"{r['id']}\t{r['task']}\tstep {r['step']}\t{r['source']}\t{r['path']}")
+
+    emit(ctx, {"zoo": str(zoo.folder), "adapters": rows}, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(zoo_app, name="zoo")

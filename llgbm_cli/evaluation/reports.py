@@ -1,0 +1,135 @@
+"""Result files of an evaluation: ``results.json``, ``results.csv`` and ``results.md``.
+
+``results.md`` follows the plans' table (Method | Delta MSE | Delta Cosine | Task Accuracy, plus
+Δ vs base) and starts with the exact command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from ..io import atomic_write_json, atomic_write_text
+
+ROW_FIELDS = [
+    "method", "task", "heldout", "delta_mse", "delta_cosine", "centered_cosine", "norm_ratio",
+    "nearest_task", "identified", "accuracy", "accuracy_vs_base", "n_questions", "adapter",
+]
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """A number for a table: fixed digits, '—' for missing or NaN, yes/no for booleans."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        if v != 0 and abs(v) < 10 ** -(digits - 1):
+            return f"{v:.2e}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def signed(v: Optional[float], digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:+.{digits}f}"
+
+
+def clean(obj: Any) -> Any:
+    """NaN/Inf to None, recursively, so results.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def rows_csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def summary_table_md(summary: list[dict[str, Any]]) -> str:
+    head = ("| Method | Delta MSE | Delta Cosine | Task Accuracy | Δ vs base | Centered Cosine | Task ID | "
+            "Norm ratio | Task-specific |\n|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {s['method']} | {fmt(s['delta_mse'], 6)} | {fmt(s['delta_cosine'])} | {fmt(s['accuracy'])} | "
+        f"{signed(s['accuracy_vs_base'])} | {fmt(s['centered_cosine'])} | {fmt(s['task_identification'], 2)} | "
+        f"{fmt(s['norm_ratio'], 3)} | {fmt(s.get('task_specific'))} |\n"
+        for s in summary
+    )
+    return head + body
+
+
+def rows_table_md(rows: list[dict[str, Any]]) -> str:
+    head = ("| Method | Task | Held out | Delta MSE | Delta Cosine | Centered Cosine | Nearest teacher | "
+            "Task Accuracy | Δ vs base |\n|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['method']} | {r['task']} | {fmt(r['heldout'])} | {fmt(r['delta_mse'], 6)} | {fmt(r['delta_cosine'])} | "
+        f"{fmt(r['centered_cosine'])} | {r['nearest_task']} | {fmt(r['accuracy'])} | {signed(r['accuracy_vs_base'])} |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def checks_md(checks: list[dict[str, Any]]) -> str:
+    if not checks:
+        return "No acceptance checks applied.\n"
+    head = "| Check | Result | Measured |\n|---|---|---|\n"
+    return head + "".join(f"| {c['name']} | {c['status'].upper()} | {c['detail']} |\n" for c in checks)
+
+
+def results_md(result: dict[str, Any]) -> str:
+    held = result.get("holdout") or []
+    lines = [
+        "# llgbm evaluation",
+        "",
+        "Reproduce with:",
+        "",
+        "```bash",
+        result["command"],
+        "```",
+        "",
+        f"Base model `{result['base_model']}`; tasks: {', '.join(result['tasks'])}; "
+        f"{result['test_sample']} test questions per task (seed {result['seed']}).",
+        ("Leave-one-out: held-out tasks " + ", ".join(held) + " (no evaluated generator or index saw them)."
+         if held else "No --holdout: tasks marked `Held out = no` were seen in training by that method."),
+        "",
+        "Centered cosine subtracts the mean delta of the training adapters from both deltas; Task ID is the "
+        "share of tasks whose delta is nearest to their own teacher among all teachers. A method is called "
+        "task-specific only where it beats `mean-delta` on both.",
+        "",
+        "## Summary (mean over tasks)",
+        "",
+        summary_table_md(result["summary"]),
+        "## Per task",
+        "",
+        rows_table_md(result["rows"]),
+        "## Acceptance checks",
+        "",
+        checks_md(result.get("checks") or []),
+    ]
+    return "\n".join(lines)
+
+
+def write_results(folder: Path, result: dict[str, Any]) -> dict[str, str]:
+    """Write the three result files into ``folder``; returns their paths."""
+    folder = Path(folder)
+    res = clean(result)
+    paths = {"json": folder / "results.json", "csv": folder / "results.csv", "md": folder / "results.md"}
+    atomic_write_json(paths["json"], res)
+    atomic_write_text(paths["csv"], rows_csv(res["rows"], ROW_FIELDS))
+    atomic_write_text(paths["md"], results_md(res))
+    return {k: str(v) for k, v in paths.items()}

@@ -1,0 +1,162 @@
+"""What every generator shares: its output type, the base class, and self-describing checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+from ..lora.tokenizer import LoraTokenizer
+
+WEIGHTS = "generator.safetensors"
+META = "generator.json"
+
+
+@dataclass
+class GeneratedLora:
+    """A batch of n generated adapters.
+
+    ``loras`` maps module names (as in the base causal LM) to ``(A [n, r, in], B [n, out, r])``;
+    ``tokens`` is the token grid ``[n, H, T, D]`` when the generator works in token space.
+    """
+
+    loras: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    tokens: Optional[torch.Tensor] = None
+    scaling: float = 1.0
+
+    @property
+    def n(self) -> int:
+        return int(next(iter(self.loras.values()))[0].shape[0])
+
+    def select(self, idx: slice | list[int]) -> "GeneratedLora":
+        loras = {k: (A[idx], B[idx]) for k, (A, B) in self.loras.items()}
+        return GeneratedLora(loras, None if self.tokens is None else self.tokens[idx], self.scaling)
+
+    def stacked(self) -> dict[str, Any]:
+        """``{module: StackedLora}`` for :class:`~llgbm_cli.lora.patch.LoraPatch` (keeps autograd)."""
+        from ..lora.patch import StackedLora
+
+        out = {}
+        for k, (A, B) in self.loras.items():
+            s = torch.full((A.shape[0],), float(self.scaling), device=A.device, dtype=A.dtype)
+            out[k] = StackedLora(A, B, s)
+        return out
+
+    def adapter_modules(self, i: int) -> dict[str, Any]:
+        """Adapter ``i`` as ``{module: LoraModule}`` (detached, float32, CPU), ready for save_adapter."""
+        from ..adapters import LoraModule
+
+        return {
+            k: LoraModule(A[i].detach().float().cpu(), B[i].detach().float().cpu(), float(self.scaling))
+            for k, (A, B) in self.loras.items()
+        }
+
+
+class LoraGenerator(nn.Module):
+    """Base class: ``forward(cond [n, N, d], mask [n, N] | None) -> GeneratedLora``.
+
+    ``pooled`` generators see the mask-weighted mean of the N condition embeddings; the others
+    see the sequence (N fixed at ``n_prompts``; see :func:`fit_prompts`).
+    """
+
+    name = "base"
+    pooled = False
+
+    def __init__(self, tokenizer: LoraTokenizer, cond_dim: int, scaling: float = 1.0, n_prompts: int = 8):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.cond_dim = int(cond_dim)
+        self.scaling = float(scaling)
+        self.n_prompts = int(n_prompts)
+        self._options: dict[str, Any] = {}
+
+    def options(self) -> dict[str, Any]:
+        """Constructor keyword arguments (besides tokenizer and cond_dim) to rebuild this generator."""
+        return dict(self._options)
+
+    @staticmethod
+    def pool(cond: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if cond.dim() == 2:
+            return cond
+        if mask is None:
+            return cond.mean(1)
+        m = mask.to(cond.dtype).unsqueeze(-1)
+        return (cond * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def init_output(self, mean_tokens: torch.Tensor, mean_loras: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start the output at the training set's mean adapter (data-dependent init).
+
+        LoRA scales (log std ≈ -4 for typical factors) are far from 0; starting there saves the
+        thousands of steps an optimizer would spend drifting biases to them.
+        """
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def fit_prompts(embs: torch.Tensor, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[k, d] prompt embeddings -> exactly [n, d]: a seeded subset when k > n, repeats when k < n."""
+    k = embs.shape[0]
+    if k == 0:
+        raise InputError("the condition is empty: give at least one prompt or a description")
+    if k == n:
+        return embs
+    if k > n:
+        idx = torch.randperm(k, generator=generator)[:n]
+    else:
+        idx = torch.arange(n) % k
+    return embs[idx]
+
+
+def save_generator(folder: str | Path, generator: LoraGenerator, meta: dict[str, Any]) -> None:
+    """Write weights + ``generator.json`` into an existing (temporary) folder."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write_json
+
+    folder = Path(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    full = dict(meta)
+    full.update(
+        generator=generator.name,
+        generator_options=generator.options(),
+        cond_dim=generator.cond_dim,
+        tokenizer=generator.tokenizer.to_dict(),
+        parameters=generator.num_parameters(),
+    )
+    atomic_write_json(folder / META, full)
+
+
+def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tuple[LoraGenerator, dict[str, Any]]:
+    """Rebuild a trained generator from its checkpoint folder in one call: ``(generator, meta)``.
+
+    ``meta`` holds everything needed to use it: base model name, LoRA config (rank, alpha,
+    targets), token layout, condition settings and encoder name.
+    """
+    from safetensors.torch import load_file
+
+    from . import build_generator
+
+    folder = Path(folder).expanduser()
+    mp, wp = folder / META, folder / WEIGHTS
+    if not mp.exists() or not wp.exists():
+        have = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else []
+        raise InputError(
+            f"{folder}: not a generator checkpoint (needs {META} and {WEIGHTS}; found "
+            f"{', '.join(have) or 'nothing'}); train one with `llgbm train multitask`"
+        )
+    try:
+        meta = json.loads(mp.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{mp}: corrupt JSON ({e})")
+    tok = LoraTokenizer.from_dict(meta["tokenizer"])
+    gen = build_generator(meta["generator"], tok, meta["cond_dim"], meta.get("generator_options"))
+    gen.load_state_dict(load_file(str(wp)))
+    gen.to(device).eval()
+    return gen, meta

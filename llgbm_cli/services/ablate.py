@@ -1,0 +1,236 @@
+"""`llgbm ablate`: the plans' ablation grid, each cell trained and evaluated, resumable.
+
+The grid (from ``[ablation]``) varies one multitask setting at a time around the project's
+config: ``lambda_delta`` (5 values), ``delta_loss_type`` (3), ``probe_count`` (3),
+``lambda_schedule`` (3), plus the interaction λ × loss type (2 × 2): 18 cells by default. A cell
+is ``train multitask`` with the cell's overrides into ``<out>/<cell>/train`` followed by ``eval``
+into ``<out>/<cell>/eval``. A finished cell leaves ``done.json`` (its summary row) and is skipped
+on the next run; a cell interrupted mid-training resumes from its latest checkpoint. Probe-count
+cells measure deltas on fewer probes, so their teacher deltas live in a cache of their own
+(``<out>/deltas-probes-<n>``), filled once and shared by cells with the same count.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..commands.common import NULL_PROGRESS
+from ..errors import InputError
+
+DONE = "done.json"
+SUMMARY_FIELDS = ["cell", "group", "lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule",
+                  "delta_cosine", "centered_cosine", "task_identification", "accuracy", "accuracy_vs_base",
+                  "mean_delta_centered_cosine", "mean_delta_task_identification", "task_specific",
+                  "beats_weights_only_cosine", "beats_weights_only_accuracy"]
+
+
+@dataclass
+class Cell:
+    name: str
+    group: str
+    overrides: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cell": self.name, "group": self.group, "overrides": self.overrides}
+
+
+def _v(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def ablation_grid(ab) -> list[Cell]:
+    """The cells of the ``[ablation]`` section, in the plans' order."""
+    mt = "train.multitask."
+    cells = [Cell(f"lambda_delta={_v(v)}", "lambda_delta", {mt + "lambda_delta": v}) for v in ab.lambda_delta]
+    cells += [Cell(f"delta_loss_type={v}", "delta_loss_type", {mt + "delta_loss_type": v}) for v in ab.delta_loss_type]
+    cells += [Cell(f"probe_count={v}", "probe_count", {"probes.count": v}) for v in ab.probe_count]
+    cells += [Cell(f"lambda_schedule={v}", "lambda_schedule", {mt + "lambda_schedule": v}) for v in ab.lambda_schedule]
+    cells += [Cell(f"lambda_delta={_v(lam)}+delta_loss_type={loss}", "interaction",
+                   {mt + "lambda_delta": lam, mt + "delta_loss_type": loss})
+              for lam in ab.interaction_lambda for loss in ab.interaction_loss]
+    return cells
+
+
+def select_cells(cells: list[Cell], names: Optional[Sequence[str]]) -> list[Cell]:
+    if not names:
+        return cells
+    by = {c.name: c for c in cells}
+    bad = [n for n in names if n not in by]
+    if bad:
+        guess = difflib.get_close_matches(bad[0], list(by), n=1)
+        raise InputError(f"--cell {bad[0]}: not a cell of the grid" + (f" (did you mean {guess[0]!r}?)" if guess else "")
+                         + f"; cells: {', '.join(by)} (see `llgbm ablate --dry-run`)")
+    return [by[n] for n in dict.fromkeys(names)]
+
+
+@dataclass
+class AblateResult:
+    out: str
+    dry_run: bool
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..evaluation.reports import clean
+
+        return clean(dict(self.__dict__))
+
+
+def cell_overrides(resolved, cell: Cell, base_overrides: dict[str, Any]) -> dict[str, Any]:
+    ab = resolved.config.ablation
+    ov = dict(base_overrides)
+    if ab.total_steps is not None:
+        ov["train.multitask.total_steps"] = ab.total_steps
+    ov.update(cell.overrides)
+    if "probes.count" in cell.overrides:
+        ov["delta.cache"] = str(Path(ab.out) / f"deltas-probes-{cell.overrides['probes.count']}")
+    return ov
+
+
+def run_ablate(
+    resolved,
+    *,
+    cells: Optional[Sequence[str]] = None,
+    dry_run: bool = False,
+    overrides: Optional[dict[str, Any]] = None,
+    progress=NULL_PROGRESS,
+) -> AblateResult:
+    """Run (or with ``dry_run`` list) the grid's cells; finished cells are skipped. See the module doc."""
+    from ..config import load_config
+    from ..io import FileLock, atomic_write_json, atomic_write_text, provenance, write_provenance
+
+    ab = resolved.config.ablation
+    out = resolved.resolve_path(ab.out)
+    grid = select_cells(ablation_grid(ab), cells)
+    base_ov = dict(overrides or {})
+    result = AblateResult(str(out), dry_run)
+    for c in grid:
+        d = c.to_dict()
+        d["done"] = (out / c.name / DONE).exists()
+        result.cells.append(d)
+    if dry_run:
+        return result
+    explicit = resolved.path is not None
+    with FileLock(out.parent / f".{out.name}.lock", what=f"the ablation {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+        write_provenance(out, provenance("ablate", resolved.to_dict(), cells=[c.name for c in grid]))
+        task = progress.add("ablation cells", total=len(grid))
+        for c in grid:
+            cdir = out / c.name
+            ov = cell_overrides(resolved, c, base_ov)
+            done = cdir / DONE
+            if done.exists():
+                prev = json.loads(done.read_text())
+                if prev.get("overrides") == _jsonable(ov):
+                    result.rows.append(prev["row"])
+                    result.skipped.append(c.name)
+                    progress.advance(task)
+                    continue
+            progress.update(task, description=f"cell {c.name}")
+            cres = load_config(resolved.path, ov, explicit=explicit)
+            row = _run_cell(cres, c, cdir, ov, progress)
+            atomic_write_json(done, {"cell": c.name, "overrides": _jsonable(ov), "row": row})
+            result.rows.append(row)
+            result.ran.append(c.name)
+            progress.advance(task)
+        _compare_with_weights_only(result.rows)
+        result.findings = findings(result.rows)
+        result.files = write_summary(out, result.rows, result.findings)
+    return result
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+def _run_cell(cres, cell: Cell, cdir: Path, ov: dict[str, Any], progress) -> dict[str, Any]:
+    from ..deltas.cache import DeltaCache
+    from ..training.loop import FINAL, find_latest_checkpoint
+    from .cache_deltas import run_cache_deltas
+    from .eval import run_eval
+    from .train_multitask import train_multitask
+
+    cfg = cres.config
+    if "probes.count" in cell.overrides:
+        run_cache_deltas(cres)  # incremental: a later cell with the same count reuses every row
+    elif not DeltaCache.exists(cres.resolve_path(cfg.delta.cache)):
+        raise InputError(f"{cres.resolve_path(cfg.delta.cache)}: no delta cache; run `llgbm cache-deltas` first")
+    train_dir = cdir / "train"
+    if not (train_dir / FINAL).exists():
+        ck = find_latest_checkpoint(train_dir) if train_dir.exists() else None
+        train_multitask(cres, out_dir=train_dir, resume=ck is not None, force=ck is None and train_dir.exists(),
+                        progress=progress)
+    holdout = list(cfg.train.multitask.holdout_tasks)
+    ev = run_eval(cres, methods=list(cfg.ablation.methods), holdout=holdout or None, out=cdir / "eval", force=True,
+                  checkpoints={"multitask": train_dir / FINAL}, overrides=ov)
+    summ = {s["method"]: s for s in ev.summary}
+    mt_s = summ.get("multitask", {})
+    ref = summ.get("mean-delta", {})
+    mt = cfg.train.multitask
+    return {
+        "cell": cell.name, "group": cell.group, "lambda_delta": mt.lambda_delta, "delta_loss_type": mt.delta_loss_type,
+        "probe_count": cfg.probes.count, "lambda_schedule": mt.lambda_schedule,
+        "delta_cosine": mt_s.get("delta_cosine"), "centered_cosine": mt_s.get("centered_cosine"),
+        "task_identification": mt_s.get("task_identification"), "accuracy": mt_s.get("accuracy"),
+        "accuracy_vs_base": mt_s.get("accuracy_vs_base"), "task_specific": mt_s.get("task_specific"),
+        "mean_delta_centered_cosine": ref.get("centered_cosine"),
+        "mean_delta_task_identification": ref.get("task_identification"),
+        "tasks": ev.tasks, "holdout": ev.holdout, "eval": str(Path(ev.out) / "results.md"),
+        "checks": {c["name"]: c["status"] for c in ev.checks},
+    }
+
+
+def _compare_with_weights_only(rows: list[dict[str, Any]]) -> None:
+    """Mark each cell against the weights-only cell (λ = 0) where the grid has one."""
+    ref = next((r for r in rows if r["cell"] == "lambda_delta=0"), None)
+    for r in rows:
+        if ref is None or r is ref or r.get("delta_cosine") is None:
+            r["beats_weights_only_cosine"] = r["beats_weights_only_accuracy"] = None
+            continue
+        r["beats_weights_only_cosine"] = bool(r["delta_cosine"] > ref["delta_cosine"])
+        r["beats_weights_only_accuracy"] = bool(r["accuracy"] > ref["accuracy"])
+
+
+def findings(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences: where the delta loss beats weights-only training (λ = 0) and where it does not."""
+    ref = next((r for r in rows if r["cell"] == "lambda_delta=0"), None)
+    if ref is None:
+        return ["no weights-only cell (lambda_delta=0) in this run: nothing to compare against"]
+    out = []
+    for key, what in (("beats_weights_only_cosine", "delta cosine"), ("beats_weights_only_accuracy", "accuracy")):
+        win = [r["cell"] for r in rows if r.get(key)]
+        lose = [r["cell"] for r in rows if r.get(key) is False]
+        out.append(f"{what}: beats λ=0 ({ref[what.replace(' ', '_')]:.4f}) in {', '.join(win) or 'no cell'}; "
+                   f"does not in {', '.join(lose) or 'no cell'}")
+    return out
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], notes: list[str]) -> dict[str, str]:
+    from ..evaluation.plots import ablation_plot
+    from ..evaluation.reports import clean, fmt, rows_csv, signed
+    from ..io import atomic_write_json, atomic_write_text
+
+    rows = clean(rows)
+    atomic_write_json(out / "summary.json", {"rows": rows, "findings": notes})
+    atomic_write_text(out / "summary.csv", rows_csv(rows, SUMMARY_FIELDS))
+    md = ["# llgbm ablation", "", "Generator (`multitask`) per cell; mean over evaluated tasks.", "",
+          "| Cell | Delta Cosine | Centered Cosine | Task ID | Task Accuracy | Δ vs base | Task-specific | "
+          "> λ=0 cosine | > λ=0 accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['cell']} | {fmt(r['delta_cosine'])} | {fmt(r['centered_cosine'])} | "
+                  f"{fmt(r['task_identification'], 2)} | {fmt(r['accuracy'])} | {signed(r['accuracy_vs_base'])} | "
+                  f"{fmt(r.get('task_specific'))} | {fmt(r.get('beats_weights_only_cosine'))} | "
+                  f"{fmt(r.get('beats_weights_only_accuracy'))} |")
+    md += ["", "## Findings", ""] + [f"- {n}" for n in notes] + [""]
+    atomic_write_text(out / "summary.md", "\n".join(md))
+    ablation_plot(rows, out / "ablation.png")
+    return {"json": str(out / "summary.json"), "csv": str(out / "summary.csv"), "md": str(out / "summary.md"),
+            "plot": str(out / "ablation.png")}

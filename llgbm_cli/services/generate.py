@@ -1,0 +1,98 @@
+"""`llgbm generate`: turn text into a PEFT adapter folder with a trained generator checkpoint.
+
+This is the call users make after training, and what evaluation uses to produce the
+generator's adapter for a task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..errors import InputError
+
+_JSON_FIELDS = ("text", "prompt", "instruction")
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts from a ``.txt`` (one per line) or ``.jsonl`` (strings or objects with text/prompt/instruction)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"{p}: --prompts-file not found")
+    lines = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    if p.suffix != ".jsonl":
+        return lines
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p}:{n}: not JSON ({e.msg}); use one JSON value per line")
+        if isinstance(row, dict):
+            row = next((row[k] for k in _JSON_FIELDS if isinstance(row.get(k), str)), None)
+        if not isinstance(row, str):
+            raise InputError(f"{p}:{n}: expected a string or an object with one of {', '.join(_JSON_FIELDS)}")
+        out.append(row)
+    return out
+
+
+def default_checkpoint(resolved) -> Path:
+    from .train_multitask import OUT_SUBDIR
+
+    return resolved.workdir / OUT_SUBDIR / "final"
+
+
+def generate_modules(generator, meta: dict[str, Any], texts: Sequence[str], *, seed: int = 0, encoder=None):
+    """Generated ``{module: LoraModule}`` for one condition (library entry point, e.g. for eval)."""
+    import torch
+
+    from ..generators.condition import encode_condition
+    from ..models import load_encoder
+
+    cond = meta.get("condition", {})
+    if encoder is None:
+        encoder = load_encoder(meta["encoder"], "cpu", max_length=cond.get("max_text_length", 512))
+    n = int(cond.get("n_prompts", generator.n_prompts))
+    c = encode_condition(encoder, texts, n, cond.get("max_text_length", 512), seed).to(next(generator.parameters()).device)
+    with torch.no_grad():
+        g = generator(c)
+    return g.adapter_modules(0)
+
+
+def generate_adapter(
+    resolved,
+    texts: Sequence[str],
+    out: str | Path,
+    *,
+    description: Optional[str] = None,
+    checkpoint: Optional[str | Path] = None,
+    seed: Optional[int] = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write a PEFT LoRA folder generated from ``texts`` (and/or ``description``)."""
+    from ..adapters import save_adapter
+    from ..generators.base import load_generator
+    from ..io import provenance, sha256_file
+
+    ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(resolved)
+    if not ckpt.exists():
+        raise InputError(f"{ckpt}: no generator checkpoint; train one with `llgbm train multitask` or pass --checkpoint")
+    out = Path(out).expanduser()
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists; pass --force to overwrite it")
+    texts = [t for t in texts if t.strip()] + ([description] if description else [])
+    if not texts:
+        raise InputError("no condition text: give prompts as arguments, --prompts-file or --description")
+    gen, meta = load_generator(ckpt)
+    seed = resolved.config.project.seed if seed is None else seed
+    modules = generate_modules(gen, meta, texts, seed=seed)
+    lora = meta["lora"]
+    save_adapter(
+        out, modules, alpha=lora["alpha"], base_model=meta["base_model"], force=force,
+        provenance=provenance("generate", resolved.to_dict(), checkpoint=str(ckpt), generator=meta["generator"],
+                              generator_sha256=sha256_file(ckpt / "generator.safetensors"),
+                              condition_texts=len(texts), seed=seed),
+    )
+    return {"out": str(out), "checkpoint": str(ckpt), "generator": meta["generator"], "texts": len(texts),
+            "rank": lora["rank"], "modules": len(modules), "base_model": meta["base_model"]}

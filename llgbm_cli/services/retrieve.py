@@ -1,0 +1,163 @@
+"""`retrieve`: text -> predicted delta (B2) -> the top-k adapters of the delta index.
+
+A query is either a condition (one text, or the prompts of a file taken together as one task's
+condition, as in training) that the B2 predictor turns into a delta, or an adapter already in
+the index (``adapter_id``: its cached delta is the query). With ``merge`` the top-k adapters are
+merged into one PEFT adapter, weighted by their normalized similarity scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..commands.common import NULL_PROGRESS
+from ..config import ResolvedConfig
+from ..errors import InputError
+
+
+@dataclass
+class RetrieveResult:
+    query: str
+    k: int
+    hits: list[dict[str, Any]]
+    index: str
+    index_kind: str
+    predictor: Optional[str] = None
+    merged: Optional[dict[str, Any]] = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, or the "text"/"prompt" field of each JSONL row."""
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--prompts-file {p}: no such file")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise InputError(f"--prompts-file {p}:{n}: not JSON; use one JSON object per line or a .txt file")
+            text = row.get("text") or row.get("prompt") if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise InputError(f"--prompts-file {p}:{n}: needs a \"text\" or \"prompt\" string field")
+            out.append(text)
+        else:
+            out.append(line)
+    if not out:
+        raise InputError(f"--prompts-file {p}: no prompts in it")
+    return out
+
+
+def similarity_weights(scores: Sequence[float]) -> tuple[list[float], Optional[str]]:
+    """Merge weights from similarity scores: negatives clipped to 0, then normalized to sum 1."""
+    clipped = [max(0.0, float(s)) for s in scores]
+    total = sum(clipped)
+    if total <= 1e-12:
+        n = len(scores)
+        return [1.0 / n] * n, "no retrieved adapter has a positive similarity: merged with equal weights"
+    note = "negative similarities were clipped to weight 0" if any(s < 0 for s in scores) else None
+    return [c / total for c in clipped], note
+
+
+def retrieve(
+    resolved: ResolvedConfig,
+    *,
+    text: Optional[str] = None,
+    prompts: Optional[Sequence[str]] = None,
+    adapter_id: Optional[str] = None,
+    k: Optional[int] = None,
+    merge: Optional[str] = None,
+    out: Optional[str | Path] = None,
+    force: bool = False,
+    encoder=None,
+    progress=NULL_PROGRESS,
+) -> RetrieveResult:
+    """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter."""
+    from ..index import DeltaIndex, params_from_config
+    from .index import cache_folder, index_folder, zoo_tasks
+    from .train_delta_only import b2_folder
+
+    cfg = resolved.config
+    given = [x for x in (text, prompts, adapter_id) if x]
+    if len(given) != 1:
+        raise InputError("give exactly one query: TEXT, --prompts-file FILE or --adapter-delta ID")
+    if merge is not None and out is None:
+        raise InputError("--merge needs --out DIR: the folder the merged adapter is written to")
+    folder = index_folder(resolved)
+    idx = DeltaIndex.load(folder, device=cfg.index.device)
+    notes: list[str] = []
+    k_req = int(k if k is not None else cfg.retrieve.top_k)
+    if k_req < 1:
+        raise InputError(f"--top-k {k_req}: must be at least 1")
+    if k_req > len(idx):
+        notes.append(f"top-k {k_req} is larger than the index ({len(idx)} adapters): returning {len(idx)}")
+    predictor_path = None
+    if adapter_id:
+        import numpy as np
+
+        from .index import open_cache
+
+        idx.row_of(adapter_id)  # fails early with the ids it knows
+        cache = open_cache(cache_folder(resolved))
+        idx.check_source(cache.header, what=f"the delta cache {cache.folder}", dim=cache.dim)
+        vec = np.asarray(cache.row(adapter_id).numpy(), dtype=np.float32)
+        query = f"adapter:{adapter_id}"
+    else:
+        import torch
+
+        from ..generators.predictor import condition_vector, load_predictor
+        from ..models import load_encoder
+
+        pfolder = b2_folder(resolved)
+        model, meta = load_predictor(pfolder)
+        predictor_path = str(pfolder)
+        idx.check_source(meta.get("cache"), what=f"the B2 predictor {pfolder}", dim=model.delta_dim)
+        texts = [text] if text else list(prompts or [])
+        task = progress.add("retrieve: encoding the query", total=None)
+        if encoder is None:
+            encoder = load_encoder(meta.get("encoder", cfg.model.encoder), device="cpu")
+        if encoder.dim != model.cond_dim:
+            raise InputError(f"the encoder {meta.get('encoder')!r} gives {encoder.dim}-d embeddings, the B2 predictor "
+                             f"{pfolder} expects {model.cond_dim}; set model.encoder to the one it was trained with")
+        embs = encoder.encode(texts, normalize=True, max_length=meta.get("max_text_length"))
+        with torch.no_grad():
+            vec = model(condition_vector(embs)[None, :])[0].numpy()
+        progress.update(task, total=1, completed=1)
+        query = text if text else f"{len(texts)} prompts"
+    search_params = params_from_config(cfg.index)
+    hits = idx.hits(vec, k_req, params=search_params)
+    fresh = zoo_tasks(resolved)
+    rows = []
+    for h in hits:
+        d = h.to_dict()
+        d["task"] = fresh.get(h.id, h.task)
+        rows.append(d)
+    result = RetrieveResult(query=query, k=len(rows), hits=rows, index=str(folder), index_kind=idx.kind,
+                            predictor=predictor_path, notes=notes)
+    if merge is not None:
+        from .merge import merge_to_folder
+
+        weights, note = similarity_weights([h["score"] for h in rows])
+        if note:
+            notes.append(note)
+        mc = cfg.merge
+        mr = merge_to_folder(
+            [h["id"] for h in rows], out, merge, weights, density=mc.density, drop_rate=mc.drop_rate,
+            seed=mc.seed, space=mc.space, rank=mc.rank, device=mc.device, force=force,
+            zoo=resolved.resolve_path(cfg.zoo.path), config=resolved.to_dict(), progress=progress,
+        )
+        result.merged = {"out": mr.out, "strategy": mr.strategy, "weights": weights,
+                         "applied_weights": mr.weights, "rank": mr.rank, "notes": mr.notes}
+    return result

@@ -1,0 +1,466 @@
+"""Teacher zoo: build LoRA trajectories per task, register existing adapters, score them.
+
+``build_zoo`` trains one LoRA teacher per task on the base model, the way Drag-and-Drop LLMs
+collects its data: after ``[zoo] warmup_steps`` it keeps ``[zoo] checkpoints`` checkpoints evenly
+spaced up to ``[zoo] steps``, each a PEFT folder ``adapters/<task>-s<step>``. Training runs through
+the functional LoRA patch (base weights untouched and shared across tasks) with an answer-only loss
+whose output head is applied only at answer positions, and stops backpropagation at the first
+LoRA layer when ``[lora] last_layers`` restricts it: the two things that make it CPU-sized.
+
+Resumable: each checkpoint folder is written atomically, its optimizer state beside it under
+``.state/``, and ``zoo.jsonl`` is rewritten (atomically, under a lock) after every checkpoint. A
+rerun keeps checkpoints whose folder and weights hash match the manifest, continues a task from
+its last finished checkpoint, and redoes anything half-written.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import InputError
+from ..io import atomic_write_bytes, atomic_write_json, provenance, read_provenance, write_provenance
+from ..zoo import Zoo, ZooEntry
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".state"
+SCORES_FILE = "scores.json"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def checkpoint_steps(steps: int, warmup: int, k: int) -> list[int]:
+    """K checkpoint steps evenly spaced after ``warmup``, the last one at ``steps``."""
+    span = steps - warmup
+    out = sorted({warmup + max(1, round((i + 1) * span / k)) for i in range(k)})
+    return out
+
+
+def task_seed(seed: int, task: str) -> int:
+    """A distinct, stable seed per task (the same on every machine and Python run)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(task.encode())) % (2**31 - 1)
+
+
+def adapter_id(task: str, step: int) -> str:
+    return f"{task}-s{step:05d}"
+
+
+def zoo_dir(resolved) -> Path:
+    return resolved.resolve_path(resolved.config.zoo.path)
+
+
+def build_spec(resolved) -> dict[str, Any]:
+    """The settings a built teacher depends on; a zoo built with other settings is not mixed in."""
+    c = resolved.config
+    zoo = c.zoo.model_dump(mode="json")
+    for k in ("path", "tasks", "condition_prompts"):
+        zoo.pop(k, None)
+    return {
+        "base": c.model.base,
+        "seed": c.project.seed,
+        "lora": c.lora.model_dump(mode="json"),
+        "max_length": c.data.max_length,
+        "chat_template": c.data.chat_template,
+        "zoo": zoo,
+    }
+
+
+def _complete(zoo: Zoo, entry: Optional[ZooEntry]) -> bool:
+    """A checkpoint counts as finished only if its folder is there and its weights hash matches."""
+    from ..adapters import CONFIG_FILE, WEIGHTS_FILE, weights_sha256
+
+    if entry is None:
+        return False
+    folder = zoo.path_of(entry)
+    if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
+        return False
+    try:
+        return entry.sha256 is None or weights_sha256(folder) == entry.sha256
+    except OSError:
+        return False
+
+
+def _clean_stale_temps(folder: Path) -> None:
+    """Temporary folders a killed process left behind (atomic writes clean up only on exceptions)."""
+    if not folder.exists():
+        return
+    for p in folder.iterdir():
+        if p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- build
+
+
+@dataclass
+class TaskReport:
+    task: str
+    seed: int
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    resumed_from: Optional[int] = None
+    steps_run: int = 0
+    seconds: float = 0.0
+
+    @property
+    def seconds_per_step(self) -> Optional[float]:
+        return self.seconds / self.steps_run if self.steps_run else None
+
+
+@dataclass
+class BuildResult:
+    zoo: str
+    tasks: list[TaskReport]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "zoo": self.zoo,
+            "seconds": round(self.seconds, 2),
+            "built": sum(len(t.built) for t in self.tasks),
+            "skipped": sum(len(t.skipped) for t in self.tasks),
+            "tasks": [
+                {**asdict(t), "seconds": round(t.seconds, 2),
+                 "seconds_per_step": None if t.seconds_per_step is None else round(t.seconds_per_step, 4)}
+                for t in self.tasks
+            ],
+        }
+
+
+def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = False, progress=None,
+              model_and_tokenizer=None) -> BuildResult:
+    """Train the teacher trajectories of ``tasks`` (default ``[zoo] tasks``) into the zoo folder."""
+    from ..commands.common import NULL_PROGRESS
+    from ..data import check_dataset
+
+    progress = progress or NULL_PROGRESS
+    cfg = resolved.config
+    tasks = [check_dataset(t) for t in (tasks or cfg.zoo.tasks)]
+    folder = zoo_dir(resolved)
+    spec = build_spec(resolved)
+    t_start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    zoo = Zoo.load(folder, must_exist=False)
+    with zoo.lock():
+        _check_spec(folder, zoo, spec, force)
+        _clean_stale_temps(folder / "adapters")
+        _clean_stale_temps(folder / STATE_DIR)
+        write_provenance(folder, provenance("zoo build", resolved.to_dict(), build_spec=spec))
+        loaded = [model_and_tokenizer]
+
+        def base():  # loaded only when some checkpoint is left to train
+            if loaded[0] is None:
+                from ..models import load_base_model
+
+                loaded[0] = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device=cfg.model.device)
+            return loaded[0]
+
+        reports = [_build_task(resolved, zoo, base, task, spec, force, progress) for task in tasks]
+    return BuildResult(str(folder), reports, time.perf_counter() - t_start)
+
+
+def _check_spec(folder: Path, zoo: Zoo, spec: dict, force: bool) -> None:
+    prov = read_provenance(folder)
+    old = (prov or {}).get("build_spec")
+    built = [e for e in zoo.entries if e.source == "built"]
+    if old is None or not built or old == spec or force:
+        return
+    diff = sorted(_diff_keys(old, spec))
+    raise InputError(
+        f"{folder}: this zoo was built with other settings ({', '.join(diff[:6])} differ); pass --force to "
+        "rebuild the requested tasks, or set zoo.path to another folder"
+    )
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out.extend(_diff_keys(a.get(k), b.get(k), f"{prefix}{k}."))
+        return out
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, progress) -> TaskReport:
+    import torch
+
+    from ..adapters import LoraModule, lora_scaling, save_adapter, target_linears, weights_sha256
+    from ..data import load_dataset, sample
+    from ..lora.patch import LoraPatch, StackedLora
+    from ..tasks.prompts import training_example
+
+    cfg = resolved.config
+    zc, lc = cfg.zoo, cfg.lora
+    seed = task_seed(cfg.project.seed, task)
+    ckpts = checkpoint_steps(zc.steps, zc.warmup_steps, zc.checkpoints)
+    ids = [adapter_id(task, s) for s in ckpts]
+    rep = TaskReport(task=task, seed=seed)
+    state_dir = zoo.folder / STATE_DIR
+
+    existing = {e.id: e for e in zoo.entries}
+    done = [False if force else _complete(zoo, existing.get(i)) for i in ids]
+    if all(done):
+        rep.skipped = list(ids)
+        return rep
+    model, tok = base()
+
+    linears = target_linears(model, lc.target_modules, lc.last_layers)
+    if not linears:
+        raise InputError(f"lora.target_modules: no nn.Linear named {', '.join(lc.target_modules)} in the base model")
+    names = sorted(linears)
+    device = next(model.parameters()).device
+    scaling = lora_scaling(lc.alpha, lc.rank)
+    gen = torch.Generator().manual_seed(seed)
+    params: dict[str, tuple] = {}
+    for n in names:  # PEFT's initialization: A Kaiming-uniform, B zero (the adapter starts as a no-op)
+        lin = linears[n]
+        A = torch.empty(lc.rank, lin.in_features)
+        bound = 1.0 / math.sqrt(lin.in_features)  # kaiming_uniform_(a=sqrt(5)) on [r, in]
+        A.uniform_(-bound, bound, generator=gen)
+        B = torch.zeros(lin.out_features, lc.rank)
+        params[n] = (A.to(device).requires_grad_(True), B.to(device).requires_grad_(True))
+    flat = [p for n in names for p in params[n]]
+    opt = torch.optim.AdamW(flat, lr=zc.learning_rate, weight_decay=zc.weight_decay)
+    lr_warm = max(1, min(zc.lr_warmup_steps, zc.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / lr_warm))
+
+    # Resume from the last checkpoint whose predecessors are all finished and whose state is saved.
+    start = 0
+    for k in range(len(ckpts)):
+        if not done[k]:
+            break
+        sp = state_dir / f"{ids[k]}.pt"
+        if sp.exists():
+            try:
+                st = torch.load(sp, map_location=device, weights_only=True)
+                with torch.no_grad():
+                    for n in names:
+                        params[n][0].copy_(st["A"][n])
+                        params[n][1].copy_(st["B"][n])
+                opt.load_state_dict(st["optimizer"])
+                sched.load_state_dict(st["scheduler"])
+                start = ckpts[k]
+            except (KeyError, RuntimeError, ValueError, EOFError, OSError) as e:
+                log.warning("%s: unreadable training state (%s); retraining %s from its last good state", sp, e, task)
+                break
+    rep.resumed_from = start or None
+
+    examples = [training_example(tok, r, chat_template=cfg.data.chat_template, max_length=cfg.data.max_length)
+                for r in load_dataset(task, "train")]
+    N, bs = len(examples), zc.batch_size
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    trunk = getattr(model, model.base_model_prefix)
+    head = model.get_output_embeddings()
+    stacked = {n: StackedLora(params[n][0].unsqueeze(0), params[n][1].unsqueeze(0),
+                              torch.full((1,), scaling, device=device)) for n in names}
+    bar = progress.add(f"zoo {task}", total=zc.steps)
+    progress.advance(bar, start)
+    t0 = time.perf_counter()
+    with LoraPatch(model, stacked):
+        for step in range(start, zc.steps):
+            batch = [examples[i] for i in _batch_indices(seed, step, bs, N)]
+            ids_t, mask, labels = _collate(batch, pad_id, device)
+            hidden = trunk(input_ids=ids_t, attention_mask=mask, use_cache=False).last_hidden_state
+            # Answer-only loss: the head runs only where a label is predicted (a few tokens per row).
+            tgt = labels[:, 1:]
+            sel = tgt != -100
+            logits = head(hidden[:, :-1][sel]).float()
+            loss = torch.nn.functional.cross_entropy(logits, tgt[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(flat, zc.max_grad_norm)
+            opt.step()
+            sched.step()
+            rep.steps_run += 1
+            progress.advance(bar)
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise InputError(f"zoo: training {task} diverged at step {step + 1} (loss {lv}); "
+                                 "lower zoo.learning_rate")
+            done_step = step + 1
+            if done_step in ckpts:
+                k = ckpts.index(done_step)
+                if done[k]:
+                    continue
+                aid = ids[k]
+                buf = io.BytesIO()
+                torch.save({"step": done_step,
+                            "A": {n: params[n][0].detach().cpu() for n in names},
+                            "B": {n: params[n][1].detach().cpu() for n in names},
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buf)
+                atomic_write_bytes(state_dir / f"{aid}.pt", buf.getvalue())
+                mods = {n: LoraModule(params[n][0].detach().cpu().clone(), params[n][1].detach().cpu().clone(),
+                                      scaling) for n in names}
+                out = zoo.folder / "adapters" / aid
+                prov = provenance("zoo build", resolved.to_dict(), task=task, step=done_step, seed=seed,
+                                  loss=lv, build_spec=spec)
+                save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
+                cond = [r.prompt for r in sample(task, "train", zc.condition_prompts, seed=f"{seed}-{done_step}")]
+                zoo.upsert(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=done_step, seed=seed,
+                                    condition=cond, sha256=weights_sha256(out), source="built"))
+                zoo.save()
+                rep.built.append(aid)
+                progress.log(f"{aid}: saved (loss {lv:.4f})")
+    rep.seconds = time.perf_counter() - t0
+    rep.skipped = [i for i, d in zip(ids, done) if d and i not in rep.built]
+    return rep
+
+
+def _batch_indices(seed: int, step: int, bs: int, n: int) -> list[int]:
+    """Rows of ``step``'s batch: epochs are seeded permutations, so any step is reproducible alone."""
+    import torch
+
+    out = []
+    pos = step * bs
+    while len(out) < bs:
+        epoch, off = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        take = min(bs - len(out), n - off)
+        out.extend(perm[off : off + take].tolist())
+        pos += take
+    return out
+
+
+def _collate(batch, pad_id: int, device):
+    import torch
+
+    T = max(len(ids) for ids, _ in batch)
+    ids_t = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    labels = torch.full((len(batch), T), -100, dtype=torch.long)
+    for b, (ids, lab) in enumerate(batch):
+        ids_t[b, : len(ids)] = torch.tensor(ids)
+        mask[b, : len(ids)] = 1
+        labels[b, : len(lab)] = torch.tensor(lab)
+    return ids_t.to(device), mask.to(device), labels.to(device)
+
+
+# --------------------------------------------------------------------------- add
+
+
+@dataclass
+class AddResult:
+    zoo: str
+    added: list[dict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_adapters(resolved, paths: list[str], task: str, *, force: bool = False, model=None) -> AddResult:
+    """Register existing PEFT adapters under ``task`` after checking they fit the base model.
+
+    Adapters stay where they are (the manifest stores their absolute path); ids are the folder
+    names. Every path is checked before the manifest changes, so a bad one adds nothing.
+    """
+    from ..adapters import load_adapter, validate_against, weights_sha256
+    from ..data import check_dataset, sample
+
+    cfg = resolved.config
+    task = check_dataset(task)
+    folder = zoo_dir(resolved)
+    folder.mkdir(parents=True, exist_ok=True)
+    zoo = Zoo.load(folder, must_exist=False)
+    if model is None:
+        from ..models import load_base_model
+
+        model = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device="cpu")[0]
+    rows = []
+    seen = {e.id for e in zoo.entries}
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        ad = load_adapter(path)
+        validate_against(ad, model)
+        aid = path.name
+        if aid in seen and not force:
+            raise InputError(f"{path}: adapter id {aid!r} is already in {zoo.manifest_path}; pass --force to "
+                             "replace that row, or rename the folder")
+        seen.add(aid)
+        seed = task_seed(cfg.project.seed, task)
+        cond = [r.prompt for r in sample(task, "train", cfg.zoo.condition_prompts, seed=f"{seed}-{aid}")]
+        rows.append(ZooEntry(id=aid, path=str(path), task=task, step=None, seed=None, condition=cond,
+                             sha256=weights_sha256(path), source="added"))
+    with zoo.lock():
+        zoo = Zoo.load(folder, must_exist=False)  # re-read under the lock: another writer may have added rows
+        for r in rows:
+            zoo.upsert(r)
+        zoo.save()
+    return AddResult(str(folder), [{"id": r.id, "path": r.path, "task": r.task} for r in rows])
+
+
+# --------------------------------------------------------------------------- score
+
+
+@dataclass
+class ScoreReport:
+    zoo: str
+    test_sample: int
+    seed: int
+    tasks: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        beats = [t for t, r in self.tasks.items() if r.get("best") is not None and r["best_accuracy"] > r["base"]]
+        return {"zoo": self.zoo, "test_sample": self.test_sample, "seed": self.seed, "tasks": self.tasks,
+                "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)}}
+
+
+def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optional[int] = None,
+              checkpoints: str = "all", progress=None, model_and_tokenizer=None) -> ScoreReport:
+    """Accuracy of the base model and of each teacher on a seeded held-out sample of its own task.
+
+    ``checkpoints``: ``all`` scores every checkpoint, ``last`` only each task's latest one.
+    The report is also written to ``<zoo>/scores.json`` for later commands.
+    """
+    from ..adapters import load_adapter, validate_against
+    from ..commands.common import NULL_PROGRESS
+    from ..data import check_dataset, sample
+    from ..tasks.scoring import score_adapter, score_multiple_choice
+
+    progress = progress or NULL_PROGRESS
+    cfg = resolved.config
+    folder = zoo_dir(resolved)
+    zoo = Zoo.load(folder)
+    tasks = [check_dataset(t) for t in (tasks or zoo.tasks())]
+    n = test_sample or cfg.data.test_sample
+    if checkpoints not in ("all", "last"):
+        raise InputError(f"--checkpoints {checkpoints!r}: use `all` or `last`")
+    if model_and_tokenizer is None:
+        from ..models import load_base_model
+
+        model_and_tokenizer = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device=cfg.model.device)
+    model, tok = model_and_tokenizer
+    kw = dict(batch_size=cfg.data.score_batch_size, chat_template=cfg.data.chat_template)
+    out: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        entries = sorted(zoo.by_task(task), key=lambda e: (e.step is None, e.step or 0, e.id))
+        if checkpoints == "last" and entries:
+            built = [e for e in entries if e.step is not None]
+            entries = ([built[-1]] if built else []) + [e for e in entries if e.step is None]
+        recs = sample(task, "test", n, seed=cfg.project.seed)
+        bar = progress.add(f"score {task}", total=len(recs) * (1 + len(entries)))
+        base = score_multiple_choice(model, tok, recs, progress=progress, progress_task=bar, **kw)
+        accs: dict[str, float] = {}
+        for e in entries:
+            ad = load_adapter(zoo.path_of(e))
+            validate_against(ad, model)
+            accs[e.id] = score_adapter(model, tok, ad, recs, progress=progress, progress_task=bar, **kw).accuracy
+        best = max(accs, key=lambda k: accs[k]) if accs else None
+        out[task] = {"n": len(recs), "base": base.accuracy, "adapters": accs, "best": best,
+                     "best_accuracy": accs[best] if best else None,
+                     "last": entries[-1].id if entries else None}
+    report = ScoreReport(str(folder), n, cfg.project.seed, out)
+    atomic_write_json(folder / SCORES_FILE, {**report.to_dict(),
+                                             "provenance": provenance("zoo score", resolved.to_dict())})
+    return report

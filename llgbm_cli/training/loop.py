@@ -1,0 +1,279 @@
+"""The training loop shared by generator trainers. See the package docstring."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import LlgbmError
+from ..io import atomic_dir, atomic_write_text, provenance, write_provenance
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+STATE = "trainer_state.pt"
+WEIGHTS = "generator.safetensors"
+FINAL = "final"
+
+
+class NonFiniteLoss(LlgbmError):
+    """A loss or the gradient norm became NaN/Inf: the run stops, the last good checkpoint stays."""
+
+    exit_code = 1
+
+
+@dataclass
+class LoopConfig:
+    """The optimizer and bookkeeping settings of a run (filled from a train config section)."""
+
+    total_steps: int
+    learning_rate: float
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    lr_schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    log_interval: int = 10
+    save_interval: int = 500
+    eval_interval: int = 100
+    mixed_precision: str = "no"
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    final_checkpoint: Path
+    steps: int
+    resumed_from: Optional[int]
+    first: dict[str, float] = field(default_factory=dict)  # first logged metrics
+    last: dict[str, float] = field(default_factory=dict)  # last logged metrics
+    eval: dict[str, float] = field(default_factory=dict)  # last evaluation
+    seconds: float = 0.0
+    processes: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "processes": self.processes,
+            "out_dir": str(self.out_dir), "final_checkpoint": str(self.final_checkpoint), "steps": self.steps,
+            "resumed_from": self.resumed_from, "first": self.first, "last": self.last, "eval": self.eval,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def make_accelerator(mixed_precision: str = "no", device: str = "auto"):
+    """An Accelerator; under ``accelerate launch`` it joins the process group (DDP)."""
+    from accelerate import Accelerator
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based): linear warm-up, then decay."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
+
+
+def step_rng(seed: int, step: int, rank: int = 0):
+    """The sampling RNG of one step: a pure function of (seed, step, rank), so a resumed run draws
+    exactly what the uninterrupted one would have, with no sampler state to save."""
+    import numpy as np
+
+    return np.random.default_rng([int(seed), int(step), int(rank)])
+
+
+def find_latest_checkpoint(out_dir: Path) -> Optional[Path]:
+    ck = Path(out_dir) / CHECKPOINTS
+    steps = sorted(p for p in ck.glob("step-*") if (p / STATE).exists()) if ck.is_dir() else []
+    return steps[-1] if steps else None
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    p = Path(out_dir) / METRICS
+    if not p.exists():
+        return []
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+
+
+class _Logger:
+    """metrics.jsonl (append, flushed per line), optional TensorBoard; main process only."""
+
+    def __init__(self, out_dir: Path, enabled: bool, keep_until: Optional[int]):
+        self.enabled = enabled
+        self.path = out_dir / METRICS
+        self.tb = None
+        if not enabled:
+            return
+        if keep_until is not None and self.path.exists():
+            # A resumed run rewrites what came after its checkpoint: the log stays one clean series.
+            rows = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= keep_until]
+            atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+        elif keep_until is None and self.path.exists():
+            self.path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+        self.fh = open(self.path, "a", encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.fh.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _to_float(v: Any) -> float:
+    return float(v.detach().float().item()) if torch.is_tensor(v) else float(v)
+
+
+def run_training(
+    model: torch.nn.Module,
+    step_fn: Callable[[int, torch.nn.Module], dict[str, Any]],
+    cfg: LoopConfig,
+    out_dir: Path,
+    *,
+    accelerator,
+    save_meta: Callable[[Path, torch.nn.Module, int], None],
+    config_dict: Optional[dict] = None,
+    command: str = "train",
+    resume_from: Optional[Path] = None,
+    eval_fn: Optional[Callable[[int, torch.nn.Module], dict[str, float]]] = None,
+    progress=None,
+) -> TrainResult:
+    """Train ``model`` for ``cfg.total_steps`` optimizer steps.
+
+    ``step_fn(step, model)`` runs one step's forward (``step`` = completed steps, 0-based) and
+    returns a dict with ``loss`` (the tensor to minimize) plus any other metrics (tensors or
+    floats); every value whose name starts with ``loss`` is checked for NaN/Inf.
+    ``save_meta(folder, unwrapped_model, step)`` writes the model's description next to its
+    weights, so a checkpoint folder is self-describing. ``resume_from`` is a checkpoint folder.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    main = accelerator.is_main_process
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    # The scheduler stays outside accelerate.prepare: prepared schedulers step once per process.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.total_steps, cfg.warmup_steps, cfg.lr_schedule)
+    )
+    start = 0
+    resumed = None
+    if resume_from is not None:
+        from safetensors.torch import load_file
+
+        state = torch.load(Path(resume_from) / STATE, map_location="cpu", weights_only=False)
+        model.load_state_dict(load_file(str(Path(resume_from) / WEIGHTS)))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = resumed = int(state["step"])
+    model, opt = accelerator.prepare(model, opt)
+    model.train()
+    unwrapped = accelerator.unwrap_model(model)
+    logger = _Logger(out_dir, main, resumed)
+    ck_dir = out_dir / CHECKPOINTS
+    last_good: Optional[Path] = Path(resume_from) if resume_from is not None else None
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    task = progress.add("training", total=cfg.total_steps) if (progress is not None and main) else None
+    if task is not None and start:
+        progress.advance(task, start)
+
+    def save(folder: Path, step: int, force: bool) -> None:
+        if main:
+            from safetensors.torch import save_file
+
+            with atomic_dir(folder, force=force) as tmp:
+                sd = {k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()}
+                save_file(sd, str(tmp / WEIGHTS))
+                torch.save(
+                    {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "torch_rng": torch.get_rng_state()},
+                    tmp / STATE,
+                )
+                save_meta(tmp, unwrapped, step)
+                write_provenance(tmp, provenance(command, config_dict, step=step))
+        accelerator.wait_for_everyone()
+
+    try:
+        for step in range(start, cfg.total_steps):
+            with accelerator.autocast():
+                out = step_fn(step, model)
+            bad = [k for k, v in out.items() if k.startswith("loss") and v is not None and not math.isfinite(_to_float(v))]
+            _check_finite(accelerator, bad, step, "loss", last_good)
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(out["loss"])
+            gn = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            gn = _to_float(gn)
+            _check_finite(accelerator, [] if math.isfinite(gn) else ["grad_norm"], step, "gradient", last_good)
+            lr = sched.get_last_lr()[0]
+            opt.step()
+            sched.step()
+            done = step + 1
+            if task is not None:
+                progress.advance(task)
+            if done % cfg.log_interval == 0 or done == cfg.total_steps or done == start + 1:
+                metrics = {k: _to_float(v) for k, v in out.items() if v is not None and k != "loss"}
+                metrics.update(loss_total=_to_float(out["loss"]), learning_rate=lr, grad_norm=gn)
+                if eval_fn is not None and (done % cfg.eval_interval == 0 or done == cfg.total_steps):
+                    model.eval()
+                    last_eval = eval_fn(done, unwrapped) or {}
+                    model.train()
+                    metrics.update(last_eval)
+                logger.log(done, metrics)
+                first = first or dict(metrics)
+                last = dict(metrics)
+                if task is not None:
+                    shown = ", ".join(f"{k.replace('loss_', '')} {metrics[k]:.4g}" for k in
+                                      ("loss_total", "loss_weights", "loss_delta", "delta_cosine_sim") if k in metrics)
+                    progress.update(task, description=f"step {done}: {shown}")
+            if done % cfg.save_interval == 0 and done != cfg.total_steps:
+                last_good = ck_dir / f"step-{done:06d}"
+                save(last_good, done, force=True)
+        final_step = cfg.total_steps
+        save(ck_dir / f"step-{final_step:06d}", final_step, force=True)
+        save(out_dir / FINAL, final_step, force=True)
+    finally:
+        logger.close()
+    return TrainResult(out_dir, out_dir / FINAL, cfg.total_steps, resumed, first, last, last_eval,
+                       time.perf_counter() - t0, accelerator.num_processes)
+
+
+def _check_finite(accelerator, bad: list[str], step: int, what: str, last_good: Optional[Path]) -> None:
+    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item() > 0:
+        names = ", ".join(bad) or f"a {what} on another process"
+        kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
+        raise NonFiniteLoss(
+            f"{names} became NaN/Inf at step {step + 1}; stopped, {kept}",
+            hint="lower train.multitask.learning_rate or lambda_delta, or check the teacher deltas",
+        )

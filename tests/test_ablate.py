@@ -1,0 +1,91 @@
+"""`llgbm ablate`: the grid, a two-cell run on the tiny world, and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_eval import make_world
+
+ABLATE_TOML = """
+[train.multitask]
+generator = "hyperconv"
+learning_rate = 3e-3
+batch_size = 2
+delta_batch_size = 1
+total_steps = 3
+warmup_steps = 1
+lambda_warmup_steps = 2
+condition_prompts = 2
+max_text_length = 64
+log_interval = 1
+save_interval = 2
+eval_interval = 3
+generator_options = { channels = 8, latent_height = 4, latent_width = 8, depth = 1 }
+
+[ablation]
+methods = ["base", "mean-delta", "multitask"]
+"""
+
+GRID = [
+    "lambda_delta=0", "lambda_delta=0.1", "lambda_delta=0.5", "lambda_delta=1", "lambda_delta=2",
+    "delta_loss_type=mse", "delta_loss_type=cosine", "delta_loss_type=combined",
+    "probe_count=3", "probe_count=5", "probe_count=10",
+    "lambda_schedule=constant", "lambda_schedule=linear", "lambda_schedule=cosine",
+    "lambda_delta=0.1+delta_loss_type=mse", "lambda_delta=0.1+delta_loss_type=cosine",
+    "lambda_delta=1+delta_loss_type=mse", "lambda_delta=1+delta_loss_type=cosine",
+]
+
+
+def test_dry_run_lists_exactly_the_grid(cli, tmp_path):
+    r = cli("--project", tmp_path / "none.toml", "--json", "ablate", "--dry-run")
+    assert r.exit_code == 2  # an explicit project file that does not exist
+    r = cli("--json", "ablate", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [c["cell"] for c in data["cells"]] == GRID
+    assert len(data["cells"]) == 18
+    inter = [c for c in data["cells"] if c["group"] == "interaction"]
+    assert {(c["overrides"]["train.multitask.lambda_delta"], c["overrides"]["train.multitask.delta_loss_type"])
+            for c in inter} == {(0.1, "mse"), (0.1, "cosine"), (1.0, "mse"), (1.0, "cosine")}
+    r = cli("ablate", "--dry-run", "--cell", "lambda_delta=7")
+    assert r.exit_code == 2 and "not a cell of the grid" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_cells_run_and_resume(tmp_path, tiny):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.ablate import run_ablate
+
+    project = make_world(tmp_path / "w", tiny[0])
+    project.write_text(project.read_text() + ABLATE_TOML)
+    cells = ["lambda_delta=0", "probe_count=3"]
+    res = run_ablate(load_config(project), cells=cells)
+    assert res.ran == cells and res.skipped == []
+    out = Path(res.out)
+    for c in cells:
+        assert (out / c / "done.json").exists()
+        assert (out / c / "train" / "final" / "generator.safetensors").exists()
+        ev = json.loads((out / c / "eval" / "results.json").read_text())
+        assert {r["method"] for r in ev["rows"]} == {"base", "mean-delta", "multitask"}
+    # the probe-count cell measured on 3 probes, in a cache of its own
+    assert json.loads((out / "deltas-probes-3" / "manifest.json").read_text())["header"]["probes"]["count"] == 3
+    for f in ("summary.json", "summary.csv", "summary.md", "ablation.png"):
+        assert (out / f).stat().st_size > 0
+    rows = {r["cell"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    assert rows["lambda_delta=0"]["lambda_delta"] == 0.0 and rows["probe_count=3"]["probe_count"] == 3
+    assert isinstance(rows["probe_count=3"]["beats_weights_only_cosine"], bool)
+    # resume: finished cells are skipped with the same numbers
+    again = run_ablate(load_config(project), cells=cells)
+    assert again.ran == [] and again.skipped == cells
+    assert [r["delta_cosine"] for r in again.rows] == [r["delta_cosine"] for r in res.rows]
+    # a cell whose eval did not finish reruns the eval only; its finished training is reused
+    (out / "probe_count=3" / "done.json").unlink()
+    mtime = (out / "probe_count=3" / "train" / "final" / "generator.safetensors").stat().st_mtime
+    third = run_ablate(load_config(project), cells=cells)
+    assert third.ran == ["probe_count=3"] and third.skipped == ["lambda_delta=0"]
+    assert (out / "probe_count=3" / "train" / "final" / "generator.safetensors").stat().st_mtime == mtime
+    assert third.rows[1]["delta_cosine"] == pytest.approx(res.rows[1]["delta_cosine"])

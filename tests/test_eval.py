@@ -1,0 +1,277 @@
+"""`llgbm eval`: delta metrics, result files, acceptance checks and bad input, on the tiny world."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TOML
+
+EVAL_TOML = TINY_TOML + """
+[eval]
+test_sample = 6
+batch_size = 8
+"""
+TASKS = ["arc-easy", "boolq"]
+
+
+def make_world(root: Path, model, per_task: int = 2) -> Path:
+    """A project with a task-structured random zoo (shared direction + task direction + noise) and its delta cache."""
+    from llgbm_cli.adapters import LoraModule, random_adapter, save_adapter
+    from llgbm_cli.config import load_config
+    from llgbm_cli.data import sample
+    from llgbm_cli.services.cache_deltas import run_cache_deltas
+    from llgbm_cli.zoo import Zoo, ZooEntry
+
+    root.mkdir(parents=True, exist_ok=True)
+    project = root / "llgbm.toml"
+    project.write_text(EVAL_TOML)
+    zdir = root / "runs" / "zoo"
+    zoo = Zoo(zdir)
+    common = random_adapter(model, r=4, alpha=8.0, seed=7, std=0.2)
+    for t, task in enumerate(TASKS):
+        center = random_adapter(model, r=4, alpha=8.0, seed=100 + t, std=0.15)
+        prompts = [r.prompt for r in sample(task, "train", 3, seed=t)]
+        for k in range(per_task):
+            noise = random_adapter(model, r=4, alpha=8.0, seed=1000 + 10 * t + k, std=0.03)
+            mods = {n: LoraModule(m.A + center.modules[n].A + noise.modules[n].A,
+                                  m.B + center.modules[n].B + noise.modules[n].B, m.scaling)
+                    for n, m in common.modules.items()}
+            aid = f"{task}-{k}"
+            save_adapter(zdir / "adapters" / aid, mods, alpha=8.0, base_model="tiny-llama")
+            zoo.upsert(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=10 * (k + 1), seed=k,
+                                condition=prompts))
+    zoo.save()
+    run_cache_deltas(load_config(project))
+    return project
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny):
+    return make_world(tmp_path_factory.mktemp("evalworld"), tiny[0])
+
+
+@pytest.fixture(scope="module")
+def evaluated(world):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.eval import run_eval
+
+    res = run_eval(load_config(world), methods=["base", "teacher", "mean-delta", "merge:linear"])
+    return world, res
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_pure_functions():
+    from llgbm_cli.evaluation import metrics as M
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(16, generator=g)
+    mean = torch.randn(16, generator=g)
+    assert M.delta_cosine(t, t) == pytest.approx(1.0)
+    assert M.delta_mse(t, t) == 0.0
+    assert M.norm_ratio(2 * t, t) == pytest.approx(2.0)
+    assert M.delta_cosine(torch.zeros(16), t) == 0.0  # the base model's delta
+    assert M.delta_mse(torch.zeros(16), t) == pytest.approx(float((t ** 2).mean()))
+    # A method that returns the shared mean scores a high raw cosine but nothing once centered.
+    target = mean + 0.1 * t
+    assert M.delta_cosine(mean, target) > 0.9
+    assert M.centered_cosine(mean, target, mean) == 0.0
+    assert M.centered_cosine(target, target, mean) == pytest.approx(1.0)
+    teachers = {"a": mean + t, "b": mean - t}
+    assert M.nearest_task(mean + 0.5 * t, teachers) == "a"
+    assert M.task_identification([("a", mean + 0.5 * t), ("b", mean + 0.2 * t)], teachers) == 0.5
+    assert math.isnan(M.mean_of([None, float("nan")]))
+
+
+# --------------------------------------------------------------------------- the eval run
+
+
+def test_eval_writes_consistent_files(evaluated):
+    project, res = evaluated
+    out = Path(res.out)
+    assert out == project.parent / "runs" / "eval"
+    for f in ("results.json", "results.csv", "results.md", "llgbm.json", "plots/accuracy.png",
+              "plots/delta_cosine.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    data = json.loads((out / "results.json").read_text())
+    rows = {(r["method"], r["task"]): r for r in data["rows"]}
+    assert set(rows) == {(m, t) for m in ("base", "teacher", "mean-delta", "merge:linear") for t in TASKS}
+    for t in TASKS:
+        teacher = rows["teacher", t]
+        assert teacher["delta_cosine"] == pytest.approx(1.0, abs=1e-5)
+        assert teacher["centered_cosine"] == pytest.approx(1.0, abs=1e-4)
+        assert teacher["delta_mse"] == pytest.approx(0.0, abs=1e-8)
+        assert teacher["norm_ratio"] == pytest.approx(1.0, abs=1e-4)
+        assert teacher["identified"] and teacher["nearest_task"] == t
+        base = rows["base", t]
+        assert base["delta_cosine"] == 0.0 and base["norm_ratio"] == 0.0 and base["accuracy_vs_base"] == 0.0
+        for m in ("teacher", "mean-delta", "merge:linear"):
+            r = rows[m, t]
+            assert r["accuracy_vs_base"] == pytest.approx(r["accuracy"] - base["accuracy"])
+            assert r["n_questions"] == 6
+        # merged and mean-delta adapters are written and load with PEFT's own layout
+        assert (Path(rows["merge:linear", t]["adapter"]) / "adapter_model.safetensors").exists()
+        assert rows["merge:linear", t]["heldout"] is True  # it merges the other task's teacher only
+        assert rows["teacher", t]["heldout"] is False
+    summary = {s["method"]: s for s in data["summary"]}
+    assert summary["teacher"]["task_identification"] == 1.0
+    assert summary["teacher"]["task_specific"] is True
+    for m in summary:
+        mean_cos = sum(rows[m, t]["delta_cosine"] for t in TASKS) / len(TASKS)
+        assert summary[m]["delta_cosine"] == pytest.approx(mean_cos)
+    # csv rows carry the same numbers
+    with open(out / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(data["rows"])
+    for r in csv_rows:
+        assert float(r["delta_cosine"]) == pytest.approx(rows[r["method"], r["task"]]["delta_cosine"])
+    md = (out / "results.md").read_text()
+    assert md.index("llgbm --project") < md.index("| Method | Delta MSE | Delta Cosine | Task Accuracy | Δ vs base")
+    assert res.command in md and "--method merge:linear" in res.command
+
+
+def test_eval_is_deterministic_and_refuses_overwrite(evaluated):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.services.eval import run_eval
+
+    project, res = evaluated
+    with pytest.raises(InputError, match="--force"):
+        run_eval(load_config(project), methods=["base", "teacher"])
+    again = run_eval(load_config(project), methods=["base", "teacher", "mean-delta", "merge:linear"],
+                     out=Path(res.out).parent / "eval-again")
+    assert [r["delta_mse"] for r in again.rows] == pytest.approx([r["delta_mse"] for r in res.rows])
+    assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in res.rows]
+
+
+def test_eval_cli_json_and_holdout(world, cli):
+    r = cli("--project", world, "--json", "--quiet", "eval", "-m", "base", "-m", "mean-delta",
+            "--holdout", "boolq", "--out", world.parent / "runs" / "eval-cli")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["holdout"] == ["boolq"] and data["tasks"] == ["boolq"]
+    assert "--holdout boolq" in data["command"]
+    md = (world.parent / "runs" / "eval-cli" / "results.md").read_text()
+    assert "Leave-one-out" in md
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-m", "nonsense"], "unknown method"),
+    (["-m", "merge:nope"], "unknown merge strategy"),
+    (["-m", "base", "--task", "piqa"], "valid: arc-easy, boolq"),
+    (["-m", "multitask"], "llgbm train multitask"),
+    (["-m", "b1"], "llgbm train delta-only --variant b1"),
+    (["-m", "b2"], "llgbm train delta-only --variant b2"),
+])
+def test_eval_bad_input(world, cli, args, needle):
+    r = cli("--project", world, "--quiet", "eval", *args, "--out", world.parent / "runs" / "eval-bad")
+    assert r.exit_code == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (world.parent / "runs" / "eval-bad").exists()
+
+
+def test_eval_refuses_adapter_of_another_base(world, cli, tmp_path):
+    from llgbm_cli.adapters import LoraModule, save_adapter
+
+    g = torch.Generator().manual_seed(0)
+    mods = {f"model.layers.{i}.self_attn.q_proj": LoraModule(torch.randn(4, 576, generator=g),
+                                                             torch.randn(576, 4, generator=g), 2.0)
+            for i in range(2)}
+    ad = save_adapter(tmp_path / "foreign", mods, alpha=8.0, base_model="smollm2-135m-instruct")
+    r = cli("--project", world, "--quiet", "eval", "-m", "base", "-m", ad, "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    assert "smollm2-135m-instruct" in r.stderr and "tiny-llama" in r.stderr
+
+
+def test_holdout_seen_in_training_is_refused():
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.services.eval import _refuse_seen
+
+    with pytest.raises(InputError, match=r"--holdout boolq: method multitask saw it in training"):
+        _refuse_seen("multitask", Path("ck"), ["arc-easy", "boolq"], ["boolq"], "multitask")
+    _refuse_seen("multitask", Path("ck"), ["arc-easy"], ["boolq"], "multitask")
+    with pytest.raises(InputError, match="cannot be called held out"):
+        _refuse_seen("multitask", Path("ck"), None, ["boolq"], "multitask")
+
+
+# --------------------------------------------------------------------------- acceptance checks
+
+
+def _write_metrics(path: Path, rows) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _good_rows(n=10, lam=1.0, warm=4):
+    from llgbm_cli.losses import lambda_at
+
+    return [{"step": s, "loss_weights": 1.0 / s, "loss_delta": 2.0 / s, "delta_cosine_sim": 0.1 * s,
+             "lambda_delta": lambda_at(s - 1, lam, "linear", warm), "loss_total": 3.0 / s} for s in range(1, n + 1)]
+
+
+MT = {"lambda_delta": 1.0, "lambda_schedule": "linear", "lambda_warmup_steps": 4}
+
+
+def test_checks_pass_on_a_healthy_log(tmp_path):
+    from llgbm_cli.evaluation.checks import read_metrics_file, training_checks
+
+    run = _write_metrics(tmp_path / "run", _good_rows())
+    res = {c["name"]: c for c in training_checks("multitask", read_metrics_file(run / "metrics.jsonl"),
+                                                 {"config": {"train": {"multitask": MT}}}, None)}
+    assert res["multitask trains stably (no NaN/Inf)"]["status"] == "pass"
+    assert res["multitask λ ramps as scheduled"]["status"] == "pass"
+    assert res["multitask loss_weights decreases"]["status"] == "pass"
+    assert res["multitask loss_delta decreases"]["status"] == "pass"
+    assert res["multitask delta_cosine_sim improves"]["status"] == "pass"
+    assert res["multitask checkpoints reload"]["status"] == "skip"
+
+
+def test_checks_fail_on_nan_metrics_and_wrong_schedule(tmp_path):
+    from llgbm_cli.evaluation.checks import read_metrics_file, training_checks
+
+    rows = _good_rows()
+    rows[6]["loss_delta"] = float("nan")
+    rows[3]["lambda_delta"] = 0.9  # not what a linear ramp over 4 steps gives at step 4
+    run = _write_metrics(tmp_path / "run", rows)
+    text = (run / "metrics.jsonl").read_text()
+    assert "NaN" in text
+    res = {c["name"]: c for c in training_checks("multitask", read_metrics_file(run / "metrics.jsonl"),
+                                                 {"config": {"train": {"multitask": MT}}}, None)}
+    stable = res["multitask trains stably (no NaN/Inf)"]
+    assert stable["status"] == "fail" and "loss_delta at step 7" in stable["detail"]
+    assert res["multitask λ ramps as scheduled"]["status"] == "fail"
+    # a flat or rising loss fails too
+    flat = [dict(r, loss_weights=1.0 + 0.01 * r["step"]) for r in _good_rows()]
+    res2 = {c["name"]: c for c in training_checks("multitask", flat, None, None)}
+    assert res2["multitask loss_weights decreases"]["status"] == "fail"
+    assert res2["multitask λ ramps as scheduled"]["status"] == "skip"
+
+
+def test_eval_checks_and_degenerate():
+    from llgbm_cli.evaluation.checks import beats_base, not_degenerate, retrieval_floor
+
+    rows = [{"method": "multitask", "task": "a", "accuracy_vs_base": -0.1},
+            {"method": "multitask", "task": "b", "accuracy_vs_base": 0.05}]
+    assert beats_base(rows)["status"] == "pass"
+    assert beats_base([dict(r, accuracy_vs_base=-0.1) for r in rows])["status"] == "fail"
+    assert beats_base([{"method": "teacher", "task": "a", "accuracy_vs_base": 0.5}])["status"] == "skip"
+    v = torch.ones(8)
+    assert not_degenerate("b1", {"a": v, "b": v * 2}, {"a": 1.0, "b": 1.0})["status"] == "fail"
+    assert not_degenerate("b1", {"a": v, "b": -v}, {"a": 0.0, "b": 1.0})["status"] == "fail"
+    assert not_degenerate("b1", {"a": v, "b": -v}, {"a": 1.0, "b": 1.0})["status"] == "pass"
+    summ = [{"method": "base", "accuracy": 0.3, "delta_cosine": 0.0},
+            {"method": "b2", "accuracy": 0.4, "delta_cosine": 0.5},
+            {"method": "multitask", "accuracy": 0.5, "delta_cosine": 0.6}]
+    assert retrieval_floor(summ, 0.05)["status"] == "fail"
+    assert retrieval_floor(summ, 0.2)["status"] == "pass"

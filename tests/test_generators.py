@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from llgbm_cli.errors import InputError
+from llgbm_cli.generators import build_generator, generator_names, get_generator_class
+from llgbm_cli.generators.base import fit_prompts, load_generator, save_generator
+from llgbm_cli.lora.tokenizer import LoraTokenizer
+
+
+@pytest.fixture
+def layout(tiny):
+    return LoraTokenizer.from_model(tiny[0], ["q_proj", "v_proj"], 4)
+
+
+def test_registry_lists_valid_names():
+    assert {"hyperconv", "hypernet"} <= set(generator_names())
+    with pytest.raises(InputError, match="hyperconv") as e:
+        get_generator_class("hyperconvv")
+    assert "did you mean 'hyperconv'" in str(e.value)
+
+
+def test_unknown_option_names_valid_ones(layout):
+    with pytest.raises(InputError, match="channels"):
+        build_generator("hyperconv", layout, 384, {"chanels": 4})
+
+
+@pytest.mark.parametrize("name, opts", [("hyperconv", {"channels": 8}), ("hypernet", {"hidden": 32})])
+def test_generators_emit_loras_with_gradients(name, opts, layout, tiny, tmp_path):
+    gen = build_generator(name, layout, 384, {"n_prompts": 3, "scaling": 2.0, **opts})
+    cond = torch.randn(2, 3, 384)
+    out = gen(cond)
+    assert set(out.loras) == set(layout.module_names) and out.n == 2
+    for m in layout.modules:
+        A, B = out.loras[m.name]
+        assert A.shape == (2, 4, m.in_features) and B.shape == (2, m.out_features, 4)
+        assert torch.isfinite(A).all() and torch.isfinite(B).all()
+    loss = sum((B @ A).pow(2).sum() for A, B in out.loras.values())
+    loss.backward()
+    grads = [p.grad for p in gen.parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) >= len(grads) // 2
+    # stacked output fits the patch and the base model
+    from llgbm_cli.lora.patch import LoraPatch
+
+    with torch.no_grad(), LoraPatch(tiny[0], gen(cond).stacked()):
+        tiny[0](input_ids=torch.ones(2, 3, dtype=torch.long))
+    # save -> load gives the same outputs
+    save_generator(tmp_path, gen, {"base_model": "tiny-llama"})
+    gen2, meta = load_generator(tmp_path)
+    assert meta["generator"] == name and meta["base_model"] == "tiny-llama"
+    gen.eval()
+    with torch.no_grad():
+        a, b = gen(cond).loras, gen2(cond).loras
+    for k in a:
+        torch.testing.assert_close(a[k][0], b[k][0])
+
+
+def test_init_output_starts_at_mean(layout):
+    gen = build_generator("hyperconv", layout, 384, {"n_prompts": 2, "channels": 4})
+    mean_tokens = torch.randn(*layout.grid_shape) * layout.mask()
+    gen.init_output(mean_tokens, {})
+    out = gen(torch.randn(1, 2, 384))
+    assert (out.tokens[0] - mean_tokens).abs().max() < 0.05
+
+
+def test_fit_prompts():
+    e = torch.arange(6.0).view(3, 2)
+    assert fit_prompts(e, 3).equal(e)
+    assert fit_prompts(e, 5).shape == (5, 2)
+    assert fit_prompts(e, 2, torch.Generator().manual_seed(0)).shape == (2, 2)
+    with pytest.raises(InputError):
+        fit_prompts(e[:0], 2)
+
+
+def test_load_generator_names_missing_files(tmp_path):
+    with pytest.raises(InputError, match="train multitask"):
+        load_generator(tmp_path)

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from llgbm_cli.deltas.probes import list_probe_sets, load_probes, read_probe_texts
+from llgbm_cli.errors import InputError
+
+
+def test_generic_set_is_varied_and_templated(tiny):
+    _, tok = tiny
+    ps = load_probes("generic", tok)
+    assert len(ps) >= 8 and len(set(ps.texts)) == len(ps.texts)
+    first = tok.decode(ps.token_ids[0])
+    assert ps.texts[0] in first and first.rstrip().endswith("assistant")  # chat template + generation prompt
+    assert ps.prefix_len > 0  # the template's system turn is shared
+    assert ps.input_ids.shape[0] == len(ps) and (ps.attention_mask.sum(1) == ps.lengths).all()
+
+
+def test_fingerprint_tracks_final_tokens(tiny):
+    _, tok = tiny
+    a, b = load_probes("generic", tok, count=4), load_probes("generic", tok, count=4)
+    assert a.fingerprint == b.fingerprint
+    assert load_probes("generic", tok, count=5).fingerprint != a.fingerprint
+    assert load_probes("generic", tok, count=4, chat_template=False).fingerprint != a.fingerprint
+    short = load_probes("generic", tok, count=4, max_length=6)
+    assert all(len(t) <= 6 for t in short.token_ids)
+    assert short.token_ids[0] == a.token_ids[0][-6:]  # truncation keeps the last tokens
+
+
+def test_task_sets_and_listing(tiny):
+    _, tok = tiny
+    names = list_probe_sets()
+    assert "generic" in names and "task:arc-easy" in names and "task:piqa" in names
+    ps = load_probes("task:boolq", tok, count=3)
+    assert len(ps) == 3 and ps.texts == read_probe_texts("task:boolq", count=3)
+
+
+def test_user_files(tiny, tmp_path):
+    _, tok = tiny
+    txt = tmp_path / "p.txt"
+    txt.write_text("first probe\n\nsecond probe\n")
+    assert load_probes(str(txt), tok).texts == ["first probe", "second probe"]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps("plain string") + "\n" + json.dumps({"text": "an object"}) + "\n")
+    assert load_probes(str(jl), tok, chat_template=False).texts == ["plain string", "an object"]
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [("\n  \n", "empty"), ('{"nope": 1}\n', "text"), ("not json\n", "not JSON")],
+)
+def test_bad_files(tmp_path, content, match):
+    p = tmp_path / ("p.jsonl" if "{" in content or "json" in content else "p.txt")
+    p.write_text(content)
+    with pytest.raises(InputError, match=match):
+        read_probe_texts(str(p))
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(InputError, match="valid: generic, task:arc-easy"):
+        read_probe_texts("generik")
+    with pytest.raises(InputError, match="unknown probe set 'task:nope'"):
+        read_probe_texts("task:nope")
+    with pytest.raises(InputError, match="not found"):
+        read_probe_texts("missing/probes.txt")

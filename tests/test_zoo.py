@@ -1,0 +1,162 @@
+"""`zoo build|add|score` on the tiny random Llama: manifest, PEFT loading, resume, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llgbm_cli.adapters import LoraModule, load_adapter, random_adapter, save_adapter, weights_sha256
+from llgbm_cli.config import load_config
+from llgbm_cli.services.zoo import build_zoo, checkpoint_steps, score_zoo
+from llgbm_cli.zoo import Zoo
+
+IDS = ["arc-easy-s00004", "arc-easy-s00006", "boolq-s00004", "boolq-s00006"]
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    """A 2-task zoo (steps 6, warm-up 2, 2 checkpoints) built once for the module."""
+    from conftest import TINY_TOML
+
+    root = tmp_path_factory.mktemp("zoo")
+    (root / "llgbm.toml").write_text(TINY_TOML)
+    resolved = load_config(root / "llgbm.toml")
+    result = build_zoo(resolved, model_and_tokenizer=tiny)
+    return root, resolved, result
+
+
+def _copy_project(built, tmp_path) -> Path:
+    root = built[0]
+    shutil.copytree(root, tmp_path / "p")
+    return tmp_path / "p"
+
+
+def test_checkpoint_steps_are_evenly_spaced_after_warmup():
+    assert checkpoint_steps(200, 100, 5) == [120, 140, 160, 180, 200]
+    assert checkpoint_steps(6, 2, 2) == [4, 6]
+    assert checkpoint_steps(10, 9, 5) == [10]
+
+
+def test_build_writes_manifest_and_peft_loadable_adapters(built, tiny):
+    from peft import PeftModel
+
+    root, resolved, result = built
+    assert [i for t in result.tasks for i in t.built] == IDS
+    zoo = Zoo.load(root / "runs" / "zoo")
+    assert [e.id for e in zoo.entries] == IDS
+    seeds = {e.task: e.seed for e in zoo.entries}
+    assert seeds["arc-easy"] != seeds["boolq"]
+    for e in zoo.entries:
+        assert e.task == e.id.rsplit("-s", 1)[0] and e.step == int(e.id.rsplit("-s", 1)[1])
+        assert e.source == "built" and e.sha256 == weights_sha256(zoo.path_of(e))
+        assert len(e.condition) == 64 and all("Answer format" in c for c in e.condition)
+        ad = load_adapter(zoo.path_of(e))
+        assert ad.r == 4 and len(ad.modules) == 4  # 2 layers x (q_proj, v_proj)
+        assert all(float(m.B.abs().sum()) > 0 for m in ad.modules.values()), "teacher did not train"
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(tiny[0]), str(zoo.path_of(e)))
+        assert peft_model.peft_config["default"].r == 4
+    # Different checkpoints of one trajectory differ, and carry different condition samples.
+    a, b = zoo.by_task("boolq")
+    assert a.sha256 != b.sha256 and a.condition != b.condition
+    prov = json.loads((root / "runs" / "zoo" / "llgbm.json").read_text())
+    assert prov["build_spec"]["base"] == "tiny-llama" and prov["config"]["zoo"]["steps"] == 6
+
+
+def test_rerun_skips_finished_work(built, tiny, tmp_path):
+    root = _copy_project(built, tmp_path)
+    resolved = load_config(root / "llgbm.toml")
+    before = (root / "runs/zoo/zoo.jsonl").read_text()
+    res = build_zoo(resolved, model_and_tokenizer=None)  # nothing to train: the model is not even loaded
+    assert sum(len(t.built) for t in res.tasks) == 0
+    assert [i for t in res.tasks for i in t.skipped] == IDS
+    assert (root / "runs/zoo/zoo.jsonl").read_text() == before
+
+
+def test_killed_mid_write_adapter_is_redone_identically(built, tiny, tmp_path):
+    root = _copy_project(built, tmp_path)
+    zdir = root / "runs" / "zoo"
+    good = weights_sha256(zdir / "adapters" / "boolq-s00006")
+    # What a kill leaves behind: the last checkpoint's folder half-written (truncated weights),
+    # its manifest row missing, and a stray temporary folder of the atomic write.
+    rows = (zdir / "zoo.jsonl").read_text().splitlines(keepends=True)
+    (zdir / "zoo.jsonl").write_text("".join(rows[:-1]))
+    w = zdir / "adapters" / "boolq-s00006" / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    (zdir / "adapters" / ".boolq-s00006.abc.tmp").mkdir()
+    res = build_zoo(load_config(root / "llgbm.toml"), model_and_tokenizer=tiny)
+    boolq = next(t for t in res.tasks if t.task == "boolq")
+    assert boolq.built == ["boolq-s00006"] and boolq.resumed_from == 4 and boolq.steps_run == 2
+    assert next(t for t in res.tasks if t.task == "arc-easy").built == []
+    assert weights_sha256(zdir / "adapters" / "boolq-s00006") == good  # resume is exact
+    assert [e.id for e in Zoo.load(zdir).entries] == IDS
+    assert not list((zdir / "adapters").glob(".*"))
+
+
+def test_corrupt_weights_with_manifest_row_are_redone(built, tiny, tmp_path):
+    root = _copy_project(built, tmp_path)
+    zdir = root / "runs" / "zoo"
+    w = zdir / "adapters" / "arc-easy-s00004" / "adapter_model.safetensors"
+    w.write_bytes(b"broken")
+    res = build_zoo(load_config(root / "llgbm.toml"), model_and_tokenizer=tiny)
+    arc = next(t for t in res.tasks if t.task == "arc-easy")
+    assert arc.built == ["arc-easy-s00004"]  # the later one stays: it was finished
+    assert arc.skipped == ["arc-easy-s00006"]
+    assert weights_sha256(w.parent) == Zoo.load(zdir).get("arc-easy-s00004").sha256
+
+
+def test_other_settings_are_refused_without_force(built, cli, tmp_path):
+    root = _copy_project(built, tmp_path)
+    r = cli("--project", root / "llgbm.toml", "zoo", "build", "--steps", "8")
+    assert r.exit_code == 2
+    assert "built with other settings" in r.stderr and "zoo.steps" in r.stderr and "--force" in r.stderr
+
+
+def test_unknown_dataset_lists_valid_names(cli, tiny_project):
+    r = cli("--project", tiny_project, "zoo", "build", "--tasks", "arc-easy,arc-eazy")
+    assert r.exit_code == 2
+    assert "arc-eazy" in r.stderr and "valid" in r.stderr and "openbookqa" in r.stderr
+    r = cli("--project", tiny_project, "zoo", "add", str(tiny_project.parent), "--task", "nope")
+    assert r.exit_code == 2 and "valid datasets" in r.stderr
+
+
+def test_zoo_add_registers_and_rejects_foreign_adapter(cli, tiny, tiny_project, tmp_path):
+    import torch
+
+    model = tiny[0]
+    save_adapter(tmp_path / "mine", random_adapter(model, r=4, seed=1))
+    r = cli("--project", tiny_project, "--json", "zoo", "add", tmp_path / "mine", "--task", "boolq")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["added"][0]["id"] == "mine"
+    zoo = Zoo.load(tiny_project.parent / "runs" / "zoo")
+    e = zoo.get("mine")
+    assert e.source == "added" and e.task == "boolq" and zoo.path_of(e) == (tmp_path / "mine").resolve()
+    assert len(e.condition) == 64
+    # An adapter made for a wider base model: q_proj 64 -> 64 instead of 32 -> 32.
+    name = "model.layers.0.self_attn.q_proj"
+    save_adapter(tmp_path / "foreign", {name: LoraModule(torch.randn(4, 64), torch.randn(64, 4), 2.0)})
+    r = cli("--project", tiny_project, "zoo", "add", tmp_path / "foreign", "--task", "boolq")
+    assert r.exit_code == 2
+    assert name in r.stderr and "(4, 64)" in r.stderr and "32->32" in r.stderr
+    assert [x.id for x in Zoo.load(tiny_project.parent / "runs" / "zoo").entries] == ["mine"]
+    r = cli("--project", tiny_project, "zoo", "add", tmp_path / "mine", "--task", "boolq")
+    assert r.exit_code == 2 and "already in" in r.stderr
+
+
+def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
+    root = _copy_project(built, tmp_path)
+    resolved = load_config(root / "llgbm.toml")
+    rep = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny).to_dict()
+    assert set(rep["tasks"]) == {"arc-easy", "boolq"}
+    for task, t in rep["tasks"].items():
+        assert t["n"] == 6 and 0 <= t["base"] <= 1
+        assert sorted(t["adapters"]) == [i for i in IDS if i.startswith(task)]
+        assert t["last"] == f"{task}-s00006"
+    assert rep["beats_base"]["of"] == 2
+    saved = json.loads((root / "runs/zoo/scores.json").read_text())
+    assert saved["tasks"] == rep["tasks"]
+    last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
+    assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
