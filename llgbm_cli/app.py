@@ -125,6 +125,9 @@ def root(
     ctx.obj = State(project, verbose, quiet, json_out)
     level = logging.DEBUG if verbose else (logging.WARNING if quiet or json_out else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:  # third-party loaders chat at INFO (faiss prints which CPU build it picked)
+        for noisy in ("faiss", "faiss.loader", "accelerate", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

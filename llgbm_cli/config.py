@@ -235,6 +235,10 @@ class IndexSection(Section):
     ivf_nlist: int = Field(100, ge=1, description="IVF number of lists.")
     ivf_nprobe: int = Field(10, ge=1, description="IVF lists probed per query.")
     path: str = Field("index", description="Index folder (relative to workdir).")
+    exclude_tasks: list[str] = Field(
+        default_factory=list,
+        description="Leave these tasks' adapters out of the index (leave-one-out evaluation of retrieval).",
+    )
 
 
 class RetrieveSection(Section):

@@ -187,6 +187,7 @@ def load_base_model(name: str, dtype: str = "float32", device: str = "auto"):
     path = resolve_model_path(name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
@@ -205,6 +206,13 @@ def load_base_model(name: str, dtype: str = "float32", device: str = "auto"):
     # Record the name the user gave, so provenance says `smollm2-135m-instruct`, not a cache path.
     model.config.llgbm_name = name
     return model, tok
+
+
+def _quiet_transformers() -> None:
+    # transformers draws its own tqdm bars on every load; llgbm shows its own progress instead.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _first_line(e: BaseException) -> str:
@@ -317,6 +325,7 @@ def load_encoder(name: str = MINILM, device: str = "auto", max_length: int = 256
 
     path = resolve_encoder_path(name)
     dev = resolve_device(device)
+    _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # The built-in world, end to end, as plain llgbm commands (run by `make demo`).
-# Each step reuses finished work when run again.
+# SmolLM2-135M-Instruct + the shipped benchmarks; OpenBookQA is the held-out task: no generator,
+# predictor or index used for it has seen its adapters. Every step reuses finished work when run
+# again. Outputs go to runs/ (the [project] workdir of llgbm.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+HOLDOUT=openbookqa
+W=runs
 
 llgbm config validate
-llgbm data list
-llgbm zoo build   # one LoRA teacher trajectory per task; a rerun skips finished checkpoints
-llgbm zoo score --checkpoints last   # base vs teachers on held-out questions (also runs/zoo/scores.json)
-llgbm cache-deltas   # delta of every zoo adapter; reruns compute only new or changed adapters
-[ -f runs/train/multitask/final/generator.json ] || llgbm train multitask --resume 2>/dev/null || llgbm train multitask   # generator: weights + delta loss
-llgbm generate --prompts-file <(printf 'Which gas do plants absorb from the air?\nWhy does ice float on water?\n') --out runs/generated/science --force   # text -> PEFT adapter
-llgbm index build --force   # FAISS index over the cached deltas (cheap to rebuild)
-[ -f runs/train/b2/predictor.json ] || llgbm train delta-only --variant b2   # B2: text -> delta predictor
-llgbm retrieve "Which gas do plants take in from the air to make food?"      # top-k adapters for a prompt
-llgbm eval --force   # every [eval] method side by side: runs/eval/results.md, results.{json,csv}, plots/, acceptance checks
+llgbm zoo build                 # teacher LoRA trajectories, 5 tasks x 5 checkpoints (resumable)
+llgbm cache-deltas              # delta of every zoo adapter on the probes (incremental)
+# Generators and the predictor are trained without the held-out task (holdout_tasks in llgbm.toml).
+[ -e $W/train/multitask/final ] || llgbm train multitask              # weights + delta loss
+[ -e $W/train/b1/final ] || llgbm train delta-only --variant b1       # delta loss alone
+[ -e $W/train/b2/predictor.json ] || llgbm train delta-only --variant b2   # text -> delta
+llgbm index build --force --set "index.exclude_tasks=[\"$HOLDOUT\"]"  # delta-space index of the other tasks
+# Retrieval for the held-out task from a few of its unlabeled prompts, merged with TIES.
+llgbm data show $HOLDOUT --split train -n 8 --jsonl > $W/$HOLDOUT-prompts.jsonl
+llgbm retrieve --prompts-file $W/$HOLDOUT-prompts.jsonl --merge ties --out $W/merges/$HOLDOUT-ties --force
+llgbm eval --holdout $HOLDOUT --force   # table, runs/eval/results.{md,json,csv}, plots, checks
+echo "results: $W/eval/results.md   plots: $W/eval/*.png"

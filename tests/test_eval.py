@@ -275,3 +275,15 @@ def test_eval_checks_and_degenerate():
             {"method": "multitask", "accuracy": 0.5, "delta_cosine": 0.6}]
     assert retrieval_floor(summ, 0.05)["status"] == "fail"
     assert retrieval_floor(summ, 0.2)["status"] == "pass"
+
+
+def test_b1_training_degeneracy_flags_are_a_check():
+    from llgbm_cli.evaluation import checks as C
+
+    healthy = [{"step": 5, "degenerate_norm": 0.0, "degenerate_diversity": 0.0, "lora_norm_ratio": 0.9}]
+    collapsed = [{"step": 5, "degenerate_norm": 0.0, "degenerate_diversity": 1.0, "gen_pairwise_cosine": 0.9999,
+                  "teacher_pairwise_cosine": 0.33}]
+    assert C.training_degeneracy("b1", healthy)["status"] == C.PASS
+    bad = C.training_degeneracy("b1", collapsed)
+    assert bad["status"] == C.FAIL and "diversity collapse" in bad["detail"]
+    assert C.training_degeneracy("b1", [{"step": 1, "loss_delta": 0.3}]) is None

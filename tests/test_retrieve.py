@@ -174,3 +174,17 @@ def test_index_info_reports_source(cli, indexed):
     d = json.loads(r.stdout)
     assert d["count"] == 9 and d["source"]["spec"]["pool"] == "last_token"
     assert d["tasks"] == ["arc-easy", "boolq", "piqa"]
+
+
+def test_index_can_leave_a_task_out(cli, indexed, tmp_path):
+    project, _ = indexed
+    out = tmp_path / "loo-index"
+    r = _run(cli, project, "index", "build", "--set", "index.exclude_tasks=[\"arc-easy\"]",
+             "--set", f"index.path=\"{out}\"")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["count"] == 6
+    tasks = set(json.loads((out / "ids.json").read_text())["tasks"])
+    assert "arc-easy" not in tasks and "boolq" in tasks
+    r = _run(cli, project, "index", "build", "--force", "--set", "index.exclude_tasks=[\"nope\"]",
+             "--set", f"index.path=\"{out}\"")
+    assert r.exit_code == 2 and "index.exclude_tasks" in r.stderr

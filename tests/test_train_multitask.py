@@ -202,3 +202,11 @@ def test_two_process_accelerate_launch(tiny_train_project):
     assert json.loads(lines[0])["steps"] == 2 and json.loads(lines[0])["processes"] == 2
     m = _metrics(tiny_train_project.parent / "runs" / "train" / "multitask")
     assert sorted(m) == [1, 2]
+
+
+def test_set_override_is_not_wiped_by_absent_flag(cli, tiny_train_project):
+    # `--steps` not given must leave `--set train.multitask.total_steps` in force.
+    r = cli("-p", tiny_train_project, "--quiet", "--json", "train", "multitask",
+            "--set", "train.multitask.total_steps=2", "--set", "train.multitask.warmup_steps=1")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 2

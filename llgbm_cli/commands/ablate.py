@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
+from .common import console, emit, progress, state, given
 from .config import SET_HELP, overrides_from
 
 
@@ -50,7 +50,7 @@ def ablate_cmd(
     from ..services.ablate import run_ablate
 
     ov = overrides_from(set_)
-    resolved = state(ctx).load_config({**ov, "ablation.total_steps": steps})
+    resolved = state(ctx).load_config({**ov, **given({"ablation.total_steps": steps})})
     with progress(ctx) as rep:
         result = run_ablate(resolved, cells=cell, dry_run=dry_run, overrides=ov, progress=rep)
     emit(ctx, result.to_dict(), render_ablate)

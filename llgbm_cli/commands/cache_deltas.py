@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
+from .common import console, emit, progress, state, given
 
 
 def cache_deltas_cmd(
@@ -36,8 +36,8 @@ def cache_deltas_cmd(
             overrides["delta.layers"] = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
             raise InputError(f"--layers {layers}: expected comma-separated integers, e.g. -1 or 6,-1")
-    overrides.update({"probes.source": probes, "probes.count": probe_count, "delta.pool": pool,
-                      "delta.adapters_per_batch": batch})
+    overrides.update(given({"probes.source": probes, "probes.count": probe_count, "delta.pool": pool,
+                            "delta.adapters_per_batch": batch}))
     resolved = state(ctx).load_config(overrides)
     with progress(ctx) as rep:
         result = run_cache_deltas(resolved, adapters=adapters, rebuild=rebuild, progress=rep)

@@ -108,3 +108,9 @@ class ProgressReporter:
 
 
 NULL_PROGRESS = ProgressReporter(enabled=False)
+
+
+def given(values: dict) -> dict:
+    """Keep only the flags the user gave (not None), so they override --set and file values
+    without wiping them when absent."""
+    return {k: v for k, v in values.items() if v is not None}

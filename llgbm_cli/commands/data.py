@@ -36,11 +36,19 @@ def show_cmd(
     name: str = typer.Argument(..., help="Dataset name."),
     split: str = typer.Option("test", help="train or test."),
     n: int = typer.Option(3, "-n", min=1, help="How many records."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print only the prompts, one {\"text\": ...} JSON line each "
+                               "(a prompts file for `retrieve --prompts-file` or `generate --prompts-file`)."),
 ) -> None:
     """Print a few records of a dataset."""
+    import json
+
     from ..data import load_dataset
 
     recs = load_dataset(name, split)[:n]
+    if jsonl:
+        for r in recs:
+            typer.echo(json.dumps({"text": r.prompt}))
+        return
     payload = [{"id": r.id, "prompt": r.prompt, "options": list(r.options), "answer": r.answer} for r in recs]
 
     def render(p):

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
+from .common import console, emit, progress, state, given
 from .config import SET_HELP, overrides_from
 
 
@@ -59,7 +59,7 @@ def eval_cmd(
     from ..services.eval import enforce_checks, run_eval
 
     ov = overrides_from(set_)
-    ov.update({"eval.test_sample": test_sample, "eval.strict": strict})
+    ov.update(given({"eval.test_sample": test_sample, "eval.strict": strict or None}))
     resolved = state(ctx).load_config(ov)
     cks = {k: Path(v) for k, v in (("multitask", multitask_checkpoint), ("b1", b1_checkpoint)) if v}
     with progress(ctx) as rep:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
+from .common import console, emit, progress, state, given
 from .config import SET_HELP, overrides_from
 
 index_app = typer.Typer(help="Build and inspect the delta-space retrieval index.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def build_cmd(
     """Index every cached delta (L2-normalized, inner product = cosine) under <workdir>/index."""
     from ..services.index import build_index
 
-    resolved = state(ctx).load_config({**overrides_from(set_), "index.kind": kind, "index.device": device})
+    resolved = state(ctx).load_config({**overrides_from(set_), **given({"index.kind": kind, "index.device": device})})
     with progress(ctx) as rep:
         result = build_index(resolved, force=force, progress=rep)
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from .common import console, emit, progress, state
+from .common import console, emit, given, progress, state
 from .config import SET_HELP, overrides_from
 
 
@@ -64,10 +64,10 @@ def merge_cmd(
     if out is None:
         raise InputError("--out DIR is required: the folder the merged adapter is written to")
     overrides = overrides_from(set_)
-    overrides.update({
+    overrides.update(given({
         "merge.strategy": strategy, "merge.density": density, "merge.drop_rate": drop_rate,
         "merge.seed": seed, "merge.space": space, "merge.rank": rank, "merge.device": device,
-    })
+    }))
     resolved = state(ctx).load_config(overrides)
     m = resolved.config.merge
     from ..services.merge import merge_to_folder

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
+from .common import console, emit, progress, state, given
 from .config import SET_HELP, overrides_from
 
 train_app = typer.Typer(help="Train LoRA generators (multitask; delta-only variants).", no_args_is_help=True)
@@ -47,8 +47,8 @@ def multitask_cmd(
     from ..services.train_multitask import train_multitask
 
     ov = overrides_from(set_)
-    ov.update({"train.multitask.total_steps": steps, "train.multitask.generator": generator,
-               "train.multitask.lambda_delta": lambda_delta, "train.multitask.learning_rate": lr})
+    ov.update(given({"train.multitask.total_steps": steps, "train.multitask.generator": generator,
+                     "train.multitask.lambda_delta": lambda_delta, "train.multitask.learning_rate": lr}))
     resolved = state(ctx).load_config(ov)
     with progress(ctx) as rep:
         result = train_multitask(resolved, force=force, resume=resume, out_dir=out, progress=rep)
@@ -72,7 +72,7 @@ def delta_only_cmd(
     from ..services.train_delta_only import render_b2, train_b2
 
     ov = overrides_from(set_)
-    ov.update({"train.delta_only.variant": variant, "train.delta_only.generator": generator})
+    ov.update(given({"train.delta_only.variant": variant, "train.delta_only.generator": generator}))
     resolved = state(ctx).load_config(ov)
     if resolved.config.train.delta_only.variant == "b2":
         if resume:

@@ -138,6 +138,25 @@ def not_degenerate(label: str, deltas: dict[str, Any], adapter_norms: dict[str, 
     return check(name, not zero and not collapsed, detail, max_pair_cosine=worst, zero=zero)
 
 
+def training_degeneracy(label: str, rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The degeneracy flags a delta-only run logs itself (norm collapse, tasks collapsing together),
+    read from its last logged step: this check needs no second held-out task."""
+    last = next((r for r in reversed(rows) if "degenerate_norm" in r or "degenerate_diversity" in r), None)
+    if last is None:
+        return None
+    norm_bad = bool(last.get("degenerate_norm", 0.0) > 0)
+    div_bad = bool(last.get("degenerate_diversity", 0.0) > 0)
+    parts = []
+    if "lora_norm_ratio" in last:
+        parts.append(f"generated/teacher LoRA norm {last['lora_norm_ratio']:.3g}")
+    if "gen_pairwise_cosine" in last:
+        parts.append(f"pairwise cosine of generated adapters {last['gen_pairwise_cosine']:.4f}"
+                     + (f" (teachers {last['teacher_pairwise_cosine']:.4f})" if "teacher_pairwise_cosine" in last else ""))
+    flags = [w for w, bad in (("norm collapse", norm_bad), ("diversity collapse", div_bad)) if bad]
+    detail = "; ".join(parts) + (f" -> {', '.join(flags)}" if flags else "")
+    return check(f"{label} no degenerate solution (training run)", not flags, detail, step=last.get("step"))
+
+
 PREDICTION_KEYS = ("val_cosine", "val_delta_cosine", "heldout_delta_cosine", "eval_delta_cosine", "delta_cosine",
                    "delta_cosine_sim", "train_delta_cosine")
 

@@ -334,7 +334,9 @@ def retrieval_adapters(world: World, tasks: list[str], folder: Path):
         raise InputError(f"method b2: no delta predictor at {pfolder}; make it with `{TRAIN_RUNS['b2'][1]}` "
                          "and an index with `llgbm index build`")
     _, meta = load_predictor(pfolder)
-    ids = list(meta.get("train_ids", [])) + list(meta.get("val_ids", []))
+    # Only the adapters it was fitted on count as seen: val_ids (the held-out tasks when
+    # holdout_tasks is set) were only measured, never trained on.
+    ids = list(meta.get("train_ids", []))
     by_id = {e.id: e.task for e in world.zoo.entries}
     seen = sorted({by_id[i] for i in ids if i in by_id}) if ids else None
     _refuse_seen("b2", pfolder, seen, world.holdout, "delta_only")
@@ -530,6 +532,8 @@ def run_eval(
             if m in methods:
                 ck = Path(result.runs[m]["checkpoint"]) if m in result.runs and "checkpoint" in result.runs[m] else None
                 result.checks.extend(C.training_checks(m, rows, read_provenance(run), ck))
+                if m == "b1":
+                    result.checks.append(C.training_degeneracy(m, rows))
         for m in ("b1", "multitask"):
             if m in methods:
                 gen_d = {t: method_delta[m, t] for t in tasks if (m, t) in method_delta}

@@ -83,6 +83,17 @@ def build_index(
     ids = list(cache.ids)
     matrix = cache.matrix().numpy()
     tasks_by_id = zoo_tasks(resolved)
+    excluded = set(cfg.index.exclude_tasks)
+    if excluded:
+        unknown = excluded - set(tasks_by_id.values())
+        if unknown:
+            raise InputError(f"index.exclude_tasks: {sorted(unknown)} not among the zoo's tasks "
+                             f"{sorted(set(tasks_by_id.values()))}")
+        keep = [i for i, a in enumerate(ids) if tasks_by_id.get(a) not in excluded]
+        if not keep:
+            raise InputError("index.exclude_tasks: every adapter is excluded; keep at least one task")
+        ids = [ids[i] for i in keep]
+        matrix = matrix[keep]
     progress.update(task, description=f"index: building {cfg.index.kind} over {len(ids)} deltas")
     t0 = time.perf_counter()
     idx = DeltaIndex.build(
@@ -99,7 +110,8 @@ def build_index(
     idx.meta["cache"] = str(src)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(folder.parent / f".{folder.name}.lock", what="this index"):
-        prov = provenance("index build", resolved.to_dict(), cache=str(src), count=len(ids))
+        prov = provenance("index build", resolved.to_dict(), cache=str(src), count=len(ids),
+                          excluded_tasks=sorted(excluded))
         idx.save(folder, force=force, extra_files={"llgbm.json": prov})
     progress.update(task, description=f"index: {len(ids)} deltas", total=1, completed=1)
     return IndexBuildResult(
