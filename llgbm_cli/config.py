@@ -442,7 +442,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"file not found; create one (see docs/config.md) or pass --project PATH"], source=str(path))
+        raise ConfigError(["file not found; create one (see docs/config.md) or pass --project PATH"], source=str(path))
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror}"], source=str(path))
     try:

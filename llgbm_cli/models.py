@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -181,7 +180,6 @@ def _tiny_folder() -> Path:
 
 def load_base_model(name: str, dtype: str = "float32", device: str = "auto"):
     """Load a base causal LM and its tokenizer, frozen, in eval mode. Returns (model, tokenizer)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)

@@ -7,7 +7,6 @@ models are used by tests marked `slow`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 

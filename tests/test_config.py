@@ -12,7 +12,6 @@ def test_shipped_project_file_is_valid():
 
 
 def test_defaults_are_the_plans_values(tmp_path):
-    cfg = load_config(tmp_path / "missing.toml", explicit=False) if False else None
     from llgbm_cli.config import LlgbmConfig
 
     c = LlgbmConfig()

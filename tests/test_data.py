@@ -1,6 +1,6 @@
 import pytest
 
-from llgbm_cli.data import PACK_DIR, check_dataset, list_datasets, load_dataset, sample
+from llgbm_cli.data import PACK_DIR, check_dataset, load_dataset, sample
 from llgbm_cli.errors import InputError
 
 

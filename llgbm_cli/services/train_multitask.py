@@ -77,7 +77,6 @@ def _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters, rep=N
     import torch
 
     from ..deltas.compute import compute_deltas
-    from ..models import model_fingerprint
 
     from ..deltas.cache import DeltaCache, make_header
 
@@ -139,7 +138,6 @@ def train_multitask(
     """
     import torch
 
-    from ..adapters import load_adapter
     from ..deltas.compute import DeltaSpec, base_states, delta_for_stacked
     from ..deltas.probes import load_probes
     from ..generators import build_generator
@@ -148,6 +146,7 @@ def train_multitask(
     from ..losses import DeltaLoss, MultiTaskLoss, delta_w_mse, masked_token_mse
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder, model_fingerprint
+    from ..training.world import load_teacher_adapters, start_run_folder
     from ..training import LoopConfig, find_latest_checkpoint, make_accelerator, run_training, step_rng
 
     cfg = resolved.config
@@ -168,36 +167,15 @@ def train_multitask(
     zoo, train_e, held_e = _zoo_split(resolved, mt)
     acc = make_accelerator(mt.mixed_precision, cfg.model.device)
     main = acc.is_main_process
-    old = None
-    if main and force and not resume and out.exists():
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)  # deleted once the new run finished: a failed run loses nothing
-    acc.wait_for_everyone()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    old = start_run_folder(out, acc, force=force, resume=resume)
     torch.manual_seed(cfg.project.seed)
 
     model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
     layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
     entries = train_e + held_e
-    adapters = []
-    for e in entries:
-        ad = load_adapter(zoo.path_of(e))
-        if ad.r != cfg.lora.rank or set(ad.modules) != set(layout.module_names):
-            raise InputError(
-                f"{zoo.path_of(e)}: adapter (rank {ad.r}, {len(ad.modules)} modules) does not match [lora] "
-                f"(rank {cfg.lora.rank}, {len(layout.module_names)} modules on {', '.join(cfg.lora.target_modules)})"
-            )
-        adapters.append(ad)
-    scaling = adapters[0].modules[layout.module_names[0]].scaling
+    adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
     n_train = len(train_e)
     teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
-    teacher_ab = {
-        k: (torch.stack([a.modules[k].A for a in adapters]).to(acc.device),
-            torch.stack([a.modules[k].B for a in adapters]).to(acc.device))
-        for k in layout.module_names
-    }
     mask = layout.mask(acc.device)
 
     spec = DeltaSpec.from_config(cfg.delta)

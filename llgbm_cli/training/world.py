@@ -1,0 +1,51 @@
+"""Set-up shared by the generator trainers (multitask and delta-only B1): the run folder and the
+teacher adapters of the zoo, checked against the [lora] layout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..errors import InputError
+
+
+def start_run_folder(out: Path, acc, *, force: bool, resume: bool) -> Optional[Path]:
+    """Create ``out`` for a new run. With ``force`` an existing run is moved aside (returned) and
+    deleted by the caller only once the new run has finished, so a failed run loses nothing."""
+    old = None
+    if acc.is_main_process and force and not resume and out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    return old
+
+
+def load_teacher_adapters(zoo, entries, layout, lora_cfg, device):
+    """Load the entries' adapters, each checked against the generator's module layout.
+
+    Returns (adapters, scaling, teacher_ab) where teacher_ab maps a module name to the stacked
+    (A [n, r, in], B [n, out, r]) of all entries, on ``device``."""
+    import torch
+
+    from ..adapters import load_adapter
+
+    adapters = []
+    for e in entries:
+        ad = load_adapter(zoo.path_of(e))
+        if ad.r != lora_cfg.rank or set(ad.modules) != set(layout.module_names):
+            raise InputError(
+                f"{zoo.path_of(e)}: adapter (rank {ad.r}, {len(ad.modules)} modules) does not match [lora] "
+                f"(rank {lora_cfg.rank}, {len(layout.module_names)} modules on {', '.join(lora_cfg.target_modules)})"
+            )
+        adapters.append(ad)
+    scaling = adapters[0].modules[layout.module_names[0]].scaling
+    teacher_ab = {
+        k: (torch.stack([a.modules[k].A for a in adapters]).to(device),
+            torch.stack([a.modules[k].B for a in adapters]).to(device))
+        for k in layout.module_names
+    }
+    return adapters, scaling, teacher_ab
