@@ -64,5 +64,12 @@ def show_cmd(
     emit(ctx, shown, render)
 
 
+@config_app.command("workdir")
+def workdir_cmd(ctx: typer.Context) -> None:
+    """Print the resolved work folder (absolute), for shell scripts."""
+    wd = state(ctx).load_config().workdir
+    emit(ctx, {"workdir": str(wd)}, lambda r: typer.echo(r["workdir"]))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
