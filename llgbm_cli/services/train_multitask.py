@@ -145,8 +145,8 @@ def train_multitask(
     from ..io import provenance, write_provenance
     from ..losses import DeltaLoss, MultiTaskLoss, delta_w_mse, masked_token_mse
     from ..lora.tokenizer import LoraTokenizer
-    from ..models import load_base_model, load_encoder, model_fingerprint
-    from ..training.world import load_teacher_adapters, start_run_folder
+    from ..models import load_base_model, load_encoder
+    from ..training.world import generator_meta, load_teacher_adapters, save_generator_meta, start_run_folder
     from ..training import LoopConfig, find_latest_checkpoint, make_accelerator, run_training, step_rng
 
     cfg = resolved.config
@@ -262,26 +262,10 @@ def train_multitask(
                     res["heldout_mean_delta_cosine"] = float(torch.nn.functional.cosine_similarity(mean, tgt, dim=-1).mean())
         return res
 
-    meta_common = {
-        "base_model": cfg.model.base,
-        "base_fingerprint": model_fingerprint(model),
-        "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules),
-                 "last_layers": cfg.lora.last_layers, "scaling": scaling},
-        "encoder": cfg.model.encoder,
-        "condition": {"mode": mt.condition, "n_prompts": n_prompts, "max_text_length": mt.max_text_length},
-        "delta": {"spec": spec.to_dict(), "probes": probes.describe()},
-        "trained_on": sorted({e.task for e in train_e}),
-        "heldout": sorted({e.task for e in held_e}),
-    }
+    meta_common = generator_meta(cfg, model, scaling, {"mode": mt.condition, "n_prompts": n_prompts, "max_text_length": mt.max_text_length}, spec, probes, train_e, held_e)
 
     def save_meta(folder: Path, net, step: int) -> None:
-        from ..io import atomic_write_json
-        from ..generators.base import META
-
-        full = dict(meta_common, step=step)
-        full.update(generator=net.name, generator_options=net.options(), cond_dim=net.cond_dim,
-                    tokenizer=net.tokenizer.to_dict(), parameters=net.num_parameters())
-        atomic_write_json(folder / META, full)
+        save_generator_meta(folder, meta_common, net, step)
 
     if main:
         write_provenance(out, provenance("train multitask", resolved.to_dict(), teacher_deltas=delta_src,

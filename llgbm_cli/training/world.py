@@ -49,3 +49,31 @@ def load_teacher_adapters(zoo, entries, layout, lora_cfg, device):
         for k in layout.module_names
     }
     return adapters, scaling, teacher_ab
+
+
+def generator_meta(cfg, model, scaling, condition: dict, spec, probes, train_e, held_e, **extra) -> dict:
+    """What a generator checkpoint records besides its weights, so `load_generator` needs nothing else."""
+    from ..models import model_fingerprint
+
+    return {
+        **extra,
+        "base_model": cfg.model.base,
+        "base_fingerprint": model_fingerprint(model),
+        "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules),
+                 "last_layers": cfg.lora.last_layers, "scaling": scaling},
+        "encoder": cfg.model.encoder,
+        "condition": condition,
+        "delta": {"spec": spec.to_dict(), "probes": probes.describe()},
+        "trained_on": sorted({e.task for e in train_e}),
+        "heldout": sorted({e.task for e in held_e}),
+    }
+
+
+def save_generator_meta(folder: Path, meta_common: dict, net, step: int) -> None:
+    from ..generators.base import META
+    from ..io import atomic_write_json
+
+    full = dict(meta_common, step=step)
+    full.update(generator=net.name, generator_options=net.options(), cond_dim=net.cond_dim,
+                tokenizer=net.tokenizer.to_dict(), parameters=net.num_parameters())
+    atomic_write_json(folder / META, full)
