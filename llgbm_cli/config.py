@@ -21,7 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
+from .tasks.registry import TaskSpec
 
 DEFAULT_PROJECT_FILE = "llgbm.toml"
 DEFAULT_TASKS = ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa"]
@@ -76,7 +77,7 @@ class LoraSection(Section):
 class DataSection(Section):
     datasets: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TASKS),
-        description="Datasets of the shipped pack this project uses (see `llgbm data list`).",
+        description="Tasks this project uses: shipped presets or `[tasks.NAME]` tables (see `llgbm data list`).",
     )
     max_length: int = Field(256, ge=16, description="Truncate training sequences to this many tokens.")
     test_sample: int = Field(200, ge=1, description="Held-out questions scored per task (seeded sample).")
@@ -86,6 +87,11 @@ class DataSection(Section):
     score_batch_size: int = Field(
         16, ge=1, description="Questions per forward pass when scoring multiple-choice tasks."
     )
+    scoring: Optional[Literal["label", "choice"]] = Field(
+        None, description="Scoring mode of every multiple-choice task, for teacher training and scoring alike "
+        "(None: each task's own `scoring`; `zoo score --scoring` sets it)."
+    )
+    generate_batch_size: int = Field(16, ge=1, description="Questions decoded together for generative tasks.")
 
 
 class ZooSection(Section):
@@ -109,7 +115,7 @@ class ZooSection(Section):
 class ProbesSection(Section):
     source: str = Field(
         "generic",
-        description="Built-in probe set name (`generic`, or `task:<dataset>`) or a .txt/.jsonl file path.",
+        description="Built-in probe set name (`generic`, or `task:<name>` for any registered task) or a .txt/.jsonl file path.",
     )
     count: Optional[int] = Field(None, ge=1, description="Use only the first N probes (None: all).")
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template to probes.")
@@ -326,6 +332,9 @@ class LlgbmConfig(Section):
     merge: MergeSection = Field(default_factory=MergeSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     ablation: AblationSection = Field(default_factory=AblationSection)
+    tasks: dict[str, TaskSpec] = Field(
+        default_factory=dict, description="The project's own tasks, one `[tasks.NAME]` table each (see below)."
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -475,7 +484,8 @@ def load_config(
     known = set(all_keys())
     bad_flags = []
     for k, v in overrides.items():
-        if k not in known and not k.split(".")[-1] == "generator_options" and ".generator_options." not in k:
+        if (k not in known and not k.split(".")[-1] == "generator_options" and ".generator_options." not in k
+                and not k.startswith("tasks.")):
             guess = difflib.get_close_matches(k, sorted(known), n=1)
             bad_flags.append(f"{k}: unknown key" + (f" (did you mean `{guess[0]}`?)" if guess else ""))
             continue
@@ -486,7 +496,7 @@ def load_config(
         cfg = LlgbmConfig.model_validate(data)
     except ValidationError as e:
         problems.extend(_format_errors(e))
-    problems.extend(_dataset_checks(data))
+    problems.extend(_dataset_checks(data, cfg, used_path or p))
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
     if problems:
@@ -511,22 +521,30 @@ def _deep_copy(d: Any) -> Any:
     return d
 
 
-def _dataset_checks(data: dict) -> list[str]:
-    """Dataset names are checked on the raw values, so they are reported with type errors too."""
-    from .data import list_datasets  # light: no torch
+def _dataset_checks(data: dict, cfg: Optional[LlgbmConfig], path: Path) -> list[str]:
+    """Task names are checked on the raw values, so they are reported with type errors too."""
+    from .tasks.registry import TaskRegistry  # light: no torch
 
     problems = []
-    valid = list_datasets()
+    try:
+        reg = TaskRegistry(cfg.tasks if cfg is not None else {}, Path(path).resolve().parent)
+    except InputError as e:
+        return [e.message]
+    valid = reg.names()
     for key in ("data.datasets", "zoo.tasks"):
         sec, name = key.split(".")
         names = (data.get(sec) or {}).get(name) if isinstance(data.get(sec), dict) else None
         if not isinstance(names, list):
             continue
         for n in names:
-            if isinstance(n, str) and n not in valid:
+            try:
+                ok = isinstance(n, str) and bool(reg.check(n))
+            except InputError:
+                ok = False
+            if isinstance(n, str) and not ok:
                 guess = difflib.get_close_matches(n, valid, n=1)
                 problems.append(
-                    f"{key}: unknown dataset {n!r}"
+                    f"{key}: unknown task {n!r}"
                     + (f" (did you mean {guess[0]!r}?)" if guess else "")
                     + f"; valid: {', '.join(valid)}"
                 )

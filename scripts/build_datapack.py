@@ -1,10 +1,17 @@
-"""Build llgbm's shipped multiple-choice data pack from the LLM-Adapters release.
+"""Build llgbm's shipped data pack from the LLM-Adapters release.
 
     python scripts/build_datapack.py /path/to/llm-adapters
 
-Writes llgbm_cli/data/pack/<dataset>.jsonl.gz (train and test records), manifest.json, the
-data license and an attribution note. Deterministic: the same source gives the same bytes.
-PIQA ships only a test file: it is shuffled with a fixed seed and split into train and test.
+Writes llgbm_cli/data/pack/<dataset>.jsonl.gz, manifest.json, the data license and an attribution
+note. Deterministic: the same source gives the same bytes.
+
+* Multiple-choice sets (ARC-Easy, ARC-Challenge, BoolQ, OpenBookQA, PIQA): each record keeps the
+  original instruction, its stem (the question without the options, for the cloze form), the option
+  labels and texts, and the index of the answer. PIQA ships only a test file: it is shuffled with a
+  fixed seed and split into train and test.
+* MAWPS (generative): the word problem, its equation, the numeric answer and a worked target
+  (``(22 - 14) / 4 = 2. The answer is 2.``) that teachers train on; train/validation/test are the
+  source's trainset/validset/testset files, kept whole.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ import re
 import shutil
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llgbm_cli.tasks.formats import format_number, parse_llm_adapters_mc  # noqa: E402
 
 SOURCES = {
     "arc-easy": "ARC-Easy",
@@ -33,22 +43,43 @@ OUT = Path(__file__).resolve().parents[1] / "llgbm_cli" / "data" / "pack"
 
 
 def parse(rec: dict) -> dict:
-    instr = rec["instruction"].strip()
-    m = re.search(r"Answer format:\s*(\S+)\s*$", instr)
-    if not m:
-        raise ValueError(f"no answer format in {instr[:80]!r}")
-    labels = m.group(1).split("/")
-    body = instr[: m.start()].strip()
-    choices = None
-    if labels[0].lower() not in ("true", "false"):
-        choices = []
-        for i, lab in enumerate(labels):
-            nxt = labels[i + 1] if i + 1 < len(labels) else None
-            pat = rf"{re.escape(lab)}:\s*(.*?)\s*(?={re.escape(nxt)}:|$)" if nxt else rf"{re.escape(lab)}:\s*(.*?)\s*$"
-            mm = re.search(pat, body, flags=re.IGNORECASE | re.DOTALL)
-            choices.append(mm.group(1).strip() if mm else "")
-    answer = labels.index(rec["answer"].strip())
-    return {"instruction": instr, "labels": labels, "choices": choices, "answer": answer}
+    return parse_llm_adapters_mc(rec["instruction"], rec["answer"])
+
+
+_NUM = re.compile(r"\d+\.\d+|\d+")
+
+
+def mawps_record(rec: dict, split: str) -> dict:
+    """A MAWPS row as a generative record with a worked target (equation, value, answer sentence)."""
+    eq = re.sub(r"^\s*[xX]\s*=\s*", "", str(rec["equation"]).strip())
+    expr = _NUM.sub(lambda m: format_number(m.group(0)), eq)
+    expr = re.sub(r"\s*([-+*/])\s*", r" \1 ", expr).replace("( ", "(").replace(" )", ")")
+    expr = re.sub(r"^ - ", "-", expr).strip()
+    ans = format_number(rec["ans"])
+    question = " ".join(str(rec["original_text"]).split())
+    question = re.sub(r" ([.,?!;:'])", r"\1", question).replace(" n't", "n't")
+    return {"id": f"mawps-{split}-{rec['id']}", "split": split, "question": question, "equation": expr,
+            "answer": float(rec["ans"]), "target": f"{expr} = {ans}. The answer is {ans}."}
+
+
+def build_mawps(src: Path, manifest: dict) -> None:
+    rows, counts = [], {}
+    for split, fname in (("train", "trainset.json"), ("validation", "validset.json"), ("test", "testset.json")):
+        recs = json.loads((src / "mawps" / fname).read_text())
+        rows.extend(mawps_record(r, split) for r in recs)
+        counts[split] = len(recs)
+    data = _gz(rows)
+    (OUT / "mawps.jsonl.gz").write_bytes(data)
+    manifest["datasets"]["mawps"] = {"source_folder": "mawps", "kind": "generate", "counts": counts,
+                                     "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _gz(rows: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        for r in rows:
+            gz.write((json.dumps(r, ensure_ascii=False) + "\n").encode())
+    return buf.getvalue()
 
 
 def main(src: Path) -> None:
@@ -80,18 +111,17 @@ def main(src: Path) -> None:
                 r = parse(recs[i])
                 rows.append({"id": f"{name}-{split}-{i}", "split": split, **r})
             counts[split] = len(keep)
-        buf = io.BytesIO()
-        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-            for r in rows:
-                gz.write((json.dumps(r, ensure_ascii=False) + "\n").encode())
-        (OUT / f"{name}.jsonl.gz").write_bytes(buf.getvalue())
+        data = _gz(rows)
+        (OUT / f"{name}.jsonl.gz").write_bytes(data)
         manifest["datasets"][name] = {
             "source_folder": folder,
+            "kind": "multiple_choice",
             "counts": counts,
             "n_options": sorted({len(r["labels"]) for r in rows}),
-            "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+            "sha256": hashlib.sha256(data).hexdigest(),
             **({"note": note} if note else {}),
         }
+    build_mawps(src, manifest)
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.copyfile(src / "DATA_LICENSE", OUT / "DATA_LICENSE")
     shutil.copyfile(src / "README.md", OUT / "SOURCE_README.md")

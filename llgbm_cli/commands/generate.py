@@ -15,6 +15,8 @@ def generate_cmd(
     out: str = typer.Option(..., "--out", "-o", help="Adapter folder to write."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Prompts, one per line (.txt) or JSONL."),
     description: Optional[str] = typer.Option(None, "--description", help="A task description (description-conditioned generators)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Use a registered task's train prompts as the condition "
+                                       "([zoo] condition_prompts of them, seeded; see `llgbm data list`)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: <workdir>/train/multitask/final)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for subsampling prompts (default: project.seed)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -26,6 +28,10 @@ def generate_cmd(
     texts = list(prompts or [])
     if prompts_file:
         texts += read_prompts_file(prompts_file)
+    if task:
+        from ..services.generate import task_prompts
+
+        texts += task_prompts(resolved, task, seed=seed)
     result = generate_adapter(resolved, texts, out, description=description, checkpoint=checkpoint,
                               seed=seed, force=force)
     emit(ctx, result, lambda r: console().print(

@@ -21,8 +21,8 @@ def _split(values: Optional[List[str]]) -> Optional[list[str]]:
 @zoo_app.command("build")
 def build_cmd(
     ctx: typer.Context,
-    tasks: Optional[List[str]] = typer.Option(None, "--tasks", help="Datasets to train teachers on (comma "
-                                              "separated or repeated; default: [zoo] tasks)."),
+    tasks: Optional[List[str]] = typer.Option(None, "--tasks", help="Tasks to train teachers on: presets or "
+                                              "[tasks.NAME] tables (comma separated or repeated; default: [zoo] tasks)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps per teacher ([zoo] steps)."),
     checkpoints: Optional[int] = typer.Option(None, "--checkpoints", min=1,
                                               help="Checkpoints kept per teacher after warm-up ([zoo] checkpoints)."),
@@ -52,7 +52,8 @@ def build_cmd(
 def add_cmd(
     ctx: typer.Context,
     paths: List[str] = typer.Argument(..., help="PEFT LoRA adapter folders."),
-    task: str = typer.Option(..., "--task", help="Dataset the adapters are for (see `llgbm data list`)."),
+    task: str = typer.Option(..., "--task", help="Task the adapters are for: a preset or a [tasks.NAME] table "
+                             "(see `llgbm data list`); condition prompts come from its train split."),
     force: bool = typer.Option(False, "--force", help="Replace manifest rows with the same id."),
 ) -> None:
     """Register existing PEFT adapters in the zoo after checking they fit the base model."""
@@ -75,11 +76,13 @@ def score_cmd(
     test_sample: Optional[int] = typer.Option(None, "--test-sample", min=1,
                                               help="Held-out questions per task ([data] test_sample)."),
     checkpoints: str = typer.Option("all", "--checkpoints", help="`all` checkpoints or only the `last` per task."),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="Multiple-choice scoring: `label` or `choice` "
+                                          "(option text; reports acc and acc_norm) ([data] scoring)."),
 ) -> None:
-    """Accuracy of the base model and of every teacher on a seeded held-out sample of its task."""
+    """Each task's metric for the base model and every teacher on a seeded held-out sample of its task."""
     from ..services.zoo import score_zoo
 
-    resolved = state(ctx).load_config({"data.test_sample": test_sample})
+    resolved = state(ctx).load_config({"data.test_sample": test_sample, "data.scoring": scoring})
     with progress(ctx) as rep:
         report = score_zoo(resolved, tasks=_split(tasks), checkpoints=checkpoints, progress=rep)
 
@@ -88,14 +91,18 @@ def score_cmd(
 
         d = r.to_dict()
         width = max((len(t["adapters"]) for t in d["tasks"].values()), default=0)
-        table = Table(title=f"accuracy on {d['test_sample']} held-out questions per task (seed {d['seed']})")
-        for c in ["task", "n", "base"] + [f"ckpt {i + 1}" for i in range(width)] + ["best"]:
-            table.add_column(c, justify="left" if c == "task" else "right")
+        table = Table(title=f"metric on {d['test_sample']} held-out questions per task (seed {d['seed']})")
+        for c in ["task", "metric", "n", "base"] + [f"ckpt {i + 1}" for i in range(width)] + ["best"]:
+            table.add_column(c, justify="left" if c in ("task", "metric") else "right")
         for task, t in d["tasks"].items():
-            accs = list(t["adapters"].values())
-            cells = [f"{a:.3f}" for a in accs] + [""] * (width - len(accs))
-            best = "" if t["best"] is None else f"{t['best_accuracy']:.3f} ({t['best']})"
-            table.add_row(task, str(t["n"]), f"{t['base']:.3f}", *cells, best)
+            names = [m for m in t["metrics"]["base"]] if t.get("metrics") else [t.get("metric", "acc")]
+            for k, name in enumerate(names):
+                def val(key):
+                    return t["metrics"][key][name] if t.get("metrics") else (t["base"] if key == "base" else t["adapters"][key])
+                cells = [f"{val(a):.3f}" for a in t["adapters"]] + [""] * (width - len(t["adapters"]))
+                best = ("" if t["best"] is None or k else f"{t['best_accuracy']:.3f} ({t['best']})")
+                label = name + (f" ({t['scoring']})" if t.get("scoring") else "")
+                table.add_row(task if k == 0 else "", label, str(t["n"]), f"{val('base'):.3f}", *cells, best)
         console().print(table)
         b = d["beats_base"]
         console().print(f"teachers beat the base model on {b['count']} of {b['of']} tasks"

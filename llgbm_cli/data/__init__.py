@@ -1,9 +1,12 @@
-"""The shipped multiple-choice data pack (ARC-Easy, ARC-Challenge, BoolQ, OpenBookQA, PIQA).
+"""The shipped data pack: five multiple-choice sets (ARC-Easy, ARC-Challenge, BoolQ, OpenBookQA,
+PIQA) and one generative set (MAWPS).
 
 Built by ``scripts/build_datapack.py`` from the LLM-Adapters release (ODC-By 1.0; see
-``pack/DATA_LICENSE`` and ``pack/SOURCE_README.md``). Each record keeps the original instruction
-(which lists the options and ends with ``Answer format: a/b/...``), the option labels the model
-answers with, the parsed option texts, and the index of the right answer.
+``pack/DATA_LICENSE`` and ``pack/SOURCE_README.md``). A multiple-choice record keeps the original
+instruction (which lists the options and ends with ``Answer format: a/b/...``), its stem (the
+question alone), the option labels the model answers with, the option texts, and the index of the
+right answer. A MAWPS record keeps the word problem, its worked target and the numeric answer.
+These are the presets of the task registry (:mod:`llgbm_cli.tasks.registry`).
 """
 
 from __future__ import annotations
@@ -17,24 +20,34 @@ from pathlib import Path
 from typing import Optional
 
 PACK_DIR = Path(__file__).resolve().parent / "pack"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
 class MCRecord:
-    """One multiple-choice question."""
+    """One task record: a multiple-choice question or, with ``completion`` set, a generative one."""
 
     id: str
     dataset: str
     split: str
-    prompt: str  # the instruction text, options included
-    options: tuple[str, ...]  # the labels the model answers with, e.g. ("answer1", "answer2")
-    answer: int  # index into options
+    prompt: str  # the instruction text, options included (generative: the question)
+    options: tuple[str, ...]  # the labels the model answers with, e.g. ("answer1", "answer2"); () if generative
+    answer: int  # index into options (-1 for a generative record)
     choices: Optional[tuple[str, ...]] = None  # option texts where the source has them
+    stem: Optional[str] = None  # the question without its options (the cloze form's question)
+    completion: Optional[str] = None  # generative: the target text teachers train on
+    gold: Optional[str] = None  # generative: the reference answer the metric compares with
 
     @property
     def target(self) -> str:
-        return self.options[self.answer]
+        return self.options[self.answer] if self.options else (self.completion or "")
+
+    @property
+    def generative(self) -> bool:
+        return not self.options
+
+
+TaskRecord = MCRecord
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +86,13 @@ def _load_all(name: str) -> tuple[MCRecord, ...]:
     with gzip.open(PACK_DIR / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
+            if "labels" not in r:  # generative (MAWPS)
+                from ..tasks.formats import format_number
+
+                rows.append(MCRecord(id=r["id"], dataset=name, split=r["split"], prompt=r["question"], options=(),
+                                     answer=-1, stem=r["question"], completion=r["target"],
+                                     gold=format_number(r["answer"])))
+                continue
             rows.append(
                 MCRecord(
                     id=r["id"],
@@ -82,6 +102,7 @@ def _load_all(name: str) -> tuple[MCRecord, ...]:
                     options=tuple(r["labels"]),
                     answer=int(r["answer"]),
                     choices=tuple(r["choices"]) if r.get("choices") else None,
+                    stem=r.get("stem"),
                 )
             )
     return tuple(rows)

@@ -31,12 +31,13 @@ TASK_PROBES = 16  # prompts drawn from a dataset when no count is given
 _JSON_FIELDS = ("text", "prompt", "instruction")
 
 
-def list_probe_sets() -> list[str]:
-    """Names of the built-in probe sets: ``generic`` and ``task:<dataset>`` per shipped dataset."""
-    from ..data import list_datasets
+def list_probe_sets(tasks=None) -> list[str]:
+    """Names of the built-in probe sets: ``generic`` and ``task:<name>`` per registered task
+    (``tasks``: a TaskRegistry; default the built-in presets)."""
+    from ..tasks.registry import builtin_registry
 
     builtin = sorted(p.stem for p in PROBE_DIR.glob("*.txt"))
-    return builtin + [f"{TASK_PREFIX}{d}" for d in list_datasets()]
+    return builtin + [f"{TASK_PREFIX}{d}" for d in (tasks or builtin_registry()).names()]
 
 
 @dataclass
@@ -104,18 +105,20 @@ def probe_fingerprint(token_ids: list[list[int]]) -> str:
     return hashlib.sha256(json.dumps(token_ids, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0) -> list[str]:
-    """The raw probe texts of a built-in set name or a file (no tokenizer needed)."""
+def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0, tasks=None) -> list[str]:
+    """The raw probe texts of a built-in set name, ``task:<name>`` (prompts of any task that
+    ``tasks``, a TaskRegistry, knows; default the built-in presets) or a file (no tokenizer needed)."""
     source = str(source).strip()
     if source.startswith(TASK_PREFIX):
-        from ..data import check_dataset, sample
+        from ..tasks.registry import builtin_registry
 
+        reg = tasks or builtin_registry()
         name = source[len(TASK_PREFIX):]
         try:
-            name = check_dataset(name)
+            task = reg.get(name)
         except InputError:
-            raise InputError(_unknown(source))
-        recs = sample(name, "train", count or TASK_PROBES, seed=seed)
+            raise InputError(_unknown(source, reg))
+        recs = task.sample("train", count or TASK_PROBES, seed=seed)
         texts = [r.prompt for r in recs]
     else:
         path = Path(source).expanduser()
@@ -125,7 +128,7 @@ def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0)
         elif not path.exists():
             if path.suffix in (".txt", ".jsonl") or "/" in source:
                 raise InputError(f"{source}: probe file not found")
-            raise InputError(_unknown(source))
+            raise InputError(_unknown(source, tasks))
         texts = _read_file(path)
     texts = [t for t in texts if t.strip()]
     if not texts:
@@ -133,10 +136,10 @@ def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0)
     return texts[:count] if count else texts
 
 
-def _unknown(source: str) -> str:
+def _unknown(source: str, tasks=None) -> str:
     import difflib
 
-    valid = list_probe_sets()
+    valid = list_probe_sets(tasks)
     guess = difflib.get_close_matches(source, valid, n=1)
     return (f"unknown probe set {source!r}" + (f" (did you mean {guess[0]!r}?)" if guess else "")
             + f"; valid: {', '.join(valid)}, or a .txt/.jsonl file")
@@ -178,6 +181,7 @@ def load_probes(
     chat_template: bool = True,
     max_length: int = 128,
     seed: int = 0,
+    tasks=None,
 ) -> ProbeSet:
     """Read, template, tokenize and fingerprint a probe set.
 
@@ -186,7 +190,7 @@ def load_probes(
     """
     import torch
 
-    texts = read_probe_texts(source, count=count, seed=seed)
+    texts = read_probe_texts(source, count=count, seed=seed, tasks=tasks)
     use_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
     ids: list[list[int]] = []
     for t in texts:

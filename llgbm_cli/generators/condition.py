@@ -13,17 +13,17 @@ import torch
 
 from ..errors import InputError
 
-# Descriptions of the shipped tasks, for the `description` condition.
-TASK_DESCRIPTIONS = {
-    "arc-easy": "Answer grade-school science questions by choosing the correct option among several answers.",
-    "arc-challenge": "Answer difficult grade-school science questions that need reasoning, by choosing the correct option.",
-    "boolq": "Read a passage and answer a yes/no question about it with true or false.",
-    "openbookqa": "Answer elementary science questions that combine a core science fact with common knowledge, choosing one option.",
-    "piqa": "Choose the more sensible of two solutions to achieve a physical, everyday goal.",
-}
+# Descriptions of the shipped tasks, for the `description` condition (project tasks carry their own).
+from ..tasks.registry import PRESET_DESCRIPTIONS as TASK_DESCRIPTIONS  # noqa: E402
 
 
-def describe_task(task: str) -> str:
+def describe_task(task: str, tasks=None) -> str:
+    """The task's description: its `[tasks.NAME] description` when ``tasks`` (a TaskRegistry) knows it."""
+    if tasks is not None:
+        try:
+            return tasks.get(task).description
+        except InputError:
+            pass
     return TASK_DESCRIPTIONS.get(task, f"Solve the task {task.replace('-', ' ')}.")
 
 

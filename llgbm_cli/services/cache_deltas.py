@@ -152,6 +152,7 @@ def run_cache_deltas(
     from ..deltas.cache import CacheRow, DeltaCache, cache_lock, make_header
     from ..deltas.compute import DeltaSpec, base_states, iter_deltas
     from ..deltas.probes import load_probes
+    from ..tasks.registry import registry_for
 
     t0 = time.perf_counter()
     cfg = resolved.config
@@ -164,7 +165,7 @@ def run_cache_deltas(
     pc = cfg.probes
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))
     probes = load_probes(pc.source, tok, count=pc.count, chat_template=pc.chat_template,
-                         max_length=pc.max_length, seed=cfg.project.seed)
+                         max_length=pc.max_length, seed=cfg.project.seed, tasks=registry_for(resolved))
     try:
         from ..deltas.compute import resolve_layers
 

@@ -193,6 +193,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
 
     from ..deltas.compute import DeltaSpec, resolve_layers
     from ..deltas.probes import load_probes
+    from ..tasks.registry import registry_for
     from ..models import load_base_model
     from ..zoo import Zoo
 
@@ -209,7 +210,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
         raise InputError(str(e))
     pc = cfg.probes
     probes = load_probes(pc.source, tok, count=pc.count, chat_template=pc.chat_template, max_length=pc.max_length,
-                         seed=cfg.project.seed).to(next(model.parameters()).device)
+                         seed=cfg.project.seed, tasks=registry_for(resolved)).to(next(model.parameters()).device)
     cache = _open_cache(resolved, model, probes, spec)
     teachers = {t: teacher_of(zoo, t) for t in zoo.tasks()}
     teacher_deltas = {t: _cached(cache, e).float() for t, e in teachers.items()}
@@ -246,13 +247,14 @@ def _check_fits(world: World, ad, label: str) -> None:
 def _condition_texts(world: World, task: str, mode: str, n: int) -> list[str]:
     from ..generators.condition import describe_task
 
+    from ..tasks.registry import registry_for
+
     if mode == "description":
-        return [describe_task(task)]
+        return [describe_task(task, registry_for(world.resolved))]
     cond = list(world.teachers[task].condition or [])
     if not cond:
-        from ..data import sample
-
-        cond = [r.prompt for r in sample(task, "train", max(n, 8), seed=world.resolved.config.project.seed)]
+        t = registry_for(world.resolved).get(task)
+        cond = [r.prompt for r in t.sample("train", max(n, 8), seed=world.resolved.config.project.seed)]
     return cond
 
 
@@ -403,14 +405,14 @@ def run_eval(
     import torch
 
     from ..adapters import save_adapter
-    from ..data import sample
     from ..deltas.compute import compute_deltas
     from ..evaluation import checks as C
     from ..evaluation import metrics as M
     from ..evaluation.plots import accuracy_plot, cosine_plot, curves_plot
     from ..evaluation.reports import write_results
     from ..io import atomic_dir, provenance, read_provenance, write_provenance
-    from ..tasks.scoring import score_adapter, score_multiple_choice
+    from ..tasks.evaluate import form_for, score_records, score_records_with
+    from ..tasks.registry import registry_for
     from ..zoo import Zoo
 
     t0 = time.perf_counter()
@@ -499,15 +501,20 @@ def run_eval(
 
         # 3. task accuracy
         s_task = progress.add("eval: scoring", total=len(tasks) * len(methods))
-        kw = dict(batch_size=ec.batch_size, chat_template=cfg.data.chat_template, max_length=cfg.data.max_length)
-        base_acc, acc, nq = {}, {}, {}
+        kw = dict(batch_size=ec.batch_size, generate_batch_size=cfg.data.generate_batch_size,
+                  max_length=cfg.data.max_length)
+        reg = registry_for(resolved)
+        base_acc, acc, nq, metric = {}, {}, {}, {}
         for t in tasks:
-            recs = sample(t, "test", test_sample, seed=seed)
-            nq[t] = len(recs)
-            base_acc[t] = score_multiple_choice(world.model, world.tok, recs, **kw).accuracy
+            task_def = reg.get(t)
+            form = form_for(resolved, task_def)
+            recs = task_def.sample("test", test_sample, seed=seed)
+            nq[t], metric[t] = len(recs), form.metric
+            base_acc[t] = score_records(world.model, world.tok, form, recs, **kw).accuracy
             for m in methods:
                 ad = adapters[m, t]
-                acc[m, t] = base_acc[t] if ad is None else score_adapter(world.model, world.tok, ad, recs, **kw).accuracy
+                acc[m, t] = base_acc[t] if ad is None else score_records_with(world.model, world.tok, ad, form, recs,
+                                                                              **kw).accuracy
                 progress.advance(s_task)
 
         # 4. rows and summary
@@ -516,7 +523,7 @@ def run_eval(
                 d = method_delta.get((m, t), zero)
                 row = {"method": m, "task": t, "heldout": heldout[m, t]}
                 row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
-                row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
+                row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t], metric=metric[t],
                            adapter=where.get((m, t)))
                 result.rows.append(row)
         result.summary = summarize(result.rows, methods)

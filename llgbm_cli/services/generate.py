@@ -37,6 +37,15 @@ def read_prompts_file(path: str | Path) -> list[str]:
     return out
 
 
+def task_prompts(resolved, task: str, *, seed: Optional[int] = None) -> list[str]:
+    """``[zoo] condition_prompts`` seeded prompts of a registered task's train split."""
+    from ..tasks.registry import registry_for
+
+    t = registry_for(resolved).get(task)
+    seed = resolved.config.project.seed if seed is None else seed
+    return [r.prompt for r in t.sample("train", resolved.config.zoo.condition_prompts, seed=f"generate-{seed}")]
+
+
 def default_checkpoint(resolved) -> Path:
     from .train_multitask import OUT_SUBDIR
 

@@ -284,6 +284,7 @@ def train_b1(
 
     from ..deltas.compute import DeltaSpec, base_states, delta_for_stacked
     from ..deltas.probes import load_probes
+    from ..tasks.registry import registry_for
     from ..generators import build_generator
     from ..generators.condition import ConditionBank
     from ..io import provenance, write_provenance
@@ -323,7 +324,8 @@ def train_b1(
     n_train = len(train_e)
     spec = DeltaSpec.from_config(cfg.delta)
     probes = load_probes(cfg.probes.source, tok, count=cfg.probes.count, chat_template=cfg.probes.chat_template,
-                         max_length=cfg.probes.max_length, seed=cfg.project.seed).to(acc.device)
+                         max_length=cfg.probes.max_length, seed=cfg.project.seed,
+                         tasks=registry_for(resolved)).to(acc.device)
     base = base_states(model, probes, spec)
     t_deltas, delta_src = _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters,
                                           progress if main else None)

@@ -140,6 +140,7 @@ def train_multitask(
 
     from ..deltas.compute import DeltaSpec, base_states, delta_for_stacked
     from ..deltas.probes import load_probes
+    from ..tasks.registry import registry_for
     from ..generators import build_generator
     from ..generators.condition import ConditionBank, describe_task
     from ..io import provenance, write_provenance
@@ -180,7 +181,8 @@ def train_multitask(
 
     spec = DeltaSpec.from_config(cfg.delta)
     probes = load_probes(cfg.probes.source, tok, count=cfg.probes.count, chat_template=cfg.probes.chat_template,
-                         max_length=cfg.probes.max_length, seed=cfg.project.seed).to(acc.device)
+                         max_length=cfg.probes.max_length, seed=cfg.project.seed,
+                         tasks=registry_for(resolved)).to(acc.device)
     base = base_states(model, probes, spec)
     t_deltas, delta_src = _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters,
                                           progress if main else None)
@@ -191,7 +193,7 @@ def train_multitask(
         texts = [e.condition for e in entries]
         n_prompts = mt.condition_prompts
     else:
-        texts = [[describe_task(e.task)] for e in entries]
+        texts = [[describe_task(e.task, registry_for(resolved))] for e in entries]
         n_prompts = 1
     bank = ConditionBank.build(encoder, texts, n_prompts, mt.max_text_length)
     del encoder

@@ -143,11 +143,14 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
               model_and_tokenizer=None) -> BuildResult:
     """Train the teacher trajectories of ``tasks`` (default ``[zoo] tasks``) into the zoo folder."""
     from ..commands.common import NULL_PROGRESS
-    from ..data import check_dataset
+    from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS
     cfg = resolved.config
-    tasks = [check_dataset(t) for t in (tasks or cfg.zoo.tasks)]
+    reg = registry_for(resolved)
+    tasks = [reg.check(t, "--tasks") for t in (tasks or cfg.zoo.tasks)]
+    for t in tasks:  # read every task's data before any training: a bad file fails in seconds
+        reg.get(t).records("train")
     folder = zoo_dir(resolved)
     spec = build_spec(resolved)
     t_start = time.perf_counter()
@@ -197,11 +200,13 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
     import torch
 
     from ..adapters import LoraModule, lora_scaling, save_adapter, target_linears, weights_sha256
-    from ..data import load_dataset, sample
     from ..lora.patch import LoraPatch, StackedLora
-    from ..tasks.prompts import training_example
+    from ..tasks.evaluate import form_for
+    from ..tasks.registry import registry_for
 
     cfg = resolved.config
+    task_def = registry_for(resolved).get(task)
+    form = form_for(resolved, task_def)
     zc, lc = cfg.zoo, cfg.lora
     seed = task_seed(cfg.project.seed, task)
     ckpts = checkpoint_steps(zc.steps, zc.warmup_steps, zc.checkpoints)
@@ -257,8 +262,8 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
                 break
     rep.resumed_from = start or None
 
-    examples = [training_example(tok, r, chat_template=cfg.data.chat_template, max_length=cfg.data.max_length)
-                for r in load_dataset(task, "train")]
+    # Teachers train on the target the task is scored on (label, option text or answer text).
+    examples = [form.training_example(tok, r, max_length=cfg.data.max_length) for r in task_def.records("train")]
     N, bs = len(examples), zc.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     trunk = getattr(model, model.base_model_prefix)
@@ -305,9 +310,9 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
                                       scaling) for n in names}
                 out = zoo.folder / "adapters" / aid
                 prov = provenance("zoo build", resolved.to_dict(), task=task, step=done_step, seed=seed,
-                                  loss=lv, build_spec=spec)
+                                  loss=lv, build_spec=spec, task_definition=task_def.definition())
                 save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
-                cond = [r.prompt for r in sample(task, "train", zc.condition_prompts, seed=f"{seed}-{done_step}")]
+                cond = [r.prompt for r in task_def.sample("train", zc.condition_prompts, seed=f"{seed}-{done_step}")]
                 zoo.upsert(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=done_step, seed=seed,
                                     condition=cond, sha256=weights_sha256(out), source="built"))
                 zoo.save()
@@ -366,10 +371,11 @@ def add_adapters(resolved, paths: list[str], task: str, *, force: bool = False, 
     names. Every path is checked before the manifest changes, so a bad one adds nothing.
     """
     from ..adapters import load_adapter, validate_against, weights_sha256
-    from ..data import check_dataset, sample
+    from ..tasks.registry import registry_for
 
     cfg = resolved.config
-    task = check_dataset(task)
+    task_def = registry_for(resolved).get(task)
+    task = task_def.name
     folder = zoo_dir(resolved)
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
@@ -389,7 +395,7 @@ def add_adapters(resolved, paths: list[str], task: str, *, force: bool = False, 
                              "replace that row, or rename the folder")
         seen.add(aid)
         seed = task_seed(cfg.project.seed, task)
-        cond = [r.prompt for r in sample(task, "train", cfg.zoo.condition_prompts, seed=f"{seed}-{aid}")]
+        cond = [r.prompt for r in task_def.sample("train", cfg.zoo.condition_prompts, seed=f"{seed}-{aid}")]
         rows.append(ZooEntry(id=aid, path=str(path), task=task, step=None, seed=None, condition=cond,
                              sha256=weights_sha256(path), source="added"))
     with zoo.lock():
@@ -418,21 +424,25 @@ class ScoreReport:
 
 def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optional[int] = None,
               checkpoints: str = "all", progress=None, model_and_tokenizer=None) -> ScoreReport:
-    """Accuracy of the base model and of each teacher on a seeded held-out sample of its own task.
+    """The headline metric of the base model and of each teacher on a seeded held-out sample of its
+    own task (``accuracy``: acc, acc_norm, exact_match or number, by the task), with every metric of
+    the task's kind under ``metrics``. The scoring mode of multiple-choice tasks is ``[data] scoring``
+    when set, else each task's own.
 
     ``checkpoints``: ``all`` scores every checkpoint, ``last`` only each task's latest one.
     The report is also written to ``<zoo>/scores.json`` for later commands.
     """
     from ..adapters import load_adapter, validate_against
     from ..commands.common import NULL_PROGRESS
-    from ..data import check_dataset, sample
-    from ..tasks.scoring import score_adapter, score_multiple_choice
+    from ..tasks.evaluate import form_for, score_records, score_records_with
+    from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS
     cfg = resolved.config
     folder = zoo_dir(resolved)
     zoo = Zoo.load(folder)
-    tasks = [check_dataset(t) for t in (tasks or zoo.tasks())]
+    reg = registry_for(resolved)
+    tasks = [reg.check(t, "--tasks") for t in (tasks or zoo.tasks())]
     n = test_sample or cfg.data.test_sample
     if checkpoints not in ("all", "last"):
         raise InputError(f"--checkpoints {checkpoints!r}: use `all` or `last`")
@@ -441,25 +451,31 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
 
         model_and_tokenizer = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device=cfg.model.device)
     model, tok = model_and_tokenizer
-    kw = dict(batch_size=cfg.data.score_batch_size, chat_template=cfg.data.chat_template)
+    kw = dict(batch_size=cfg.data.score_batch_size, generate_batch_size=cfg.data.generate_batch_size)
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         entries = sorted(zoo.by_task(task), key=lambda e: (e.step is None, e.step or 0, e.id))
         if checkpoints == "last" and entries:
             built = [e for e in entries if e.step is not None]
             entries = ([built[-1]] if built else []) + [e for e in entries if e.step is None]
-        recs = sample(task, "test", n, seed=cfg.project.seed)
+        task_def = reg.get(task)
+        form = form_for(resolved, task_def)
+        recs = task_def.sample("test", n, seed=cfg.project.seed)
         bar = progress.add(f"score {task}", total=len(recs) * (1 + len(entries)))
-        base = score_multiple_choice(model, tok, recs, progress=progress, progress_task=bar, **kw)
+        base = score_records(model, tok, form, recs, progress=progress, progress_task=bar, **kw)
         accs: dict[str, float] = {}
+        metrics: dict[str, dict[str, float]] = {"base": base.metrics}
         for e in entries:
             ad = load_adapter(zoo.path_of(e))
             validate_against(ad, model)
-            accs[e.id] = score_adapter(model, tok, ad, recs, progress=progress, progress_task=bar, **kw).accuracy
+            sc = score_records_with(model, tok, ad, form, recs, progress=progress, progress_task=bar, **kw)
+            accs[e.id], metrics[e.id] = sc.accuracy, sc.metrics
         best = max(accs, key=lambda k: accs[k]) if accs else None
-        out[task] = {"n": len(recs), "base": base.accuracy, "adapters": accs, "best": best,
+        out[task] = {"n": len(recs), "kind": form.kind, "metric": form.metric,
+                     **({"scoring": form.scoring} if form.scoring else {}),
+                     "base": base.accuracy, "adapters": accs, "best": best,
                      "best_accuracy": accs[best] if best else None,
-                     "last": entries[-1].id if entries else None}
+                     "last": entries[-1].id if entries else None, "metrics": metrics}
     report = ScoreReport(str(folder), n, cfg.project.seed, out)
     atomic_write_json(folder / SCORES_FILE, {**report.to_dict(),
                                              "provenance": provenance("zoo score", resolved.to_dict())})

@@ -1,4 +1,16 @@
-"""One prompt format, shared by teacher training and scoring.
+"""One prompt format per task and scoring mode, shared by teacher training and scoring.
+
+Three forms (:class:`PromptForm`, resolved from a task and the project's data settings):
+
+* ``label`` (multiple-choice, the LLM-Adapters convention, described below);
+* ``choice`` (multiple-choice): the task's ``template`` (default the cloze form
+  ``Question: {stem}\nAnswer:``, no chat template) followed by `` <option text>``; the summed
+  log-likelihood of the option text is ``acc``'s score, divided by its length in characters
+  ``acc_norm``'s (the lm-evaluation-harness definitions);
+* ``generate``: the task's ``template`` (chat-wrapped by default) and the target text teachers
+  train on; answers are decoded greedily (:mod:`llgbm_cli.tasks.generation`).
+
+Label form:
 
 A question becomes: the instruction (options and ``Answer format: ...`` included), wrapped in the
 tokenizer's chat template when it has one and ``[data] chat_template`` is on, followed by the start
@@ -38,6 +50,100 @@ class EncodedQuestion:
     prefix: list[int]
     options: list[list[int]]
     answer: int
+    norms: Optional[tuple[int, ...]] = None  # characters of each continuation (acc_norm); None in label form
+
+
+@dataclass(frozen=True)
+class PromptForm:
+    """How one task's records are prompted, scored and trained on (see the module doc)."""
+
+    task: str
+    kind: str  # multiple_choice | generate
+    scoring: Optional[str]  # label | choice (multiple-choice only)
+    template: str
+    chat_template: bool
+    metric: str
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int = 64
+    tolerance: float = 1e-4
+
+    @classmethod
+    def of(cls, task, *, chat_default: bool = True, scoring: Optional[str] = None) -> "PromptForm":
+        """The form of ``task`` (a registry Task); ``scoring`` overrides a multiple-choice task's mode."""
+        mode = (scoring or task.scoring) if task.kind == "multiple_choice" else None
+        metric = task.metric
+        if task.kind == "multiple_choice" and metric not in ("acc", "acc_norm"):
+            metric = "acc"
+        return cls(task.name, task.kind, mode, task.template(mode), task.chat(chat_default, mode), metric,
+                   tuple(task.spec.stop), task.spec.max_new_tokens, task.spec.tolerance)
+
+    def context(self, tokenizer, record) -> str:
+        """The text before the scored or generated continuation."""
+        from ..errors import InputError
+        from .formats import RecordError, render
+
+        try:
+            text = str(render(self.template, {"prompt": record.prompt, "stem": record.stem or record.prompt},
+                              "template"))
+        except RecordError as e:
+            raise InputError(f"tasks.{self.task}.template: {e.message}")
+        if self.scoring == "label" or self.scoring is None and self.kind == "multiple_choice":
+            return prompt_text(tokenizer, text, chat_template=self.chat_template)
+        if self.chat_template and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return text if self.kind == "multiple_choice" else text + "\n"
+
+    def continuations(self, record) -> list[str]:
+        if self.scoring == "choice":
+            if not record.choices:
+                from ..errors import InputError
+
+                raise InputError(f"tasks.{self.task}: record {record.id} has no option texts; use scoring = \"label\"")
+            return [" " + c for c in record.choices]
+        return [continuation_text(o) for o in record.options]
+
+    def encode(self, tokenizer, record, max_length: Optional[int] = None) -> EncodedQuestion:
+        """Token ids of a multiple-choice record in this form."""
+        if self.scoring == "label" and self.template == "{prompt}":
+            return encode_question(tokenizer, record, chat_template=self.chat_template, max_length=max_length)
+        prefix = tokenizer(self.context(tokenizer, record), add_special_tokens=False)["input_ids"]
+        conts = self.continuations(record)
+        options = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]
+        if any(len(o) == 0 for o in options):
+            raise ValueError(f"{record.id}: an option tokenizes to nothing")
+        if max_length is not None:
+            keep = max(1, max_length - max(len(o) for o in options))
+            prefix = prefix[-keep:]
+        norms = tuple(len(c) for c in conts) if self.scoring == "choice" else None
+        return EncodedQuestion(list(prefix), [list(o) for o in options], int(record.answer), norms)
+
+    def prompt_ids(self, tokenizer, record, max_length: Optional[int] = None) -> list[int]:
+        """Generative: the prompt's token ids (cut from the left to leave room for the answer)."""
+        ids = tokenizer(self.context(tokenizer, record), add_special_tokens=False)["input_ids"]
+        if max_length is not None:
+            ids = ids[-max(1, max_length - self.max_new_tokens):]
+        return list(ids)
+
+    def training_example(self, tokenizer, record, max_length: Optional[int] = None):
+        """(input_ids, labels) with the loss on the target this form scores: the option label (and the
+        end-of-turn token), the option text, or the generative target text (and the end-of-turn token)."""
+        if self.kind == "generate":
+            prefix = tokenizer(self.context(tokenizer, record), add_special_tokens=False)["input_ids"]
+            target = tokenizer(record.completion or record.gold or "", add_special_tokens=False)["input_ids"]
+            if tokenizer.eos_token_id is not None:
+                target = target + [int(tokenizer.eos_token_id)]
+            if max_length is not None:
+                target = target[: max(1, max_length // 2)]
+                prefix = prefix[-max(1, max_length - len(target)):]
+            return list(prefix) + list(target), [-100] * len(prefix) + list(target)
+        if self.scoring == "label" and self.template == "{prompt}":
+            return training_example(tokenizer, record, chat_template=self.chat_template, max_length=max_length)
+        q = self.encode(tokenizer, record, max_length=max_length)
+        target = list(q.options[q.answer])
+        if self.scoring == "label" and tokenizer.eos_token_id is not None:
+            target.append(int(tokenizer.eos_token_id))
+        return q.prefix + target, [-100] * len(q.prefix) + target
 
 
 def encode_question(

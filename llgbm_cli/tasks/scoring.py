@@ -1,7 +1,9 @@
-"""Multiple-choice scoring by the log-likelihood of each option label after the prompt.
+"""Multiple-choice scoring by the log-likelihood of each option after the prompt.
 
-The score of an option is the summed log-probability of its label tokens (``" answer2"``) given the
-prompt (see :mod:`llgbm_cli.tasks.prompts`); the prediction is the best-scoring option. Because
+The score of an option is the summed log-probability of its continuation tokens given the prompt:
+the option label (``" answer2"``) in the ``label`` form, the option text in the ``choice`` form (see
+:mod:`llgbm_cli.tasks.prompts`); the prediction is the best-scoring option (``acc``). In the
+``choice`` form ``acc_norm`` also divides each score by the option's length in characters. Because
 every option of a question shares the whole prompt, the prompt runs once: a batch of left-padded
 prompts goes through the model with the KV cache on, the first label token is read from the last
 prompt position, and only the remaining label tokens (usually one) run as a second, tiny forward
@@ -28,6 +30,7 @@ class QuestionScore:
     answer: int
     pred: int
     scores: list[float]  # summed log-prob per option
+    pred_norm: Optional[int] = None  # best option by log-prob per character (choice form)
 
     @property
     def correct(self) -> bool:
@@ -41,9 +44,15 @@ class ScoreResult:
     accuracy: float
     n: int
     per_question: list[QuestionScore] = field(default_factory=list)
+    acc_norm: Optional[float] = None  # the choice form's length-normalised accuracy
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """``acc`` and, where defined, ``acc_norm``."""
+        return {"acc": self.accuracy, **({"acc_norm": self.acc_norm} if self.acc_norm is not None else {})}
 
     def to_dict(self, per_question: bool = True) -> dict[str, Any]:
-        d: dict[str, Any] = {"accuracy": self.accuracy, "n": self.n}
+        d: dict[str, Any] = {"accuracy": self.accuracy, "n": self.n, **self.metrics}
         if per_question:
             d["per_question"] = [asdict(q) for q in self.per_question]
         return d
@@ -60,13 +69,18 @@ def score_multiple_choice(
     batched: bool = True,
     progress=None,
     progress_task: Optional[int] = None,
+    form=None,
 ) -> ScoreResult:
     """Score multiple-choice records with ``model`` as it is (wrap it in a LoraPatch to score an
     adapter, or use :func:`score_adapter`). ``progress`` (a ProgressReporter) advances once per
-    question on ``progress_task``."""
+    question on ``progress_task``. ``form`` (a PromptForm) picks the prompt and continuations;
+    without it the label form with ``chat_template``."""
     import torch
 
-    encoded = [encode_question(tokenizer, r, chat_template=chat_template, max_length=max_length) for r in records]
+    if form is not None:
+        encoded = [form.encode(tokenizer, r, max_length=max_length) for r in records]
+    else:
+        encoded = [encode_question(tokenizer, r, chat_template=chat_template, max_length=max_length) for r in records]
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: list[list[float]] = []
@@ -88,10 +102,16 @@ def score_multiple_choice(
     per_q = []
     for rec, q, s in zip(records, encoded, scores):
         pred = max(range(len(s)), key=lambda k: s[k])  # first best on ties: deterministic
-        per_q.append(QuestionScore(rec.id, q.answer, pred, s))
+        pred_norm = None
+        if q.norms is not None:
+            pred_norm = max(range(len(s)), key=lambda k: s[k] / max(1, q.norms[k]))
+        per_q.append(QuestionScore(rec.id, q.answer, pred, s, pred_norm))
     n = len(per_q)
     acc = sum(q.correct for q in per_q) / n if n else float("nan")
-    return ScoreResult(acc, n, per_q)
+    acc_norm = None
+    if per_q and all(q.pred_norm is not None for q in per_q):
+        acc_norm = sum(q.pred_norm == q.answer for q in per_q) / n
+    return ScoreResult(acc, n, per_q, acc_norm)
 
 
 def score_adapter(model, tokenizer, adapter: "LoraAdapter", records: Sequence["MCRecord"], **kw) -> ScoreResult:

@@ -1,0 +1,56 @@
+"""Score any registered task: multiple-choice through the shared-prefix scorer, generative through
+batched greedy decoding. Used by ``zoo score`` and ``eval``; returns an object with ``accuracy`` (the
+task's headline metric) and ``metrics`` (every metric of its kind)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .prompts import PromptForm
+
+
+class TaskScore:
+    """Headline ``accuracy`` (the form's metric), all ``metrics``, and the underlying result."""
+
+    def __init__(self, form: PromptForm, result):
+        self.form = form
+        self.result = result
+        self.metrics = dict(result.metrics)
+        self.accuracy = float(self.metrics.get(form.metric, result.accuracy))
+        self.n = result.n
+
+    def to_dict(self) -> dict:
+        return {"metric": self.form.metric, "accuracy": self.accuracy, "n": self.n, **self.metrics}
+
+
+def score_records(model, tokenizer, form: PromptForm, records: Sequence, *, batch_size: int = 16,
+                  generate_batch_size: int = 16, max_length: Optional[int] = None, progress=None,
+                  progress_task=None) -> TaskScore:
+    """Score ``records`` of one task with ``model`` as it is."""
+    if form.kind == "generate":
+        from .generation import score_generative
+
+        res = score_generative(model, tokenizer, records, form, batch_size=generate_batch_size,
+                               max_length=max_length, progress=progress, progress_task=progress_task)
+    else:
+        from .scoring import score_multiple_choice
+
+        res = score_multiple_choice(model, tokenizer, records, batch_size=batch_size, max_length=max_length,
+                                    form=form, progress=progress, progress_task=progress_task)
+    return TaskScore(form, res)
+
+
+def score_records_with(model, tokenizer, adapter, form: PromptForm, records: Sequence, **kw) -> TaskScore:
+    """Score with ``adapter`` applied through the functional LoRA patch (``adapter`` None: the base)."""
+    if adapter is None:
+        return score_records(model, tokenizer, form, records, **kw)
+    from ..lora.patch import patch_adapters
+
+    with patch_adapters(model, [adapter]):
+        return score_records(model, tokenizer, form, records, **kw)
+
+
+def form_for(resolved, task, scoring: Optional[str] = None) -> PromptForm:
+    """The prompt form of ``task`` (a Task) under a project's ``[data]`` settings."""
+    data = resolved.config.data
+    return PromptForm.of(task, chat_default=data.chat_template, scoring=scoring or data.scoring)
