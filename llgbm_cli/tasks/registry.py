@@ -189,7 +189,7 @@ class Task:
     def source(self) -> str:
         p = self.spec.path or ""
         if p.startswith(PACK_PREFIX):
-            return "pack (LLM-Adapters, ODC-By 1.0)"
+            return "pack"
         return p + (f" [{self.spec.dataset_name}]" if self.spec.dataset_name else "")
 
     # ---- records
