@@ -579,6 +579,9 @@ def describe_schema() -> list[dict[str, Any]]:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue
+            if name == "tasks" and not prefix:  # one table per task: document the table's keys
+                walk(TaskSpec, "tasks.<NAME>.")
+                continue
             default = f.get_default(call_default_factory=True)
             rows.append(
                 {

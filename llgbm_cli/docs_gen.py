@@ -24,6 +24,75 @@ def _fmt_default(v) -> str:
     return f"`{v!r}`".replace("'", '"')
 
 
+TASKS_GUIDE = """
+## Declaring a task
+
+A task is a named data set with a way to prompt, answer and score it. The shipped sets are built-in
+presets (`arc-easy`, `arc-challenge`, `boolq`, `openbookqa`, `piqa`: multiple-choice; `mawps`:
+generative); a project adds its own as `[tasks.NAME]` tables, and any command that names a task
+accepts them (`zoo build --tasks`, `zoo add --task`, `zoo score`, `[probes] source = "task:NAME"`,
+`generate --task`, `eval --task`/`--holdout`). `llgbm data list` shows every task with its kind,
+metric, sizes and source; `llgbm data show NAME` prints a few records as the model sees them;
+`llgbm data check NAME` reads every record and lists every bad one.
+
+A multiple-choice task from a CSV file with its own column names (`q,opt_a,opt_b,opt_c,gold`, the
+answer a letter), scored by the log-likelihood of each option's text after the cloze prompt:
+
+```toml
+[tasks.my-quiz]
+path = "data/quiz.csv"          # one file: split 80/20 into train/test with split_seed (recorded)
+prompt = "{q}"
+choices = ["{opt_a}", "{opt_b}", "{opt_c}"]
+answer = "{gold}"               # a label, an option text, a 0-based index or a letter A-Z
+scoring = "choice"              # reports acc and acc_norm; `label` scores "answerN" after an instruction
+template = "Question: {stem}\\nAnswer:"   # the default for choice scoring (no chat template)
+description = "Pick the right answer to a short quiz question."
+```
+
+A file in the LLM-Adapters format (`instruction` ending with `Answer format: answer1/answer2/...`,
+`answer`) needs only its path: `[tasks.my-json] path = "data/mine.json"`. A Hugging Face dataset,
+from the hub or a `save_to_disk` folder, names its splits and fields:
+
+```toml
+[tasks.arc-hub]
+path = "allenai/ai2_arc"        # or a save_to_disk folder / .parquet file
+dataset_name = "ARC-Easy"
+test_split = "validation"
+prompt = "{question}"
+choices = "{choices.text}"
+labels = "{choices.label}"
+answer = "{answerKey}"
+```
+
+A generative task: a folder with `train.jsonl` and `test.jsonl` of
+`{"problem": ..., "work": ..., "value": ...}`, decoded greedily and scored by the number in the
+output:
+
+```toml
+[tasks.my-arith]
+path = "data/arith"
+kind = "generate"
+metric = "number"               # or exact_match
+prompt = "{problem}"
+answer = "{value}"
+target = "{work}. The answer is {value}."   # what teachers train on (default: the answer)
+stop = ["\\n\\n"]
+max_new_tokens = 48
+```
+
+The `number` rule: the text is cut at the first stop sequence; the first number after the last
+`answer is`/`answer:` is taken, else the last number; thousands commas, `$`, units and a final full
+stop are ignored, `3/4` is a fraction; it matches the reference within `tolerance` (relative), or when
+written with two or more decimals, the reference rounded to as many decimals.
+
+A table named like a preset overrides only the keys it sets: `[tasks.arc-easy] scoring = "choice"`
+scores ARC-Easy by option text in the cloze form, and its teachers then train on the option text.
+`[data] scoring` (or `zoo score --scoring`) switches every multiple-choice task at once. Bad records
+(a missing answer, an answer not among the choices, an unknown template field) stop the command with
+one line naming the file, line and field; `skip_bad = true` skips them and reports how many.
+"""
+
+
 def config_markdown() -> str:
     from .config import describe_schema
 
@@ -51,7 +120,7 @@ def config_markdown() -> str:
         key = r["key"].rsplit(".", 1)[1]
         help_ = r["help"].replace("|", "\\|")
         out.append(f"| `{key}` | {_fmt_default(r['default'])} | {help_} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + TASKS_GUIDE
 
 
 def cli_markdown() -> str:

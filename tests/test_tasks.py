@@ -286,3 +286,31 @@ def test_generative_scoring_reports_the_metric(tiny):
     res = score_records(model, tok, form, t.sample("test", 3, seed=0), generate_batch_size=3)
     assert res.form.metric == "number" and res.n == 3 and set(res.metrics) == {"number"}
     assert 0.0 <= res.accuracy <= 1.0 and len(res.result.outputs) == 3
+
+
+def test_zoo_refuses_teachers_trained_on_another_form(cli, tiny_project):
+    text = tiny_project.read_text().replace("steps = 6\nwarmup_steps = 2\ncheckpoints = 2", "steps = 2\nwarmup_steps = 1\ncheckpoints = 1")
+    tiny_project.write_text(text)
+    r = cli("--project", tiny_project, "--quiet", "zoo", "build", "--tasks", "boolq")
+    assert r.exit_code == 0, r.stderr
+    tiny_project.write_text(text.replace("[data]\n", '[data]\nscoring = "choice"\n'))
+    r = cli("--project", tiny_project, "--quiet", "zoo", "build", "--tasks", "boolq")
+    assert r.exit_code == 2 and "trained on another task definition" in r.stderr and "--force" in r.stderr
+    r = cli("--project", tiny_project, "--quiet", "--json", "zoo", "build", "--tasks", "boolq", "--force")
+    assert r.exit_code == 0 and json.loads(r.stdout)["built"] == 1
+
+
+def test_config_docs_task_examples_are_valid():
+    import re
+    import tomllib
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "config.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
+    kinds = set()
+    for b in blocks:
+        for name, table in tomllib.loads(b)["tasks"].items():
+            t = TaskRegistry({name: TaskSpec(**table)}).get(name)
+            kinds.add(t.kind)
+    assert kinds == {"multiple_choice", "generate"}

@@ -120,7 +120,7 @@ def test_unknown_dataset_lists_valid_names(cli, tiny_project):
     assert r.exit_code == 2
     assert "arc-eazy" in r.stderr and "valid" in r.stderr and "openbookqa" in r.stderr
     r = cli("--project", tiny_project, "zoo", "add", str(tiny_project.parent), "--task", "nope")
-    assert r.exit_code == 2 and "valid datasets" in r.stderr
+    assert r.exit_code == 2 and "valid tasks" in r.stderr
 
 
 def test_zoo_add_registers_and_rejects_foreign_adapter(cli, tiny, tiny_project, tmp_path):

@@ -15,7 +15,7 @@ def cache_deltas_cmd(
         None, "--adapters", "-a", help="Adapter folders or globs to cache instead of the zoo (repeatable)."
     ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Discard the existing cache and start over."),
-    probes: Optional[str] = typer.Option(None, "--probes", help="Probe set (`generic`, `task:<dataset>`) or a .txt/.jsonl file."),
+    probes: Optional[str] = typer.Option(None, "--probes", help="Probe set (`generic`, `task:<name>` of any registered task) or a .txt/.jsonl file."),
     probe_count: Optional[int] = typer.Option(None, "--probe-count", help="Use only the first N probes."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Hidden-state layers, comma-separated (e.g. -1 or 6,-1)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="`last_token` or `mean`."),

@@ -216,6 +216,15 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
 
     existing = {e.id: e for e in zoo.entries}
     done = [False if force else _complete(zoo, existing.get(i)) for i in ids]
+    trained_on = _training_target(task_def, form)
+    for i, d in zip(ids, done):
+        if d:
+            old = ((read_provenance(zoo.path_of(existing[i])) or {}).get("task_definition"))
+            if old is not None and old != trained_on:
+                diff = ", ".join(sorted(_diff_keys(old, trained_on))[:6])
+                raise InputError(f"{zoo.path_of(existing[i])}: this teacher of {task} was trained on another task "
+                                 f"definition ({diff} differ); pass --force to retrain {task}, or set zoo.path to "
+                                 "another folder")
     if all(done):
         rep.skipped = list(ids)
         return rep
@@ -310,7 +319,7 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
                                       scaling) for n in names}
                 out = zoo.folder / "adapters" / aid
                 prov = provenance("zoo build", resolved.to_dict(), task=task, step=done_step, seed=seed,
-                                  loss=lv, build_spec=spec, task_definition=task_def.definition())
+                                  loss=lv, build_spec=spec, task_definition=trained_on)
                 save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
                 cond = [r.prompt for r in task_def.sample("train", zc.condition_prompts, seed=f"{seed}-{done_step}")]
                 zoo.upsert(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=done_step, seed=seed,
@@ -321,6 +330,14 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
     rep.seconds = time.perf_counter() - t0
     rep.skipped = [i for i, d in zip(ids, done) if d and i not in rep.built]
     return rep
+
+
+def _training_target(task_def, form) -> dict[str, Any]:
+    """What a teacher's training depends on: the task's data and prompt form (not its description)."""
+    from dataclasses import asdict
+
+    d = {k: v for k, v in task_def.definition().items() if k != "description"}
+    return {**d, "form": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(form).items()}}
 
 
 def _batch_indices(seed: int, step: int, bs: int, n: int) -> list[int]:
