@@ -36,8 +36,10 @@ def validate(path: Optional[str], overrides: Optional[dict[str, Any]] = None, ex
 def show(resolved: ResolvedConfig) -> ShownConfig:
     values = _dotted(resolved.to_dict())
     keys = [k for k in all_keys() if k in values]
-    return ShownConfig(
-        path=str(resolved.path) if resolved.path else None,
-        values={k: values[k] for k in keys},
-        sources={k: resolved.sources.get(k, "default") for k in keys},
-    )
+    shown_values = {k: values[k] for k in keys}
+    sources = {k: resolved.sources.get(k, "default") for k in keys}
+    for name, spec in resolved.config.tasks.items():  # the keys each [tasks.NAME] table sets
+        for k, v in spec.model_dump(mode="json", exclude_unset=True).items():
+            shown_values[f"tasks.{name}.{k}"] = v
+            sources[f"tasks.{name}.{k}"] = "file"
+    return ShownConfig(path=str(resolved.path) if resolved.path else None, values=shown_values, sources=sources)
