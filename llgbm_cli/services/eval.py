@@ -246,7 +246,6 @@ def _check_fits(world: World, ad, label: str) -> None:
 
 def _condition_texts(world: World, task: str, mode: str, n: int) -> list[str]:
     from ..generators.condition import describe_task
-
     from ..tasks.registry import registry_for
 
     if mode == "description":
