@@ -79,5 +79,6 @@ def test_bad_flag_value_is_usage_error(cli, tiny_project):
 
 def test_data_list(cli):
     r = cli("--json", "data", "list")
-    names = [d["name"] for d in json.loads(r.stdout)["datasets"]]
-    assert names == ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa"]
+    rows = json.loads(r.stdout)["tasks"]
+    assert [d["name"] for d in rows] == ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa", "mawps"]
+    assert rows[-1]["kind"] == "generate" and rows[-1]["metric"] == "number" and rows[-1]["sizes"]["test"] == 238
