@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
+from ..progress import NULL_PROGRESS, ProgressReporter, console  # noqa: F401  (re-exported for commands)
+
 
 def state(ctx: typer.Context):
     return ctx.find_root().obj
@@ -37,12 +39,6 @@ def _default(o: Any) -> Any:
     raise TypeError(type(o).__name__)
 
 
-def console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
 def info(ctx: typer.Context, message: str) -> None:
     """An informational line on stderr (silent with --quiet or --json)."""
     st = state(ctx)
@@ -57,57 +53,6 @@ def progress(ctx: typer.Context) -> Iterator["ProgressReporter"]:
     rep = ProgressReporter(enabled=not st.quiet)
     with rep:
         yield rep
-
-
-class ProgressReporter:
-    """A minimal progress interface services call; renders a rich bar when enabled.
-
-    ``task = rep.add(description, total)``; ``rep.advance(task, n=1)``; ``rep.update(task, description=...)``.
-    A disabled reporter accepts the same calls and does nothing.
-    """
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self._progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console(stderr=True),
-                transient=False,
-            )
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-            self._progress = None
-
-    def add(self, description: str, total: Optional[float] = None) -> int:
-        return self._progress.add_task(description, total=total) if self._progress else 0
-
-    def advance(self, task: int, n: float = 1) -> None:
-        if self._progress:
-            self._progress.advance(task, n)
-
-    def update(self, task: int, **kw) -> None:
-        if self._progress:
-            self._progress.update(task, **kw)
-
-    def log(self, message: str) -> None:
-        if self._progress:
-            self._progress.console.print(message)
-
-
-NULL_PROGRESS = ProgressReporter(enabled=False)
 
 
 def given(values: dict) -> dict:

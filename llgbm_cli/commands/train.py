@@ -31,6 +31,18 @@ def _render_training(title: str):
     return render
 
 
+def _render_b2(r) -> None:
+    """Plain-text summary of a B2 run."""
+    c = console()
+    c.print(f"train delta-only b2: {r.train} adapters trained, {r.validation} held out, {r.epochs} epochs "
+            f"in {r.seconds:.1f} s -> {r.path}")
+    for k in ("loss", "val_mse", "val_cosine", "val_centered_cosine", "val_mean_delta_cosine"):
+        if k in r.last:
+            c.print(f"  {k}: {r.first.get(k, float('nan')):.4g} -> {r.last[k]:.4g}")
+    for n in r.notes:
+        c.print(f"note: {n}")
+
+
 @train_app.command("multitask")
 def multitask_cmd(
     ctx: typer.Context,
@@ -69,7 +81,7 @@ def delta_only_cmd(
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Train from deltas alone: B1 a LoRA generator (DeltaOnlyLoss), B2 a text -> delta predictor."""
-    from ..services.train_delta_only import render_b2, train_b2
+    from ..services.train_delta_only import train_b2
 
     ov = overrides_from(set_)
     ov.update(given({"train.delta_only.variant": variant, "train.delta_only.generator": generator}))
@@ -83,7 +95,7 @@ def delta_only_cmd(
             resolved = state(ctx).load_config({**ov, "train.delta_only.predictor_epochs": epochs})
         with progress(ctx) as rep:
             result = train_b2(resolved, force=force, out_dir=out, progress=rep)
-        emit(ctx, result, lambda r: render_b2(r, console()))
+        emit(ctx, result, _render_b2)
         return
     if epochs is not None:
         resolved = state(ctx).load_config({**ov, "train.delta_only.epochs": epochs})

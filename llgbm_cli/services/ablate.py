@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
 from ..errors import InputError
 
 DONE = "done.json"

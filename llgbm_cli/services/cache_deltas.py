@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
 from ..errors import InputError
 
 

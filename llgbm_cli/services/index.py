@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
 from ..config import ResolvedConfig
 from ..errors import InputError
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
 from ..config import ResolvedConfig
 from ..errors import InputError
 
@@ -161,17 +161,6 @@ def train_b2(
         holdout_tasks=list(do.holdout_tasks), epochs=do.predictor_epochs, seconds=round(seconds, 2),
         first=log[0] if log else {}, last=log[-1] if log else {}, notes=notes,
     )
-
-
-def render_b2(r: B2Result, c) -> None:
-    """Plain-text summary of a B2 run (used by the command)."""
-    c.print(f"train delta-only b2: {r.train} adapters trained, {r.validation} held out, {r.epochs} epochs "
-            f"in {r.seconds:.1f} s -> {r.path}")
-    for k in ("loss", "val_mse", "val_cosine", "val_centered_cosine", "val_mean_delta_cosine"):
-        if k in r.last:
-            c.print(f"  {k}: {r.first.get(k, float('nan')):.4g} -> {r.last[k]:.4g}")
-    for n in r.notes:
-        c.print(f"note: {n}")
 
 
 # --------------------------------------------------------------------------- B1
