@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..errors import InputError
 
 
@@ -80,7 +81,7 @@ def collect_inputs(resolved, adapters: Optional[list[str]] = None) -> list[_Item
                     raise InputError(f"--adapters {h}: no such folder")
                 items.append(_Item(p.resolve().name, p.resolve()))
     else:
-        zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path))
+        zoo = Zoo.load(workdir.path(resolved, "zoo"))
         items = [_Item(e.id, zoo.path_of(e).resolve()) for e in zoo.entries]
         if not items:
             raise InputError(f"{zoo.manifest_path}: the zoo is empty; add adapters or pass --adapters")
@@ -158,7 +159,7 @@ def run_cache_deltas(
     dist = _Dist(cfg.model.device)
     if not dist.is_main:
         progress = NULL_PROGRESS  # one progress bar, the main process's
-    folder = resolved.resolve_path(cfg.delta.cache)
+    folder = workdir.path(resolved, "deltas")
     items = collect_inputs(resolved, adapters)
     spec = DeltaSpec.from_config(cfg.delta)
     pc = cfg.probes

@@ -31,14 +31,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..errors import InputError
 
 FIXED_METHODS = ("base", "teacher", "mean-delta", "multitask", "b1", "b2")
-TRAIN_RUNS = {  # method -> (run folder under workdir, the command that makes it)
-    "multitask": (Path("train") / "multitask", "llgbm train multitask"),
-    "b1": (Path("train") / "b1", "llgbm train delta-only --variant b1"),
-    "b2": (Path("train") / "b2", "llgbm train delta-only --variant b2"),
-}
 
 
 @dataclass
@@ -173,18 +169,18 @@ def _open_cache(resolved, model, probes, spec):
     from ..deltas.cache import DeltaCache, make_header
 
     cfg = resolved.config
-    folder = resolved.resolve_path(cfg.delta.cache)
+    folder = workdir.path(resolved, "deltas")
     cache = DeltaCache.open(folder)
     bad = cache.mismatches(make_header(model, probes, spec, cfg.model.base))
     if bad:
         raise InputError(f"{folder}: the delta cache was built with another {', '.join(bad)} than this config; "
-                         "run `llgbm cache-deltas` with this config (or point delta.cache at a matching cache)")
+                         f"{workdir.hint('deltas', 'with this config')} (or point delta.cache at a matching cache)")
     return cache
 
 
 def _cached(cache, entry) -> Any:
     if entry.id not in cache:
-        raise InputError(f"{cache.folder}: no delta for zoo adapter {entry.id!r}; run `llgbm cache-deltas`")
+        raise InputError(f"{cache.folder}: no delta for zoo adapter {entry.id!r}; {workdir.hint('deltas', None)}")
     return cache.row(entry.id)
 
 
@@ -197,9 +193,9 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
     from ..zoo import Zoo
 
     cfg = resolved.config
-    zoo = Zoo.load(resolved.resolve_path(cfg.zoo.path))
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
-        raise InputError(f"{zoo.manifest_path}: the zoo is empty; run `llgbm zoo build` first")
+        raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
     if model is None:
         model, tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
     spec = DeltaSpec.from_config(cfg.delta)
@@ -257,12 +253,9 @@ def _condition_texts(world: World, task: str, mode: str, n: int) -> list[str]:
 
 
 def _checkpoint(world: World, method: str, given: Optional[Path]) -> Path:
-    from ..training.loop import FINAL
-
-    run, cmd = TRAIN_RUNS[method]
-    ckpt = Path(given) if given is not None else world.resolved.workdir / run / FINAL
+    ckpt = Path(given) if given is not None else workdir.final_checkpoint(world.resolved, method)
     if not ckpt.exists():
-        raise InputError(f"method {method}: no checkpoint at {ckpt}; make it with `{cmd}`")
+        raise InputError(f"method {method}: no checkpoint at {ckpt}; make it with `{workdir.made_by(method)}`")
     return ckpt
 
 
@@ -331,8 +324,8 @@ def retrieval_adapters(world: World, tasks: list[str], folder: Path):
     resolved = world.resolved
     pfolder = b2_folder(resolved)
     if not pfolder.exists():
-        raise InputError(f"method b2: no delta predictor at {pfolder}; make it with `{TRAIN_RUNS['b2'][1]}` "
-                         "and an index with `llgbm index build`")
+        raise InputError(f"method b2: no delta predictor at {pfolder}; make it with `{workdir.made_by('b2')}` "
+                         f"and an index with `{workdir.made_by('index')}`")
     _, meta = load_predictor(pfolder)
     # Only the adapters it was fitted on count as seen: val_ids (the held-out tasks when
     # holdout_tasks is set) were only measured, never trained on.
@@ -349,7 +342,7 @@ def retrieval_adapters(world: World, tasks: list[str], folder: Path):
         leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
         if leaked:
             raise InputError(f"method b2: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
-                             f"index without the held-out tasks' adapters (`llgbm index build`)")
+                             f"index without the held-out tasks' adapters (`{workdir.made_by('index')}`)")
         hits[task] = [{"id": h["id"], "task": h.get("task"), "score": h.get("score")} for h in r.hits]
         out[task] = load_adapter(folder / task)
     info = {"predictor": str(pfolder), "trained_on": seen, "strategy": strategy, "hits": hits}
@@ -417,12 +410,12 @@ def run_eval(
     cfg = resolved.config
     ec = cfg.eval
     methods = check_methods(list(methods) if methods else list(ec.methods))
-    out = Path(out).expanduser() if out is not None else resolved.resolve_path(ec.out)
+    out = Path(out).expanduser() if out is not None else workdir.path(resolved, "eval")
     if out.exists() and not force:
         raise InputError(f"{out}: already exists; pass --force to overwrite it")
     holdout = list(holdout) if holdout else list(ec.holdout)
     tasks_in = list(tasks) if tasks else list(ec.tasks)
-    zoo_tasks = (world.zoo if world is not None else Zoo.load(resolved.resolve_path(cfg.zoo.path))).tasks()
+    zoo_tasks = (world.zoo if world is not None else Zoo.load(workdir.path(resolved, "zoo"))).tasks()
     tasks, holdout = resolve_tasks(zoo_tasks, tasks_in, holdout)
     if world is None:
         world = load_world(resolved, tasks, holdout)
@@ -579,7 +572,7 @@ def _run_folder(resolved, method: str, given: Optional[Path], info: Optional[dic
     elif given is not None:
         p = Path(given).parent
     else:
-        p = resolved.workdir / TRAIN_RUNS[method][0]
+        p = workdir.path(resolved, method)
     return p if (p / "metrics.jsonl").exists() else None
 
 

@@ -38,9 +38,9 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 
 def default_checkpoint(resolved) -> Path:
-    from .train_multitask import OUT_SUBDIR
+    from .. import workdir
 
-    return resolved.workdir / OUT_SUBDIR / "final"
+    return workdir.final_checkpoint(resolved, "multitask")
 
 
 def generate_modules(generator, meta: dict[str, Any], texts: Sequence[str], *, seed: int = 0, encoder=None):
@@ -71,13 +71,14 @@ def generate_adapter(
     force: bool = False,
 ) -> dict[str, Any]:
     """Write a PEFT LoRA folder generated from ``texts`` (and/or ``description``)."""
+    from .. import workdir
     from ..adapters import save_adapter
     from ..generators.base import load_generator
     from ..io import provenance, sha256_file
 
     ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(resolved)
     if not ckpt.exists():
-        raise InputError(f"{ckpt}: no generator checkpoint; train one with `llgbm train multitask` or pass --checkpoint")
+        raise InputError(f"{ckpt}: no generator checkpoint; train one with `{workdir.made_by('multitask')}` or pass --checkpoint")
     out = Path(out).expanduser()
     if out.exists() and not force:
         raise InputError(f"{out}: already exists; pass --force to overwrite it")

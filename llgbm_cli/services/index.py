@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..config import ResolvedConfig
 from ..errors import InputError
 
@@ -29,11 +30,11 @@ class IndexBuildResult:
 
 
 def cache_folder(resolved: ResolvedConfig) -> Path:
-    return resolved.resolve_path(resolved.config.delta.cache)
+    return workdir.path(resolved, "deltas")
 
 
 def index_folder(resolved: ResolvedConfig) -> Path:
-    return resolved.resolve_path(resolved.config.index.path)
+    return workdir.path(resolved, "index")
 
 
 def open_cache(folder: Path):
@@ -43,10 +44,10 @@ def open_cache(folder: Path):
     except ImportError:  # pragma: no cover - the cache module ships with llgbm
         raise InputError("the delta cache module is not available in this installation")
     if not folder.exists():
-        raise InputError(f"{folder}: no delta cache; compute it with `llgbm cache-deltas`")
+        raise InputError(f"{folder}: no delta cache; {workdir.hint('deltas', None)} to compute it")
     cache = DeltaCache.open(folder)
     if len(cache.ids) == 0:
-        raise InputError(f"{folder}: the delta cache is empty; compute deltas with `llgbm cache-deltas`")
+        raise InputError(f"{folder}: the delta cache is empty; {workdir.hint('deltas', None)} to compute deltas")
     return cache
 
 
@@ -55,7 +56,7 @@ def zoo_tasks(resolved: ResolvedConfig) -> dict[str, str]:
     from ..zoo import Zoo
 
     try:
-        zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path), must_exist=False)
+        zoo = Zoo.load(workdir.path(resolved, "zoo"), must_exist=False)
     except InputError:
         return {}
     return {e.id: e.task for e in zoo.entries}

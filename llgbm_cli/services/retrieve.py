@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..config import ResolvedConfig
 from ..errors import InputError
 
@@ -156,7 +157,7 @@ def retrieve(
         mr = merge_to_folder(
             [h["id"] for h in rows], out, merge, weights, density=mc.density, drop_rate=mc.drop_rate,
             seed=mc.seed, space=mc.space, rank=mc.rank, device=mc.device, force=force,
-            zoo=resolved.resolve_path(cfg.zoo.path), config=resolved.to_dict(), progress=progress,
+            zoo=workdir.path(resolved, "zoo"), config=resolved.to_dict(), progress=progress,
         )
         result.merged = {"out": mr.out, "strategy": mr.strategy, "weights": weights,
                          "applied_weights": mr.weights, "rank": mr.rank, "notes": mr.notes}

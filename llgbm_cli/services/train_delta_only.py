@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..config import ResolvedConfig
 from ..errors import InputError
 
@@ -36,11 +37,11 @@ class B2Result:
 
 
 def b2_folder(resolved: ResolvedConfig) -> Path:
-    return resolved.workdir / "train" / "b2"
+    return workdir.path(resolved, "b2")
 
 
 def b1_folder(resolved: ResolvedConfig) -> Path:
-    return resolved.workdir / "train" / "b1"
+    return workdir.path(resolved, "b1")
 
 
 def _pairs(resolved: ResolvedConfig):
@@ -49,12 +50,12 @@ def _pairs(resolved: ResolvedConfig):
     from .index import cache_folder, open_cache
 
     cache = open_cache(cache_folder(resolved))
-    zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path))
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
     notes = []
     entries = [e for e in zoo.entries if e.id in cache]
     missing = len(zoo.entries) - len(entries)
     if missing:
-        notes.append(f"{missing} zoo adapters have no cached delta and are skipped (run `llgbm cache-deltas`)")
+        notes.append(f"{missing} zoo adapters have no cached delta and are skipped ({workdir.hint('deltas', None)})")
     no_cond = [e.id for e in entries if not e.condition]
     if no_cond:
         notes.append(f"{len(no_cond)} adapters have no condition prompts and are skipped")
@@ -62,7 +63,7 @@ def _pairs(resolved: ResolvedConfig):
     if not entries:
         raise InputError(
             f"no (condition prompts, delta) pairs: the zoo {zoo.manifest_path} and the cache {cache.folder} share no "
-            "adapter with condition prompts; run `llgbm zoo build` then `llgbm cache-deltas`"
+            f"adapter with condition prompts; {workdir.hint('zoo', None)} then `{workdir.made_by('deltas')}`"
         )
     return zoo, cache, entries, notes
 
@@ -296,9 +297,9 @@ def train_b1(
     elif out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
 
-    zoo = Zoo.load(resolved.resolve_path(cfg.zoo.path))
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
-        raise InputError(f"{zoo.manifest_path}: the zoo is empty; run `llgbm zoo build` first")
+        raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
     train_e, held_e = split_entries(zoo.entries, list(do.holdout_tasks), 0.0, cfg.project.seed)
     acc = make_accelerator("no", cfg.model.device)
     main = acc.is_main_process

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import workdir
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-OUT_SUBDIR = Path("train") / "multitask"
 # Keys that may differ between a checkpoint's config and a resumed run's.
 RESUMABLE = {"total_steps", "save_interval", "log_interval", "eval_interval"}
 
@@ -56,9 +56,9 @@ class MultitaskResult:
 def _zoo_split(resolved, mt):
     from ..zoo import Zoo
 
-    zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path))
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
-        raise InputError(f"{zoo.manifest_path}: the zoo is empty; run `llgbm zoo build` first")
+        raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
     unknown = [t for t in mt.holdout_tasks if t not in zoo.tasks()]
     if unknown:
         raise InputError(
@@ -151,7 +151,7 @@ def train_multitask(
 
     cfg = resolved.config
     mt = cfg.train.multitask
-    out = Path(out_dir) if out_dir is not None else resolved.workdir / OUT_SUBDIR
+    out = Path(out_dir) if out_dir is not None else workdir.path(resolved, "multitask")
     # Every process checks before any writes, so all of them agree under `accelerate launch`.
     resume_ckpt: Optional[Path] = None
     if resume:

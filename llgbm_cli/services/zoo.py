@@ -55,7 +55,9 @@ def adapter_id(task: str, step: int) -> str:
 
 
 def zoo_dir(resolved) -> Path:
-    return resolved.resolve_path(resolved.config.zoo.path)
+    from .. import workdir
+
+    return workdir.path(resolved, "zoo")
 
 
 def build_spec(resolved) -> dict[str, Any]:
