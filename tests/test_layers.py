@@ -104,3 +104,26 @@ def test_no_import_cycles_at_module_level():
         if n not in seen:
             visit(n)
     assert cycles == []
+
+
+def test_no_private_import_across_modules():
+    offenders = []
+    for p in PKG.rglob("*.py"):
+        for node, module, names in _imports(p):
+            if isinstance(node, ast.ImportFrom) and module:
+                priv = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if priv:
+                    offenders.append(f"{p.relative_to(PKG)}:{node.lineno} {module}.{','.join(priv)}")
+    assert offenders == []
+
+
+def test_importing_the_services_does_not_import_torch():
+    """`llgbm --help` stays instant: commands import services lazily, services import torch lazily."""
+    code = (
+        "import importlib, sys\n"
+        f"for m in {_service_modules()!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

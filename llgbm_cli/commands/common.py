@@ -55,6 +55,33 @@ def progress(ctx: typer.Context) -> Iterator["ProgressReporter"]:
         yield rep
 
 
+# --------------------------------------------------------------------------- options every command shares
+
+SET_HELP = "Override a config key, e.g. --set train.multitask.lambda_delta=0.5 (repeatable)."
+
+
+def set_option(help: str = SET_HELP):
+    """``--set section.key=value`` (repeatable): config overrides, applied over the project file."""
+    return typer.Option(None, "--set", help=help)
+
+
+def force_option(help: str = "Replace what is already at the output instead of refusing."):
+    """``--force``: without it a command refuses to overwrite existing output."""
+    return typer.Option(False, "--force", help=help)
+
+
+def out_option(help: str, *, required: bool = False):
+    """``--out``/``-o``: where a command writes (``help`` says the default)."""
+    return typer.Option(... if required else None, "--out", "-o", help=help)
+
+
+def overrides_from(sets: Optional[list[str]]) -> dict:
+    """``--set`` values as a {dotted key: value} dict."""
+    from ..config import parse_override
+
+    return dict(parse_override(s) for s in (sets or []))
+
+
 def given(values: dict) -> dict:
     """Keep only the flags the user gave (not None), so they override --set and file values
     without wiping them when absent."""

@@ -6,15 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state, given
-from .config import SET_HELP, overrides_from
+from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
 
 train_app = typer.Typer(help="Train LoRA generators (multitask; delta-only variants).", no_args_is_help=True)
 
 # Options every trainer takes, declared once.
-ForceOpt = typer.Option(False, "--force", help="Replace an earlier run in the output folder.")
+ForceOpt = force_option("Replace an earlier run in the output folder.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the output folder.")
-SetOpt = typer.Option(None, "--set", help=SET_HELP)
+SetOpt = set_option()
 
 
 def _render_training(title: str):
@@ -50,7 +49,7 @@ def multitask_cmd(
     generator: Optional[str] = typer.Option(None, "--generator", help="train.multitask.generator (hyperconv, hypernet)."),
     lambda_delta: Optional[float] = typer.Option(None, "--lambda-delta", help="train.multitask.lambda_delta"),
     lr: Optional[float] = typer.Option(None, "--lr", help="train.multitask.learning_rate"),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: <workdir>/train/multitask)."),
+    out: Optional[str] = out_option("Output folder (default: <workdir>/train/multitask)."),
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -75,7 +74,7 @@ def delta_only_cmd(
                                           "(delta predictor); default: train.delta_only.variant."),
     generator: Optional[str] = typer.Option(None, "--generator", help="train.delta_only.generator (B1)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="train.delta_only.epochs (B1) or predictor_epochs (B2)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: <workdir>/train/b1 or b2)."),
+    out: Optional[str] = out_option("Output folder (default: <workdir>/train/b1 or b2)."),
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
     set_: Optional[List[str]] = SetOpt,

@@ -150,9 +150,9 @@ def run_cache_deltas(
     from ..adapters import weights_sha256
     from ..io import provenance
     from ..models import load_base_model
-    from ..deltas.cache import CacheRow, DeltaCache, cache_lock, make_header
-    from ..deltas.compute import DeltaSpec, base_states, iter_deltas
-    from ..deltas.probes import load_probes
+    from ..deltas.cache import CacheRow, DeltaCache, cache_lock
+    from ..deltas.compute import base_states, iter_deltas
+    from ..deltas.context import DeltaContext
 
     t0 = time.perf_counter()
     cfg = resolved.config
@@ -161,18 +161,9 @@ def run_cache_deltas(
         progress = NULL_PROGRESS  # one progress bar, the main process's
     folder = workdir.path(resolved, "deltas")
     items = collect_inputs(resolved, adapters)
-    spec = DeltaSpec.from_config(cfg.delta)
-    pc = cfg.probes
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))
-    probes = load_probes(pc.source, tok, count=pc.count, chat_template=pc.chat_template,
-                         max_length=pc.max_length, seed=cfg.project.seed)
-    try:
-        from ..deltas.compute import resolve_layers
-
-        resolve_layers(model, spec)
-    except ValueError as e:
-        raise InputError(str(e))
-    header = make_header(model, probes, spec, cfg.model.base)
+    ctx = DeltaContext.build(resolved, model, tok, device=False)
+    spec, probes, header = ctx.spec, ctx.probes, ctx.header
     result = CacheDeltasResult(cache=str(folder), processes=dist.world, is_main=dist.is_main,
                                probes=probes.describe(), rebuilt=bool(rebuild))
     prov = provenance("cache-deltas", resolved.to_dict(), base_fingerprint=header["base_fingerprint"],
@@ -183,12 +174,8 @@ def run_cache_deltas(
         # Every process reads the cache before the main one first writes (at the first gather).
         if DeltaCache.exists(folder) and not rebuild:
             cache = DeltaCache.open(folder)
-            bad = cache.mismatches(header)
-            if bad:
-                raise InputError(
-                    f"{folder}: this cache was built with another {', '.join(bad)}; pass --rebuild to start "
-                    f"over (its {len(cache)} rows are discarded) or set delta.cache to another folder"
-                )
+            ctx.check_cache(cache, fix=f"pass --rebuild to start over (its {len(cache)} rows are discarded) or "
+                                       "set delta.cache to another folder")
         else:
             cache = DeltaCache(folder, header)
         todo: list[_Item] = []
