@@ -127,3 +127,18 @@ def test_importing_the_services_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_nothing_below_commands_prints():
+    """Services and mechanisms return results; only commands (and the progress reporter) write."""
+    offenders = []
+    for p in BELOW_COMMANDS:
+        if p.name == "progress.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                offenders.append(f"{p.relative_to(PKG)}:{node.lineno} print()")
+            if isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "sys":
+                offenders.append(f"{p.relative_to(PKG)}:{node.lineno} sys.{node.attr}")
+    assert offenders == []
