@@ -55,7 +55,9 @@ def adapter_id(task: str, step: int) -> str:
 
 
 def zoo_dir(resolved) -> Path:
-    return resolved.resolve_path(resolved.config.zoo.path)
+    from .. import workdir
+
+    return workdir.path(resolved, "zoo")
 
 
 def build_spec(resolved) -> dict[str, Any]:
@@ -142,7 +144,7 @@ class BuildResult:
 def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = False, progress=None,
               model_and_tokenizer=None) -> BuildResult:
     """Train the teacher trajectories of ``tasks`` (default ``[zoo] tasks``) into the zoo folder."""
-    from ..commands.common import NULL_PROGRESS
+    from ..progress import NULL_PROGRESS
     from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS
@@ -450,7 +452,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     The report is also written to ``<zoo>/scores.json`` for later commands.
     """
     from ..adapters import load_adapter, validate_against
-    from ..commands.common import NULL_PROGRESS
+    from ..progress import NULL_PROGRESS
     from ..tasks.evaluate import form_for, score_records, score_records_with
     from ..tasks.registry import registry_for
 
