@@ -55,6 +55,11 @@ def _manifest() -> dict:
     return json.loads((PACK_DIR / "manifest.json").read_text())
 
 
+def pack_manifest() -> dict:
+    """The pack's manifest: per dataset its source folder, kind, split sizes and checksum."""
+    return _manifest()
+
+
 def list_datasets() -> list[str]:
     """Names of the shipped datasets."""
     return list(_manifest()["datasets"])

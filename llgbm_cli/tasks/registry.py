@@ -108,9 +108,9 @@ class TaskSpec(BaseModel):
 
 
 def _pack_manifest() -> dict:
-    from ..data import _manifest
+    from ..data import pack_manifest
 
-    return _manifest()["datasets"]
+    return pack_manifest()["datasets"]
 
 
 def preset_specs() -> dict[str, dict[str, Any]]:
@@ -285,9 +285,7 @@ class TaskRegistry:
         for n in self._tasks:
             if _canon(n) == c:
                 return n
-        from ..data import _manifest
-
-        for n, info in _manifest()["datasets"].items():  # the pack's source folder names (ARC-Easy)
+        for n, info in _pack_manifest().items():  # the pack's source folder names (ARC-Easy)
             if c == info["source_folder"].lower() and n in self._tasks:
                 return n
         valid = self.names()
