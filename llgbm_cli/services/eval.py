@@ -345,7 +345,8 @@ def retrieval_adapters(world: World, tasks: list[str], folder: Path):
     out, hits = {}, {}
     for task in tasks:
         texts = _condition_texts(world, task, "prompts", 8)
-        r = retrieve(resolved, prompts=texts, merge=strategy, out=folder / task, encoder=encoder)
+        r = retrieve(resolved, prompts=texts, merge=(strategy, resolved.origin("retrieve.merge_strategy")),
+                     out=folder / task, encoder=encoder)
         leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
         if leaked:
             raise InputError(f"method b2: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
@@ -366,14 +367,18 @@ def merge_entries(world: World, task: str) -> list[Any]:
     return [teacher_of(world.zoo, t) for t in others]
 
 
-def _merge(world: World, entries: list[Any], strategy: str):
+def _merge(world: World, entries: list[Any], method: str):
+    """The adapter of eval method ``method`` (``merge:<strategy>``, or ``mean-delta``: the linear mean)."""
     from ..adapters import load_adapter
     from ..merging import merge_adapters
+    from .merge import merge_options
 
-    mc = world.resolved.config.merge
+    strategy = method.split(":", 1)[1] if method.startswith("merge:") else "linear"
+    opts = merge_options(world.resolved, strategy=(strategy, f"eval method {method}"))
+    if method == "mean-delta":
+        opts = opts.replace(normalize=True)
     ads = [load_adapter(world.zoo.path_of(e)) for e in entries]
-    return merge_adapters(ads, strategy, density=mc.density, drop_rate=mc.drop_rate, seed=mc.seed,
-                          space=mc.space, rank=mc.rank)
+    return merge_adapters(ads, opts)
 
 
 # --------------------------------------------------------------------------- the service
@@ -451,14 +456,13 @@ def run_eval(
                     p = world.zoo.path_of(world.teachers[t])
                     adapters[m, t], where[m, t], heldout[m, t] = load_adapter(p), str(p), False
             elif m == "mean-delta":
-                merged = _merge(world, world.train_entries, "linear")
+                merged = _merge(world, world.train_entries, m)
                 for t in tasks:
                     adapters[m, t], heldout[m, t] = merged, t in holdout
             elif m.startswith("merge:"):
-                strategy = m.split(":", 1)[1]
                 for t in tasks:
                     entries = merge_entries(world, t)
-                    adapters[m, t] = _merge(world, entries, strategy)
+                    adapters[m, t] = _merge(world, entries, m)
                     heldout[m, t] = all(e.task != t for e in entries)
             elif m in ("multitask", "b1"):
                 ads, info, held = generator_adapters(world, m, tasks, checkpoints.get(m))

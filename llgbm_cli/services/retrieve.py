@@ -78,13 +78,17 @@ def retrieve(
     prompts: Optional[Sequence[str]] = None,
     adapter_id: Optional[str] = None,
     k: Optional[int] = None,
-    merge: Optional[str] = None,
+    merge: Optional[str | tuple[str, str]] = None,
     out: Optional[str | Path] = None,
     force: bool = False,
     encoder=None,
     progress=NULL_PROGRESS,
 ) -> RetrieveResult:
-    """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter."""
+    """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter.
+
+    ``merge``: a strategy name (from ``--merge``) or ``(name, where it came from)``; the other merge
+    options come from the config's ``[merge]`` section.
+    """
     from ..index import DeltaIndex, params_from_config
     from .index import cache_folder, index_folder, zoo_tasks
     from .train_delta_only import b2_folder
@@ -147,17 +151,15 @@ def retrieve(
     result = RetrieveResult(query=query, k=len(rows), hits=rows, index=str(folder), index_kind=idx.kind,
                             predictor=predictor_path, notes=notes)
     if merge is not None:
-        from .merge import merge_to_folder
+        from .merge import merge_options, merge_to_folder
 
         weights, note = similarity_weights([h["score"] for h in rows])
         if note:
             notes.append(note)
-        mc = cfg.merge
-        mr = merge_to_folder(
-            [h["id"] for h in rows], out, merge, weights, density=mc.density, drop_rate=mc.drop_rate,
-            seed=mc.seed, space=mc.space, rank=mc.rank, device=mc.device, force=force,
-            zoo=resolved.resolve_path(cfg.zoo.path), config=resolved.to_dict(), progress=progress,
-        )
+        strategy = (merge, "--merge") if isinstance(merge, str) else merge
+        opts = merge_options(resolved, strategy=strategy, weights=(weights, "the retrieved adapters' similarities"))
+        mr = merge_to_folder([h["id"] for h in rows], out, opts, force=force, zoo=resolved.resolve_path(cfg.zoo.path),
+                             config=resolved.to_dict(), progress=progress)
         result.merged = {"out": mr.out, "strategy": mr.strategy, "weights": weights,
                          "applied_weights": mr.weights, "rank": mr.rank, "notes": mr.notes}
     return result
