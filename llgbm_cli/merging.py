@@ -466,14 +466,15 @@ def general_merge(tensors: Sequence["torch.Tensor"], weights: Sequence[float], o
 
 def choose_rank(sq: "torch.Tensor", energy: float, cap: int) -> int:
     """Smallest k whose leading squared singular values ``sq`` (descending) reach ``energy`` of their
-    sum, at most ``cap`` and at least 1."""
+    sum, at most ``cap`` and at least 1. A shortfall below 1e-6 of the sum counts as reached: that is
+    the rounding of float32 eigenvalues, so ``energy=1`` stops at the numerical rank."""
     import torch
 
     sq = sq.double().clamp(min=0)
     total = float(sq.sum())
     if total <= 0:
         return 1
-    reached = torch.cumsum(sq, 0) >= energy * total * (1 - 1e-12)
+    reached = torch.cumsum(sq, 0) >= (energy - 1e-6) * total
     k = int(reached.nonzero()[0]) + 1 if bool(reached.any()) else sq.numel()
     return max(1, min(k, cap))
 
