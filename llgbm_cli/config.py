@@ -511,6 +511,7 @@ def load_config(
     except ValidationError as e:
         problems.extend(_format_errors(e))
     problems.extend(_dataset_checks(data))
+    problems.extend(_merge_checks(data))
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
     labels = {k: (flags or {}).get(k) or f"--set {k}={_toml_value(v)}" for k, v in overrides.items()}
@@ -576,6 +577,18 @@ def _dataset_checks(data: dict) -> list[str]:
     return problems
 
 
+def _merge_checks(data: dict) -> list[str]:
+    """The merge options' ranges, by the rule the merge itself applies (checked on the raw section, so
+    they are reported with the other sections' problems; type errors are pydantic's)."""
+    from .merging import option_problems  # the registry is torch-free
+
+    try:
+        section = MergeSection.model_validate(data.get("merge") or {})
+    except (ValidationError, TypeError):
+        return []
+    return [f"merge.{k}: {m}" for k, m in option_problems(section.model_dump())]
+
+
 def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
     """Cross-field checks that pydantic field constraints cannot express."""
     problems = []
@@ -589,9 +602,6 @@ def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
         problems.append(
             f"train.multitask.warmup_steps: {mt.warmup_steps} must be below total_steps {mt.total_steps}"
         )
-    from .merging import option_problems  # the registry is torch-free
-
-    problems.extend(f"merge.{k}: {m}" for k, m in option_problems(cfg.merge.model_dump()))
     if cfg.zoo.warmup_steps >= cfg.zoo.steps:
         problems.append(f"zoo.warmup_steps: {cfg.zoo.warmup_steps} must be below zoo.steps {cfg.zoo.steps}")
     return problems
