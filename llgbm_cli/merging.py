@@ -274,7 +274,7 @@ class MergeOptions:
         records its source."""
         sources = dict(self.sources)
         for k, val in list(changes.items()):
-            if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], str) and k != "weights":
+            if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], str):
                 changes[k], sources[k] = val
             else:
                 sources.pop(k, None)

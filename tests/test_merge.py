@@ -308,3 +308,18 @@ def test_cli_list_and_merge_by_zoo_id(cli, tiny_project, folders):
 def test_cuda_without_gpu_is_a_clear_error(folders):
     with pytest.raises(InputError, match="no CUDA device"):
         merge_adapters([load_adapter(p) for p in folders[:2]], "ties", device="cuda")
+
+
+def test_cli_options_reach_the_engine_and_full_model(cli, tiny_project, folders):
+    out = tiny_project.parent / "m"
+    r = cli("-p", tiny_project, "--json", "merge", str(folders[0]), str(folders[1]), "-s", "dare_linear",
+            "--drop-rate", "0", "--rescale", "keep_rate", "--normalize", "--rank", "3", "--full-model", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["parameters"] == {"normalize": True, "drop_rate": 0.0, "seed": 0, "rescale": "keep_rate"}
+    assert d["rank"] == 3 and d["rank_range"] == [3, 3] and d["weights"] == [0.5, 0.5]
+    assert (out / "merged-model" / "model.safetensors").exists() and (out / "merged-model" / "config.json").exists()
+    r = cli("-p", tiny_project, "merge", str(folders[0]), str(folders[1]), "--rank", "three", "--out", out, "--force")
+    assert r.exit_code == 2 and "--rank 'three'" in r.stderr
+    r = cli("-p", tiny_project, "merge", str(folders[0]), str(folders[1]), "--max-rank", "0", "--out", out, "--force")
+    assert r.exit_code == 2 and "--max-rank: 0 must be a positive integer" in r.stderr

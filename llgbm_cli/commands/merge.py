@@ -51,7 +51,7 @@ def merge_cmd(
     energy: Optional[float] = typer.Option(None, "--energy", help="rank auto: share of each module's ‖ΔW‖² to keep (default 0.99)."),
     max_rank: Optional[int] = typer.Option(None, "--max-rank", help="rank auto: cap on any module's rank."),
     device: Optional[str] = typer.Option(None, "--device", help="`cpu` or `cuda`."),
-    full_model: Optional[bool] = typer.Option(None, "--full-model", help="Also write the base model with the merge added (OUT/merged-model)."),
+    full_model: bool = typer.Option(False, "--full-model", help="Also write the base model with the merge added (OUT/merged-model); default: merge.full_model."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output adapter folder."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out folder."),
     list_: bool = typer.Option(False, "--list", help="List the strategies, their parameters and references."),
@@ -90,7 +90,7 @@ def merge_cmd(
     flagged = given({
         "merge.strategy": strategy, "merge.density": density, "merge.drop_rate": drop_rate, "merge.seed": seed,
         "merge.space": space, "merge.rank": _parse_rank(rank), "merge.energy": energy, "merge.max_rank": max_rank,
-        "merge.normalize": normalize, "merge.rescale": rescale, "merge.device": device, "merge.full_model": full_model,
+        "merge.normalize": normalize, "merge.rescale": rescale, "merge.device": device, "merge.full_model": full_model or None,
     })
     overrides.update(flagged)
     resolved = state(ctx).load_config(overrides, flags={k: FLAGS[k] for k in flagged})

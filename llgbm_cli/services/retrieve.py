@@ -99,6 +99,10 @@ def retrieve(
         raise InputError("give exactly one query: TEXT, --prompts-file FILE or --adapter-delta ID")
     if merge is not None and out is None:
         raise InputError("--merge needs --out DIR: the folder the merged adapter is written to")
+    if merge is not None:
+        from .merge import merge_options
+
+        merge_opts = merge_options(resolved, strategy=(merge, "--merge") if isinstance(merge, str) else merge)
     folder = index_folder(resolved)
     idx = DeltaIndex.load(folder, device=cfg.index.device)
     notes: list[str] = []
@@ -151,15 +155,15 @@ def retrieve(
     result = RetrieveResult(query=query, k=len(rows), hits=rows, index=str(folder), index_kind=idx.kind,
                             predictor=predictor_path, notes=notes)
     if merge is not None:
-        from .merge import merge_options, merge_to_folder
+        from .merge import merge_to_folder
 
         weights, note = similarity_weights([h["score"] for h in rows])
         if note:
             notes.append(note)
-        strategy = (merge, "--merge") if isinstance(merge, str) else merge
-        opts = merge_options(resolved, strategy=strategy, weights=(weights, "the retrieved adapters' similarities"))
+        opts = merge_opts.replace(weights=(weights, "the retrieved adapters' similarities"))
         mr = merge_to_folder([h["id"] for h in rows], out, opts, force=force, zoo=resolved.resolve_path(cfg.zoo.path),
                              config=resolved.to_dict(), progress=progress)
         result.merged = {"out": mr.out, "strategy": mr.strategy, "weights": weights,
-                         "applied_weights": mr.weights, "rank": mr.rank, "notes": mr.notes}
+                         "applied_weights": mr.weights, "rank": mr.rank, "rank_range": mr.rank_range,
+                         "retained_energy": mr.retained_energy, "notes": mr.notes}
     return result
