@@ -4,8 +4,10 @@ Three random adapters shaped for SmolLM2-135M (all seven projections of the last
 layers, rank 8 and 16). For each strategy llgbm merges at its default output rank (``auto``: exact
 for linear, task_arithmetic and cat; for ties and dare_* the smallest rank per module keeping
 ``--energy`` of the merged ΔW), and PEFT, which takes one rank for every module, merges the same
-adapters with the same parameters at the largest rank llgbm chose (``cat``: the sum of ranks).
+adapters with the same parameters at the largest rank llgbm chose, or the smallest module's
+smaller side where that is lower (PEFT fails above it; ``cat``: the sum of ranks).
 Each row records both tools' retained energy ‖ΔW_r‖²/‖ΔW‖² against their own dense merge.
+``--rank inputs`` instead gives both tools the inputs' rank (the like-for-like speed comparison).
 The DARE rows use PEFT's conventions on both sides (kept entries divided by 1 − p; dare_ties
 normalized per entry), so the two tools compute the same merge:
 
@@ -21,7 +23,7 @@ TIES, where the two dense merges differ only by entries at the trim threshold th
 moves: ``ties_dense_agreement``). Times are wall-clock seconds of the
 merge call alone (adapters already in memory; PEFT's adapters already loaded in the model).
 
-    python benchmarks/merge.py [--layers 6] [--ranks 8,16] [--threads N]
+    python benchmarks/merge.py [--layers 6] [--ranks 8,16] [--threads N] [--rank auto|inputs]
 
 Prints one JSON line.
 """
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.5)
     ap.add_argument("--drop-rate", type=float, default=0.9)
     ap.add_argument("--energy", type=float, default=0.99, help="llgbm's merge.energy for rank auto")
+    ap.add_argument("--rank", choices=["auto", "inputs"], default="auto",
+                    help="llgbm's output rank: its default `auto`, or the inputs' rank for both tools")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--no-big", action="store_true", help="skip the >16M-element module line")
     args = ap.parse_args()
@@ -74,7 +78,7 @@ def main() -> None:
     base, _ = load_base_model("smollm2-135m-instruct", device="cpu")
     result: dict = {"benchmark": "merge", "layers": args.layers, "modules": args.layers * 7,
                     "threads": torch.get_num_threads(), "density": args.density, "drop_rate": args.drop_rate,
-                    "energy": args.energy, "loadavg_start": os.getloadavg(), "runs": []}
+                    "energy": args.energy, "rank_mode": args.rank, "loadavg_start": os.getloadavg(), "runs": []}
 
     # Record PEFT's dense merge (its reference) per module while it runs: wrap its merge functions.
     recorded: dict[str, torch.Tensor] = {}
@@ -124,10 +128,13 @@ def main() -> None:
 
         pm.base_model._svd_generalized_task_arithmetic_weighted_adapter = tracking
         deltas = {n: [a.modules[n].delta_weight() for a in ads] for n in names}
+        min_side = min(min(d[0].shape) for d in deltas.values())
 
         for ours, theirs, wkind in PAIRS:
             w = [1.0, 1.0, 1.0] if wkind == "ones" else [1 / 3] * 3
             kw = dict(density=args.density, drop_rate=args.drop_rate, seed=0, energy=args.energy)
+            if args.rank == "inputs":
+                kw["rank"] = 3 * r if ours == "cat" else r
             if ours.startswith("dare"):  # PEFT's DARE: kept / (1 - p); its dare_ties divides per entry
                 kw.update(rescale="keep_rate", normalize=ours == "dare_ties")
             opts = MergeOptions(ours, **kw)
@@ -148,7 +155,8 @@ def main() -> None:
             row["llgbm_rel_err"] = rel_err((merged.modules[n].delta_weight(), refs[n]) for n in names)
 
             recorded.clear()
-            svd_rank = rep.rank_range[1]
+            # PEFT takes one rank for every module, and breaks above a module's smaller side
+            svd_rank = min(rep.rank_range[1], min_side)
             row["peft_rank"] = svd_rank
             t = time.perf_counter()
             pm.add_weighted_adapter(["a0", "a1", "a2"], w, "m", combination_type=theirs, density=peft_density,

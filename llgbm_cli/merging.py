@@ -246,7 +246,7 @@ class MergeOptions:
     drop_rate: float = 0.9
     seed: int = 0
     space: str = "delta"
-    rank: Any = "auto"
+    rank: int | Literal["auto"] = "auto"
     energy: float = 0.99
     max_rank: Optional[int] = None
     normalize: Optional[bool] = None

@@ -85,7 +85,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
         if m in FIXED_METHODS:
             pass
         elif m.startswith("merge:"):
-            get_strategy(m.split(":", 1)[1])
+            get_strategy(m.split(":", 1)[1], source=f"--method {m}")
         elif Path(m).expanduser().is_dir():
             if not (Path(m).expanduser() / CONFIG_FILE).exists():
                 raise InputError(f"--method {m}: folder holds no {CONFIG_FILE}; give a PEFT LoRA adapter folder")
