@@ -276,8 +276,8 @@ class MergeSection(Section):
     seed: int = Field(0, description="Seed for DARE masks (one independent mask per adapter and module).")
     device: str = Field("cpu", description="Where the merge arithmetic runs: `cpu` or `cuda`.")
     full_model: bool = Field(
-        False, description="Also write the base model with the merge added to its weights (`merged-model/` beside "
-        "the adapter; safetensors, sharded like the base)."
+        False, description="`llgbm merge` also writes the base model with the merge added to its weights "
+        "(`merged-model/` inside the output folder; safetensors, sharded like the base)."
     )
 
 
