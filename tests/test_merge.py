@@ -323,3 +323,25 @@ def test_cli_options_reach_the_engine_and_full_model(cli, tiny_project, folders)
     assert r.exit_code == 2 and "--rank 'three'" in r.stderr
     r = cli("-p", tiny_project, "merge", str(folders[0]), str(folders[1]), "--max-rank", "0", "--out", out, "--force")
     assert r.exit_code == 2 and "--max-rank: 0 must be a positive integer" in r.stderr
+
+
+def test_options_from_config_name_their_source(tmp_path):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import ConfigError
+    from llgbm_cli.services.merge import merge_options
+
+    p = tmp_path / "llgbm.toml"
+    p.write_text("[merge]\nstrategy = 'dare_ties'\nrank = 8\ndrop_rate = 0.0\n")
+    r = load_config(p, {"merge.density": 0.3, "merge.energy": 0.9}, flags={"merge.energy": "--energy"})
+    o = merge_options(r)
+    assert (o.strategy, o.rank, o.drop_rate, o.density, o.energy) == ("dare_ties", 8, 0.0, 0.3, 0.9)
+    assert o.source("rank") == "llgbm.toml: merge.rank" and o.source("density") == "--set merge.density=0.3"
+    assert o.source("energy") == "--energy" and o.source("seed") == "merge.seed (default)"
+    with pytest.raises(InputError, match=r"^eval method merge:x: unknown merge strategy"):
+        merge_options(r, strategy=("x", "eval method merge:x"))
+    with pytest.raises(InputError, match=r"llgbm.toml: merge.rank: 8 is above the size of module"):
+        merge_adapters(one_module([torch.ones(4, 4)] * 2), o)
+    p.write_text("[merge]\nrank = 'eight'\n")
+    with pytest.raises(ConfigError, match="merge.rank"):
+        load_config(p)
+    assert load_config(p, {"merge.rank": "auto"}).config.merge.rank == "auto"
