@@ -3,7 +3,9 @@
 Everything is checked before any work: every input exists, the adapters fit each other, the
 parameters are in range and ``out`` is free (or ``force``) and is not one of the inputs. Inputs are
 only read. The output carries provenance: each input with the sha256 of its weights, the strategy,
-its parameters, the weights as applied and the resolved config.
+its parameters, the weights as applied, each module's rank, the retained energy and the resolved
+config. With ``full_model`` the folder also holds ``merged-model/``: the base model with the merge
+added to its weights, written in the same atomic step.
 """
 
 from __future__ import annotations
