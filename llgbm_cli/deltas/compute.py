@@ -635,3 +635,6 @@ def compute_deltas(
     for pos, d in parts:
         out[torch.as_tensor(pos)] = d
     return out
+
+
+backbone = _backbone  # the public name, for modules that run the decoder stack themselves
