@@ -74,3 +74,29 @@ def test_fit_prompts():
 def test_load_generator_names_missing_files(tmp_path):
     with pytest.raises(InputError, match="train multitask"):
         load_generator(tmp_path)
+
+
+def test_checkpoint_with_an_old_layout_is_refused(layout, tmp_path):
+    import json
+
+    from llgbm_cli.generators.base import check_resumable_layout
+    from llgbm_cli.lora.tokenizer import ModuleShape
+
+    mods = [ModuleShape(f"model.layers.{i}.self_attn.q_proj", 8, 8) for i in range(12)]
+    tok = LoraTokenizer(mods, 2)
+    gen = build_generator("hyperconv", tok, 16, {"n_prompts": 2, "channels": 4})
+    save_generator(tmp_path, gen, {"base_model": "x"})
+    load_generator(tmp_path)  # the current layout loads
+    check_resumable_layout(tmp_path, tok)
+    meta = json.loads((tmp_path / "generator.json").read_text())
+    del meta["tokenizer"]["layout_version"]
+    meta["tokenizer"]["modules"].sort()
+    (tmp_path / "generator.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="older llgbm.*retrain"):
+        load_generator(tmp_path)
+    with pytest.raises(InputError, match="older llgbm"):
+        check_resumable_layout(tmp_path, tok)
+    meta["tokenizer"] = tok.to_dict()
+    (tmp_path / "generator.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="layout differs"):
+        check_resumable_layout(tmp_path, layout)

@@ -133,6 +133,27 @@ def save_generator(folder: str | Path, generator: LoraGenerator, meta: dict[str,
     atomic_write_json(folder / META, full)
 
 
+def check_resumable_layout(folder: str | Path, layout: LoraTokenizer) -> None:
+    """Refuse to resume training from a checkpoint whose token rows are laid out differently from
+    ``layout`` (e.g. one written before layer-ordered layouts), instead of misreading its weights."""
+    mp = Path(folder) / META
+    if not mp.exists():
+        return
+    try:
+        saved = json.loads(mp.read_text()).get("tokenizer")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{mp}: corrupt JSON ({e}); start afresh with --force")
+    if not saved:
+        return
+    try:
+        old = LoraTokenizer.from_dict(saved, source=str(folder))
+    except ValueError as e:
+        raise InputError(str(e))
+    if old.module_names != layout.module_names or old.grid_shape != layout.grid_shape:
+        raise InputError(f"{folder}: cannot resume: its token layout differs from the [lora] config's; "
+                         "start afresh with --force")
+
+
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tuple[LoraGenerator, dict[str, Any]]:
     """Rebuild a trained generator from its checkpoint folder in one call: ``(generator, meta)``.
 
@@ -155,7 +176,10 @@ def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tu
         meta = json.loads(mp.read_text())
     except json.JSONDecodeError as e:
         raise InputError(f"{mp}: corrupt JSON ({e})")
-    tok = LoraTokenizer.from_dict(meta["tokenizer"])
+    try:
+        tok = LoraTokenizer.from_dict(meta["tokenizer"], source=str(folder))
+    except ValueError as e:
+        raise InputError(str(e))
     gen = build_generator(meta["generator"], tok, meta["cond_dim"], meta.get("generator_options"))
     gen.load_state_dict(load_file(str(wp)))
     gen.to(device).eval()

@@ -172,6 +172,10 @@ def train_multitask(
 
     model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
     layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
+    if resume_ckpt is not None:
+        from ..generators.base import check_resumable_layout
+
+        check_resumable_layout(resume_ckpt, layout)
     entries = train_e + held_e
     adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
     n_train = len(train_e)
