@@ -58,7 +58,7 @@ class GeneratedLora:
 
 
 class LoraGenerator(nn.Module):
-    """Base class: ``forward(cond [n, N, d], mask [n, N] | None) -> GeneratedLora``.
+    """Base class: ``forward(cond [n, N, d] or [n, N, L, d], mask [n, N] | None) -> GeneratedLora``.
 
     ``pooled`` generators see the mask-weighted mean of the N condition embeddings; the others
     see the sequence (N fixed at ``n_prompts``; see :func:`fit_prompts`).
@@ -67,12 +67,15 @@ class LoraGenerator(nn.Module):
     name = "base"
     pooled = False
 
-    def __init__(self, tokenizer: LoraTokenizer, cond_dim: int, scaling: float = 1.0, n_prompts: int = 8):
+    def __init__(self, tokenizer: LoraTokenizer, cond_dim: int, scaling: float = 1.0, n_prompts: int = 8,
+                 cond_tokens: int = 0):
         super().__init__()
         self.tokenizer = tokenizer
         self.cond_dim = int(cond_dim)
         self.scaling = float(scaling)
         self.n_prompts = int(n_prompts)
+        # Token states per condition text (condition pooling "none"); 0: one pooled vector per text.
+        self.cond_tokens = int(cond_tokens)
         self._options: dict[str, Any] = {}
 
     def options(self) -> dict[str, Any]:
@@ -81,6 +84,11 @@ class LoraGenerator(nn.Module):
 
     @staticmethod
     def pool(cond: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[n, N, (L,) d]`` -> ``[n, d]``: token states are pooled per text first (as ``mean`` pooling
+        encodes), then the texts are averaged (mask-weighted)."""
+        from .condition import pool_tokens
+
+        cond = pool_tokens(cond)
         if cond.dim() == 2:
             return cond
         if mask is None:
