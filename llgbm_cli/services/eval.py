@@ -243,11 +243,11 @@ def _check_fits(world: World, ad, label: str) -> None:
     validate_against(ad, world.model)
 
 
-def _condition_texts(world: World, task: str, mode: str, n: int) -> list[str]:
+def _condition_texts(world: World, task: str, mode: str, n: int, descriptions=None) -> list[str]:
     from ..generators.condition import describe_task
 
     if mode == "description":
-        return [describe_task(task)]
+        return [describe_task(task, descriptions)]
     cond = list(world.teachers[task].condition or [])
     if not cond:
         from ..data import sample
@@ -310,7 +310,8 @@ def generator_adapters(world: World, method: str, tasks: list[str], given: Optio
     lora = meta["lora"]
     out = {}
     for task in tasks:
-        texts = _condition_texts(world, task, cond.get("mode", "prompts"), int(cond.get("n_prompts", 8)))
+        texts = _condition_texts(world, task, cond.get("mode", "prompts"), int(cond.get("n_prompts", 8)),
+                                 cond.get("descriptions"))
         mods = generate_modules(gen, meta, texts, seed=world.resolved.config.project.seed, encoder=encoder)
         mods = {k: LoraModule(m.A.detach().float().cpu(), m.B.detach().float().cpu(), float(m.scaling))
                 for k, m in mods.items()}

@@ -339,9 +339,11 @@ def train_b1(
 
     mt = cfg.train.multitask  # the condition encoding is shared with multitask
     encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=mt.max_text_length)
-    bank = ConditionBank.build(encoder, [e.condition for e in entries], do.condition_prompts, mt.max_text_length)
+    bank = ConditionBank.build(encoder, [e.condition for e in entries], do.condition_prompts, mt.max_text_length,
+                               pooling=mt.condition_pooling, tokens=mt.condition_tokens, noise=mt.condition_noise)
     del encoder
-    options = {"scaling": scaling, "n_prompts": do.condition_prompts, **do.generator_options}
+    options = {"scaling": scaling, "n_prompts": do.condition_prompts, "cond_tokens": bank.tokens or 0,
+               "preset": do.generator_preset, **do.generator_options}
     gen = build_generator(do.generator, layout, bank.dim, options).to(acc.device)
     if resume_ckpt is None and do.init_from_teachers:
         mean_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters[:n_train]]).mean(0).to(acc.device)
@@ -395,7 +397,8 @@ def train_b1(
         warnings_seen[:] = warns
         return res
 
-    condition = {"mode": "prompts", "n_prompts": do.condition_prompts, "max_text_length": mt.max_text_length}
+    condition = {"mode": "prompts", "n_prompts": do.condition_prompts, "max_text_length": mt.max_text_length,
+                 "pooling": mt.condition_pooling, "tokens": mt.condition_tokens}
     meta_common = generator_meta(cfg, model, scaling, condition, spec, probes, train_e, held_e, variant="b1")
 
     def save_meta(folder: Path, net, step: int) -> None:

@@ -141,9 +141,9 @@ def train_multitask(
     from ..deltas.compute import DeltaSpec, base_states, delta_for_stacked
     from ..deltas.probes import load_probes
     from ..generators import build_generator
-    from ..generators.condition import ConditionBank, describe_task
+    from ..generators.condition import ConditionBank, task_descriptions
     from ..io import provenance, write_provenance
-    from ..losses import DeltaLoss, MultiTaskLoss, delta_w_mse, masked_token_mse
+    from ..losses import DeltaLoss, MultiTaskLoss, WeightLoss
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
     from ..training.world import generator_meta, load_teacher_adapters, save_generator_meta, start_run_folder
@@ -195,12 +195,14 @@ def train_multitask(
         texts = [e.condition for e in entries]
         n_prompts = mt.condition_prompts
     else:
-        texts = [[describe_task(e.task)] for e in entries]
+        texts = [task_descriptions(e.task, mt.descriptions) for e in entries]
         n_prompts = 1
-    bank = ConditionBank.build(encoder, texts, n_prompts, mt.max_text_length)
+    bank = ConditionBank.build(encoder, texts, n_prompts, mt.max_text_length, pooling=mt.condition_pooling,
+                               tokens=mt.condition_tokens, noise=mt.condition_noise)
     del encoder
 
-    options = {"scaling": scaling, "n_prompts": n_prompts, **mt.generator_options}
+    options = {"scaling": scaling, "n_prompts": n_prompts, "cond_tokens": bank.tokens or 0,
+               "preset": mt.generator_preset, **mt.generator_options}
     gen = build_generator(mt.generator, layout, bank.dim, options).to(acc.device)
     if resume_ckpt is None:
         mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
@@ -212,19 +214,15 @@ def train_multitask(
     bs = min(mt.batch_size, n_train)
     k_delta = min(mt.delta_batch_size, bs)
 
-    def weight_loss(g, idx):
-        if mt.weight_loss == "tokens":
-            pred = g.tokens if g.tokens is not None else layout.tokenize(g.loras)
-            return masked_token_mse(pred, teacher_tokens[idx], mask)
-        tgt = {k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()}
-        return delta_w_mse(g.loras, tgt, scaling)
+    weight_loss = WeightLoss(mt.weight_loss, mt.weight_loss_norm, layout, mask, scaling, teacher_tokens, teacher_ab,
+                             n_train, mt.token_weighting, mt.condition_noise / 10)
 
     def step_fn(step: int, net):
         rng = step_rng(cfg.project.seed, step, rank)
         idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
         cond = bank.sample(idx.tolist(), rng, acc.device)
         g = net(cond)
-        lw = weight_loss(g, idx)
+        lw = weight_loss(g, idx, rng)
         lam = mtl.lambda_at(step)
         out: dict[str, Any] = {"loss_weights": lw, "lambda_delta": lam}
         if k_delta > 0:
@@ -266,7 +264,9 @@ def train_multitask(
                     res["heldout_mean_delta_cosine"] = float(torch.nn.functional.cosine_similarity(mean, tgt, dim=-1).mean())
         return res
 
-    meta_common = generator_meta(cfg, model, scaling, {"mode": mt.condition, "n_prompts": n_prompts, "max_text_length": mt.max_text_length}, spec, probes, train_e, held_e)
+    condition = {"mode": mt.condition, "n_prompts": n_prompts, "max_text_length": mt.max_text_length,
+                 "pooling": mt.condition_pooling, "tokens": mt.condition_tokens, "descriptions": dict(mt.descriptions)}
+    meta_common = generator_meta(cfg, model, scaling, condition, spec, probes, train_e, held_e)
 
     def save_meta(folder: Path, net, step: int) -> None:
         save_generator_meta(folder, meta_common, net, step)
