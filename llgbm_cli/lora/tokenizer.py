@@ -1,4 +1,4 @@
-"""2-D LoRA tokenizer (Drag-and-Drop-LLMs style): LoRA weights <-> a grid of fixed-size tokens.
+"""2-D LoRA tokenizer (after Drag-and-Drop LLMs' 2-D tokens): LoRA weights <-> a grid of fixed-size tokens.
 
 Each target module becomes one row of the grid. Within a row, every rank row of A (``r × in``)
 and of Bᵀ (``r × out``) is cut into chunks of ``width`` values. Each chunk is standardized with
