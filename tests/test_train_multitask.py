@@ -270,3 +270,25 @@ def test_weight_loss_options_train(tiny_train_project, options):
                                       "train.multitask.eval_interval": 20, "train.multitask.save_interval": 20, **options})
     m = _metrics(res.out_dir)
     assert sum(m[s]["loss_weights"] for s in (18, 19, 20)) < sum(m[s]["loss_weights"] for s in (1, 2, 3))
+
+
+def test_dry_run_and_info_print_parameter_counts(tiny_train_project, cli):
+    r = cli("-p", tiny_train_project, "--json", "train", "multitask", "--dry-run",
+            "--set", "train.multitask.generator_preset=small", "--set", "train.multitask.condition_pooling=none")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["preset"] == "small" and d["parameters"] > 0 and d["condition_shape"] == [4, 32, 384]
+    assert d["stages"][0] == [4, 32, 384] and d["stages"][-1] == d["token_grid"]
+    assert not (tiny_train_project.parent / "runs" / "train").exists()  # nothing trained or written
+    r = cli("-p", tiny_train_project, "train", "multitask", "--steps", "3", "--set", "train.multitask.delta_batch_size=0",
+            "--set", "train.multitask.generator_preset=small", "--set", "train.multitask.condition_pooling=none",
+            "--set", "train.multitask.generator_options={}")
+    assert r.exit_code == 0, r.stderr
+    r = cli("-p", tiny_train_project, "--json", "generate", "--info")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["parameters"] == d["parameters"] and info["condition_pooling"] == "none"
+    r = cli("-p", tiny_train_project, "generate", "--info")
+    assert "parameters" in r.stdout and "(small)" in r.stdout
+    r = cli("-p", tiny_train_project, "generate", "some prompt")
+    assert r.exit_code == 2 and "--out" in r.stderr
