@@ -5,10 +5,10 @@ of the last 8 layers. For each (generator, preset, condition pooling) one multit
 generator forward on a batch of 4 conditions, the token (or ΔW-free) weight loss, the delta loss on
 2 of the 4 through the frozen base over the probes, backward and an AdamW step. The reference is
 the `compact` preset (the default, the blocks llgbm had before the reference designs), measured in
-the same run; `paper` presets are only counted (built on the meta device), not timed. Prints one
+the same run, round-robin over the cases repeat by repeat (medians); `paper` presets are only counted (built on the meta device), not timed. Prints one
 JSON line.
 
-    python benchmarks/generator_presets.py [--repeats 3] [--probe-count 8]
+    python benchmarks/generator_presets.py [--repeats 3] [--probe-count 8] [--no-delta]
 """
 
 from __future__ import annotations
@@ -22,16 +22,6 @@ import time
 import torch
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="smollm2-135m-instruct")
@@ -41,6 +31,7 @@ def main() -> None:
     ap.add_argument("--delta-batch", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--no-delta", action="store_true", help="time the weights-only step alone (quick)")
     args = ap.parse_args()
     load_start = os.getloadavg()
     torch.manual_seed(0)
@@ -65,7 +56,7 @@ def main() -> None:
     delta_loss = DeltaLoss("mse")
     cases = [("hyperconv", "compact", "mean"), ("hyperconv", "small", "mean"), ("hyperconv", "small", "none"),
              ("hypernet", "compact", "mean"), ("hypernet", "small", "mean"), ("hypernet", "small", "none")]
-    rows = {}
+    steps = {}
     for name, preset, pooling in cases:
         tokens = args.tokens if pooling == "none" else 0
         torch.manual_seed(0)
@@ -76,7 +67,7 @@ def main() -> None:
         shape = (args.batch, args.prompts) + ((tokens,) if tokens else ()) + (384,)
         cond = torch.randn(*shape)
 
-        def step(with_delta: bool):
+        def step(with_delta: bool, gen=gen, opt=opt, cond=cond):
             def run():
                 opt.zero_grad(set_to_none=True)
                 g = gen(cond)
@@ -90,11 +81,19 @@ def main() -> None:
 
             return run
 
-        rows[f"{name}/{preset}/{pooling}"] = {
-            "parameters": gen.num_parameters(),
-            "step_weights_only_s": round(timed(step(False), args.repeats), 4),
-            "step_with_delta_s": round(timed(step(True), args.repeats), 4),
-        }
+        steps[f"{name}/{preset}/{pooling}"] = (gen.num_parameters(), step(False), step(True))
+    # Round-robin over the cases, repeat by repeat, so a change in machine load hits all of them.
+    kinds = [("step_weights_only_s", 1)] + ([] if args.no_delta else [("step_with_delta_s", 2)])
+    times = {k: {kind: [] for kind, _ in kinds} for k in steps}
+    for rep in range(args.repeats + 1):  # the first round is a warm-up
+        for key, entry in steps.items():
+            for kind, j in kinds:
+                t = time.perf_counter()
+                entry[j]()
+                if rep:
+                    times[key][kind].append(time.perf_counter() - t)
+    rows = {key: {"parameters": steps[key][0], **{kind: round(statistics.median(v), 4) for kind, v in t.items()}}
+            for key, t in times.items()}
     paper = {}
     for name in ("hyperconv", "hypernet"):
         with torch.device("meta"):
@@ -105,7 +104,7 @@ def main() -> None:
         ref = rows[f"{name}/compact/mean"]
         for key, r in rows.items():
             if key.startswith(name + "/") and key != f"{name}/compact/mean":
-                ratios[key] = {k: round(r[k] / ref[k], 3) for k in ("step_weights_only_s", "step_with_delta_s")}
+                ratios[key] = {kind: round(r[kind] / ref[kind], 3) for kind, _ in kinds}
     print(json.dumps({
         "benchmark": "generator_presets", "base": args.base, "layout": list(layout.grid_shape),
         "probes": len(probes), "batch": args.batch, "delta_batch": args.delta_batch, "prompts": args.prompts,
