@@ -164,7 +164,7 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
 
     progress = progress or NULL_PROGRESS
     cfg = resolved.config
-    tasks = [check_dataset(t) for t in (tasks or cfg.zoo.tasks)]
+    tasks = list(dict.fromkeys(check_dataset(t) for t in (tasks or cfg.zoo.tasks)))  # a task trains once
     folder = zoo_dir(resolved)
     spec = build_spec(resolved)
     dist = ProcessGroup(cfg.model.device)
