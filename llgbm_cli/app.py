@@ -94,10 +94,11 @@ class State:
         self.quiet = quiet
         self.json = json_out
 
-    def load_config(self, overrides: Optional[dict[str, Any]] = None):
+    def load_config(self, overrides: Optional[dict[str, Any]] = None, flags: Optional[dict[str, str]] = None):
+        """The project config with ``overrides``; ``flags`` names the flag behind each overridden key."""
         from .config import load_config
 
-        return load_config(self.project, overrides, explicit=self.project is not None)
+        return load_config(self.project, overrides, explicit=self.project is not None, flags=flags)
 
 
 app = typer.Typer(

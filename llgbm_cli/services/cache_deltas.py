@@ -3,8 +3,10 @@
 Incremental: a row is reused when the cache already holds the adapter's id with the same
 sha256 of its weights; new or changed adapters are computed. The cache header (base-model
 fingerprint, probe fingerprint, delta spec) must match the current run, else the run is refused
-(``rebuild`` starts over). Adapters are streamed ``delta.adapters_per_batch`` at a time, and the
-cache is committed at least every ``delta.flush_seconds`` and on the way out of an interrupted run.
+(``rebuild`` starts over). Adapters are streamed ``delta.adapters_per_batch`` at a time, grouped by
+the lowest layer they adapt so that each batch runs only the layers from there up, on the base
+model's activations below it (computed once per run; their fingerprint is in the cache header).
+The cache is committed at least every ``delta.flush_seconds`` and on the way out of an interrupted run.
 
 Under ``accelerate launch`` the work is sharded: every process computes its slice of each round
 and the main process gathers the rows and alone writes the cache.
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..distributed import ProcessGroup as _Dist
 from ..errors import InputError
 
@@ -81,7 +84,7 @@ def collect_inputs(resolved, adapters: Optional[list[str]] = None) -> list[_Item
                     raise InputError(f"--adapters {h}: no such folder")
                 items.append(_Item(p.resolve().name, p.resolve()))
     else:
-        zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path))
+        zoo = Zoo.load(workdir.path(resolved, "zoo"))
         items = [_Item(e.id, zoo.path_of(e).resolve()) for e in zoo.entries]
         if not items:
             raise InputError(f"{zoo.manifest_path}: the zoo is empty; add adapters or pass --adapters")
@@ -110,32 +113,23 @@ def run_cache_deltas(
     """
     import contextlib
 
-    from ..adapters import weights_sha256
+    from ..adapters import adapter_module_names, weights_sha256
     from ..io import provenance
     from ..models import load_base_model
-    from ..deltas.cache import CacheRow, DeltaCache, cache_lock, make_header
-    from ..deltas.compute import DeltaSpec, base_states, iter_deltas
-    from ..deltas.probes import load_probes
+    from ..deltas.cache import CacheRow, DeltaCache, cache_lock
+    from ..deltas.compute import base_activations, base_states, iter_deltas, lowest_adapted_layer
+    from ..deltas.context import DeltaContext
 
     t0 = time.perf_counter()
     cfg = resolved.config
     dist = _Dist(cfg.model.device)
     if not dist.is_main:
         progress = NULL_PROGRESS  # one progress bar, the main process's
-    folder = resolved.resolve_path(cfg.delta.cache)
+    folder = workdir.path(resolved, "deltas")
     items = collect_inputs(resolved, adapters)
-    spec = DeltaSpec.from_config(cfg.delta)
-    pc = cfg.probes
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))
-    probes = load_probes(pc.source, tok, count=pc.count, chat_template=pc.chat_template,
-                         max_length=pc.max_length, seed=cfg.project.seed)
-    try:
-        from ..deltas.compute import resolve_layers
-
-        resolve_layers(model, spec)
-    except ValueError as e:
-        raise InputError(str(e))
-    header = make_header(model, probes, spec, cfg.model.base)
+    ctx = DeltaContext.build(resolved, model, tok, device=False)
+    spec, probes, header = ctx.spec, ctx.probes, ctx.header
     result = CacheDeltasResult(cache=str(folder), processes=dist.world, is_main=dist.is_main,
                                probes=probes.describe(), rebuilt=bool(rebuild))
     prov = provenance("cache-deltas", resolved.to_dict(), base_fingerprint=header["base_fingerprint"],
@@ -146,14 +140,11 @@ def run_cache_deltas(
         # Every process reads the cache before the main one first writes (at the first gather).
         if DeltaCache.exists(folder) and not rebuild:
             cache = DeltaCache.open(folder)
-            bad = cache.mismatches(header)
-            if bad:
-                raise InputError(
-                    f"{folder}: this cache was built with another {', '.join(bad)}; pass --rebuild to start "
-                    f"over (its {len(cache)} rows are discarded) or set delta.cache to another folder"
-                )
+            ctx.check_cache(cache, fix=f"pass --rebuild to start over (its {len(cache)} rows are discarded) or "
+                                       "set delta.cache to another folder")
         else:
             cache = DeltaCache(folder, header)
+        cache.header["activations_fingerprint"] = header["activations_fingerprint"]
         todo: list[_Item] = []
         for it in items:
             try:
@@ -171,20 +162,30 @@ def run_cache_deltas(
         dist.barrier()
 
         task = progress.add("deltas", total=len(todo))
-        base = base_states(model, probes, spec, pack=cfg.delta.pack) if todo else None
+        acts = base = None
+        if todo:
+            acts = base_activations(model, probes, pack=cfg.delta.pack, dtype=spec.dtype)
+            if acts.fingerprint != header["activations_fingerprint"]:
+                raise RuntimeError("the base activations in memory are not those of this base model and probe set")
+            base = base_states(model, probes, spec, acts=acts)
         apb = cfg.delta.adapters_per_batch
         per_round = apb * dist.world
+        # Rounds never mix adapters whose lowest adapted layer differs: each starts as deep as it can.
+        groups: dict[int, list[_Item]] = {}
+        for it in todo:
+            groups.setdefault(lowest_adapted_layer(model, adapter_module_names(it.path)), []).append(it)
+        rounds = [g[s:s + per_round] for _, g in sorted(groups.items()) for s in range(0, len(g), per_round)]
         last_flush = time.monotonic()
         dirty = bool(rebuild) or not DeltaCache.exists(folder)
         batches = 0
         try:
-            for start in range(0, len(todo), per_round):
-                mine = todo[start + dist.rank * apb: start + (dist.rank + 1) * apb]
+            for rnd in rounds:
+                mine = rnd[dist.rank * apb: (dist.rank + 1) * apb]
                 local: list[tuple] = []
                 loaded = list(_load_valid(mine, model, local))  # at most adapters_per_batch held
                 if loaded:
-                    _, deltas = next(iter_deltas(model, [a for _, a in loaded], probes, spec, len(loaded),
-                                                 base=base, pack=cfg.delta.pack))
+                    _, deltas = next(iter_deltas(model, iter([a for _, a in loaded]), probes, spec, len(loaded),
+                                                 base=base, pack=cfg.delta.pack, acts=acts))
                     for (it, _), d in zip(loaded, deltas):
                         local.append((it.id, str(it.path), it.sha256, d.tolist(), None))
                 gathered = dist.gather(local)
@@ -202,7 +203,7 @@ def run_cache_deltas(
                         cache.save(prov)
                         dirty = False
                         last_flush = time.monotonic()
-                progress.advance(task, len(todo[start:start + per_round]))
+                progress.advance(task, len(rnd))
                 batches += 1
                 if stop_after is not None and batches >= stop_after:
                     raise KeyboardInterrupt

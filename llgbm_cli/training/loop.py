@@ -18,7 +18,7 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 STATE = "trainer_state.pt"
 WEIGHTS = "generator.safetensors"
-FINAL = "final"
+from ..workdir import FINAL  # noqa: E402,F401  (the folder name is part of the work-folder layout)
 
 
 class NonFiniteLoss(LlgbmError):
