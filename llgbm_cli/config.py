@@ -258,13 +258,22 @@ class TrainSection(Section):
 
 
 class IndexSection(Section):
-    kind: str = Field("flat", description="FAISS index kind: `flat` (exact), `hnsw`, `ivf`.")
+    kind: str = Field("flat", description="FAISS index kind: `flat` (exact), `hnsw`, `ivf`, `ivfpq` (compressed).")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Build/search on a GPU when `cuda` and one is present.")
     hnsw_m: int = Field(32, ge=2, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(200, ge=1, description="HNSW efConstruction.")
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW efSearch.")
-    ivf_nlist: int = Field(100, ge=1, description="IVF number of lists.")
-    ivf_nprobe: int = Field(10, ge=1, description="IVF lists probed per query.")
+    ivf_nlist: int = Field(100, ge=1, description="IVF / IVF-PQ number of lists (k-means cells).")
+    ivf_nprobe: int = Field(10, ge=1, description="IVF / IVF-PQ lists probed per query.")
+    ivfpq_code_size: int = Field(
+        64, ge=1, description="IVF-PQ bytes stored per vector (8-bit sub-quantizers; must divide the delta dimension)."
+    )
+    train_rows: int = Field(
+        0, ge=0, description="IVF kinds: train on a seeded sample of at most this many deltas (0: all of them)."
+    )
+    shard_rows: int = Field(
+        0, ge=0, description="IVF kinds: encode the deltas in shards of this many rows and merge them (0: one shard)."
+    )
     path: str = Field("index", description="Index folder (relative to workdir).")
     exclude_tasks: list[str] = Field(
         default_factory=list,
