@@ -6,8 +6,10 @@ LoRA factors for every target module of the base model. Each is an ``nn.Module``
 :class:`~llgbm_cli.generators.base.GeneratedLora` (``{module: (A [n, r, in], B [n, out, r])}``), so
 the delta path and the losses do not care which one ran.
 
-Built-in: ``hyperconv`` (DnD-style hyper-convolutional decoder over the 2-D token grid) and
-``hypernet`` (Text-to-LoRA-style: condition + learned layer and module embeddings -> A, B).
+Built-in: ``hyperconv`` (a hyper-convolutional decoder over the 2-D token grid; Drag-and-Drop
+LLMs' blocks in its ``small`` and ``paper`` presets) and ``hypernet`` (condition + learned layer and
+module embeddings -> A, B; Text-to-LoRA's blocks in ``small`` and ``paper``). docs/concepts.md
+lists, per generator, where each preset follows its reference and where it departs.
 The B2 delta predictor lives beside them in ``predictor.py``.
 """
 

@@ -308,5 +308,11 @@ def registry_for(resolved) -> TaskRegistry:
     return TaskRegistry(tasks, resolved.root)
 
 
+def descriptions_for(resolved) -> dict[str, list[str]]:
+    """The descriptions the project's ``[tasks.NAME]`` tables give (for the `description` condition)."""
+    tasks = getattr(getattr(resolved, "config", None), "tasks", None) or {}
+    return {name: [spec.description] for name, spec in tasks.items() if spec.description}
+
+
 def builtin_registry() -> TaskRegistry:
     return TaskRegistry()
