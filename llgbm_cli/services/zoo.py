@@ -192,6 +192,8 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
         existing = {e.id: e for e in zoo.entries}
         done = {t: [False if force else _complete(zoo, existing.get(adapter_id(t, s))) for s in ckpts]
                 for t in tasks}
+        for t in tasks:  # finished teachers of another task definition are refused, not silently kept
+            _check_task_definition(resolved, zoo, t, [adapter_id(t, s) for s in ckpts], done[t], existing)
         todo = [t for t in tasks if not all(done[t])]
         loaded = [model_and_tokenizer]
 
@@ -317,14 +319,6 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool
 
     existing = {e.id: e for e in zoo.entries}
     trained_on = _training_target(task_def, form)
-    for i, d in zip(ids, done):
-        if d and i in existing:
-            old = ((read_provenance(zoo.path_of(existing[i])) or {}).get("task_definition"))
-            if old is not None and old != trained_on:
-                diff = ", ".join(sorted(_diff_keys(old, trained_on))[:6])
-                raise InputError(f"{zoo.path_of(existing[i])}: this teacher of {task} was trained on another task "
-                                 f"definition ({diff} differ); pass --force to retrain {task}, or set zoo.path to "
-                                 "another folder")
     if all(done):
         rep.skipped = list(ids)
         return rep
@@ -429,6 +423,22 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool
     rep.seconds = time.perf_counter() - t0
     rep.skipped = [i for i, d in zip(ids, done) if d and i not in rep.built]
     return rep
+
+
+def _check_task_definition(resolved, zoo: Zoo, task: str, ids: list[str], done: list[bool], existing: dict) -> None:
+    from ..tasks.evaluate import form_for
+    from ..tasks.registry import registry_for
+
+    task_def = registry_for(resolved).get(task)
+    trained_on = _training_target(task_def, form_for(resolved, task_def))
+    for i, d in zip(ids, done):
+        if d and i in existing:
+            old = ((read_provenance(zoo.path_of(existing[i])) or {}).get("task_definition"))
+            if old is not None and old != trained_on:
+                diff = ", ".join(sorted(_diff_keys(old, trained_on))[:6])
+                raise InputError(f"{zoo.path_of(existing[i])}: this teacher of {task} was trained on another task "
+                                 f"definition ({diff} differ); pass --force to retrain {task}, or set zoo.path to "
+                                 "another folder")
 
 
 def _training_target(task_def, form) -> dict[str, Any]:
