@@ -147,7 +147,7 @@ def run_cache_deltas(
     import contextlib
 
     from ..adapters import weights_sha256
-    from ..io import provenance
+    from ..io import check_output, provenance
     from ..models import load_base_model
     from ..deltas.cache import CacheRow, DeltaCache, cache_lock, make_header
     from ..deltas.compute import DeltaSpec, base_states, iter_deltas
@@ -160,6 +160,8 @@ def run_cache_deltas(
         progress = NULL_PROGRESS  # one progress bar, the main process's
     folder = resolved.resolve_path(cfg.delta.cache)
     items = collect_inputs(resolved, adapters)
+    check_output(folder, "delta cache", flag="delta.cache", incremental=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[resolved.resolve_path(cfg.zoo.path), *(it.path for it in items)])
     spec = DeltaSpec.from_config(cfg.delta)
     pc = cfg.probes
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))

@@ -409,7 +409,7 @@ def run_eval(
     from ..evaluation import metrics as M
     from ..evaluation.plots import accuracy_plot, cosine_plot, curves_plot
     from ..evaluation.reports import write_results
-    from ..io import atomic_dir, provenance, read_provenance, write_provenance
+    from ..io import atomic_dir, check_output, provenance, read_provenance, write_provenance
     from ..tasks.scoring import score_adapter, score_multiple_choice
     from ..zoo import Zoo
 
@@ -418,8 +418,8 @@ def run_eval(
     ec = cfg.eval
     methods = check_methods(list(methods) if methods else list(ec.methods))
     out = Path(out).expanduser() if out is not None else resolved.resolve_path(ec.out)
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; pass --force to overwrite it")
+    check_output(out, "evaluation", force=force, inputs=[resolved.resolve_path(cfg.zoo.path), *(checkpoints or {}).values()],
+                 roots=[resolved.workdir, resolved.root])
     holdout = list(holdout) if holdout else list(ec.holdout)
     tasks_in = list(tasks) if tasks else list(ec.tasks)
     zoo_tasks = (world.zoo if world is not None else Zoo.load(resolved.resolve_path(cfg.zoo.path))).tasks()

@@ -101,14 +101,14 @@ def train_b2(
     import torch
 
     from ..generators.predictor import encode_conditions, fit_predictor, save_predictor
-    from ..io import FileLock, atomic_dir, atomic_write_text, provenance, write_provenance
+    from ..io import FileLock, atomic_dir, check_output, atomic_write_text, provenance, write_provenance
     from ..models import load_encoder
 
     cfg = resolved.config
     do = cfg.train.delta_only
     out = Path(out_dir) if out_dir is not None else b2_folder(resolved)
-    if out.exists() and not force:
-        raise InputError(f"{out}: a B2 predictor is already there; pass --force to retrain it")
+    check_output(out, "delta predictor", force=force, roots=[resolved.workdir, resolved.root],
+                 inputs=[resolved.resolve_path(cfg.zoo.path), resolved.resolve_path(cfg.delta.cache)])
     zoo, cache, entries, notes = _pairs(resolved)
     train, val = split_entries(entries, list(do.holdout_tasks), do.predictor_val_fraction, cfg.project.seed)
     if encoder is None:
@@ -278,7 +278,6 @@ def train_b1(
     (accelerate, checkpoints, resume, NaN guard, metrics.jsonl). Every ``eval_interval`` steps and at
     the end, generated adapters (one per task) are checked for norm and diversity collapse."""
     import math
-    import shutil
 
     import torch
 
@@ -286,11 +285,11 @@ def train_b1(
     from ..deltas.probes import load_probes
     from ..generators import build_generator
     from ..generators.condition import ConditionBank
-    from ..io import provenance, write_provenance
+    from ..io import check_output, provenance, write_provenance
     from ..losses import DeltaOnlyLoss
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
-    from ..training.world import generator_meta, load_teacher_adapters, save_generator_meta, start_run_folder
+    from ..training.world import generator_meta, load_teacher_adapters, run_folder, save_generator_meta
     from ..training import LoopConfig, find_latest_checkpoint, make_accelerator, run_training, step_rng
     from ..zoo import Zoo
     from .train_multitask import _teacher_deltas
@@ -304,8 +303,10 @@ def train_b1(
         if resume_ckpt is None:
             raise InputError(f"{out}: no checkpoint to resume from; start a run without --resume")
         _check_resume_b1(resume_ckpt, resolved)
-    elif out.exists() and any(out.iterdir()) and not force:
+    elif out.exists() and out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
+    check_output(out, "training run", force=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[resolved.resolve_path(cfg.zoo.path), resolved.resolve_path(cfg.delta.cache)])
 
     zoo = Zoo.load(resolved.resolve_path(cfg.zoo.path))
     if not zoo.entries:
@@ -313,107 +314,105 @@ def train_b1(
     train_e, held_e = split_entries(zoo.entries, list(do.holdout_tasks), 0.0, cfg.project.seed)
     acc = make_accelerator("no", cfg.model.device)
     main = acc.is_main_process
-    old = start_run_folder(out, acc, force=force, resume=resume)
-    torch.manual_seed(cfg.project.seed)
+    with run_folder(out, acc, force=force, resume=resume):
+        torch.manual_seed(cfg.project.seed)
 
-    model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
-    layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
-    entries = train_e + held_e
-    adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
-    n_train = len(train_e)
-    spec = DeltaSpec.from_config(cfg.delta)
-    probes = load_probes(cfg.probes.source, tok, count=cfg.probes.count, chat_template=cfg.probes.chat_template,
-                         max_length=cfg.probes.max_length, seed=cfg.project.seed).to(acc.device)
-    base = base_states(model, probes, spec)
-    t_deltas, delta_src = _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters,
-                                          progress if main else None)
-    t_deltas = t_deltas.to(acc.device)
-    base_logits = None
-    if do.logit_kl_weight > 0:
-        with torch.no_grad():
-            base_logits = probe_logits(model, probes)
+        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
+        layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
+        entries = train_e + held_e
+        adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
+        n_train = len(train_e)
+        spec = DeltaSpec.from_config(cfg.delta)
+        probes = load_probes(cfg.probes.source, tok, count=cfg.probes.count, chat_template=cfg.probes.chat_template,
+                             max_length=cfg.probes.max_length, seed=cfg.project.seed).to(acc.device)
+        base = base_states(model, probes, spec)
+        t_deltas, delta_src = _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters,
+                                              progress if main else None)
+        t_deltas = t_deltas.to(acc.device)
+        base_logits = None
+        if do.logit_kl_weight > 0:
+            with torch.no_grad():
+                base_logits = probe_logits(model, probes)
 
-    mt = cfg.train.multitask  # the condition encoding is shared with multitask
-    encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=mt.max_text_length)
-    bank = ConditionBank.build(encoder, [e.condition for e in entries], do.condition_prompts, mt.max_text_length)
-    del encoder
-    options = {"scaling": scaling, "n_prompts": do.condition_prompts, **do.generator_options}
-    gen = build_generator(do.generator, layout, bank.dim, options).to(acc.device)
-    if resume_ckpt is None and do.init_from_teachers:
-        mean_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters[:n_train]]).mean(0).to(acc.device)
-        gen.init_output(mean_tokens, {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()})
+        mt = cfg.train.multitask  # the condition encoding is shared with multitask
+        encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=mt.max_text_length)
+        bank = ConditionBank.build(encoder, [e.condition for e in entries], do.condition_prompts, mt.max_text_length)
+        del encoder
+        options = {"scaling": scaling, "n_prompts": do.condition_prompts, **do.generator_options}
+        gen = build_generator(do.generator, layout, bank.dim, options).to(acc.device)
+        if resume_ckpt is None and do.init_from_teachers:
+            mean_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters[:n_train]]).mean(0).to(acc.device)
+            gen.init_output(mean_tokens, {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()})
 
-    loss_fn = DeltaOnlyLoss(do.delta_loss_type, do.delta_normalize, do.lora_norm_weight, do.lora_variance_weight,
-                            do.logit_kl_weight)
-    bs = min(do.batch_size, n_train)
-    total_steps = do.epochs * math.ceil(n_train / bs)
-    rank = acc.process_index
+        loss_fn = DeltaOnlyLoss(do.delta_loss_type, do.delta_normalize, do.lora_norm_weight, do.lora_variance_weight,
+                                do.logit_kl_weight)
+        bs = min(do.batch_size, n_train)
+        total_steps = do.epochs * math.ceil(n_train / bs)
+        rank = acc.process_index
 
-    def step_fn(step: int, net):
-        rng = step_rng(cfg.project.seed, step, rank)
-        idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
-        g = net(bank.sample(idx.tolist(), rng, acc.device))
-        stacked = g.stacked()
-        pred = delta_for_stacked(model, probes, spec, stacked, base)
-        tgt = t_deltas[idx]
-        logits = probe_logits(model, probes, stacked, bs) if base_logits is not None else None
-        terms = loss_fn(pred, tgt, g.loras, logits, base_logits)
-        with torch.no_grad():
-            terms.update(delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
-                         delta_pred_norm=pred.norm(dim=-1).mean(), delta_target_norm=tgt.norm(dim=-1).mean())
-        return terms
+        def step_fn(step: int, net):
+            rng = step_rng(cfg.project.seed, step, rank)
+            idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
+            g = net(bank.sample(idx.tolist(), rng, acc.device))
+            stacked = g.stacked()
+            pred = delta_for_stacked(model, probes, spec, stacked, base)
+            tgt = t_deltas[idx]
+            logits = probe_logits(model, probes, stacked, bs) if base_logits is not None else None
+            terms = loss_fn(pred, tgt, g.loras, logits, base_logits)
+            with torch.no_grad():
+                terms.update(delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
+                             delta_pred_norm=pred.norm(dim=-1).mean(), delta_target_norm=tgt.norm(dim=-1).mean())
+            return terms
 
-    # One adapter per task (first in zoo order) for the collapse checks: "different tasks".
-    probe_ids = list({e.task: i for i, e in reversed(list(enumerate(entries)))}.values())
-    warnings_seen: list[str] = []
+        # One adapter per task (first in zoo order) for the collapse checks: "different tasks".
+        probe_ids = list({e.task: i for i, e in reversed(list(enumerate(entries)))}.values())
+        warnings_seen: list[str] = []
 
-    def eval_fn(step: int, net) -> dict[str, float]:
-        res: dict[str, float] = {}
-        with torch.no_grad():
-            preds, gens = [], []
-            for i in range(0, len(probe_ids), max(1, cfg.delta.adapters_per_batch)):
-                chunk = probe_ids[i : i + cfg.delta.adapters_per_batch]
-                g = net(bank.fixed(chunk, acc.device))
-                gens.append(g.loras)
-                preds.append(delta_for_stacked(model, probes, spec, g.stacked(), base))
-            pred = torch.cat(preds)
-            gen_l = {k: (torch.cat([x[k][0] for x in gens]), torch.cat([x[k][1] for x in gens])) for k in gens[0]}
-            tch_l = {k: (A[probe_ids], B[probe_ids]) for k, (A, B) in teacher_ab.items()}
-            metrics, warns = degeneracy_report(gen_l, tch_l, scaling, norm_ratio=do.collapse_norm_ratio,
-                                               max_cosine=do.collapse_cosine)
-            res.update(metrics)
-            cos = torch.nn.functional.cosine_similarity(pred, t_deltas[probe_ids], dim=-1)
-            res["task_delta_cosine"] = float(cos.mean())
-            res["gen_delta_pairwise_cosine"] = _mean_pairwise_cosine(pred)
-            held = [j for j, i in enumerate(probe_ids) if i >= n_train]
-            if held:
-                res["heldout_delta_cosine"] = float(cos[held].mean())
-        warnings_seen[:] = warns
-        return res
+        def eval_fn(step: int, net) -> dict[str, float]:
+            res: dict[str, float] = {}
+            with torch.no_grad():
+                preds, gens = [], []
+                for i in range(0, len(probe_ids), max(1, cfg.delta.adapters_per_batch)):
+                    chunk = probe_ids[i : i + cfg.delta.adapters_per_batch]
+                    g = net(bank.fixed(chunk, acc.device))
+                    gens.append(g.loras)
+                    preds.append(delta_for_stacked(model, probes, spec, g.stacked(), base))
+                pred = torch.cat(preds)
+                gen_l = {k: (torch.cat([x[k][0] for x in gens]), torch.cat([x[k][1] for x in gens])) for k in gens[0]}
+                tch_l = {k: (A[probe_ids], B[probe_ids]) for k, (A, B) in teacher_ab.items()}
+                metrics, warns = degeneracy_report(gen_l, tch_l, scaling, norm_ratio=do.collapse_norm_ratio,
+                                                   max_cosine=do.collapse_cosine)
+                res.update(metrics)
+                cos = torch.nn.functional.cosine_similarity(pred, t_deltas[probe_ids], dim=-1)
+                res["task_delta_cosine"] = float(cos.mean())
+                res["gen_delta_pairwise_cosine"] = _mean_pairwise_cosine(pred)
+                held = [j for j, i in enumerate(probe_ids) if i >= n_train]
+                if held:
+                    res["heldout_delta_cosine"] = float(cos[held].mean())
+            warnings_seen[:] = warns
+            return res
 
-    condition = {"mode": "prompts", "n_prompts": do.condition_prompts, "max_text_length": mt.max_text_length}
-    meta_common = generator_meta(cfg, model, scaling, condition, spec, probes, train_e, held_e, variant="b1")
+        condition = {"mode": "prompts", "n_prompts": do.condition_prompts, "max_text_length": mt.max_text_length}
+        meta_common = generator_meta(cfg, model, scaling, condition, spec, probes, train_e, held_e, variant="b1")
 
-    def save_meta(folder: Path, net, step: int) -> None:
-        save_generator_meta(folder, meta_common, net, step)
+        def save_meta(folder: Path, net, step: int) -> None:
+            save_generator_meta(folder, meta_common, net, step)
 
-    if main:
-        write_provenance(out, provenance("train delta-only --variant b1", resolved.to_dict(), teacher_deltas=delta_src,
-                                         train_adapters=[e.id for e in train_e], heldout_adapters=[e.id for e in held_e]))
-    loop_cfg = LoopConfig(
-        total_steps=total_steps, learning_rate=do.learning_rate, weight_decay=mt.weight_decay, warmup_steps=0,
-        lr_schedule="constant", max_grad_norm=do.max_grad_norm, log_interval=do.log_interval,
-        save_interval=do.save_interval, eval_interval=do.eval_interval, mixed_precision="no", seed=cfg.project.seed,
-    )
-    res = run_training(gen, step_fn, loop_cfg, out, accelerator=acc, save_meta=save_meta,
-                       config_dict=resolved.to_dict(), command="train delta-only --variant b1",
-                       resume_from=resume_ckpt, eval_fn=eval_fn, progress=progress if main else None)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return B1Result(
-        str(out), str(res.final_checkpoint), res.steps, res.resumed_from, do.generator, gen.num_parameters(),
-        n_train, len(held_e), delta_src, res.first, res.last, res.eval, list(warnings_seen), res.seconds, main,
-    )
+        if main:
+            write_provenance(out, provenance("train delta-only --variant b1", resolved.to_dict(), teacher_deltas=delta_src,
+                                             train_adapters=[e.id for e in train_e], heldout_adapters=[e.id for e in held_e]))
+        loop_cfg = LoopConfig(
+            total_steps=total_steps, learning_rate=do.learning_rate, weight_decay=mt.weight_decay, warmup_steps=0,
+            lr_schedule="constant", max_grad_norm=do.max_grad_norm, log_interval=do.log_interval,
+            save_interval=do.save_interval, eval_interval=do.eval_interval, mixed_precision="no", seed=cfg.project.seed,
+        )
+        res = run_training(gen, step_fn, loop_cfg, out, accelerator=acc, save_meta=save_meta,
+                           config_dict=resolved.to_dict(), command="train delta-only --variant b1",
+                           resume_from=resume_ckpt, eval_fn=eval_fn, progress=progress if main else None)
+        return B1Result(
+            str(out), str(res.final_checkpoint), res.steps, res.resumed_from, do.generator, gen.num_parameters(),
+            n_train, len(held_e), delta_src, res.first, res.last, res.eval, list(warnings_seen), res.seconds, main,
+        )
 
 
 # Keys that may change between a B1 checkpoint and the run that resumes it.

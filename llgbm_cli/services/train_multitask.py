@@ -12,7 +12,6 @@ delta cosine is measured every ``eval_interval`` steps.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -142,11 +141,11 @@ def train_multitask(
     from ..deltas.probes import load_probes
     from ..generators import build_generator
     from ..generators.condition import ConditionBank, describe_task
-    from ..io import provenance, write_provenance
+    from ..io import check_output, provenance, write_provenance
     from ..losses import DeltaLoss, MultiTaskLoss, delta_w_mse, masked_token_mse
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
-    from ..training.world import generator_meta, load_teacher_adapters, save_generator_meta, start_run_folder
+    from ..training.world import generator_meta, load_teacher_adapters, run_folder, save_generator_meta
     from ..training import LoopConfig, find_latest_checkpoint, make_accelerator, run_training, step_rng
 
     cfg = resolved.config
@@ -161,128 +160,128 @@ def train_multitask(
         if not (resume_ckpt / "trainer_state.pt").exists():
             raise InputError(f"{resume_ckpt}: not a training checkpoint (no trainer_state.pt)")
         _check_resume(resume_ckpt, resolved)
-    elif out.exists() and any(out.iterdir()) and not force:
+    elif out.exists() and out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
+    check_output(out, "training run", force=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[resolved.resolve_path(cfg.zoo.path), resolved.resolve_path(cfg.delta.cache)])
 
     zoo, train_e, held_e = _zoo_split(resolved, mt)
     acc = make_accelerator(mt.mixed_precision, cfg.model.device)
     main = acc.is_main_process
-    old = start_run_folder(out, acc, force=force, resume=resume)
-    torch.manual_seed(cfg.project.seed)
+    with run_folder(out, acc, force=force, resume=resume):
+        torch.manual_seed(cfg.project.seed)
 
-    model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
-    layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
-    entries = train_e + held_e
-    adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
-    n_train = len(train_e)
-    teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
-    mask = layout.mask(acc.device)
+        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
+        layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
+        entries = train_e + held_e
+        adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
+        n_train = len(train_e)
+        teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
+        mask = layout.mask(acc.device)
 
-    spec = DeltaSpec.from_config(cfg.delta)
-    probes = load_probes(cfg.probes.source, tok, count=cfg.probes.count, chat_template=cfg.probes.chat_template,
-                         max_length=cfg.probes.max_length, seed=cfg.project.seed).to(acc.device)
-    base = base_states(model, probes, spec)
-    t_deltas, delta_src = _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters,
-                                          progress if main else None)
-    t_deltas = t_deltas.to(acc.device)
+        spec = DeltaSpec.from_config(cfg.delta)
+        probes = load_probes(cfg.probes.source, tok, count=cfg.probes.count, chat_template=cfg.probes.chat_template,
+                             max_length=cfg.probes.max_length, seed=cfg.project.seed).to(acc.device)
+        base = base_states(model, probes, spec)
+        t_deltas, delta_src = _teacher_deltas(resolved, model, probes, spec, zoo, entries, adapters,
+                                              progress if main else None)
+        t_deltas = t_deltas.to(acc.device)
 
-    encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=mt.max_text_length)
-    if mt.condition == "prompts":
-        texts = [e.condition for e in entries]
-        n_prompts = mt.condition_prompts
-    else:
-        texts = [[describe_task(e.task)] for e in entries]
-        n_prompts = 1
-    bank = ConditionBank.build(encoder, texts, n_prompts, mt.max_text_length)
-    del encoder
-
-    options = {"scaling": scaling, "n_prompts": n_prompts, **mt.generator_options}
-    gen = build_generator(mt.generator, layout, bank.dim, options).to(acc.device)
-    if resume_ckpt is None:
-        mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
-        gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
-
-    delta_loss = DeltaLoss(mt.delta_loss_type, mt.delta_normalize)
-    mtl = MultiTaskLoss(mt.lambda_delta, mt.lambda_schedule, mt.lambda_warmup_steps)
-    rank = acc.process_index
-    bs = min(mt.batch_size, n_train)
-    k_delta = min(mt.delta_batch_size, bs)
-
-    def weight_loss(g, idx):
-        if mt.weight_loss == "tokens":
-            pred = g.tokens if g.tokens is not None else layout.tokenize(g.loras)
-            return masked_token_mse(pred, teacher_tokens[idx], mask)
-        tgt = {k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()}
-        return delta_w_mse(g.loras, tgt, scaling)
-
-    def step_fn(step: int, net):
-        rng = step_rng(cfg.project.seed, step, rank)
-        idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
-        cond = bank.sample(idx.tolist(), rng, acc.device)
-        g = net(cond)
-        lw = weight_loss(g, idx)
-        lam = mtl.lambda_at(step)
-        out: dict[str, Any] = {"loss_weights": lw, "lambda_delta": lam}
-        if k_delta > 0:
-            sub = g.select(slice(0, k_delta))
-            with torch.set_grad_enabled(lam > 0):
-                pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
-            tgt = t_deltas[idx[:k_delta]]
-            ld = delta_loss(pred, tgt)
-            total, _ = mtl(lw, ld if lam > 0 else None, step)
-            with torch.no_grad():
-                out.update(
-                    loss_delta=ld,
-                    delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
-                    delta_pred_norm=pred.norm(dim=-1).mean(),
-                    delta_target_norm=tgt.norm(dim=-1).mean(),
-                )
+        encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=mt.max_text_length)
+        if mt.condition == "prompts":
+            texts = [e.condition for e in entries]
+            n_prompts = mt.condition_prompts
         else:
-            total = lw
-        out["loss"] = total
-        return out
+            texts = [[describe_task(e.task)] for e in entries]
+            n_prompts = 1
+        bank = ConditionBank.build(encoder, texts, n_prompts, mt.max_text_length)
+        del encoder
 
-    def eval_fn(step: int, net) -> dict[str, float]:
-        res: dict[str, float] = {}
-        groups = [("heldout", list(range(n_train, len(entries))))] if held_e else []
-        groups.append(("train", list(range(min(n_train, 8)))))
-        with torch.no_grad():
-            for name, ids in groups:
-                preds = []
-                for i in range(0, len(ids), max(1, cfg.delta.adapters_per_batch)):
-                    chunk = ids[i : i + cfg.delta.adapters_per_batch]
-                    g = net(bank.fixed(chunk, acc.device))
-                    preds.append(delta_for_stacked(model, probes, spec, g.stacked(), base))
-                pred = torch.cat(preds)
-                tgt = t_deltas[ids]
-                res[f"{name}_delta_cosine"] = float(torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean())
-                if name == "heldout":
-                    # Reference point: predicting the mean training delta for every held-out task.
-                    mean = t_deltas[:n_train].mean(0, keepdim=True).expand_as(tgt)
-                    res["heldout_mean_delta_cosine"] = float(torch.nn.functional.cosine_similarity(mean, tgt, dim=-1).mean())
-        return res
+        options = {"scaling": scaling, "n_prompts": n_prompts, **mt.generator_options}
+        gen = build_generator(mt.generator, layout, bank.dim, options).to(acc.device)
+        if resume_ckpt is None:
+            mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
+            gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
 
-    meta_common = generator_meta(cfg, model, scaling, {"mode": mt.condition, "n_prompts": n_prompts, "max_text_length": mt.max_text_length}, spec, probes, train_e, held_e)
+        delta_loss = DeltaLoss(mt.delta_loss_type, mt.delta_normalize)
+        mtl = MultiTaskLoss(mt.lambda_delta, mt.lambda_schedule, mt.lambda_warmup_steps)
+        rank = acc.process_index
+        bs = min(mt.batch_size, n_train)
+        k_delta = min(mt.delta_batch_size, bs)
 
-    def save_meta(folder: Path, net, step: int) -> None:
-        save_generator_meta(folder, meta_common, net, step)
+        def weight_loss(g, idx):
+            if mt.weight_loss == "tokens":
+                pred = g.tokens if g.tokens is not None else layout.tokenize(g.loras)
+                return masked_token_mse(pred, teacher_tokens[idx], mask)
+            tgt = {k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()}
+            return delta_w_mse(g.loras, tgt, scaling)
 
-    if main:
-        write_provenance(out, provenance("train multitask", resolved.to_dict(), teacher_deltas=delta_src,
-                                         train_adapters=[e.id for e in train_e],
-                                         heldout_adapters=[e.id for e in held_e]))
-    loop_cfg = LoopConfig(
-        total_steps=mt.total_steps, learning_rate=mt.learning_rate, weight_decay=mt.weight_decay,
-        warmup_steps=mt.warmup_steps, lr_schedule=mt.lr_schedule, max_grad_norm=mt.max_grad_norm,
-        log_interval=mt.log_interval, save_interval=mt.save_interval, eval_interval=mt.eval_interval,
-        mixed_precision=mt.mixed_precision, seed=cfg.project.seed,
-    )
-    res = run_training(gen, step_fn, loop_cfg, out, accelerator=acc, save_meta=save_meta,
-                       config_dict=resolved.to_dict(), command="train multitask", resume_from=resume_ckpt,
-                       eval_fn=eval_fn, progress=progress if main else None)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return MultitaskResult(
-        str(out), str(res.final_checkpoint), res.steps, res.resumed_from, mt.generator, gen.num_parameters(),
-        n_train, len(held_e), delta_src, res.first, res.last, res.eval, res.seconds, main, res.processes,
-    )
+        def step_fn(step: int, net):
+            rng = step_rng(cfg.project.seed, step, rank)
+            idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
+            cond = bank.sample(idx.tolist(), rng, acc.device)
+            g = net(cond)
+            lw = weight_loss(g, idx)
+            lam = mtl.lambda_at(step)
+            out: dict[str, Any] = {"loss_weights": lw, "lambda_delta": lam}
+            if k_delta > 0:
+                sub = g.select(slice(0, k_delta))
+                with torch.set_grad_enabled(lam > 0):
+                    pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
+                tgt = t_deltas[idx[:k_delta]]
+                ld = delta_loss(pred, tgt)
+                total, _ = mtl(lw, ld if lam > 0 else None, step)
+                with torch.no_grad():
+                    out.update(
+                        loss_delta=ld,
+                        delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
+                        delta_pred_norm=pred.norm(dim=-1).mean(),
+                        delta_target_norm=tgt.norm(dim=-1).mean(),
+                    )
+            else:
+                total = lw
+            out["loss"] = total
+            return out
+
+        def eval_fn(step: int, net) -> dict[str, float]:
+            res: dict[str, float] = {}
+            groups = [("heldout", list(range(n_train, len(entries))))] if held_e else []
+            groups.append(("train", list(range(min(n_train, 8)))))
+            with torch.no_grad():
+                for name, ids in groups:
+                    preds = []
+                    for i in range(0, len(ids), max(1, cfg.delta.adapters_per_batch)):
+                        chunk = ids[i : i + cfg.delta.adapters_per_batch]
+                        g = net(bank.fixed(chunk, acc.device))
+                        preds.append(delta_for_stacked(model, probes, spec, g.stacked(), base))
+                    pred = torch.cat(preds)
+                    tgt = t_deltas[ids]
+                    res[f"{name}_delta_cosine"] = float(torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean())
+                    if name == "heldout":
+                        # Reference point: predicting the mean training delta for every held-out task.
+                        mean = t_deltas[:n_train].mean(0, keepdim=True).expand_as(tgt)
+                        res["heldout_mean_delta_cosine"] = float(torch.nn.functional.cosine_similarity(mean, tgt, dim=-1).mean())
+            return res
+
+        meta_common = generator_meta(cfg, model, scaling, {"mode": mt.condition, "n_prompts": n_prompts, "max_text_length": mt.max_text_length}, spec, probes, train_e, held_e)
+
+        def save_meta(folder: Path, net, step: int) -> None:
+            save_generator_meta(folder, meta_common, net, step)
+
+        if main:
+            write_provenance(out, provenance("train multitask", resolved.to_dict(), teacher_deltas=delta_src,
+                                             train_adapters=[e.id for e in train_e],
+                                             heldout_adapters=[e.id for e in held_e]))
+        loop_cfg = LoopConfig(
+            total_steps=mt.total_steps, learning_rate=mt.learning_rate, weight_decay=mt.weight_decay,
+            warmup_steps=mt.warmup_steps, lr_schedule=mt.lr_schedule, max_grad_norm=mt.max_grad_norm,
+            log_interval=mt.log_interval, save_interval=mt.save_interval, eval_interval=mt.eval_interval,
+            mixed_precision=mt.mixed_precision, seed=cfg.project.seed,
+        )
+        res = run_training(gen, step_fn, loop_cfg, out, accelerator=acc, save_meta=save_meta,
+                           config_dict=resolved.to_dict(), command="train multitask", resume_from=resume_ckpt,
+                           eval_fn=eval_fn, progress=progress if main else None)
+        return MultitaskResult(
+            str(out), str(res.final_checkpoint), res.steps, res.resumed_from, mt.generator, gen.num_parameters(),
+            n_train, len(held_e), delta_src, res.first, res.last, res.eval, res.seconds, main, res.processes,
+        )

@@ -3,25 +3,27 @@ teacher adapters of the zoo, checked against the [lora] layout."""
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator
 
 from ..errors import InputError
 
 
-def start_run_folder(out: Path, acc, *, force: bool, resume: bool) -> Optional[Path]:
-    """Create ``out`` for a new run. With ``force`` an existing run is moved aside (returned) and
-    deleted by the caller only once the new run has finished, so a failed run loses nothing."""
-    old = None
-    if acc.is_main_process and force and not resume and out.exists():
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    acc.wait_for_everyone()
+@contextlib.contextmanager
+def run_folder(out: Path, acc, *, force: bool, resume) -> Iterator[Path]:
+    """The run folder ``out`` for the block. With ``force`` (and no ``resume``) an existing run is
+    moved aside and deleted only when the block succeeds; if it fails or is interrupted, the
+    partial run is removed and the earlier one is put back (main process only; the others wait)."""
+    from ..io import replacing_folder
+
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-    return old
+        with replacing_folder(out, replace=bool(force and not resume)):
+            acc.wait_for_everyone()
+            yield out
+    else:
+        acc.wait_for_everyone()
+        yield out
 
 
 def load_teacher_adapters(zoo, entries, layout, lora_cfg, device):
