@@ -8,6 +8,7 @@ their services (and torch) lazily, so ``--help`` stays instant.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from .errors import EXIT_FAILED, LlgbmError
+from .errors import EXIT_FAILED, LlgbmError, as_input_error, error_object
 
 # Flags that belong to the root, wherever they appear; value-taking ones listed separately.
 _GLOBAL_FLAGS = {"-v", "--verbose", "--quiet", "-q", "--json"}
@@ -52,24 +53,34 @@ class LlgbmGroup(TyperGroup):
         return super().parse_args(ctx, hoist_globals(list(args)))
 
     def invoke(self, ctx) -> Any:
+        state = None
         try:
             return super().invoke(ctx)
         except LlgbmError as e:
             state = ctx.obj if isinstance(ctx.obj, State) else None
             if state is not None and state.verbose:
                 raise
-            _print_error(e.message, e.hint)
+            _print_error(e.message, e.hint, e.exit_code, state)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            _print_error("interrupted; finished work was kept")
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            _print_error("interrupted; finished outputs were kept and half-written ones removed", None, 130, state)
             ctx.exit(130)
         except Exception as e:  # an internal error: one line, traceback with -v
-            if _is_cli_control(e):  # exit, abort, usage errors: the CLI framework handles them
-                raise
             state = ctx.obj if isinstance(ctx.obj, State) else None
+            if _is_cli_control(e):  # exit, abort, usage errors: the CLI framework handles them
+                if state is not None and state.json and isinstance(getattr(e, "exit_code", None), int) \
+                        and e.exit_code != 0 and hasattr(e, "format_message"):
+                    _print_json_error(e.format_message(), "see --help", e.exit_code)
+                raise
             if state is not None and state.verbose:
                 raise
-            _print_error(f"internal error: {type(e).__name__}: {e}", "run again with -v for the traceback")
+            known = as_input_error(e)
+            if known is not None:
+                _print_error(known.message, known.hint, known.exit_code, state)
+                ctx.exit(known.exit_code)
+            _print_error(f"internal error: {type(e).__name__}: {e}", "run again with -v for the traceback",
+                         EXIT_FAILED, state)
             ctx.exit(EXIT_FAILED)
 
 
@@ -78,11 +89,20 @@ def _is_cli_control(e: BaseException) -> bool:
     return any(c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
 
 
-def _print_error(message: str, hint: Optional[str] = None) -> None:
+def _print_error(message: str, hint: Optional[str] = None, exit_code: int = EXIT_FAILED,
+                 state: Optional["State"] = None) -> None:
+    """The error on stderr (``error: ...`` and ``hint: ...``); with --json also the error object on stdout."""
     sys.stderr.write(f"error: {message}\n")
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
     sys.stderr.flush()
+    if state is not None and state.json:
+        _print_json_error(message, hint, exit_code)
+
+
+def _print_json_error(message: str, hint: Optional[str], exit_code: int) -> None:
+    sys.stdout.write(json.dumps(error_object(message, hint, exit_code)) + "\n")
+    sys.stdout.flush()
 
 
 class State:
@@ -97,7 +117,47 @@ class State:
     def load_config(self, overrides: Optional[dict[str, Any]] = None):
         from .config import load_config
 
-        return load_config(self.project, overrides, explicit=self.project is not None)
+        return load_config(self.project, overrides, explicit=self.project is not None,
+                           origins=override_origins(overrides or {}))
+
+
+def override_origins(overrides: dict[str, Any]) -> dict[str, str]:
+    """Where each override came from on the command line: ``--set KEY=VALUE`` as typed, or the
+    command's own flag (found by its name matching the key's last part, else by its value)."""
+    try:  # Typer may carry its own copy of click; its context is the one that is current
+        from typer._click import globals as click
+    except ImportError:  # pragma: no cover
+        import click
+
+    from .config import parse_override
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    out: dict[str, str] = {}
+    for text in ctx.params.get("set_") or []:
+        try:
+            out[parse_override(text)[0]] = f"--set {text}"
+        except LlgbmError:
+            pass
+    flags = []
+    for p in ctx.command.params:
+        if getattr(p, "param_type_name", "") != "option" or p.name == "set_" or ctx.params.get(p.name) is None:
+            continue
+        src = ctx.get_parameter_source(p.name)
+        if src is not None and src.name == "COMMANDLINE":
+            long = max(p.opts, key=len)
+            flags.append((p.name, long, ctx.params[p.name]))
+    for key, value in overrides.items():
+        if key in out:
+            continue
+        last = key.rsplit(".", 1)[-1]
+        named = [f"{long} {v}" for name, long, v in flags if name == last or long.lstrip("-").replace("-", "_") == last]
+        same = [f"{long} {v}" for _, long, v in flags if v == value]
+        hit = named or (same if len(same) == 1 else [])
+        if hit:
+            out[key] = hit[0]
+    return out
 
 
 app = typer.Typer(
@@ -128,6 +188,8 @@ def root(
     if not verbose:  # third-party loaders chat at INFO (faiss prints which CPU build it picked)
         for noisy in ("faiss", "faiss.loader", "accelerate", "httpx", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet or json_out:  # transformers' own "Loading weights" bars (read when it is first imported)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

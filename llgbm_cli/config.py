@@ -252,7 +252,7 @@ class MergeSection(Section):
         "delta", description="`delta`: merge ΔW=B·A then SVD to rank; `factors`: merge A and B separately."
     )
     density: float = Field(0.5, gt=0, le=1, description="TIES density (share of entries kept).")
-    drop_rate: float = Field(0.9, gt=0, le=1, description="DARE drop rate.")
+    drop_rate: float = Field(0.9, gt=0, lt=1, description="DARE drop rate (below 1: a rate of 1 drops every entry).")
     rank: Optional[int] = Field(
         None, ge=1, description="Output rank (None: the inputs' largest rank; `cat`: the sum of their ranks)."
     )
@@ -445,6 +445,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(["file not found; create one (see docs/config.md) or pass --project PATH"], source=str(path))
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror}"], source=str(path))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte {e.start}); a project file is TOML"], source=str(path))
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -456,12 +458,15 @@ def load_config(
     overrides: Optional[dict[str, Any]] = None,
     *,
     explicit: bool = False,
+    origins: Optional[dict[str, str]] = None,
 ) -> ResolvedConfig:
     """Read, merge flag overrides, validate once; raise ConfigError listing every problem.
 
     ``path`` None means ``./llgbm.toml``; when that default file is absent and ``explicit`` is
     False the built-in defaults are used. ``overrides`` maps dotted keys to values (flags win).
-    Overrides whose value is None are ignored (an unset flag).
+    Overrides whose value is None are ignored (an unset flag). ``origins`` maps an override key to
+    where it was given (``--density`` or ``--set merge.density=2``): a problem with that key is
+    reported against it, not against the project file.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     p = Path(path) if path is not None else Path(DEFAULT_PROJECT_FILE)
@@ -490,7 +495,7 @@ def load_config(
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
     if problems:
-        raise ConfigError(problems, source=str(used_path or p))
+        raise _attributed(problems, overrides, origins or {}, used_path, p)
     sources = {}
     for k in all_keys():
         if k in overrides:
@@ -501,6 +506,30 @@ def load_config(
             sources[k] = "default"
     root = used_path.parent if used_path else Path.cwd().resolve()
     return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources)
+
+
+def _attributed(problems: list[str], overrides: dict[str, Any], origins: dict[str, str],
+                used_path: Optional[Path], p: Path) -> ConfigError:
+    """A ConfigError whose every problem names where the value came from: the flag, the ``--set``
+    or the project file (a file is named in front only when one of its own keys is at fault)."""
+
+    def origin(problem: str) -> Optional[str]:
+        key = problem.split(":", 1)[0].strip()
+        for k in overrides:
+            if key == k or key.startswith(k + "."):
+                return origins.get(k, f"--set {k}=...")
+        return None
+
+    labelled, from_file = [], False
+    for prob in problems:
+        o = origin(prob)
+        if o is None:
+            from_file = True
+            labelled.append(prob)
+        else:
+            labelled.append(f"{o}: {prob}")
+    source = (str(used_path) if used_path else str(p) if p.exists() else None) if from_file else None
+    return ConfigError(labelled, source=source)
 
 
 def _deep_copy(d: Any) -> Any:
@@ -548,6 +577,10 @@ def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
         )
     if cfg.zoo.warmup_steps >= cfg.zoo.steps:
         problems.append(f"zoo.warmup_steps: {cfg.zoo.warmup_steps} must be below zoo.steps {cfg.zoo.steps}")
+    elif cfg.zoo.checkpoints > cfg.zoo.steps - cfg.zoo.warmup_steps:
+        problems.append(f"zoo.checkpoints: {cfg.zoo.checkpoints} checkpoints do not fit in the "
+                        f"{cfg.zoo.steps - cfg.zoo.warmup_steps} steps after warm-up (zoo.steps {cfg.zoo.steps} - "
+                        f"zoo.warmup_steps {cfg.zoo.warmup_steps}); lower it or raise zoo.steps")
     return problems
 
 

@@ -133,12 +133,6 @@ def check_output(
     name = f"{flag} {raw}" if flag else str(raw)
     if out.exists() and not out.is_dir():
         raise InputError(f"{name}: is a file, not a folder; a file is never replaced, choose a folder path")
-    for inp in inputs:
-        if inp is None:
-            continue
-        ip = Path(inp).expanduser().resolve()
-        if _overlaps(out, ip):
-            raise InputError(f"{name}: overlaps the input {ip}; inputs are never overwritten, choose another folder")
     for root in roots:
         if root is None:
             continue
@@ -146,6 +140,12 @@ def check_output(
         if out == rp or out in rp.parents:
             raise InputError(f"{name}: is or contains {rp} (the project or its work folder); "
                              "outputs go into their own folder, choose another path")
+    for inp in inputs:
+        if inp is None:
+            continue
+        ip = Path(inp).expanduser().resolve()
+        if _overlaps(out, ip):
+            raise InputError(f"{name}: overlaps the input {ip}; inputs are never overwritten, choose another folder")
     if out.is_dir():
         entries = [p.name for p in out.iterdir()]
         if entries:

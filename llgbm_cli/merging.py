@@ -156,8 +156,8 @@ def check_params(*, density: float, drop_rate: float, space: str, rank: Optional
     problems = []
     if not (0 < density <= 1):
         problems.append(f"--density {density}: must be in (0, 1]")
-    if not (0 < drop_rate <= 1):
-        problems.append(f"--drop-rate {drop_rate}: must be in (0, 1]")
+    if not (0 < drop_rate < 1):
+        problems.append(f"--drop-rate {drop_rate}: must be in (0, 1); a rate of 1 drops every entry")
     if space not in ("delta", "factors"):
         problems.append(f"--space {space!r}: must be `delta` or `factors`")
     if rank is not None and rank < 1:

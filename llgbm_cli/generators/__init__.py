@@ -74,4 +74,24 @@ def build_generator(name: str, tokenizer, cond_dim: int, options: dict[str, Any]
             f"train.multitask.generator_options: unknown option(s) {', '.join(bad)} for generator {name!r}; "
             f"valid: {', '.join(valid)}"
         )
-    return cls(tokenizer=tokenizer, cond_dim=cond_dim, **options)
+    for k, v in options.items():  # sizes and counts (integer defaults) must be positive integers
+        default = params[k].default
+        key = f"train.multitask.generator_options.{k}"
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise InputError(f"{key}: must be a positive integer (got {v!r})")
+            if k == "kernel" and v % 2 == 0:
+                raise InputError(f"{key}: must be odd (got {v})")
+        elif isinstance(default, float):
+            import math
+
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{key}: must be a finite number (got {v!r})")
+            if k == "dropout" and not 0 <= v < 1:
+                raise InputError(f"{key}: must be in [0, 1) (got {v})")
+    try:
+        return cls(tokenizer=tokenizer, cond_dim=cond_dim, **options)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "defaults"
+        raise InputError(f"train.multitask.generator_options ({shown}): generator {name!r} cannot be built "
+                         f"with these values ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")

@@ -224,6 +224,10 @@ def run_cache_deltas(
                     _, deltas = next(iter_deltas(model, [a for _, a in loaded], probes, spec, len(loaded),
                                                  base=base, pack=cfg.delta.pack))
                     for (it, _), d in zip(loaded, deltas):
+                        if not bool(d.isfinite().all()):  # never store a NaN/Inf row
+                            local.append((it.id, str(it.path), it.sha256, None,
+                                          f"{it.path}: its delta is NaN or Inf on these probes; not cached"))
+                            continue
                         local.append((it.id, str(it.path), it.sha256, d.tolist(), None))
                 gathered = dist.gather(local)
                 if dist.is_main:

@@ -20,7 +20,11 @@ def read_prompts_file(path: str | Path) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"{p}: --prompts-file not found")
-    lines = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--prompts-file {p}: not UTF-8 text (byte {e.start}); give a .txt or .jsonl file")
+    lines = [l for l in text.splitlines() if l.strip()]
     if p.suffix != ".jsonl":
         return lines
     out = []

@@ -113,6 +113,12 @@ def merge_to_folder(
         records.append({"input": label, "path": str(folder), "sha256": weights_sha256(folder),
                         "rank": ad.r, "base_model": ad.base_model})
 
+    if rank is not None:  # a rank above a module's smaller side cannot be represented
+        small = {n: min(m.A.shape[1], m.B.shape[0]) for n, m in adapters[0].modules.items()}
+        too = sorted((v, n) for n, v in small.items() if rank > v)
+        if too:
+            raise InputError(f"--rank {rank}: above the size of module {too[0][1]} ({too[0][0]}); "
+                             f"use at most {min(small.values())}")
     task = progress.add(f"merge ({strategy})", total=len(adapters[0].modules)) if progress else None
     merged, report = merge_with_report(
         adapters, strategy, weights, density=density, drop_rate=drop_rate, seed=seed, space=space,

@@ -39,8 +39,14 @@ def read_prompts_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise InputError(f"--prompts-file {p}: no such file")
+    if p.is_dir():
+        raise InputError(f"--prompts-file {p}: is a folder; give a .txt or .jsonl file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--prompts-file {p}: not UTF-8 text (byte {e.start}); give a .txt or .jsonl file")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue

@@ -421,9 +421,10 @@ _RESUMABLE_B1 = {"epochs", "save_interval", "log_interval", "eval_interval", "co
 
 def _check_resume_b1(ckpt: Path, resolved: ResolvedConfig) -> None:
     from ..io import read_provenance
+    from ..training import is_checkpoint
 
-    if not (ckpt / "trainer_state.pt").exists():
-        raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.pt)")
+    if not is_checkpoint(ckpt):
+        raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.json)")
     old = (read_provenance(ckpt) or {}).get("config")
     if not old:
         return

@@ -13,6 +13,8 @@ from .loop import (  # noqa: F401
     NonFiniteLoss,
     TrainResult,
     find_latest_checkpoint,
+    is_checkpoint,
+    load_trainer_state,
     lr_factor,
     make_accelerator,
     read_metrics,
