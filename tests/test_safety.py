@@ -319,3 +319,37 @@ def test_impossible_generator_option_is_a_plain_error(tiny, options, key):
     tok = LoraTokenizer.from_model(tiny[0], ["q_proj", "v_proj"], 4)
     with pytest.raises(InputError, match=f"generator_options.{key}"):
         build_generator("hyperconv", tok, 8, options)
+
+
+# --------------------------------------------------------------------------- quiet means quiet
+
+
+@pytest.mark.parametrize("flag,disabled", [("--quiet", True), ("--json", True), (None, False)])
+def test_quiet_turns_off_the_loaders_own_progress_bars(tmp_path, flag, disabled):
+    """transformers draws "Loading weights" through huggingface_hub's switch, read at import time."""
+    import subprocess
+    import sys
+
+    code = ("from llgbm_cli.app import main\n"
+            "try:\n"
+            f"    main({[a for a in (flag, 'config', 'workdir') if a]!r})\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "from huggingface_hub.utils import are_progress_bars_disabled\n"
+            "print('DISABLED' if are_progress_bars_disabled() else 'SHOWN')\n")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == ("DISABLED" if disabled else "SHOWN"), r.stdout + r.stderr
+
+
+def test_os_errors_on_user_paths_map_to_exit_2_naming_the_path():
+    from llgbm_cli.errors import as_input_error
+
+    e = as_input_error(PermissionError(13, "Permission denied", "/shared/out"))
+    assert e.exit_code == 2 and e.message == "/shared/out: permission denied"
+    e = as_input_error(IsADirectoryError(21, "Is a directory", "/data/prompts"))
+    assert e.exit_code == 2 and "/data/prompts" in e.message
+    e = as_input_error(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
+    assert e.exit_code == 2 and "UTF-8" in e.message
+    assert as_input_error(ValueError("a bug")) is None  # a real internal error stays one
