@@ -96,7 +96,7 @@ def _print_error(message: str, hint: Optional[str] = None, exit_code: int = EXIT
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
     sys.stderr.flush()
-    if state is not None and state.json:
+    if state is not None and state.json and not state.emitted:
         _print_json_error(message, hint, exit_code)
 
 
@@ -113,6 +113,7 @@ class State:
         self.verbose = verbose
         self.quiet = quiet
         self.json = json_out
+        self.emitted = False  # set once the result object is on stdout
 
     def load_config(self, overrides: Optional[dict[str, Any]] = None):
         from .config import load_config

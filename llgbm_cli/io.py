@@ -99,9 +99,7 @@ OUTPUT_MARKERS: dict[str, tuple[str, ...]] = {
     "delta index": ("index.faiss", "index.json"),
     "evaluation": ("results.json",),
     "training run": ("checkpoints", "metrics.jsonl", "final"),
-    "generator checkpoint": ("generator.json",),
     "delta predictor": ("predictor.json",),
-    "training checkpoint": ("generator.json", "trainer_state.json", "trainer_state.pt"),
 }
 
 

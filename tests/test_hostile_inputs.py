@@ -85,7 +85,23 @@ def world(tmp_path_factory, tiny):
     (bad / "corrupt").mkdir()
     (bad / "corrupt" / "generator.json").write_text(json.dumps({"generator": "hyperconv", "cond_dim": 8}))
     (bad / "corrupt" / "generator.safetensors").write_bytes(b"garbage" * 10)
+    # a run whose checkpoint state is a pickle that would create a file when unpickled
+    import torch
+
+    ck = bad / "evilrun" / "checkpoints" / "step-000001"
+    ck.mkdir(parents=True)
+    torch.save({"step": 1, "optimizer": _Payload(str(root / "PWNED")), "scheduler": {}, "torch_rng": torch.zeros(1)},
+               ck / "trainer_state.pt")
+    (ck / "generator.safetensors").write_bytes(b"")
     return root
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling calls open(marker, "w"): the marker file is the proof
+        return (open, (self.marker, "w"))
 
 
 # (id, args, exit code, text the error line must contain, extra check)
@@ -119,6 +135,10 @@ CASES = [
      "2 of 3", "both"),
     ("adapter-rank-mismatch", ["adapter", "check", "--no-base", "{bad}/rank"], 2, "rank 8", None),
     ("zoo-add-rank-mismatch", ["zoo", "add", "{bad}/rank", "--task", "arc-easy"], 2, "rank 8", None),
+    ("resume-pickled-state", ["train", "multitask", "--out", "{bad}/evilrun", "--resume"], 2, "trainer_state.pt",
+     "pwned"),
+    ("resume-pickled-state-b1", ["train", "delta-only", "--variant", "b1", "--out", "{bad}/evilrun", "--resume"], 2,
+     "trainer_state.pt", "pwned"),
     ("json-error-object", ["--json", "merge", "{bad}/good", "--out", "{root}/m5", "--density", "2"], 2, "--density 2",
      "json"),
 ]
@@ -147,5 +167,7 @@ def test_hostile_input(world, name, args, code, text, extra):
         doc = json.loads(r.stdout)
         assert set(doc) == {"error", "hint", "exit_code"} and doc["exit_code"] == code
         assert doc["error"] == lines[0][len("error: "):]
+    if extra == "pwned":
+        assert not (root / "PWNED").exists()
     if extra == "both":
         assert "NaN" in lines[0] and "rank 8" in lines[0]

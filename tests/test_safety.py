@@ -299,7 +299,7 @@ def test_cache_deltas_never_stores_a_non_finite_row(tiny, tiny_project, cli):
     _poison(w / "zoo" / "adapters" / "huge", 3e38)  # finite weights, but the hidden states overflow
     r = cli("-p", tiny_project, "--json", "cache-deltas")
     assert r.exit_code == 1, r.stderr
-    doc = json.loads(r.stdout.splitlines()[0])
+    doc = json.loads(r.stdout)  # the result, the one object on stdout
     assert sorted(f["id"] for f in doc["failed"]) == ["huge", "nan"]
     cache = DeltaCache.open(w / "deltas")
     assert sorted(cache.ids) == ["ok-0", "ok-1"]
@@ -353,3 +353,39 @@ def test_os_errors_on_user_paths_map_to_exit_2_naming_the_path():
     e = as_input_error(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
     assert e.exit_code == 2 and "UTF-8" in e.message
     assert as_input_error(ValueError("a bug")) is None  # a real internal error stays one
+
+
+# --------------------------------------------------------------------------- corrupt checkpoints
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other-shape"])
+def test_corrupt_generator_checkpoint_names_its_file(tiny, tmp_path, damage):
+    from safetensors.torch import save_file
+
+    from llgbm_cli.generators import build_generator
+    from llgbm_cli.generators.base import load_generator, save_generator
+    from llgbm_cli.lora.tokenizer import LoraTokenizer
+
+    tok = LoraTokenizer.from_model(tiny[0], ["q_proj", "v_proj"], 4)
+    gen = build_generator("hypernet", tok, 8, {"embed_dim": 8, "hidden": 16})
+    (tmp_path / "ck").mkdir()
+    save_generator(tmp_path / "ck", gen, {"step": 1})
+    load_generator(tmp_path / "ck")  # intact, it loads
+    wf = tmp_path / "ck" / "generator.safetensors"
+    if damage == "garbage":
+        wf.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    else:
+        save_file({"x": torch.zeros(3)}, str(wf))
+    with pytest.raises(InputError, match="generator.safetensors"):
+        load_generator(tmp_path / "ck")
+
+
+def test_corrupt_predictor_checkpoint_names_its_file(tmp_path):
+    from llgbm_cli.generators.predictor import DeltaPredictor, load_predictor, save_predictor
+
+    (tmp_path / "p").mkdir()
+    save_predictor(tmp_path / "p", DeltaPredictor(4, 3, hidden=8), {})
+    load_predictor(tmp_path / "p")
+    (tmp_path / "p" / "predictor.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="predictor.safetensors"):
+        load_predictor(tmp_path / "p")

@@ -421,10 +421,11 @@ _RESUMABLE_B1 = {"epochs", "save_interval", "log_interval", "eval_interval", "co
 
 def _check_resume_b1(ckpt: Path, resolved: ResolvedConfig) -> None:
     from ..io import read_provenance
-    from ..training import is_checkpoint
+    from ..training import is_checkpoint, load_trainer_state
 
     if not is_checkpoint(ckpt):
         raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.json)")
+    load_trainer_state(ckpt)  # refused before anything is loaded or written if it is not plain data
     old = (read_provenance(ckpt) or {}).get("config")
     if not old:
         return

@@ -146,7 +146,8 @@ def train_multitask(
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
     from ..training.world import generator_meta, load_teacher_adapters, run_folder, save_generator_meta
-    from ..training import LoopConfig, find_latest_checkpoint, is_checkpoint, make_accelerator, run_training, step_rng
+    from ..training import (LoopConfig, find_latest_checkpoint, is_checkpoint, load_trainer_state, make_accelerator,
+                            run_training, step_rng)
 
     cfg = resolved.config
     mt = cfg.train.multitask
@@ -159,6 +160,7 @@ def train_multitask(
             raise InputError(f"{out}: no checkpoint to resume from; start a run without --resume")
         if not is_checkpoint(resume_ckpt):
             raise InputError(f"{resume_ckpt}: not a training checkpoint (no trainer_state.json)")
+        load_trainer_state(resume_ckpt)  # refused before anything is loaded or written if it is not plain data
         _check_resume(resume_ckpt, resolved)
     elif out.exists() and out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
