@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .errors import InputError
+from .workdir import made_by
 from .io import atomic_dir, atomic_write_json
 
 INDEX_FILE = "index.faiss"
@@ -193,12 +194,12 @@ class DeltaIndex:
         spec = get_kind(kind)
         matrix = np.asarray(matrix)
         if matrix.ndim != 2 or matrix.shape[0] == 0:
-            raise InputError("the delta cache is empty; fill it with `llgbm cache-deltas` before `llgbm index build`")
+            raise InputError(f"the delta cache is empty; fill it with `{made_by('deltas')}` before `{made_by('index')}`")
         if len(ids) != matrix.shape[0]:
             raise InputError(f"{len(ids)} ids for {matrix.shape[0]} rows: the cache is inconsistent; rebuild it")
         if not np.isfinite(matrix).all():
             bad = [ids[i] for i in np.where(~np.isfinite(matrix).all(axis=1))[0][:5]]
-            raise InputError(f"non-finite deltas in the cache (adapters {bad}); recompute them with `llgbm cache-deltas`")
+            raise InputError(f"non-finite deltas in the cache (adapters {bad}); recompute them with `{made_by('deltas')}`")
         n, dim = matrix.shape
         params = dict(params or {})
         notes = []
@@ -265,7 +266,7 @@ class DeltaIndex:
         if q.shape[1] != self.dim:
             raise InputError(
                 f"query dimension {q.shape[1]} does not match the index dimension {self.dim}; "
-                "the index was built from deltas of another spec or base model: rebuild it with `llgbm index build --force`"
+                f"the index was built from deltas of another spec or base model: rebuild it with `{made_by('index')} --force`"
             )
         if params:
             get_kind(self.kind).tune(self.index, params)
@@ -302,7 +303,7 @@ class DeltaIndex:
         if dim is not None and int(dim) != self.dim:
             raise InputError(
                 f"{what} gives deltas of dimension {dim}, the index holds dimension {self.dim}; "
-                "rebuild one of them from the same delta cache (`llgbm index build --force`)"
+                f"rebuild one of them from the same delta cache (`{made_by('index')} --force`)"
             )
         if header is None:
             return
@@ -312,7 +313,7 @@ class DeltaIndex:
             if a is not None and b is not None and _canon(a) != _canon(b):
                 raise InputError(
                     f"{what} was made from another {name} than the index ({_short(b)} vs index {_short(a)}); "
-                    "rebuild the index from the current cache with `llgbm index build --force`, or retrain"
+                    f"rebuild the index from the current cache with `{made_by('index')} --force`, or retrain"
                 )
 
     # ----------------------------------------------------------------- I/O
@@ -336,17 +337,17 @@ class DeltaIndex:
         folder = Path(folder)
         missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if not (folder / f).exists()]
         if missing:
-            raise InputError(f"{folder}: no delta index here (missing {', '.join(missing)}); build it with `llgbm index build`")
+            raise InputError(f"{folder}: no delta index here (missing {', '.join(missing)}); build it with `{made_by('index')}`")
         try:
             meta = json.loads((folder / META_FILE).read_text())
             ids_doc = json.loads((folder / IDS_FILE).read_text())
             index = faiss.read_index(str(folder / INDEX_FILE))
         except (json.JSONDecodeError, RuntimeError) as e:
-            raise InputError(f"{folder}: corrupt index ({str(e).splitlines()[0][:120]}); rebuild it with `llgbm index build --force`")
+            raise InputError(f"{folder}: corrupt index ({str(e).splitlines()[0][:120]}); rebuild it with `{made_by('index')} --force`")
         ids = list(ids_doc["ids"])
         if index.ntotal != len(ids) or index.d != int(meta.get("dim", -1)):
             raise InputError(f"{folder}: index.faiss ({index.ntotal}×{index.d}) does not match ids.json/index.json; "
-                             "rebuild it with `llgbm index build --force`")
+                             f"rebuild it with `{made_by('index')} --force`")
         get_kind(meta.get("kind", "flat"), flag=f"{folder / META_FILE}: kind")
         tasks = list(ids_doc.get("tasks") or [None] * len(ids))
         out = cls(index, ids, tasks, meta, "cpu")

@@ -199,29 +199,6 @@ def atomic_dir(target: str | Path, *, force: bool = False, flag: str = "--force"
         shutil.rmtree(old, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def replacing_folder(target: str | Path, *, replace: bool) -> Iterator[Path]:
-    """Write into ``target`` itself (for runs that checkpoint as they go); with ``replace`` an
-    existing ``target`` is moved aside first and deleted only once the block succeeds. On failure
-    or interruption the partial ``target`` is removed and the previous one is put back."""
-    target = Path(target)
-    old = None
-    if replace and target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    try:
-        _mkdir(target)
-        yield target
-    except BaseException:
-        if old is not None:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 class FileLock:
     """An exclusive, non-blocking lock on ``path`` (fcntl on POSIX).
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .errors import InputError
+from .workdir import made_by
 from .io import FileLock, atomic_write_text
 
 MANIFEST = "zoo.jsonl"
@@ -52,7 +53,7 @@ class Zoo:
         mf = folder / MANIFEST
         if not mf.exists():
             if must_exist:
-                raise InputError(f"{mf}: no zoo manifest; build one with `llgbm zoo build` or register adapters "
+                raise InputError(f"{mf}: no zoo manifest; build one with `{made_by('zoo')}` or register adapters "
                                  "with `llgbm zoo add`")
             return cls(folder)
         entries = []

@@ -195,7 +195,7 @@ def test_eval_refuses_adapter_of_another_base(world, cli, tmp_path):
 
 def test_holdout_seen_in_training_is_refused():
     from llgbm_cli.errors import InputError
-    from llgbm_cli.services.eval import _refuse_seen
+    from llgbm_cli.services.eval_methods import refuse_seen as _refuse_seen
 
     with pytest.raises(InputError, match=r"--holdout boolq: method multitask saw it in training"):
         _refuse_seen("multitask", Path("ck"), ["arc-easy", "boolq"], ["boolq"], "multitask")

@@ -137,19 +137,26 @@ class _OneProcess:
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_forced_training_run_interrupted_puts_the_earlier_run_back(tmp_path, error):
-    from llgbm_cli.training.world import run_folder
+    # the trainers' own sequence (training/trainer.py): start_run_folder, then restore_run_folder
+    # on any failure or Ctrl-C, drop_old_run only after success
+    from llgbm_cli.training.world import drop_old_run, restore_run_folder, start_run_folder
 
     out = _folder(tmp_path / "train" / "multitask",
                   {"metrics.jsonl": '{"step": 1}\n', "final/generator.json": "{}", "final/generator.safetensors": "w"})
     before = _tree(tmp_path)
     with pytest.raises(error):
-        with run_folder(out, _OneProcess(), force=True, resume=False):
+        old = start_run_folder(out, _OneProcess(), force=True, resume=False)
+        try:
             assert not (out / "final").exists()  # the new run starts in an empty folder
             (out / "metrics.jsonl").write_text("partial\n")
             raise error()
+        except BaseException:
+            restore_run_folder(out, old)
+            raise
     assert _tree(tmp_path) == before
-    with run_folder(out, _OneProcess(), force=True, resume=False):
-        (out / "metrics.jsonl").write_text("new\n")
+    old = start_run_folder(out, _OneProcess(), force=True, resume=False)
+    (out / "metrics.jsonl").write_text("new\n")
+    drop_old_run(old)
     assert sorted(p.name for p in tmp_path.joinpath("train").iterdir()) == ["multitask"]
     assert (out / "metrics.jsonl").read_text() == "new\n" and not (out / "final").exists()
 

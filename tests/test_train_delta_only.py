@@ -10,7 +10,8 @@ import torch
 from conftest import TINY_TOML
 from delta_world import build_tiny_world
 from llgbm_cli.losses import DeltaOnlyLoss, lora_batch_variance, lora_norm_penalty
-from llgbm_cli.services.train_delta_only import degeneracy_report, split_entries
+from llgbm_cli.evaluation.degeneracy import degeneracy_report
+from llgbm_cli.holdout import split_entries
 
 
 def _loras(n=3, seed=0, scale=1.0):

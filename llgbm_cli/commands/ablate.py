@@ -6,8 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state, given
-from .config import SET_HELP, overrides_from
+from .common import console, emit, given, overrides_from, progress, set_option, state
 
 
 def render_ablate(r: dict) -> None:
@@ -43,7 +42,7 @@ def ablate_cmd(
     cell: Optional[List[str]] = typer.Option(None, "--cell", help="Run only this cell (repeatable; names from --dry-run)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="ablation.total_steps: train steps per cell."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the grid's cells and which are done; run nothing."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Run the ablation grid from [ablation]: each cell trains the multitask generator with one setting
     changed and evaluates it; finished cells are skipped, so an interrupted run resumes."""

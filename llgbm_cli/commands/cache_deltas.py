@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state, given
+from .common import console, emit, given, overrides_from, progress, set_option, state
 
 
 def cache_deltas_cmd(
@@ -20,17 +20,16 @@ def cache_deltas_cmd(
     layers: Optional[str] = typer.Option(None, "--layers", help="Hidden-state layers, comma-separated (e.g. -1 or 6,-1)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="`last_token` or `mean`."),
     batch: Optional[int] = typer.Option(None, "--adapters-per-batch", help="Adapters sharing one forward."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key, e.g. --set delta.cache=deltas2."),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Compute each adapter's delta on the probes; only new or changed adapters are computed.
 
     Runs sharded under `accelerate launch -m llgbm_cli cache-deltas ...` (the main process writes).
     """
-    from ..config import parse_override
     from ..errors import CheckFailed, InputError
     from ..services.cache_deltas import run_cache_deltas
 
-    overrides = dict(parse_override(s) for s in (set_ or []))
+    overrides = overrides_from(set_)
     if layers is not None:
         try:
             overrides["delta.layers"] = [int(x) for x in layers.split(",") if x.strip()]

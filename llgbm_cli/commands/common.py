@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
+from ..progress import NULL_PROGRESS, ProgressReporter, console  # noqa: F401  (re-exported for commands)
+
 
 def state(ctx: typer.Context):
     return ctx.find_root().obj
@@ -38,12 +40,6 @@ def _default(o: Any) -> Any:
     raise TypeError(type(o).__name__)
 
 
-def console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
 def info(ctx: typer.Context, message: str) -> None:
     """An informational line on stderr (silent with --quiet or --json)."""
     st = state(ctx)
@@ -60,55 +56,31 @@ def progress(ctx: typer.Context) -> Iterator["ProgressReporter"]:
         yield rep
 
 
-class ProgressReporter:
-    """A minimal progress interface services call; renders a rich bar when enabled.
+# --------------------------------------------------------------------------- options every command shares
 
-    ``task = rep.add(description, total)``; ``rep.advance(task, n=1)``; ``rep.update(task, description=...)``.
-    A disabled reporter accepts the same calls and does nothing.
-    """
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self._progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console(stderr=True),
-                transient=False,
-            )
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-            self._progress = None
-
-    def add(self, description: str, total: Optional[float] = None) -> int:
-        return self._progress.add_task(description, total=total) if self._progress else 0
-
-    def advance(self, task: int, n: float = 1) -> None:
-        if self._progress:
-            self._progress.advance(task, n)
-
-    def update(self, task: int, **kw) -> None:
-        if self._progress:
-            self._progress.update(task, **kw)
-
-    def log(self, message: str) -> None:
-        if self._progress:
-            self._progress.console.print(message)
+SET_HELP = "Override a config key, e.g. --set train.multitask.lambda_delta=0.5 (repeatable)."
 
 
-NULL_PROGRESS = ProgressReporter(enabled=False)
+def set_option(help: str = SET_HELP):
+    """``--set section.key=value`` (repeatable): config overrides, applied over the project file."""
+    return typer.Option(None, "--set", help=help)
+
+
+def force_option(help: str = "Replace what is already at the output instead of refusing."):
+    """``--force``: without it a command refuses to overwrite existing output."""
+    return typer.Option(False, "--force", help=help)
+
+
+def out_option(help: str, *, required: bool = False):
+    """``--out``/``-o``: where a command writes (``help`` says the default)."""
+    return typer.Option(... if required else None, "--out", "-o", help=help)
+
+
+def overrides_from(sets: Optional[list[str]]) -> dict:
+    """``--set`` values as a {dotted key: value} dict."""
+    from ..config import parse_override
+
+    return dict(parse_override(s) for s in (sets or []))
 
 
 def given(values: dict) -> dict:

@@ -6,25 +6,16 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, state
+from .common import SET_HELP, console, emit, overrides_from, set_option, state  # noqa: F401  (re-exported)
 
 config_app = typer.Typer(help="Check and inspect the project file (llgbm.toml).", no_args_is_help=True)
-
-
-def overrides_from(sets: Optional[List[str]]) -> dict:
-    from ..config import parse_override
-
-    return dict(parse_override(s) for s in (sets or []))
-
-
-SET_HELP = "Override a config key, e.g. --set train.multitask.lambda_delta=0.5 (repeatable)."
 
 
 @config_app.command("validate")
 def validate_cmd(
     ctx: typer.Context,
     path: Optional[str] = typer.Argument(None, help="Project file (default: --project or ./llgbm.toml)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Validate a project file without running anything; every problem is listed as section.key."""
     from ..services.config import validate
@@ -40,7 +31,7 @@ def validate_cmd(
 @config_app.command("show")
 def show_cmd(
     ctx: typer.Context,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Print the resolved config and where each value came from (default, file or flag)."""
     from ..services.config import show
@@ -59,7 +50,17 @@ def show_cmd(
             src = s.sources[k]
             style = {"flag": "bold magenta", "file": "cyan"}.get(src, "dim")
             t.add_row(k, repr(v), f"[{style}]{src}[/]")
-        console().print(t)
+        c = console()
+        c.print(t)
+        h = Table(title="held-out tasks")
+        h.add_column("key")
+        h.add_column("tasks")
+        h.add_column("meaning")
+        for k, row in s.holdout.items():
+            h.add_row(k, ", ".join(row["tasks"]) or "[dim]none[/]", row["means"])
+        c.print(h)
+        for n in s.holdout_notes:
+            c.print(f"note: {n}")
 
     emit(ctx, shown, render)
 

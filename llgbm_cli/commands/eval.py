@@ -6,8 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state, given
-from .config import SET_HELP, overrides_from
+from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
 
 
 def render_eval(r: dict) -> None:
@@ -47,10 +46,10 @@ def eval_cmd(
     test_sample: Optional[int] = typer.Option(None, "--test-sample", help="eval.test_sample: questions per task."),
     multitask_checkpoint: Optional[str] = typer.Option(None, "--multitask-checkpoint", help="Generator checkpoint folder for `multitask`."),
     b1_checkpoint: Optional[str] = typer.Option(None, "--b1-checkpoint", help="Generator checkpoint folder for `b1`."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (default: <workdir>/eval)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    out: Optional[str] = out_option("Output folder (default: <workdir>/eval)."),
+    force: bool = force_option("Replace an existing output folder."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Exit 1 when an acceptance check fails (CI)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Evaluate methods per task: delta MSE / cosine / centered cosine / task identification against the
     teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks."""

@@ -6,18 +6,18 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, state
+from .common import console, emit, force_option, out_option, state
 
 
 def generate_cmd(
     ctx: typer.Context,
     prompts: Optional[List[str]] = typer.Argument(None, help="Condition prompts (sample prompts of the task)."),
-    out: str = typer.Option(..., "--out", "-o", help="Adapter folder to write."),
+    out: str = out_option("Adapter folder to write.", required=True),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="Prompts, one per line (.txt) or JSONL."),
     description: Optional[str] = typer.Option(None, "--description", help="A task description (description-conditioned generators)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: <workdir>/train/multitask/final)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for subsampling prompts (default: project.seed)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = force_option("Overwrite --out if it exists."),
 ) -> None:
     """Generate a LoRA adapter from a task's prompts or description; loads with PEFT."""
     from ..services.generate import generate_adapter, read_prompts_file

@@ -6,8 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state, given
-from .config import SET_HELP, overrides_from
+from .common import console, emit, force_option, given, overrides_from, progress, set_option, state
 
 index_app = typer.Typer(help="Build and inspect the delta-space retrieval index.", no_args_is_help=True)
 
@@ -17,8 +16,8 @@ def build_cmd(
     ctx: typer.Context,
     kind: Optional[str] = typer.Option(None, "--kind", help="Index kind: flat (exact), hnsw, ivf (default: index.kind)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: index.device)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing index."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    force: bool = force_option("Replace an existing index."),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Index every cached delta (L2-normalized, inner product = cosine) under <workdir>/index."""
     from ..services.index import build_index
@@ -40,7 +39,7 @@ def build_cmd(
 @index_app.command("info")
 def info_cmd(
     ctx: typer.Context,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Print what the saved index holds and which delta cache it was built from."""
     from ..services.index import index_info

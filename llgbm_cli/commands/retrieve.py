@@ -6,8 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
-from .config import SET_HELP, overrides_from
+from .common import console, emit, force_option, out_option, overrides_from, progress, set_option, state
 
 
 def retrieve_cmd(
@@ -20,9 +19,9 @@ def retrieve_cmd(
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Adapters returned (default: retrieve.top_k)."),
     merge: Optional[str] = typer.Option(None, "--merge", help="Merge the top-k with this strategy (e.g. ties, "
                                         "linear), weighted by similarity; needs --out."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the merged PEFT adapter."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    out: Optional[str] = out_option("Folder for the merged PEFT adapter."),
+    force: bool = force_option("Replace an existing --out folder."),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Predict a delta for TEXT with the B2 predictor and list the nearest adapters of the index."""
     from ..services.retrieve import read_prompts_file, retrieve

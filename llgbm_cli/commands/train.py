@@ -6,15 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state, given
-from .config import SET_HELP, overrides_from
+from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
 
 train_app = typer.Typer(help="Train LoRA generators (multitask; delta-only variants).", no_args_is_help=True)
 
 # Options every trainer takes, declared once.
-ForceOpt = typer.Option(False, "--force", help="Replace an earlier run in the output folder.")
+ForceOpt = force_option("Replace an earlier run in the output folder.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the output folder.")
-SetOpt = typer.Option(None, "--set", help=SET_HELP)
+SetOpt = set_option()
 
 
 def _render_training(title: str):
@@ -31,6 +30,18 @@ def _render_training(title: str):
     return render
 
 
+def _render_b2(r) -> None:
+    """Plain-text summary of a B2 run."""
+    c = console()
+    c.print(f"train delta-only b2: {r.train} adapters trained, {r.validation} held out, {r.epochs} epochs "
+            f"in {r.seconds:.1f} s -> {r.path}")
+    for k in ("loss", "val_mse", "val_cosine", "val_centered_cosine", "val_mean_delta_cosine"):
+        if k in r.last:
+            c.print(f"  {k}: {r.first.get(k, float('nan')):.4g} -> {r.last[k]:.4g}")
+    for n in r.notes:
+        c.print(f"note: {n}")
+
+
 @train_app.command("multitask")
 def multitask_cmd(
     ctx: typer.Context,
@@ -38,7 +49,7 @@ def multitask_cmd(
     generator: Optional[str] = typer.Option(None, "--generator", help="train.multitask.generator (hyperconv, hypernet)."),
     lambda_delta: Optional[float] = typer.Option(None, "--lambda-delta", help="train.multitask.lambda_delta"),
     lr: Optional[float] = typer.Option(None, "--lr", help="train.multitask.learning_rate"),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: <workdir>/train/multitask)."),
+    out: Optional[str] = out_option("Output folder (default: <workdir>/train/multitask)."),
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -63,13 +74,13 @@ def delta_only_cmd(
                                           "(delta predictor); default: train.delta_only.variant."),
     generator: Optional[str] = typer.Option(None, "--generator", help="train.delta_only.generator (B1)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="train.delta_only.epochs (B1) or predictor_epochs (B2)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: <workdir>/train/b1 or b2)."),
+    out: Optional[str] = out_option("Output folder (default: <workdir>/train/b1 or b2)."),
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Train from deltas alone: B1 a LoRA generator (DeltaOnlyLoss), B2 a text -> delta predictor."""
-    from ..services.train_delta_only import render_b2, train_b2
+    from ..services.train_delta_only import train_b2
 
     ov = overrides_from(set_)
     ov.update(given({"train.delta_only.variant": variant, "train.delta_only.generator": generator}))
@@ -83,7 +94,7 @@ def delta_only_cmd(
             resolved = state(ctx).load_config({**ov, "train.delta_only.predictor_epochs": epochs})
         with progress(ctx) as rep:
             result = train_b2(resolved, force=force, out_dir=out, progress=rep)
-        emit(ctx, result, lambda r: render_b2(r, console()))
+        emit(ctx, result, _render_b2)
         return
     if epochs is not None:
         resolved = state(ctx).load_config({**ov, "train.delta_only.epochs": epochs})

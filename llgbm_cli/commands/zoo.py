@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, progress, state
+from .common import console, emit, force_option, progress, state
 
 zoo_app = typer.Typer(help="Teacher LoRA zoo: build trajectories, register adapters, score them.",
                       no_args_is_help=True)
@@ -26,7 +26,7 @@ def build_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps per teacher ([zoo] steps)."),
     checkpoints: Optional[int] = typer.Option(None, "--checkpoints", min=1,
                                               help="Checkpoints kept per teacher after warm-up ([zoo] checkpoints)."),
-    force: bool = typer.Option(False, "--force", help="Retrain and overwrite finished checkpoints."),
+    force: bool = force_option("Retrain and overwrite finished checkpoints."),
 ) -> None:
     """Train one LoRA teacher trajectory per task; a rerun resumes and skips finished checkpoints."""
     from ..services.zoo import build_zoo
@@ -53,7 +53,7 @@ def add_cmd(
     ctx: typer.Context,
     paths: List[str] = typer.Argument(..., help="PEFT LoRA adapter folders."),
     task: str = typer.Option(..., "--task", help="Dataset the adapters are for (see `llgbm data list`)."),
-    force: bool = typer.Option(False, "--force", help="Replace manifest rows with the same id."),
+    force: bool = force_option("Replace manifest rows with the same id."),
 ) -> None:
     """Register existing PEFT adapters in the zoo after checking they fit the base model."""
     from ..services.zoo import add_adapters

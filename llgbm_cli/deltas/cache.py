@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import InputError
+from ..workdir import made_by
 from ..io import FileLock, atomic_dir, atomic_write_json, write_provenance
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,21 +86,21 @@ class DeltaCache:
         folder = Path(folder)
         mf, data = folder / MANIFEST_FILE, folder / DATA_FILE
         if not mf.exists():
-            raise InputError(f"{folder}: no delta cache here ({MANIFEST_FILE} missing); build one with `llgbm cache-deltas`")
+            raise InputError(f"{folder}: no delta cache here ({MANIFEST_FILE} missing); build one with `{made_by('deltas')}`")
         try:
             man = json.loads(mf.read_text())
             header, rows = man["header"], [CacheRow(**r) for r in man["rows"]]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InputError(f"{mf}: corrupt manifest ({e}); rebuild with `llgbm cache-deltas --rebuild`")
+            raise InputError(f"{mf}: corrupt manifest ({e}); rebuild with `{made_by('deltas')} --rebuild`")
         if rows:
             try:
                 mat = load_file(str(data))["deltas"]
             except (SafetensorError, OSError, KeyError, RuntimeError) as e:
                 raise InputError(f"{data}: corrupt or missing ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                                 "rebuild with `llgbm cache-deltas --rebuild`")
+                                 f"rebuild with `{made_by('deltas')} --rebuild`")
             if mat.shape[0] != len(rows) or (header.get("dim") and mat.shape[1] != header["dim"]):
                 raise InputError(f"{data}: holds {tuple(mat.shape)} but {mf} lists {len(rows)} rows of dim "
-                                 f"{header.get('dim')}; rebuild with `llgbm cache-deltas --rebuild`")
+                                 f"{header.get('dim')}; rebuild with `{made_by('deltas')} --rebuild`")
         else:
             mat = torch.zeros(0, int(header.get("dim") or 0))
         return cls(folder, header, rows, mat)
@@ -129,7 +130,7 @@ class DeltaCache:
     def row(self, id_: str) -> "torch.Tensor":
         """The delta ``[D]`` of adapter ``id_``."""
         if id_ not in self._index:
-            raise InputError(f"{self.folder}: no delta for adapter {id_!r}; run `llgbm cache-deltas`")
+            raise InputError(f"{self.folder}: no delta for adapter {id_!r}; run `{made_by('deltas')}`")
         return self._vectors[self._index[id_]]
 
     def entry(self, id_: str) -> Optional[CacheRow]:

@@ -341,3 +341,6 @@ def compute_deltas(
     if not rows:
         return torch.zeros(0, spec.dim(model))
     return torch.cat(rows)
+
+
+backbone = _backbone  # the public name, for modules that run the decoder stack themselves

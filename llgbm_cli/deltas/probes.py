@@ -5,7 +5,8 @@ Sources, by name (a registry, so an unknown name lists the valid ones):
 * ``generic``: the built-in set of varied instruction prompts (``data/probes/generic.txt``);
 * ``task:<dataset>``: a seeded sample of the prompts of a shipped dataset's train split;
 * a file path: ``.txt`` (one probe per line) or ``.jsonl`` (per line a JSON string, or an object
-  with a ``text``, ``prompt`` or ``instruction`` field).
+  with a ``text``, ``prompt`` or ``instruction`` field), read by the one prompt-file reader
+  (:mod:`llgbm_cli.prompt_files`).
 
 Probes are wrapped in the tokenizer's chat template when it has one (as a user turn followed by
 the generation prompt), truncated to ``max_length`` tokens and fingerprinted: the fingerprint is a
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import InputError
+from ..prompt_files import read_prompt_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -28,7 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
 PROBE_DIR = Path(__file__).resolve().parents[1] / "data" / "probes"
 TASK_PREFIX = "task:"
 TASK_PROBES = 16  # prompts drawn from a dataset when no count is given
-_JSON_FIELDS = ("text", "prompt", "instruction")
 
 
 def list_probe_sets() -> list[str]:
@@ -126,7 +127,7 @@ def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0)
             if path.suffix in (".txt", ".jsonl") or "/" in source:
                 raise InputError(f"{source}: probe file not found")
             raise InputError(_unknown(source))
-        texts = _read_file(path)
+        texts = read_prompt_file(path)
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError(f"{source}: the probe set is empty; give at least one non-empty probe")
@@ -140,34 +141,6 @@ def _unknown(source: str) -> str:
     guess = difflib.get_close_matches(source, valid, n=1)
     return (f"unknown probe set {source!r}" + (f" (did you mean {guess[0]!r}?)" if guess else "")
             + f"; valid: {', '.join(valid)}, or a .txt/.jsonl file")
-
-
-def _read_file(path: Path) -> list[str]:
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; a probe file is .txt (one per line) or .jsonl")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; a probe file is .txt (one per line) or .jsonl")
-    if path.suffix == ".jsonl":
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not JSON ({e.msg}); each line is a string or an object with 'text'")
-            if isinstance(row, dict):
-                key = next((k for k in _JSON_FIELDS if isinstance(row.get(k), str)), None)
-                if key is None:
-                    raise InputError(f"{path}:{n}: no {'/'.join(_JSON_FIELDS)} string field")
-                row = row[key]
-            if not isinstance(row, str):
-                raise InputError(f"{path}:{n}: expected a string or an object with a 'text' field")
-            out.append(row)
-        return out
-    return text.splitlines()
 
 
 def load_probes(

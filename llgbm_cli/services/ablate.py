@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..errors import InputError
 
 DONE = "done.json"
@@ -108,7 +109,7 @@ def run_ablate(
     from ..io import FileLock, atomic_write_json, atomic_write_text, provenance, write_provenance
 
     ab = resolved.config.ablation
-    out = resolved.resolve_path(ab.out)
+    out = workdir.path(resolved, "ablation")
     grid = select_cells(ablation_grid(ab), cells)
     base_ov = dict(overrides or {})
     result = AblateResult(str(out), dry_run)
@@ -153,7 +154,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def _run_cell(cres, cell: Cell, cdir: Path, ov: dict[str, Any], progress) -> dict[str, Any]:
     from ..deltas.cache import DeltaCache
-    from ..training.loop import FINAL, find_latest_checkpoint
+    from ..training.loop import find_latest_checkpoint
+    from ..workdir import FINAL
     from .cache_deltas import run_cache_deltas
     from .eval import run_eval
     from .train_multitask import train_multitask
@@ -161,8 +163,8 @@ def _run_cell(cres, cell: Cell, cdir: Path, ov: dict[str, Any], progress) -> dic
     cfg = cres.config
     if "probes.count" in cell.overrides:
         run_cache_deltas(cres)  # incremental: a later cell with the same count reuses every row
-    elif not DeltaCache.exists(cres.resolve_path(cfg.delta.cache)):
-        raise InputError(f"{cres.resolve_path(cfg.delta.cache)}: no delta cache; run `llgbm cache-deltas` first")
+    elif not DeltaCache.exists(workdir.path(cres, "deltas")):
+        raise InputError(f"{workdir.path(cres, 'deltas')}: no delta cache; {workdir.hint('deltas')}")
     train_dir = cdir / "train"
     if not (train_dir / FINAL).exists():
         ck = find_latest_checkpoint(train_dir) if train_dir.exists() else None

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..errors import InputError
 
 
@@ -80,7 +81,7 @@ def collect_inputs(resolved, adapters: Optional[list[str]] = None) -> list[_Item
                     raise InputError(f"--adapters {h}: no such folder")
                 items.append(_Item(p.resolve().name, p.resolve()))
     else:
-        zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path))
+        zoo = Zoo.load(workdir.path(resolved, "zoo"))
         items = [_Item(e.id, zoo.path_of(e).resolve()) for e in zoo.entries]
         if not items:
             raise InputError(f"{zoo.manifest_path}: the zoo is empty; add adapters or pass --adapters")
@@ -149,31 +150,22 @@ def run_cache_deltas(
     from ..adapters import weights_sha256
     from ..io import check_output, provenance
     from ..models import load_base_model
-    from ..deltas.cache import CacheRow, DeltaCache, cache_lock, make_header
-    from ..deltas.compute import DeltaSpec, base_states, iter_deltas
-    from ..deltas.probes import load_probes
+    from ..deltas.cache import CacheRow, DeltaCache, cache_lock
+    from ..deltas.compute import base_states, iter_deltas
+    from ..deltas.context import DeltaContext
 
     t0 = time.perf_counter()
     cfg = resolved.config
     dist = _Dist(cfg.model.device)
     if not dist.is_main:
         progress = NULL_PROGRESS  # one progress bar, the main process's
-    folder = resolved.resolve_path(cfg.delta.cache)
+    folder = workdir.path(resolved, "deltas")
     items = collect_inputs(resolved, adapters)
     check_output(folder, "delta cache", flag="delta.cache", incremental=True, roots=[resolved.workdir, resolved.root],
-                 inputs=[resolved.resolve_path(cfg.zoo.path), *(it.path for it in items)])
-    spec = DeltaSpec.from_config(cfg.delta)
-    pc = cfg.probes
+                 inputs=[workdir.path(resolved, "zoo"), *(it.path for it in items)])
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))
-    probes = load_probes(pc.source, tok, count=pc.count, chat_template=pc.chat_template,
-                         max_length=pc.max_length, seed=cfg.project.seed)
-    try:
-        from ..deltas.compute import resolve_layers
-
-        resolve_layers(model, spec)
-    except ValueError as e:
-        raise InputError(str(e))
-    header = make_header(model, probes, spec, cfg.model.base)
+    ctx = DeltaContext.build(resolved, model, tok, device=False)
+    spec, probes, header = ctx.spec, ctx.probes, ctx.header
     result = CacheDeltasResult(cache=str(folder), processes=dist.world, is_main=dist.is_main,
                                probes=probes.describe(), rebuilt=bool(rebuild))
     prov = provenance("cache-deltas", resolved.to_dict(), base_fingerprint=header["base_fingerprint"],
@@ -184,12 +176,8 @@ def run_cache_deltas(
         # Every process reads the cache before the main one first writes (at the first gather).
         if DeltaCache.exists(folder) and not rebuild:
             cache = DeltaCache.open(folder)
-            bad = cache.mismatches(header)
-            if bad:
-                raise InputError(
-                    f"{folder}: this cache was built with another {', '.join(bad)}; pass --rebuild to start "
-                    f"over (its {len(cache)} rows are discarded) or set delta.cache to another folder"
-                )
+            ctx.check_cache(cache, fix=f"pass --rebuild to start over (its {len(cache)} rows are discarded) or "
+                                       "set delta.cache to another folder")
         else:
             cache = DeltaCache(folder, header)
         todo: list[_Item] = []

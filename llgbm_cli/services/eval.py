@@ -5,16 +5,9 @@ spec as the delta cache (the header fingerprints must match) and compared with t
 delta from the cache: delta MSE, cosine, centered cosine, norm ratio and task identification (see
 :mod:`llgbm_cli.evaluation.metrics`); then the task's test questions are scored with it.
 
-The task's *teacher* is its latest zoo checkpoint (highest step). Methods:
-
-* ``base``: the base model (zero delta);
-* ``teacher``: the task's own teacher adapter (the oracle);
-* ``mean-delta``: every training adapter merged linearly, the same for every task (the reference
-  a method must beat to be called task-specific);
-* ``multitask`` / ``b1``: a generator checkpoint turns the task's condition text into an adapter;
-* ``b2``: B2's delta predictor + index retrieval + merge;
-* ``merge:<strategy>``: the chosen zoo adapters merged (default: every other training task's teacher);
-* a folder: that PEFT adapter, for every task.
+The task's *teacher* is its latest zoo checkpoint (highest step). The methods (``base``,
+``teacher``, ``mean-delta``, ``multitask``, ``b1``, ``b2``, ``merge:<strategy>``, an adapter folder)
+are a registry in :mod:`llgbm_cli.services.eval_methods`: one builder per method.
 
 Generated and merged adapters are written under ``<out>/adapters/<method>/<task>`` so every
 number can be reproduced and inspected. With ``holdout`` (leave-one-out) a generator, predictor
@@ -24,21 +17,16 @@ or index that saw a held-out task in training is refused.
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..errors import InputError
+from . import eval_methods as M_
 
-FIXED_METHODS = ("base", "teacher", "mean-delta", "multitask", "b1", "b2")
-TRAIN_RUNS = {  # method -> (run folder under workdir, the command that makes it)
-    "multitask": (Path("train") / "multitask", "llgbm train multitask"),
-    "b1": (Path("train") / "b1", "llgbm train delta-only --variant b1"),
-    "b2": (Path("train") / "b2", "llgbm train delta-only --variant b2"),
-}
 
 
 @dataclass
@@ -67,44 +55,9 @@ class EvalResult:
 
 # --------------------------------------------------------------------------- method names
 
-
-def method_slug(method: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", method).strip("-") or "method"
-
-
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """Validate method names (a folder must hold an adapter); list the valid ones otherwise."""
-    from ..adapters import CONFIG_FILE
-    from ..merging import get_strategy
-
-    if not methods:
-        raise InputError("--method: give at least one method; valid: " + _valid_methods())
-    out = []
-    for m in methods:
-        m = str(m).strip()
-        if m in FIXED_METHODS:
-            pass
-        elif m.startswith("merge:"):
-            get_strategy(m.split(":", 1)[1])
-        elif Path(m).expanduser().is_dir():
-            if not (Path(m).expanduser() / CONFIG_FILE).exists():
-                raise InputError(f"--method {m}: folder holds no {CONFIG_FILE}; give a PEFT LoRA adapter folder")
-        else:
-            import difflib
-
-            guess = difflib.get_close_matches(m, list(FIXED_METHODS), n=1)
-            raise InputError(f"--method {m}: unknown method" + (f" (did you mean {guess[0]!r}?)" if guess else "")
-                             + f"; valid: {_valid_methods()}")
-        if m in out:
-            raise InputError(f"--method {m}: given twice")
-        out.append(m)
-    return out
-
-
-def _valid_methods() -> str:
-    from ..merging import STRATEGIES
-
-    return ", ".join(FIXED_METHODS) + ", merge:<strategy> (" + ", ".join(STRATEGIES) + "), or an adapter folder"
+check_methods = M_.check_methods  # the names come from the method registry (services/eval_methods.py)
+method_slug = M_.method_slug
+teacher_of = M_.teacher_of
 
 
 def reproduce_command(resolved, methods, tasks, holdout, out: Path, test_sample: int,
@@ -127,19 +80,9 @@ def reproduce_command(resolved, methods, tasks, holdout, out: Path, test_sample:
         parts += [f"--{m}-checkpoint", str(ck)]
     for k, v in sorted((overrides or {}).items()):
         if v is not None and not k.startswith("eval."):
-            parts += ["--set", f"{k}={_toml_value(v)}"]
+            parts += ["--set", f"{k}={M_.toml_value(v)}"]
     parts.append("--force")
     return shlex.join(parts)
-
-
-def _toml_value(v: Any) -> str:
-    import json
-
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(v)
 
 
 # --------------------------------------------------------------------------- the world
@@ -163,59 +106,27 @@ class World:
     holdout: list[str]
 
 
-def teacher_of(zoo, task: str):
-    """A task's teacher: its latest checkpoint (highest step, then id)."""
-    entries = zoo.by_task(task)
-    return max(entries, key=lambda e: (e.step if e.step is not None else -1, e.id))
-
-
-def _open_cache(resolved, model, probes, spec):
-    from ..deltas.cache import DeltaCache, make_header
-
-    cfg = resolved.config
-    folder = resolved.resolve_path(cfg.delta.cache)
-    cache = DeltaCache.open(folder)
-    bad = cache.mismatches(make_header(model, probes, spec, cfg.model.base))
-    if bad:
-        raise InputError(f"{folder}: the delta cache was built with another {', '.join(bad)} than this config; "
-                         "run `llgbm cache-deltas` with this config (or point delta.cache at a matching cache)")
-    return cache
-
-
-def _cached(cache, entry) -> Any:
-    if entry.id not in cache:
-        raise InputError(f"{cache.folder}: no delta for zoo adapter {entry.id!r}; run `llgbm cache-deltas`")
-    return cache.row(entry.id)
-
-
 def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=None) -> World:
     import torch
 
-    from ..deltas.compute import DeltaSpec, resolve_layers
-    from ..deltas.probes import load_probes
+    from ..deltas.context import DeltaContext
+    from ..holdout import split
     from ..models import load_base_model
     from ..zoo import Zoo
 
     cfg = resolved.config
-    zoo = Zoo.load(resolved.resolve_path(cfg.zoo.path))
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
-        raise InputError(f"{zoo.manifest_path}: the zoo is empty; run `llgbm zoo build` first")
+        raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
     if model is None:
         model, tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
-    spec = DeltaSpec.from_config(cfg.delta)
-    try:
-        resolve_layers(model, spec)
-    except ValueError as e:
-        raise InputError(str(e))
-    pc = cfg.probes
-    probes = load_probes(pc.source, tok, count=pc.count, chat_template=pc.chat_template, max_length=pc.max_length,
-                         seed=cfg.project.seed).to(next(model.parameters()).device)
-    cache = _open_cache(resolved, model, probes, spec)
+    ctx = DeltaContext.build(resolved, model, tok)
+    cache = ctx.open_cache()
     teachers = {t: teacher_of(zoo, t) for t in zoo.tasks()}
-    teacher_deltas = {t: _cached(cache, e).float() for t, e in teachers.items()}
-    train_entries = [e for e in zoo.entries if e.task not in holdout]
-    train_mean = torch.stack([_cached(cache, e).float() for e in train_entries]).mean(0)
-    return World(resolved, model, tok, probes, spec, zoo, cache, teachers, teacher_deltas, train_entries,
+    teacher_deltas = {t: ctx.cached(cache, e).float() for t, e in teachers.items()}
+    train_entries, _ = split(zoo.entries, holdout, key="--holdout")
+    train_mean = torch.stack([ctx.cached(cache, e).float() for e in train_entries]).mean(0)
+    return World(resolved, model, tok, ctx.probes, ctx.spec, zoo, cache, teachers, teacher_deltas, train_entries,
                  train_mean, list(holdout))
 
 
@@ -243,137 +154,15 @@ def _check_fits(world: World, ad, label: str) -> None:
     validate_against(ad, world.model)
 
 
-def _condition_texts(world: World, task: str, mode: str, n: int) -> list[str]:
-    from ..generators.condition import describe_task
+@dataclass
+class _BuildContext:
+    """What a method builder may use: the shared world, given checkpoints, the output folder
+    (``out``, final) and the folder being written (``tmp``, renamed to ``out`` at the end)."""
 
-    if mode == "description":
-        return [describe_task(task)]
-    cond = list(world.teachers[task].condition or [])
-    if not cond:
-        from ..data import sample
-
-        cond = [r.prompt for r in sample(task, "train", max(n, 8), seed=world.resolved.config.project.seed)]
-    return cond
-
-
-def _checkpoint(world: World, method: str, given: Optional[Path]) -> Path:
-    from ..training.loop import FINAL
-
-    run, cmd = TRAIN_RUNS[method]
-    ckpt = Path(given) if given is not None else world.resolved.workdir / run / FINAL
-    if not ckpt.exists():
-        raise InputError(f"method {method}: no checkpoint at {ckpt}; make it with `{cmd}`")
-    return ckpt
-
-
-def _seen_tasks(meta: dict[str, Any], prov: Optional[dict[str, Any]], section: str) -> Optional[list[str]]:
-    if "trained_on" in meta:
-        return list(meta["trained_on"])
-    cfg = (prov or {}).get("config") or {}
-    return None if not cfg else sorted(set(cfg.get("zoo", {}).get("tasks", [])) -
-                                        set(cfg.get("train", {}).get(section, {}).get("holdout_tasks", [])))
-
-
-def _refuse_seen(method: str, where: Path, seen: Optional[list[str]], holdout: list[str], section: str) -> None:
-    if seen is None:
-        if holdout:
-            raise InputError(f"method {method}: {where} does not record which tasks it was trained on, so "
-                             f"{', '.join(holdout)} cannot be called held out; retrain it with this llgbm")
-        return
-    clash = [t for t in holdout if t in seen]
-    if clash:
-        raise InputError(
-            f"--holdout {', '.join(clash)}: method {method} saw {'it' if len(clash) == 1 else 'them'} in training "
-            f"({where} trained on {', '.join(seen)}); retrain with --set train.{section}.holdout_tasks="
-            f"{_toml_value(clash)} or drop --holdout"
-        )
-
-
-def generator_adapters(world: World, method: str, tasks: list[str], given: Optional[Path] = None):
-    """Per task a generated LoraAdapter from a generator checkpoint (multitask or b1)."""
-    from ..adapters import LoraAdapter, LoraModule
-    from ..generators.base import load_generator
-    from ..io import read_provenance
-    from ..models import load_encoder
-    from .generate import generate_modules
-
-    section = "multitask" if method == "multitask" else "delta_only"
-    ckpt = _checkpoint(world, method, given)
-    gen, meta = load_generator(ckpt, device=next(world.model.parameters()).device)
-    if meta.get("base_model") not in (None, world.resolved.config.model.base):
-        raise InputError(f"method {method}: {ckpt} generates adapters for base model {meta['base_model']!r}, "
-                         f"but this evaluation runs on {world.resolved.config.model.base!r}")
-    seen = _seen_tasks(meta, read_provenance(ckpt) or read_provenance(ckpt.parent), section)
-    _refuse_seen(method, ckpt, seen, world.holdout, section)
-    cond = meta.get("condition", {})
-    encoder = load_encoder(meta["encoder"], "cpu", max_length=cond.get("max_text_length", 512))
-    lora = meta["lora"]
-    out = {}
-    for task in tasks:
-        texts = _condition_texts(world, task, cond.get("mode", "prompts"), int(cond.get("n_prompts", 8)))
-        mods = generate_modules(gen, meta, texts, seed=world.resolved.config.project.seed, encoder=encoder)
-        mods = {k: LoraModule(m.A.detach().float().cpu(), m.B.detach().float().cpu(), float(m.scaling))
-                for k, m in mods.items()}
-        out[task] = LoraAdapter(mods, int(lora["rank"]), float(lora["alpha"]), list(lora["target_modules"]),
-                                base_model=meta.get("base_model"))
-    info = {"checkpoint": str(ckpt), "trained_on": seen, "generator": meta.get("generator"), "step": meta.get("step")}
-    return out, info, {t: (seen is not None and t not in seen) for t in tasks}
-
-
-def retrieval_adapters(world: World, tasks: list[str], folder: Path):
-    """B2: the predictor's delta for the task's condition -> index top-k -> merge, written under ``folder``."""
-    from ..adapters import load_adapter
-    from ..generators.predictor import load_predictor
-    from ..models import load_encoder
-    from .retrieve import retrieve
-    from .train_delta_only import b2_folder
-
-    resolved = world.resolved
-    pfolder = b2_folder(resolved)
-    if not pfolder.exists():
-        raise InputError(f"method b2: no delta predictor at {pfolder}; make it with `{TRAIN_RUNS['b2'][1]}` "
-                         "and an index with `llgbm index build`")
-    _, meta = load_predictor(pfolder)
-    # Only the adapters it was fitted on count as seen: val_ids (the held-out tasks when
-    # holdout_tasks is set) were only measured, never trained on.
-    ids = list(meta.get("train_ids", []))
-    by_id = {e.id: e.task for e in world.zoo.entries}
-    seen = sorted({by_id[i] for i in ids if i in by_id}) if ids else None
-    _refuse_seen("b2", pfolder, seen, world.holdout, "delta_only")
-    strategy = resolved.config.retrieve.merge_strategy
-    encoder = load_encoder(meta.get("encoder", resolved.config.model.encoder), "cpu")
-    out, hits = {}, {}
-    for task in tasks:
-        texts = _condition_texts(world, task, "prompts", 8)
-        r = retrieve(resolved, prompts=texts, merge=strategy, out=folder / task, encoder=encoder)
-        leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
-        if leaked:
-            raise InputError(f"method b2: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
-                             f"index without the held-out tasks' adapters (`llgbm index build`)")
-        hits[task] = [{"id": h["id"], "task": h.get("task"), "score": h.get("score")} for h in r.hits]
-        out[task] = load_adapter(folder / task)
-    info = {"predictor": str(pfolder), "trained_on": seen, "strategy": strategy, "hits": hits}
-    return out, info, {t: (seen is not None and t not in seen) for t in tasks}
-
-
-def merge_entries(world: World, task: str) -> list[Any]:
-    ids = world.resolved.config.eval.merge_adapters
-    if ids:
-        return [world.zoo.get(i) for i in ids]
-    others = [t for t in sorted({e.task for e in world.train_entries}) if t != task]
-    if not others:
-        raise InputError(f"merge: no training task other than {task} to merge; set eval.merge_adapters")
-    return [teacher_of(world.zoo, t) for t in others]
-
-
-def _merge(world: World, entries: list[Any], strategy: str):
-    from ..adapters import load_adapter
-    from ..merging import merge_adapters
-
-    mc = world.resolved.config.merge
-    ads = [load_adapter(world.zoo.path_of(e)) for e in entries]
-    return merge_adapters(ads, strategy, density=mc.density, drop_rate=mc.drop_rate, seed=mc.seed,
-                          space=mc.space, rank=mc.rank)
+    world: World
+    checkpoints: dict[str, Path]
+    out: Path
+    tmp: Path
 
 
 # --------------------------------------------------------------------------- the service
@@ -394,172 +183,187 @@ def run_eval(
 ) -> EvalResult:
     """Evaluate ``methods`` on ``tasks`` (defaults from ``[eval]``); see the module doc.
 
-    ``checkpoints`` overrides the checkpoint folder of ``multitask``/``b1`` (used by ablate).
-    ``overrides`` are the config flags given, recorded in the reproduce command. Failed checks are
-    reported in the result; :func:`enforce_checks` turns them into an error (``--strict``).
+    Phases: adapters (one per method x task, from the method registry) -> deltas -> scoring ->
+    rows -> acceptance checks -> files. ``checkpoints`` overrides the checkpoint folder of
+    ``multitask``/``b1`` (used by ablate). ``overrides`` are the config flags given, recorded in the
+    reproduce command. Failed checks are reported in the result; :func:`enforce_checks` turns them
+    into an error (``--strict``).
     """
     import time
 
-    import torch
-
-    from ..adapters import save_adapter
-    from ..data import sample
-    from ..deltas.compute import compute_deltas
-    from ..evaluation import checks as C
-    from ..evaluation import metrics as M
-    from ..evaluation.plots import accuracy_plot, cosine_plot, curves_plot
-    from ..evaluation.reports import write_results
-    from ..io import atomic_dir, check_output, provenance, read_provenance, write_provenance
-    from ..tasks.scoring import score_adapter, score_multiple_choice
+    from ..io import atomic_dir, check_output, provenance, write_provenance
     from ..zoo import Zoo
 
     t0 = time.perf_counter()
     cfg = resolved.config
     ec = cfg.eval
     methods = check_methods(list(methods) if methods else list(ec.methods))
-    out = Path(out).expanduser() if out is not None else resolved.resolve_path(ec.out)
-    check_output(out, "evaluation", force=force, inputs=[resolved.resolve_path(cfg.zoo.path), *(checkpoints or {}).values()],
+    out = Path(out).expanduser() if out is not None else workdir.path(resolved, "eval")
+    check_output(out, "evaluation", force=force, inputs=[workdir.path(resolved, "zoo"), *(checkpoints or {}).values()],
                  roots=[resolved.workdir, resolved.root])
     holdout = list(holdout) if holdout else list(ec.holdout)
     tasks_in = list(tasks) if tasks else list(ec.tasks)
-    zoo_tasks = (world.zoo if world is not None else Zoo.load(resolved.resolve_path(cfg.zoo.path))).tasks()
+    zoo_tasks = (world.zoo if world is not None else Zoo.load(workdir.path(resolved, "zoo"))).tasks()
     tasks, holdout = resolve_tasks(zoo_tasks, tasks_in, holdout)
     if world is None:
         world = load_world(resolved, tasks, holdout)
     elif world.holdout != holdout:
         raise ValueError("world built for other held-out tasks")
-    test_sample = ec.test_sample
-    seed = cfg.project.seed
     checkpoints = dict(checkpoints or {})
-    command = reproduce_command(resolved, methods, tasks, holdout, out, test_sample, overrides, checkpoints)
-    result = EvalResult(str(out), command, cfg.model.base, seed, test_sample, methods, tasks, holdout)
+    command = reproduce_command(resolved, methods, tasks, holdout, out, ec.test_sample, overrides, checkpoints)
+    result = EvalResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, methods, tasks, holdout)
 
     with atomic_dir(out, force=force) as tmp:
-        # 1. one adapter (or None) per method x task, saved where it is not a zoo/user folder
-        adapters: dict[tuple[str, str], Any] = {}
-        where: dict[tuple[str, str], Optional[str]] = {}
-        heldout: dict[tuple[str, str], Optional[bool]] = {}
-        gen_task = progress.add("eval: adapters", total=len(methods) * len(tasks))
-        for m in methods:
-            if m == "base":
-                for t in tasks:
-                    adapters[m, t], where[m, t], heldout[m, t] = None, None, True
-            elif m == "teacher":
-                from ..adapters import load_adapter
-
-                for t in tasks:
-                    p = world.zoo.path_of(world.teachers[t])
-                    adapters[m, t], where[m, t], heldout[m, t] = load_adapter(p), str(p), False
-            elif m == "mean-delta":
-                merged = _merge(world, world.train_entries, "linear")
-                for t in tasks:
-                    adapters[m, t], heldout[m, t] = merged, t in holdout
-            elif m.startswith("merge:"):
-                strategy = m.split(":", 1)[1]
-                for t in tasks:
-                    entries = merge_entries(world, t)
-                    adapters[m, t] = _merge(world, entries, strategy)
-                    heldout[m, t] = all(e.task != t for e in entries)
-            elif m in ("multitask", "b1"):
-                ads, info, held = generator_adapters(world, m, tasks, checkpoints.get(m))
-                result.runs[m] = info
-                for t in tasks:
-                    adapters[m, t], heldout[m, t] = ads[t], held[t]
-            elif m == "b2":
-                rel = Path("adapters") / "b2"
-                ads, info, held = retrieval_adapters(world, tasks, tmp / rel)
-                result.runs[m] = info
-                for t in tasks:
-                    adapters[m, t], heldout[m, t], where[m, t] = ads[t], held[t], str(out / rel / t)
-            else:
-                from ..adapters import load_adapter
-
-                ad = load_adapter(m)
-                for t in tasks:
-                    adapters[m, t], where[m, t], heldout[m, t] = ad, str(Path(m).expanduser()), None
-            for t in tasks:
-                ad = adapters[m, t]
-                if ad is not None:
-                    _check_fits(world, ad, m)
-                    if (m, t) not in where:
-                        rel = Path("adapters") / method_slug(m) / t
-                        save_adapter(tmp / rel, ad, base_model=cfg.model.base,
-                                     provenance=provenance("eval", resolved.to_dict(), method=m, task=t))
-                        where[m, t] = str(out / rel)
-                progress.advance(gen_task)
-
-        # 2. deltas of every adapter, on the cache's probes and spec
-        keys = [k for k in adapters if adapters[k] is not None]
-        d_task = progress.add("eval: deltas", total=len(keys))
-        deltas = compute_deltas(world.model, [adapters[k] for k in keys], world.probes, world.spec,
-                                cfg.delta.adapters_per_batch, progress=lambda k: progress.advance(d_task, k),
-                                pack=cfg.delta.pack)
-        method_delta = {k: deltas[i] for i, k in enumerate(keys)}
-        zero = torch.zeros_like(world.train_mean)
-
-        # 3. task accuracy
-        s_task = progress.add("eval: scoring", total=len(tasks) * len(methods))
-        kw = dict(batch_size=ec.batch_size, chat_template=cfg.data.chat_template, max_length=cfg.data.max_length)
-        base_acc, acc, nq = {}, {}, {}
-        for t in tasks:
-            recs = sample(t, "test", test_sample, seed=seed)
-            nq[t] = len(recs)
-            base_acc[t] = score_multiple_choice(world.model, world.tok, recs, **kw).accuracy
-            for m in methods:
-                ad = adapters[m, t]
-                acc[m, t] = base_acc[t] if ad is None else score_adapter(world.model, world.tok, ad, recs, **kw).accuracy
-                progress.advance(s_task)
-
-        # 4. rows and summary
-        for m in methods:
-            for t in tasks:
-                d = method_delta.get((m, t), zero)
-                row = {"method": m, "task": t, "heldout": heldout[m, t]}
-                row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
-                row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
-                           adapter=where.get((m, t)))
-                result.rows.append(row)
-        result.summary = summarize(result.rows, methods)
-
-        # 5. acceptance checks
-        curves: dict[str, list] = {}
-        for m in ("multitask", "b1", "b2"):
-            run = _run_folder(resolved, m, checkpoints.get(m), result.runs.get(m))
-            if run is None:
-                continue
-            rows = C.read_metrics_file(run / "metrics.jsonl")
-            curves[m] = rows
-            if m in methods:
-                ck = Path(result.runs[m]["checkpoint"]) if m in result.runs and "checkpoint" in result.runs[m] else None
-                result.checks.extend(C.training_checks(m, rows, read_provenance(run), ck))
-                if m == "b1":
-                    result.checks.append(C.training_degeneracy(m, rows))
-        for m in ("b1", "multitask"):
-            if m in methods:
-                gen_d = {t: method_delta[m, t] for t in tasks if (m, t) in method_delta}
-                norms = {t: float(sum(float(mod.delta_weight().norm()) ** 2 for mod in adapters[m, t].modules.values())
-                                  ** 0.5) for t in tasks}
-                if len(tasks) > 1:
-                    result.checks.append(C.not_degenerate(m, gen_d, norms))
-        result.checks.append(C.beats_base(result.rows))
-        result.checks.append(C.retrieval_floor(result.summary, ec.floor_tolerance))
-        result.checks = [c for c in result.checks if c is not None]
-
-        # 6. files
-        plots = tmp / "plots"
-        plots.mkdir()
-        made = [accuracy_plot(result.rows, plots / "accuracy.png"), cosine_plot(result.summary, plots / "delta_cosine.png")]
-        if curves:
-            made.append(curves_plot(curves, plots / "training_curves.png"))
-        result.plots = [str(out / "plots" / p.name) for p in made if p is not None]
-        result.seconds = time.perf_counter() - t0
-        files = write_results(tmp, result.to_dict())
-        result.files = {k: str(out / Path(v).name) for k, v in files.items()}
+        built = _adapters_phase(_BuildContext(world, checkpoints, out, tmp), methods, tasks, result, progress)
+        method_delta = _deltas_phase(world, built, progress)
+        acc, base_acc, nq = _scoring_phase(world, built, methods, tasks, progress)
+        _rows_phase(world, built, method_delta, acc, base_acc, nq, methods, tasks, result)
+        curves = _checks_phase(resolved, built, method_delta, methods, tasks, checkpoints, result)
+        _files_phase(tmp, out, curves, result, t0)
         write_provenance(tmp, provenance("eval", resolved.to_dict(), methods=methods, tasks=tasks, holdout=holdout,
                                          cache_header={k: world.cache.header.get(k) for k in
                                                        ("base_fingerprint", "probe_fingerprint", "spec")},
                                          runs=result.runs))
     return result
+
+
+@dataclass
+class _Built:
+    """Every method x task adapter (None: the base model), where it lives and whether it is held out."""
+
+    adapters: dict[tuple[str, str], Any] = field(default_factory=dict)
+    where: dict[tuple[str, str], Optional[str]] = field(default_factory=dict)
+    heldout: dict[tuple[str, str], Optional[bool]] = field(default_factory=dict)
+
+
+def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], result: EvalResult, progress) -> _Built:
+    """1. one adapter (or None) per method x task, saved under ``adapters/`` where it is not a zoo/user folder."""
+    from ..adapters import save_adapter
+    from ..io import provenance
+
+    resolved = ctx.world.resolved
+    b = _Built()
+    gen_task = progress.add("eval: adapters", total=len(methods) * len(tasks))
+    for m in methods:
+        made = M_.method_of(m).build(ctx, m, tasks)
+        if made.info is not None:
+            result.runs[m] = made.info
+        for t in tasks:
+            ad = b.adapters[m, t] = made.adapters[t]
+            b.heldout[m, t] = made.heldout[t]
+            if t in made.where:
+                b.where[m, t] = made.where[t]
+            if ad is not None:
+                _check_fits(ctx.world, ad, m)
+                if (m, t) not in b.where:
+                    rel = Path("adapters") / method_slug(m) / t
+                    save_adapter(ctx.tmp / rel, ad, base_model=resolved.config.model.base,
+                                 provenance=provenance("eval", resolved.to_dict(), method=m, task=t))
+                    b.where[m, t] = str(ctx.out / rel)
+            progress.advance(gen_task)
+    return b
+
+
+def _deltas_phase(world: World, b: _Built, progress) -> dict[tuple[str, str], Any]:
+    """2. the delta of every adapter, on the cache's probes and spec."""
+    from ..deltas.compute import compute_deltas
+
+    cfg = world.resolved.config
+    keys = [k for k in b.adapters if b.adapters[k] is not None]
+    d_task = progress.add("eval: deltas", total=len(keys))
+    deltas = compute_deltas(world.model, [b.adapters[k] for k in keys], world.probes, world.spec,
+                            cfg.delta.adapters_per_batch, progress=lambda k: progress.advance(d_task, k),
+                            pack=cfg.delta.pack)
+    return {k: deltas[i] for i, k in enumerate(keys)}
+
+
+def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str], progress):
+    """3. task accuracy of every method x task on the same sampled test questions."""
+    from ..data import sample
+    from ..tasks.scoring import score_adapter, score_multiple_choice
+
+    cfg = world.resolved.config
+    ec = cfg.eval
+    s_task = progress.add("eval: scoring", total=len(tasks) * len(methods))
+    kw = dict(batch_size=ec.batch_size, chat_template=cfg.data.chat_template, max_length=cfg.data.max_length)
+    base_acc, acc, nq = {}, {}, {}
+    for t in tasks:
+        recs = sample(t, "test", ec.test_sample, seed=cfg.project.seed)
+        nq[t] = len(recs)
+        base_acc[t] = score_multiple_choice(world.model, world.tok, recs, **kw).accuracy
+        for m in methods:
+            ad = b.adapters[m, t]
+            acc[m, t] = base_acc[t] if ad is None else score_adapter(world.model, world.tok, ad, recs, **kw).accuracy
+            progress.advance(s_task)
+    return acc, base_acc, nq
+
+
+def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, methods, tasks, result: EvalResult) -> None:
+    """4. one row per method x task, and the per-method summary."""
+    import torch
+
+    from ..evaluation import metrics as M
+
+    zero = torch.zeros_like(world.train_mean)
+    for m in methods:
+        for t in tasks:
+            d = method_delta.get((m, t), zero)
+            row = {"method": m, "task": t, "heldout": b.heldout[m, t]}
+            row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
+            row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
+                       adapter=b.where.get((m, t)))
+            result.rows.append(row)
+    result.summary = summarize(result.rows, methods)
+
+
+def _checks_phase(resolved, b: _Built, method_delta, methods, tasks, checkpoints, result: EvalResult) -> dict[str, list]:
+    """5. the plans' acceptance checks; returns the training curves of every run found (for the plots)."""
+    from ..evaluation import checks as C
+    from ..io import read_provenance
+
+    curves: dict[str, list] = {}
+    for m, meth in M_.METHODS.items():
+        if meth.run is None:
+            continue
+        run = _run_folder(resolved, m, checkpoints.get(m), result.runs.get(m))
+        if run is None:
+            continue
+        rows = C.read_metrics_file(run / "metrics.jsonl")
+        curves[m] = rows
+        if m in methods:
+            ck = Path(result.runs[m]["checkpoint"]) if m in result.runs and "checkpoint" in result.runs[m] else None
+            result.checks.extend(C.training_checks(m, rows, read_provenance(run), ck))
+            if meth.section == "delta_only" and meth.generator:
+                result.checks.append(C.training_degeneracy(m, rows))
+    for m in sorted(n for n, meth in M_.METHODS.items() if meth.generator):
+        if m in methods:
+            gen_d = {t: method_delta[m, t] for t in tasks if (m, t) in method_delta}
+            norms = {t: float(sum(float(mod.delta_weight().norm()) ** 2 for mod in b.adapters[m, t].modules.values())
+                              ** 0.5) for t in tasks}
+            if len(tasks) > 1:
+                result.checks.append(C.not_degenerate(m, gen_d, norms))
+    result.checks.append(C.beats_base(result.rows))
+    result.checks.append(C.retrieval_floor(result.summary, resolved.config.eval.floor_tolerance))
+    result.checks = [c for c in result.checks if c is not None]
+    return curves
+
+
+def _files_phase(tmp: Path, out: Path, curves: dict[str, list], result: EvalResult, t0: float) -> None:
+    """6. plots and results.{md,json,csv}."""
+    import time
+
+    from ..evaluation.plots import accuracy_plot, cosine_plot, curves_plot
+    from ..evaluation.reports import write_results
+
+    plots = tmp / "plots"
+    plots.mkdir()
+    made = [accuracy_plot(result.rows, plots / "accuracy.png"), cosine_plot(result.summary, plots / "delta_cosine.png")]
+    if curves:
+        made.append(curves_plot(curves, plots / "training_curves.png"))
+    result.plots = [str(out / "plots" / p.name) for p in made if p is not None]
+    result.seconds = time.perf_counter() - t0
+    files = write_results(tmp, result.to_dict())
+    result.files = {k: str(out / Path(v).name) for k, v in files.items()}
 
 
 def enforce_checks(result: EvalResult) -> None:
@@ -579,7 +383,7 @@ def _run_folder(resolved, method: str, given: Optional[Path], info: Optional[dic
     elif given is not None:
         p = Path(given).parent
     else:
-        p = resolved.workdir / TRAIN_RUNS[method][0]
+        p = workdir.path(resolved, M_.METHODS[method].run)
     return p if (p / "metrics.jsonl").exists() else None
 
 

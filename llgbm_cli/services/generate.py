@@ -6,45 +6,21 @@ generator's adapter for a task.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import InputError
-
-_JSON_FIELDS = ("text", "prompt", "instruction")
-
+from ..prompt_files import read_prompt_file
 
 def read_prompts_file(path: str | Path) -> list[str]:
-    """Prompts from a ``.txt`` (one per line) or ``.jsonl`` (strings or objects with text/prompt/instruction)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"{p}: --prompts-file not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--prompts-file {p}: not UTF-8 text (byte {e.start}); give a .txt or .jsonl file")
-    lines = [l for l in text.splitlines() if l.strip()]
-    if p.suffix != ".jsonl":
-        return lines
-    out = []
-    for n, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: not JSON ({e.msg}); use one JSON value per line")
-        if isinstance(row, dict):
-            row = next((row[k] for k in _JSON_FIELDS if isinstance(row.get(k), str)), None)
-        if not isinstance(row, str):
-            raise InputError(f"{p}:{n}: expected a string or an object with one of {', '.join(_JSON_FIELDS)}")
-        out.append(row)
-    return out
+    """Prompts of ``--prompts-file`` (the one prompt-file rule, :mod:`llgbm_cli.prompt_files`)."""
+    return read_prompt_file(path, label="--prompts-file")
 
 
 def default_checkpoint(resolved) -> Path:
-    from .train_multitask import OUT_SUBDIR
+    from .. import workdir
 
-    return resolved.workdir / OUT_SUBDIR / "final"
+    return workdir.final_checkpoint(resolved, "multitask")
 
 
 def generate_modules(generator, meta: dict[str, Any], texts: Sequence[str], *, seed: int = 0, encoder=None):
@@ -75,13 +51,14 @@ def generate_adapter(
     force: bool = False,
 ) -> dict[str, Any]:
     """Write a PEFT LoRA folder generated from ``texts`` (and/or ``description``)."""
+    from .. import workdir
     from ..adapters import save_adapter
     from ..generators.base import load_generator
     from ..io import check_output, provenance, sha256_file
 
     ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(resolved)
     if not ckpt.exists():
-        raise InputError(f"{ckpt}: no generator checkpoint; train one with `llgbm train multitask` or pass --checkpoint")
+        raise InputError(f"{ckpt}: no generator checkpoint; train one with `{workdir.made_by('multitask')}` or pass --checkpoint")
     out = Path(out).expanduser()
     check_output(out, "adapter", force=force, inputs=[ckpt], roots=[resolved.workdir, resolved.root])
     texts = [t for t in texts if t.strip()] + ([description] if description else [])

@@ -7,8 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
+from .. import holdout, workdir
 from ..config import ResolvedConfig
+from ..deltas.context import open_cache
 from ..errors import InputError
 
 
@@ -28,34 +30,12 @@ class IndexBuildResult:
         return asdict(self)
 
 
-def cache_folder(resolved: ResolvedConfig) -> Path:
-    return resolved.resolve_path(resolved.config.delta.cache)
-
-
-def index_folder(resolved: ResolvedConfig) -> Path:
-    return resolved.resolve_path(resolved.config.index.path)
-
-
-def open_cache(folder: Path):
-    """Open the delta cache, refusing a missing or empty one with the command that fills it."""
-    try:
-        from ..deltas.cache import DeltaCache
-    except ImportError:  # pragma: no cover - the cache module ships with llgbm
-        raise InputError("the delta cache module is not available in this installation")
-    if not folder.exists():
-        raise InputError(f"{folder}: no delta cache; compute it with `llgbm cache-deltas`")
-    cache = DeltaCache.open(folder)
-    if len(cache.ids) == 0:
-        raise InputError(f"{folder}: the delta cache is empty; compute deltas with `llgbm cache-deltas`")
-    return cache
-
-
 def zoo_tasks(resolved: ResolvedConfig) -> dict[str, str]:
     """Adapter id -> task from the zoo manifest (empty when there is no zoo)."""
     from ..zoo import Zoo
 
     try:
-        zoo = Zoo.load(resolved.resolve_path(resolved.config.zoo.path), must_exist=False)
+        zoo = Zoo.load(workdir.path(resolved, "zoo"), must_exist=False)
     except InputError:
         return {}
     return {e.id: e.task for e in zoo.entries}
@@ -74,8 +54,8 @@ def build_index(
 
     cfg = resolved.config
     get_kind(cfg.index.kind)  # fail on a bad kind before touching the cache
-    src = cache_folder(resolved)
-    folder = Path(out) if out is not None else index_folder(resolved)
+    src = workdir.path(resolved, "deltas")
+    folder = Path(out) if out is not None else workdir.path(resolved, "index")
     check_output(folder, "delta index", force=force, inputs=[src], roots=[resolved.workdir, resolved.root])
     cache = open_cache(src)
     task = progress.add("index: reading cache", total=None)
@@ -84,13 +64,8 @@ def build_index(
     tasks_by_id = zoo_tasks(resolved)
     excluded = set(cfg.index.exclude_tasks)
     if excluded:
-        unknown = excluded - set(tasks_by_id.values())
-        if unknown:
-            raise InputError(f"index.exclude_tasks: {sorted(unknown)} not among the zoo's tasks "
-                             f"{sorted(set(tasks_by_id.values()))}")
-        keep = [i for i, a in enumerate(ids) if tasks_by_id.get(a) not in excluded]
-        if not keep:
-            raise InputError("index.exclude_tasks: every adapter is excluded; keep at least one task")
+        keep, _ = holdout.split(list(range(len(ids))), cfg.index.exclude_tasks, key="index.exclude_tasks",
+                                task_of=lambda i: tasks_by_id.get(ids[i]), known=tasks_by_id.values())
         ids = [ids[i] for i in keep]
         matrix = matrix[keep]
     progress.update(task, description=f"index: building {cfg.index.kind} over {len(ids)} deltas")
@@ -130,6 +105,6 @@ def index_info(resolved: ResolvedConfig) -> dict[str, Any]:
     """The saved index's metadata: kind, parameters, size, and the cache header it came from."""
     from ..index import DeltaIndex
 
-    folder = index_folder(resolved)
+    folder = workdir.path(resolved, "index")
     idx = DeltaIndex.load(folder)
     return {"path": str(folder), **idx.meta, "tasks": sorted({t for t in idx.tasks if t})}

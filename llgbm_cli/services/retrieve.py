@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..commands.common import NULL_PROGRESS
+from ..progress import NULL_PROGRESS
+from .. import workdir
 from ..config import ResolvedConfig
 from ..errors import InputError
+from .generate import read_prompts_file  # noqa: F401  (the one reader; re-exported for the command)
 
 
 @dataclass
@@ -30,40 +32,6 @@ class RetrieveResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def read_prompts_file(path: str | Path) -> list[str]:
-    """Non-empty lines of a text file, or the "text"/"prompt" field of each JSONL row."""
-    import json
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--prompts-file {p}: no such file")
-    if p.is_dir():
-        raise InputError(f"--prompts-file {p}: is a folder; give a .txt or .jsonl file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--prompts-file {p}: not UTF-8 text (byte {e.start}); give a .txt or .jsonl file")
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if p.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputError(f"--prompts-file {p}:{n}: not JSON; use one JSON object per line or a .txt file")
-            text = row.get("text") or row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise InputError(f"--prompts-file {p}:{n}: needs a \"text\" or \"prompt\" string field")
-            out.append(text)
-        else:
-            out.append(line)
-    if not out:
-        raise InputError(f"--prompts-file {p}: no prompts in it")
-    return out
 
 
 def similarity_weights(scores: Sequence[float]) -> tuple[list[float], Optional[str]]:
@@ -92,8 +60,7 @@ def retrieve(
 ) -> RetrieveResult:
     """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter."""
     from ..index import DeltaIndex, params_from_config
-    from .index import cache_folder, index_folder, zoo_tasks
-    from .train_delta_only import b2_folder
+    from .index import zoo_tasks
 
     cfg = resolved.config
     given = [x for x in (text, prompts, adapter_id) if x]
@@ -101,7 +68,7 @@ def retrieve(
         raise InputError("give exactly one query: TEXT, --prompts-file FILE or --adapter-delta ID")
     if merge is not None and out is None:
         raise InputError("--merge needs --out DIR: the folder the merged adapter is written to")
-    folder = index_folder(resolved)
+    folder = workdir.path(resolved, "index")
     idx = DeltaIndex.load(folder, device=cfg.index.device)
     notes: list[str] = []
     k_req = int(k if k is not None else cfg.retrieve.top_k)
@@ -113,10 +80,10 @@ def retrieve(
     if adapter_id:
         import numpy as np
 
-        from .index import open_cache
+        from ..deltas.context import open_cache
 
         idx.row_of(adapter_id)  # fails early with the ids it knows
-        cache = open_cache(cache_folder(resolved))
+        cache = open_cache(workdir.path(resolved, "deltas"))
         idx.check_source(cache.header, what=f"the delta cache {cache.folder}", dim=cache.dim)
         vec = np.asarray(cache.row(adapter_id).numpy(), dtype=np.float32)
         query = f"adapter:{adapter_id}"
@@ -126,7 +93,7 @@ def retrieve(
         from ..generators.predictor import condition_vector, load_predictor
         from ..models import load_encoder
 
-        pfolder = b2_folder(resolved)
+        pfolder = workdir.path(resolved, "b2")
         model, meta = load_predictor(pfolder)
         predictor_path = str(pfolder)
         idx.check_source(meta.get("cache"), what=f"the B2 predictor {pfolder}", dim=model.delta_dim)
@@ -162,7 +129,7 @@ def retrieve(
         mr = merge_to_folder(
             [h["id"] for h in rows], out, merge, weights, density=mc.density, drop_rate=mc.drop_rate,
             seed=mc.seed, space=mc.space, rank=mc.rank, device=mc.device, force=force,
-            zoo=resolved.resolve_path(cfg.zoo.path), config=resolved.to_dict(), progress=progress,
+            zoo=workdir.path(resolved, "zoo"), config=resolved.to_dict(), progress=progress,
         )
         result.merged = {"out": mr.out, "strategy": mr.strategy, "weights": weights,
                          "applied_weights": mr.weights, "rank": mr.rank, "notes": mr.notes}

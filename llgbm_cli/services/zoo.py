@@ -55,7 +55,9 @@ def adapter_id(task: str, step: int) -> str:
 
 
 def zoo_dir(resolved) -> Path:
-    return resolved.resolve_path(resolved.config.zoo.path)
+    from .. import workdir
+
+    return workdir.path(resolved, "zoo")
 
 
 def build_spec(resolved) -> dict[str, Any]:
@@ -142,7 +144,7 @@ class BuildResult:
 def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = False, progress=None,
               model_and_tokenizer=None) -> BuildResult:
     """Train the teacher trajectories of ``tasks`` (default ``[zoo] tasks``) into the zoo folder."""
-    from ..commands.common import NULL_PROGRESS
+    from ..progress import NULL_PROGRESS
     from ..data import check_dataset
 
     progress = progress or NULL_PROGRESS
@@ -425,7 +427,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     The report is also written to ``<zoo>/scores.json`` for later commands.
     """
     from ..adapters import load_adapter, validate_against
-    from ..commands.common import NULL_PROGRESS
+    from ..progress import NULL_PROGRESS
     from ..data import check_dataset, sample
     from ..tasks.scoring import score_adapter, score_multiple_choice
 

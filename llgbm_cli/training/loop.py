@@ -20,7 +20,7 @@ STATE = "trainer_state.json"  # step, optimizer hyper-parameters, scheduler (JSO
 STATE_TENSORS = "trainer_state.safetensors"  # optimizer moments and the RNG state
 LEGACY_STATE = "trainer_state.pt"  # older runs: read with weights_only=True, never with full pickle
 WEIGHTS = "generator.safetensors"
-FINAL = "final"
+from ..workdir import FINAL  # noqa: E402,F401  (the folder name is part of the work-folder layout)
 
 
 class NonFiniteLoss(LlgbmError):

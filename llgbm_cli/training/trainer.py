@@ -1,0 +1,241 @@
+"""The generator-trainer skeleton shared by `train multitask` and `train delta-only --variant b1`.
+
+:func:`prepare` is the set-up (torchtune's *setup*): resume check with the trainer's resumable keys,
+holdout split, accelerator, run folder, base model and LoRA layout, teacher adapters, the delta
+context (probes, spec, base states, teacher deltas), the condition bank, and the generator built
+and initialized at the teachers' mean. :func:`finish` trains with the shared loop and closes the
+run (provenance, generator metadata on every checkpoint, removal of a replaced run). A trainer
+supplies only its loss, its ``step_fn`` and its ``eval_fn``; both return :class:`TrainerResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .. import holdout, workdir
+from ..errors import InputError
+
+
+@dataclass
+class TrainerSpec:
+    """What differs between the generator trainers' set-ups."""
+
+    command: str  # "train multitask": provenance and checkpoints record it
+    output: str  # work-folder output key: "multitask" or "b1"
+    section: str  # config section under [train]: "multitask" or "delta_only"
+    resumable: frozenset  # keys of that section that may change when a run is resumed
+    generator: str
+    generator_options: dict[str, Any]
+    holdout_tasks: Sequence[str]
+    condition_mode: str  # "prompts" or "description"
+    n_prompts: int
+    mixed_precision: str = "no"
+    init_from_teachers: bool = True
+    not_compared: Callable[[str], bool] = lambda key: False  # section keys another variant owns
+
+
+@dataclass
+class TrainerResult:
+    out_dir: str
+    final_checkpoint: str
+    steps: int
+    resumed_from: Optional[int]
+    generator: str
+    parameters: int
+    train_adapters: int
+    heldout_adapters: int
+    teacher_deltas: str
+    first: dict = field(default_factory=dict)
+    last: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    degeneracy_warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    is_main: bool = True
+    processes: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("is_main")
+        return d
+
+
+@dataclass
+class Prepared:
+    """Everything a trainer's step and eval functions use."""
+
+    resolved: Any
+    spec: TrainerSpec
+    out: Path
+    acc: Any
+    resume_ckpt: Optional[Path]
+    old: Optional[Path]
+    train_e: list
+    held_e: list
+    model: Any
+    layout: Any
+    adapters: list
+    scaling: float
+    teacher_ab: dict
+    teacher_tokens: Any
+    deltas: Any  # DeltaContext
+    base: Any  # base-model pooled states on the probes
+    t_deltas: Any  # [N, D] teacher deltas, entries order (training entries first)
+    delta_src: str
+    bank: Any
+    gen: Any
+
+    @property
+    def entries(self) -> list:
+        return self.train_e + self.held_e
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_e)
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    @property
+    def probes(self):
+        return self.deltas.probes
+
+    @property
+    def delta_spec(self):
+        return self.deltas.spec
+
+    @property
+    def condition(self) -> dict[str, Any]:
+        mt = self.resolved.config.train.multitask  # the condition encoding is shared with multitask
+        return {"mode": self.spec.condition_mode, "n_prompts": self.spec.n_prompts, "max_text_length": mt.max_text_length}
+
+
+def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
+    """Refuse to resume from a checkpoint whose config differs in anything but the resumable keys."""
+    from ..io import read_provenance
+    from .loop import is_checkpoint, load_trainer_state
+
+    if not is_checkpoint(ckpt):
+        raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.json)")
+    load_trainer_state(ckpt)  # refused before anything is loaded or written if it is not plain data
+    old = (read_provenance(ckpt) or {}).get("config")
+    if not old:
+        return
+    new = resolved.to_dict()
+    diffs = [s for s in ("model", "lora", "probes", "delta") if old.get(s) != new.get(s)]
+    od, nd = old.get("train", {}).get(spec.section, {}), new["train"][spec.section]
+    diffs += [f"train.{spec.section}.{k}" for k in nd
+              if k not in spec.resumable and not spec.not_compared(k) and od.get(k) != nd[k]]
+    if diffs:
+        raise InputError(f"{ckpt}: cannot resume: the config differs from the checkpoint's in {', '.join(diffs)}; "
+                         "restore those values or start afresh with --force")
+
+
+def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progress) -> Prepared:
+    """The set-up, in the order both trainers have always run it (so a seed gives the same run)."""
+    import torch
+
+    from ..deltas.context import DeltaContext
+    from ..generators import build_generator
+    from ..generators.condition import ConditionBank, describe_task
+    from ..lora.tokenizer import LoraTokenizer
+    from ..models import load_base_model, load_encoder
+    from ..registries import check_generator
+    from ..zoo import Zoo
+    from .loop import find_latest_checkpoint, make_accelerator
+    from ..io import check_output
+    from .world import load_teacher_adapters, restore_run_folder, start_run_folder
+
+    cfg = resolved.config
+    out = Path(out_dir) if out_dir is not None else workdir.path(resolved, spec.output)
+    # Every process checks before any writes, so all of them agree under `accelerate launch`.
+    resume_ckpt: Optional[Path] = None
+    if resume:
+        resume_ckpt = Path(resume) if not isinstance(resume, bool) else find_latest_checkpoint(out)
+        if resume_ckpt is None:
+            raise InputError(f"{out}: no checkpoint to resume from; start a run without --resume")
+        check_resume(resume_ckpt, resolved, spec)
+    elif out.exists() and out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
+    check_output(out, "training run", force=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
+
+    # A bad generator name or option names this trainer's section, before anything is loaded.
+    check_generator(spec.section, spec.generator, spec.generator_options)
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
+    if not zoo.entries:
+        raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
+    train_e, held_e = holdout.split(zoo.entries, spec.holdout_tasks, key=f"train.{spec.section}.holdout_tasks")
+    acc = make_accelerator(spec.mixed_precision, cfg.model.device)
+    old = start_run_folder(out, acc, force=force, resume=resume)
+    try:  # a failure or Ctrl-C from here on puts an earlier run back (see finish)
+        torch.manual_seed(cfg.project.seed)
+
+        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
+        layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
+        entries = train_e + held_e
+        n_train = len(train_e)
+        adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
+        teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
+
+        dctx = DeltaContext.build(resolved, model, tok, device=acc.device)
+        base = dctx.base_states()
+        t_deltas, delta_src = dctx.teacher_deltas(entries, adapters, progress if acc.is_main_process else None)
+        t_deltas = t_deltas.to(acc.device)
+
+        max_len = cfg.train.multitask.max_text_length  # the condition encoding is shared by the trainers
+        encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=max_len)
+        if spec.condition_mode == "prompts":
+            texts = [e.condition for e in entries]
+        else:
+            texts = [[describe_task(e.task)] for e in entries]
+        bank = ConditionBank.build(encoder, texts, spec.n_prompts, max_len)
+        del encoder
+
+        options = {"scaling": scaling, "n_prompts": spec.n_prompts, **spec.generator_options}
+        gen = build_generator(spec.generator, layout, bank.dim, options).to(acc.device)
+        if resume_ckpt is None and spec.init_from_teachers:
+            mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
+            gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
+        return Prepared(resolved, spec, out, acc, resume_ckpt, old, train_e, held_e, model, layout, adapters, scaling,
+                        teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen)
+    except BaseException:
+        restore_run_folder(out, old)
+        raise
+
+
+def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: Optional[dict] = None,
+           warnings: Sequence[str] = ()) -> TrainerResult:
+    """Train with the shared loop, then close the run: provenance, metadata on every checkpoint
+    and, after a successful ``--force`` run, the replaced run's removal."""
+    from ..io import provenance, write_provenance
+    from .loop import run_training
+    from .world import drop_old_run, generator_meta, restore_run_folder, save_generator_meta
+
+    cfg = run.resolved.config
+    meta_common = generator_meta(cfg, run.model, run.scaling, run.condition, run.delta_spec, run.probes,
+                                 run.train_e, run.held_e, **(meta_extra or {}))
+
+    def save_meta(folder: Path, net, step: int) -> None:
+        save_generator_meta(folder, meta_common, net, step)
+
+    try:
+        if run.main:
+            write_provenance(run.out, provenance(run.spec.command, run.resolved.to_dict(),
+                                                 teacher_deltas=run.delta_src,
+                                                 train_adapters=[e.id for e in run.train_e],
+                                                 heldout_adapters=[e.id for e in run.held_e]))
+        res = run_training(run.gen, step_fn, loop_cfg, run.out, accelerator=run.acc, save_meta=save_meta,
+                           config_dict=run.resolved.to_dict(), command=run.spec.command, resume_from=run.resume_ckpt,
+                           eval_fn=eval_fn, progress=progress if run.main else None)
+    except BaseException:  # interrupted or failed: the partial run goes, a replaced run comes back
+        restore_run_folder(run.out, run.old)
+        raise
+    drop_old_run(run.old)
+    return TrainerResult(
+        str(run.out), str(res.final_checkpoint), res.steps, res.resumed_from, run.spec.generator,
+        run.gen.num_parameters(), run.n_train, len(run.held_e), run.delta_src, res.first, res.last, res.eval,
+        list(warnings), res.seconds, run.main, res.processes,
+    )

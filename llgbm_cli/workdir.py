@@ -1,0 +1,75 @@
+"""The work folder's layout: every output a command writes, where it lives and which command makes it.
+
+One table (:data:`OUTPUTS`) names each output; :func:`path` resolves it for a project (config paths
+such as ``zoo.path`` are taken relative to the work folder, absolute ones stay), :func:`made_by` gives
+the command that makes it and :func:`hint` the "run `…` first" line that errors end with. A new
+output is one row here, so every message that points at it stays in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class Output:
+    key: str
+    what: str  # a few words for messages: "the delta cache"
+    command: str  # the command that makes it
+    location: Callable[[object], str]  # config -> folder, relative to the work folder (or absolute)
+
+
+OUTPUTS: dict[str, Output] = {o.key: o for o in (
+    Output("zoo", "the adapter zoo", "llgbm zoo build", lambda c: c.zoo.path),
+    Output("deltas", "the delta cache", "llgbm cache-deltas", lambda c: c.delta.cache),
+    Output("index", "the delta index", "llgbm index build", lambda c: c.index.path),
+    Output("multitask", "the multitask generator run", "llgbm train multitask", lambda c: "train/multitask"),
+    Output("b1", "the B1 generator run", "llgbm train delta-only --variant b1", lambda c: "train/b1"),
+    Output("b2", "the B2 delta predictor", "llgbm train delta-only --variant b2", lambda c: "train/b2"),
+    Output("eval", "the evaluation", "llgbm eval", lambda c: c.eval.out),
+    Output("ablation", "the ablation grid", "llgbm ablate", lambda c: c.ablation.out),
+    Output("merges", "merged adapters", "llgbm merge --out / llgbm retrieve --merge", lambda c: "merges"),
+)}
+
+# A trained generator's final checkpoint, inside its run folder (the training loop writes it).
+FINAL = "final"
+
+
+def _output(key: str) -> Output:
+    try:
+        return OUTPUTS[key]
+    except KeyError:
+        raise KeyError(f"no work-folder output {key!r}; known: {', '.join(OUTPUTS)}") from None
+
+
+def path(resolved, key: str) -> Path:
+    """Where output ``key`` lives for this project (config paths resolved against the work folder)."""
+    out = _output(key)
+    return resolved.resolve_path(out.location(resolved.config))
+
+
+def relative(key: str, config) -> str:
+    """The configured location of ``key`` as written (relative to the work folder unless absolute)."""
+    return str(_output(key).location(config))
+
+
+def made_by(key: str) -> str:
+    """The command that makes output ``key``."""
+    return _output(key).command
+
+
+def hint(key: str, when: Optional[str] = "first") -> str:
+    """``run `llgbm …` first``: the end of an error about a missing output."""
+    return f"run `{made_by(key)}`" + (f" {when}" if when else "")
+
+
+def final_checkpoint(resolved, key: str) -> Path:
+    """The final checkpoint of a generator run (``multitask`` or ``b1``)."""
+    return path(resolved, key) / FINAL
+
+
+def layout(resolved) -> dict[str, dict[str, str]]:
+    """Every output of this project: folder and the command that makes it (for ``config show``)."""
+    return {k: {"path": str(path(resolved, k)), "made_by": o.command} for k, o in OUTPUTS.items()}
