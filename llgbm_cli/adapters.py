@@ -83,6 +83,19 @@ def weights_sha256(path: str | Path) -> str:
     return sha256_file(Path(path) / WEIGHTS_FILE)
 
 
+def adapter_module_names(path: str | Path) -> list[str]:
+    """Names of the modules an adapter folder adapts, read from its weights file's header only
+    (no tensor is loaded). An unreadable file gives an empty list (loading it reports why)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return []
+    return sorted({m.group("module") for m in map(_KEY.match, keys) if m})
+
+
 def _pattern_value(patterns: dict, module: str, default):
     for key, val in (patterns or {}).items():
         if module == key or module.endswith("." + key) or re.fullmatch(key, module):

@@ -115,50 +115,11 @@ class State:
         self.json = json_out
         self.emitted = False  # set once the result object is on stdout
 
-    def load_config(self, overrides: Optional[dict[str, Any]] = None):
+    def load_config(self, overrides: Optional[dict[str, Any]] = None, flags: Optional[dict[str, str]] = None):
+        """The project config with ``overrides``; ``flags`` names the flag behind each overridden key."""
         from .config import load_config
 
-        return load_config(self.project, overrides, explicit=self.project is not None,
-                           origins=override_origins(overrides or {}))
-
-
-def override_origins(overrides: dict[str, Any]) -> dict[str, str]:
-    """Where each override came from on the command line: ``--set KEY=VALUE`` as typed, or the
-    command's own flag (found by its name matching the key's last part, else by its value)."""
-    try:  # Typer may carry its own copy of click; its context is the one that is current
-        from typer._click import globals as click
-    except ImportError:  # pragma: no cover
-        import click
-
-    from .config import parse_override
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return {}
-    out: dict[str, str] = {}
-    for text in ctx.params.get("set_") or []:
-        try:
-            out[parse_override(text)[0]] = f"--set {text}"
-        except LlgbmError:
-            pass
-    flags = []
-    for p in ctx.command.params:
-        if getattr(p, "param_type_name", "") != "option" or p.name == "set_" or ctx.params.get(p.name) is None:
-            continue
-        src = ctx.get_parameter_source(p.name)
-        if src is not None and src.name == "COMMANDLINE":
-            long = max(p.opts, key=len)
-            flags.append((p.name, long, ctx.params[p.name]))
-    for key, value in overrides.items():
-        if key in out:
-            continue
-        last = key.rsplit(".", 1)[-1]
-        named = [f"{long} {v}" for name, long, v in flags if name == last or long.lstrip("-").replace("-", "_") == last]
-        same = [f"{long} {v}" for _, long, v in flags if v == value]
-        hit = named or (same if len(same) == 1 else [])
-        if hit:
-            out[key] = hit[0]
-    return out
+        return load_config(self.project, overrides, explicit=self.project is not None, flags=flags)
 
 
 app = typer.Typer(

@@ -12,9 +12,9 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -251,24 +251,34 @@ class MergeSection(Section):
     space: Literal["delta", "factors"] = Field(
         "delta", description="`delta`: merge ΔW=B·A then SVD to rank; `factors`: merge A and B separately."
     )
-    density: float = Field(0.5, gt=0, le=1, description="TIES density (share of entries kept).")
-    drop_rate: float = Field(0.9, gt=0, lt=1, description="DARE drop rate (below 1: a rate of 1 drops every entry).")
-    rank: Optional[int] = Field(
-        None, ge=1, description="Output rank (None: the inputs' largest rank; `cat`: the sum of their ranks)."
+    density: float = Field(0.5, description="TIES density: share of entries kept per tensor by magnitude, in (0, 1].")
+    drop_rate: float = Field(0.9, description="DARE drop rate, in [0, 1) (0 drops nothing).")
+    rescale: Optional[Literal["l1", "keep_rate", "none"]] = Field(
+        None,
+        description="After sparsifying: `l1` restores each tensor's total absolute magnitude (mergekit), "
+        "`keep_rate` divides by 1 - drop_rate (the DARE paper, PEFT), `none`. Unset: the strategy's default "
+        "(dare_*: `l1`; ties: `none`).",
     )
+    normalize: Optional[bool] = Field(
+        None,
+        description="Divide by the summed weights (per entry over the sign-agreeing adapters for ties/dare_ties). "
+        "Unset: the strategy's default (linear, ties: on; task_arithmetic, dare_*: off), as in mergekit.",
+    )
+    rank: Union[int, Literal["auto"]] = Field(
+        "auto",
+        description="Output rank: `auto` (per module; linear, task_arithmetic, cat: exact; ties, dare_*: the "
+        "smallest rank keeping `energy` of the merged ΔW) or an integer for every module.",
+    )
+    energy: float = Field(
+        0.99, description="With rank `auto`: share of each module's merged ‖ΔW‖² the kept rank must reach, in (0, 1]."
+    )
+    max_rank: Optional[int] = Field(None, description="With rank `auto`: cap on any module's rank (unset: no cap).")
     seed: int = Field(0, description="Seed for DARE masks (one independent mask per adapter and module).")
     device: str = Field("cpu", description="Where the merge arithmetic runs: `cpu` or `cuda`.")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        from .merging import STRATEGIES  # the registry is torch-free
-
-        if v not in STRATEGIES:
-            guess = difflib.get_close_matches(v, list(STRATEGIES), n=1)
-            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            raise ValueError(f"unknown merge strategy {v!r}{hint}; valid: {', '.join(STRATEGIES)}")
-        return v
+    full_model: bool = Field(
+        False, description="`llgbm merge` also writes the base model with the merge added to its weights "
+        "(`merged-model/` inside the output folder; safetensors, sharded like the base)."
+    )
 
 
 class EvalSection(Section):
@@ -339,6 +349,17 @@ class ResolvedConfig:
     path: Optional[Path]  # None when no project file exists and defaults are used
     root: Path  # folder that relative paths in the config are resolved against
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> default | file | flag
+    labels: dict[str, str] = field(default_factory=dict)  # dotted key -> how the user gave it, where not the file
+
+    def origin(self, key: str) -> str:
+        """How the value of ``key`` was given, as the user would look for it: its flag (``--density``),
+        ``--set merge.density=0.3``, ``llgbm.toml: merge.density``, or ``merge.density (default)``."""
+        if key in self.labels:
+            return self.labels[key]
+        src = self.sources.get(key)
+        if src == "file" and self.path is not None:
+            return f"{self.path.name}: {key}"
+        return key if src != "default" else f"{key} (default)"
 
     @property
     def workdir(self) -> Path:
@@ -458,15 +479,15 @@ def load_config(
     overrides: Optional[dict[str, Any]] = None,
     *,
     explicit: bool = False,
-    origins: Optional[dict[str, str]] = None,
+    flags: Optional[dict[str, str]] = None,
 ) -> ResolvedConfig:
     """Read, merge flag overrides, validate once; raise ConfigError listing every problem.
 
     ``path`` None means ``./llgbm.toml``; when that default file is absent and ``explicit`` is
     False the built-in defaults are used. ``overrides`` maps dotted keys to values (flags win).
-    Overrides whose value is None are ignored (an unset flag). ``origins`` maps an override key to
-    where it was given (``--density`` or ``--set merge.density=2``): a problem with that key is
-    reported against it, not against the project file.
+    Overrides whose value is None are ignored (an unset flag). ``flags`` names the command-line flag
+    that set a key (``{"merge.density": "--density"}``); other overrides came from ``--set``. A
+    problem with an overridden value is reported under that flag, not under the file.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     p = Path(path) if path is not None else Path(DEFAULT_PROJECT_FILE)
@@ -492,10 +513,12 @@ def load_config(
     except ValidationError as e:
         problems.extend(_format_errors(e))
     problems.extend(_dataset_checks(data))
+    problems.extend(_merge_checks(data))
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
+    labels = {k: (flags or {}).get(k) or f"--set {k}={_toml_value(v)}" for k, v in overrides.items()}
     if problems:
-        raise _attributed(problems, overrides, origins or {}, used_path, p)
+        raise _config_error(problems, labels, str(used_path or p))
     sources = {}
     for k in all_keys():
         if k in overrides:
@@ -505,31 +528,25 @@ def load_config(
         else:
             sources[k] = "default"
     root = used_path.parent if used_path else Path.cwd().resolve()
-    return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources)
+    return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources, labels=labels)
 
 
-def _attributed(problems: list[str], overrides: dict[str, Any], origins: dict[str, str],
-                used_path: Optional[Path], p: Path) -> ConfigError:
-    """A ConfigError whose every problem names where the value came from: the flag, the ``--set``
-    or the project file (a file is named in front only when one of its own keys is at fault)."""
+def _toml_value(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
-    def origin(problem: str) -> Optional[str]:
-        key = problem.split(":", 1)[0].strip()
-        for k in overrides:
-            if key == k or key.startswith(k + "."):
-                return origins.get(k, f"--set {k}=...")
-        return None
 
-    labelled, from_file = [], False
+def _config_error(problems: list[str], labels: dict[str, str], source: str) -> ConfigError:
+    """Name each problem by where its value came from: a flag, ``--set``, or the file."""
+    from_flags, from_file = [], []
     for prob in problems:
-        o = origin(prob)
-        if o is None:
-            from_file = True
-            labelled.append(prob)
+        key, _, msg = prob.partition(": ")
+        if key in labels:
+            from_flags.append(f"{labels[key]}: {msg}")
         else:
-            labelled.append(f"{o}: {prob}")
-    source = (str(used_path) if used_path else str(p) if p.exists() else None) if from_file else None
-    return ConfigError(labelled, source=source)
+            from_file.append(prob)
+    if not from_file:
+        return ConfigError(from_flags)
+    return ConfigError(from_file + from_flags, source=source)
 
 
 def _deep_copy(d: Any) -> Any:
@@ -560,6 +577,18 @@ def _dataset_checks(data: dict) -> list[str]:
                     + f"; valid: {', '.join(valid)}"
                 )
     return problems
+
+
+def _merge_checks(data: dict) -> list[str]:
+    """The merge options' ranges, by the rule the merge itself applies (checked on the raw section, so
+    they are reported with the other sections' problems; type errors are pydantic's)."""
+    from .merging import option_problems  # the registry is torch-free
+
+    try:
+        section = MergeSection.model_validate(data.get("merge") or {})
+    except (ValidationError, TypeError):
+        return []
+    return [f"merge.{k}: {m}" for k, m in option_problems(section.model_dump())]
 
 
 def _semantic_checks(cfg: LlgbmConfig) -> list[str]:

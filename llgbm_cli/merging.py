@@ -14,8 +14,11 @@ Two paths, chosen by the strategy:
   one module at a time (peak memory: the inputs plus one module's n dense ΔWᵢ), merged, and factored
   by an exact truncated SVD (eigen-decomposition of the smaller Gram matrix in float64).
 
-All entry-wise strategies are one generalized task-arithmetic merge with three settings
-(sparsify: none | magnitude | random; consensus: none | sign; normalize), as in mergekit.
+All entry-wise strategies are one generalized task-arithmetic merge with four settings
+(sparsify: none | magnitude | random; consensus: none | sign; normalize; rescale), as in
+mergekit, whose registry gives the defaults of ``normalize`` and ``rescale``. The output rank is
+chosen per module by retained energy (``rank="auto"``) or fixed; docs/concepts.md states every
+formula and where llgbm differs from mergekit and PEFT.
 The registry is torch-free so the CLI can list and validate names without importing torch.
 """
 
@@ -24,7 +27,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 from .errors import InputError
@@ -47,11 +51,17 @@ class Param:
     help: str
 
 
+RESCALES = ("l1", "keep_rate", "none")
+
 PARAMS: dict[str, Param] = {
     "weights": Param("weights", None, "one weight per adapter (default: 1 each)"),
+    "normalize": Param("normalize", None, "divide by the summed weights (per entry, over the adapters agreeing "
+                                          "in sign, where a sign is elected); default per strategy"),
     "density": Param("density", 0.5, "share of entries kept per tensor by magnitude, in (0, 1]"),
-    "drop_rate": Param("drop_rate", 0.9, "probability of dropping each entry, in (0, 1]; kept ones are scaled by 1/(1-p)"),
+    "drop_rate": Param("drop_rate", 0.9, "probability of dropping each entry, in [0, 1)"),
     "seed": Param("seed", 0, "seed of the drop masks (one independent mask per adapter and module)"),
+    "rescale": Param("rescale", None, "after sparsifying: `l1` (restore the tensor's total absolute magnitude), "
+                                      "`keep_rate` (divide by the share kept) or `none`; default per strategy"),
 }
 
 
@@ -59,9 +69,10 @@ PARAMS: dict[str, Param] = {
 class Strategy:
     """A merge strategy: a setting of the generalized task-arithmetic merge, or concatenation.
 
-    ``normalize``: with ``consensus="none"`` the weights are divided by their sum (a weighted
-    average); with ``consensus="sign"`` each entry is divided by the summed weights of the
-    adapters that agree with the elected sign (a weighted disjoint mean).
+    ``normalize`` and ``rescale`` are the strategy's defaults (those of mergekit's registry);
+    :class:`MergeOptions` may override both. With ``consensus="none"`` normalizing divides the
+    weights by their sum (a weighted average); with ``consensus="sign"`` each entry is divided by
+    the summed weights of the adapters that agree with the elected sign (a weighted disjoint mean).
     """
 
     name: str
@@ -71,15 +82,18 @@ class Strategy:
     sparsify: Literal["none", "magnitude", "random"] = "none"
     consensus: Literal["none", "sign"] = "none"
     normalize: bool = False
+    rescale: str = "none"
     concat: bool = False
 
     @property
     def params(self) -> tuple[str, ...]:
-        p = ["weights"]
+        p = ["weights"] if self.concat else ["weights", "normalize"]
         if self.sparsify == "magnitude":
             p.append("density")
         if self.sparsify == "random":
             p += ["drop_rate", "seed"]
+        if self.sparsify != "none":
+            p.append("rescale")
         return tuple(p)
 
     @property
@@ -87,13 +101,17 @@ class Strategy:
         """Linear in ΔW: merged exactly from the stacked factors, no dense ΔW."""
         return self.concat or self.sparsify == "none"
 
-    @property
-    def weighting(self) -> str:
-        if self.concat or not self.normalize:
+    def weighting(self, normalize: Optional[bool] = None) -> str:
+        norm = self.normalize if normalize is None else normalize
+        if self.concat or not norm:
             return "raw (weighted sum)"
         if self.consensus == "sign":
             return "per entry, divided by the summed weights of the adapters agreeing in sign"
         return "normalized to sum 1 (weighted average)"
+
+    def defaults(self) -> dict[str, Any]:
+        own = {"normalize": self.normalize, "rescale": self.rescale}
+        return {p: own.get(p, PARAMS[p].default) for p in self.params}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,8 +119,8 @@ class Strategy:
             "display": self.display,
             "summary": self.summary,
             "reference": self.reference,
-            "params": {p: PARAMS[p].default for p in self.params},
-            "weights": self.weighting,
+            "params": self.defaults(),
+            "weights": self.weighting(),
             "sparsify": "concat" if self.concat else self.sparsify,
             "consensus": self.consensus,
         }
@@ -118,6 +136,8 @@ def register(strategy: Strategy) -> Strategy:
     return strategy
 
 
+# Defaults of `normalize` and `rescale` follow mergekit's registry (linear and ties normalize;
+# the DARE strategies do not, and rescale to the tensor's L1 norm).
 register(Strategy("linear", "Linear (weighted average)", "https://arxiv.org/abs/2203.05482",
                   "weighted average of the adapters' ΔW", normalize=True))
 register(Strategy("task_arithmetic", "Task arithmetic (weighted sum)", "https://arxiv.org/abs/2212.04089",
@@ -126,44 +146,174 @@ register(Strategy("ties", "TIES", "https://arxiv.org/abs/2306.01708",
                   "trim each ΔW to its top-`density` magnitudes, elect a sign per entry, disjoint mean",
                   sparsify="magnitude", consensus="sign", normalize=True))
 register(Strategy("dare_linear", "DARE + linear", "https://arxiv.org/abs/2311.03099",
-                  "drop entries at `drop_rate` with a seeded mask per adapter, rescale, weighted average",
-                  sparsify="random", normalize=True))
+                  "drop entries at `drop_rate` with a seeded mask per adapter, rescale, weighted sum",
+                  sparsify="random", rescale="l1"))
 register(Strategy("dare_ties", "DARE + TIES", "https://arxiv.org/abs/2311.03099",
-                  "drop entries at `drop_rate`, rescale, elect a sign per entry, disjoint mean",
-                  sparsify="random", consensus="sign", normalize=True))
+                  "drop entries at `drop_rate`, rescale, elect a sign per entry, sum the agreeing entries",
+                  sparsify="random", consensus="sign", rescale="l1"))
 register(Strategy("cat", "Concatenation (exact)", "https://github.com/huggingface/peft",
                   "concatenate the adapters along the rank: exact Σ wᵢΔWᵢ at rank Σ rᵢ", concat=True))
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(name: str, source: str = "--strategy") -> Strategy:
     """The registered strategy ``name``; an unknown name lists the valid ones."""
     st = STRATEGIES.get(name)
     if st is None:
-        guess = difflib.get_close_matches(str(name), list(STRATEGIES), n=1)
-        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        raise InputError(f"unknown merge strategy {name!r}{hint}; valid: {', '.join(STRATEGIES)}")
+        raise InputError(f"{source}: {unknown_strategy(name)}")
     return st
+
+
+def unknown_strategy(name: Any) -> str:
+    guess = difflib.get_close_matches(str(name), list(STRATEGIES), n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"unknown merge strategy {name!r}{hint}; valid: {', '.join(STRATEGIES)}"
 
 
 def list_strategies() -> list[dict[str, Any]]:
     return [s.to_dict() for s in STRATEGIES.values()]
 
 
+# --------------------------------------------------------------------------- options
+
+#: How each option is named on the command line (the default source of a value).
+FLAGS = {
+    "strategy": "--strategy", "weights": "--weights", "density": "--density", "drop_rate": "--drop-rate",
+    "seed": "--seed", "space": "--space", "rank": "--rank", "energy": "--energy", "max_rank": "--max-rank",
+    "normalize": "--normalize/--no-normalize", "rescale": "--rescale", "device": "--device",
+}
+
+
+def option_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every out-of-range merge option as ``(field, message)``; shared by :class:`MergeOptions` and the
+    config check, so the file and the command line obey one rule."""
+    v = values.get
+    out: list[tuple[str, str]] = []
+
+    def num(name: str) -> Optional[float]:
+        x = v(name)
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            out.append((name, f"{x!r} is not a finite number"))
+            return None
+        return float(x)
+
+    if "strategy" in values and v("strategy") not in STRATEGIES:
+        out.append(("strategy", unknown_strategy(v("strategy"))))
+    if "density" in values and (d := num("density")) is not None and not 0 < d <= 1:
+        out.append(("density", f"{d:g} must be in (0, 1] (1 keeps every entry)"))
+    if "drop_rate" in values and (p := num("drop_rate")) is not None:
+        if p == 1:
+            out.append(("drop_rate", "1 drops every entry and the merged adapter would be all zeros; "
+                                     "use a value in [0, 1) (0 drops nothing)"))
+        elif not 0 <= p < 1:
+            out.append(("drop_rate", f"{p:g} must be in [0, 1) (0 drops nothing)"))
+    if "energy" in values and (e := num("energy")) is not None and not 0 < e <= 1:
+        out.append(("energy", f"{e:g} must be in (0, 1] (the share of the merged ΔW's squared norm kept)"))
+    if "seed" in values and (isinstance(v("seed"), bool) or not isinstance(v("seed"), int)):
+        out.append(("seed", f"{v('seed')!r} must be an integer"))
+    if "space" in values and v("space") not in ("delta", "factors"):
+        out.append(("space", f"{v('space')!r} must be `delta` or `factors`"))
+    r = v("rank")
+    if "rank" in values and r != "auto" and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+        out.append(("rank", f"{r!r} must be `auto` or a positive integer"))
+    m = v("max_rank")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+        out.append(("max_rank", f"{m!r} must be a positive integer (or unset: no cap)"))
+    if v("rescale") is not None and v("rescale") not in RESCALES:
+        out.append(("rescale", f"{v('rescale')!r} must be one of {', '.join(RESCALES)}"))
+    if v("normalize") is not None and not isinstance(v("normalize"), bool):
+        out.append(("normalize", f"{v('normalize')!r} must be true or false"))
+    w = v("weights")
+    if w is not None and not all(isinstance(x, (int, float)) and math.isfinite(x) for x in w):
+        out.append(("weights", f"{list(w)}: every weight must be a finite number"))
+    return out
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """Every option of one merge, validated once when built.
+
+    ``sources`` maps a field to how the user gave it (``--density``, ``llgbm.toml: merge.density``,
+    ``--set merge.density=0.3``), so an error names the place to fix; a field without an entry is
+    named by its flag. ``normalize`` and ``rescale`` left at None take the strategy's defaults.
+    ``rank``: an integer (every module gets that rank) or ``auto`` (per module: the smallest rank
+    that keeps ``energy`` of the merged ΔW's squared norm, capped by ``max_rank``; exact for the
+    strategies that are linear in ΔW).
+    """
+
+    strategy: str = "linear"
+    weights: Optional[tuple[float, ...]] = None
+    density: float = 0.5
+    drop_rate: float = 0.9
+    seed: int = 0
+    space: str = "delta"
+    rank: int | Literal["auto"] = "auto"
+    energy: float = 0.99
+    max_rank: Optional[int] = None
+    normalize: Optional[bool] = None
+    rescale: Optional[str] = None
+    device: str = "cpu"
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and not isinstance(self.weights, tuple):
+            object.__setattr__(self, "weights", tuple(self.weights))
+        values = {k: getattr(self, k) for k in FLAGS}
+        if isinstance(self.rank, str) and self.rank.isdigit():
+            object.__setattr__(self, "rank", int(self.rank))
+            values["rank"] = self.rank
+        problems = option_problems(values)
+        if problems:
+            raise InputError("; ".join(f"{self.source(k)}: {msg}" for k, msg in problems))
+
+    def source(self, name: str) -> str:
+        """Where the value of ``name`` came from, as the user would write it."""
+        return self.sources.get(name) or FLAGS.get(name, name)
+
+    def replace(self, **changes: Any) -> "MergeOptions":
+        """A copy with ``changes`` (validated again); a changed field given as ``(value, source)``
+        records its source."""
+        sources = dict(self.sources)
+        for k, val in list(changes.items()):
+            if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], str):
+                changes[k], sources[k] = val
+            else:
+                sources.pop(k, None)
+        return replace(self, sources=sources, **changes)
+
+    @property
+    def spec(self) -> Strategy:
+        return STRATEGIES[self.strategy]
+
+    @property
+    def normalized(self) -> bool:
+        st = self.spec
+        return False if st.concat else (st.normalize if self.normalize is None else self.normalize)
+
+    @property
+    def rescaling(self) -> str:
+        st = self.spec
+        if st.sparsify == "none":
+            return "none"
+        return st.rescale if self.rescale is None else self.rescale
+
+    def parameters(self) -> dict[str, Any]:
+        """The strategy's parameters as applied (weights aside)."""
+        vals = {"normalize": self.normalized, "density": self.density, "drop_rate": self.drop_rate,
+                "seed": self.seed, "rescale": self.rescaling}
+        return {p: vals[p] for p in self.spec.params if p != "weights"}
+
+
+def as_options(options: "MergeOptions | str | None", weights: Optional[Sequence[float]] = None,
+               **fields: Any) -> MergeOptions:
+    """``options`` as :class:`MergeOptions`: a strategy name is built into one with ``fields``."""
+    if isinstance(options, MergeOptions):
+        if weights is not None:
+            fields["weights"] = weights
+        return options.replace(**fields) if fields else options
+    return MergeOptions(strategy=options or "linear", weights=weights, **fields)
+
+
 # --------------------------------------------------------------------------- checks
-
-
-def check_params(*, density: float, drop_rate: float, space: str, rank: Optional[int]) -> None:
-    problems = []
-    if not (0 < density <= 1):
-        problems.append(f"--density {density}: must be in (0, 1]")
-    if not (0 < drop_rate < 1):
-        problems.append(f"--drop-rate {drop_rate}: must be in (0, 1); a rate of 1 drops every entry")
-    if space not in ("delta", "factors"):
-        problems.append(f"--space {space!r}: must be `delta` or `factors`")
-    if rank is not None and rank < 1:
-        problems.append(f"--rank {rank}: must be a positive integer")
-    if problems:
-        raise InputError("; ".join(problems))
 
 
 def check_compatible(adapters: Sequence["LoraAdapter"], labels: Optional[Sequence[str]] = None) -> None:
@@ -201,20 +351,20 @@ def _few(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "")
 
 
-def resolve_weights(weights: Optional[Sequence[float]], n: int, strategy: Strategy) -> list[float]:
-    """Per-adapter coefficients as applied: ``linear``/``dare_linear`` normalize to sum 1."""
-    if weights is None:
+def resolve_weights(opts: MergeOptions, n: int) -> list[float]:
+    """Per-adapter coefficients as applied: with ``normalize`` and no sign election, divided by their sum."""
+    if opts.weights is None:
         w = [1.0] * n
     else:
-        w = [float(x) for x in weights]
+        w = [float(x) for x in opts.weights]
         if len(w) != n:
-            raise InputError(f"--weights has {len(w)} value(s) for {n} adapter(s); give one weight per adapter")
-        if not all(math.isfinite(x) for x in w):
-            raise InputError(f"--weights {w}: every weight must be a finite number")
-    if strategy.normalize and strategy.consensus == "none":
+            raise InputError(f"{opts.source('weights')}: {len(w)} value(s) for {n} adapter(s); "
+                             "give one weight per adapter")
+    if opts.normalized and opts.spec.consensus == "none":
         total = sum(w)
         if abs(total) < 1e-12:
-            raise InputError(f"--weights {w} sum to 0; `{strategy.name}` divides by their sum (use task_arithmetic)")
+            raise InputError(f"{opts.source('weights')} {w} sum to 0; `{opts.strategy}` with normalize divides "
+                             "by their sum (use task_arithmetic or --no-normalize)")
         w = [x / total for x in w]
     return w
 
@@ -223,22 +373,25 @@ def resolve_weights(weights: Optional[Sequence[float]], n: int, strategy: Strate
 
 
 def magnitude_trim(t: "torch.Tensor", density: float) -> "torch.Tensor":
-    """Keep the top-``density`` share of entries by magnitude (per tensor), zero the rest.
+    """Keep exactly ``k = max(1, ⌊density·n⌋)`` entries of largest magnitude (per tensor), zero the rest.
 
-    Uses ``kthvalue`` (linear time, any size): ``torch.quantile`` refuses inputs above 16M elements.
-    Entries tied with the threshold are all kept.
+    Entries tied at the threshold are kept in order of their flat index (lowest first), so exactly
+    k survive whatever the values. Linear time via ``kthvalue``: ``torch.quantile`` refuses inputs
+    above 16M elements.
     """
     import torch
 
     n = t.numel()
-    k = int(density * n)
+    k = max(1, int(density * n))
     if k >= n:
         return t
-    if k <= 0:
-        return torch.zeros_like(t)
-    mag = t.abs()
-    threshold = torch.kthvalue(mag.flatten(), n - k + 1).values
-    return t * (mag >= threshold)
+    mag = t.abs().flatten()
+    threshold = torch.kthvalue(mag, n - k + 1).values
+    keep = mag > threshold
+    need = k - int(keep.sum())
+    if need > 0:
+        keep[(mag == threshold).nonzero().flatten()[:need]] = True
+    return t * keep.view(t.shape)
 
 
 def mask_seed(seed: int, index: int, key: str) -> int:
@@ -247,62 +400,96 @@ def mask_seed(seed: int, index: int, key: str) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def random_drop(t: "torch.Tensor", drop_rate: float, seed: int) -> "torch.Tensor":
-    """DARE: drop each entry with probability ``drop_rate``, scale the kept ones by 1/(1 - drop_rate).
+def rescale_kept(original: "torch.Tensor", kept: "torch.Tensor", how: str, keep_rate: float) -> "torch.Tensor":
+    """Scale a sparsified tensor back: ``l1`` restores ``Σ|original|`` (left as is when nothing
+    non-zero survived), ``keep_rate`` divides by the share kept (DARE's paper), ``none`` leaves it."""
+    if how == "keep_rate":
+        return kept / keep_rate
+    if how == "l1":
+        after = kept.abs().sum()
+        if float(after) > 0:
+            return kept * (original.abs().sum() / after)
+    return kept
+
+
+def random_drop(t: "torch.Tensor", drop_rate: float, seed: int, rescale: str = "l1") -> "torch.Tensor":
+    """DARE: drop each entry with probability ``drop_rate``, then :func:`rescale_kept`.
 
     The mask is drawn on the CPU from its own generator, so results do not depend on the device.
     """
     import torch
 
+    if drop_rate <= 0:
+        return t
     keep = 1.0 - drop_rate
-    if keep <= 0:
-        return torch.zeros_like(t)
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(t.shape, generator=g) < keep
-    return t * mask.to(t.device) / keep
+    return rescale_kept(t, t * mask.to(t.device), rescale, keep)
 
 
-def general_merge(
-    tensors: Sequence["torch.Tensor"],
-    weights: Sequence[float],
-    strategy: Strategy,
-    *,
-    density: float = 0.5,
-    drop_rate: float = 0.9,
-    seed: int = 0,
-    key: str = "",
-) -> "torch.Tensor":
+def general_merge(tensors: Sequence["torch.Tensor"], weights: Sequence[float], opts: MergeOptions,
+                  key: str = "") -> "torch.Tensor":
     """Generalized task arithmetic over same-shaped tensors (one per adapter).
 
-    ``weights`` are applied as given (see :func:`resolve_weights` for the normalized ones);
-    with sign consensus and ``normalize`` each entry is divided by the agreeing weights' sum.
+    ``weights`` are applied as given (see :func:`resolve_weights` for the normalized ones). With sign
+    consensus the elected sign of an entry is that of its weighted sum (``+`` when the sum is 0, as
+    in the references); entries of the other sign, and zeros, are left out; with ``normalize`` the
+    sum of the agreeing entries is divided by the agreeing weights' sum (left as is where that is 0).
     """
     import torch
 
+    st = opts.spec
     parts = []
     for i, t in enumerate(tensors):
-        if strategy.sparsify == "magnitude":
-            t = magnitude_trim(t, density)
-        elif strategy.sparsify == "random":
-            t = random_drop(t, drop_rate, mask_seed(seed, i, key))
+        if st.sparsify == "magnitude":
+            t = rescale_kept(t, magnitude_trim(t, opts.density), opts.rescaling, opts.density)
+        elif st.sparsify == "random":
+            t = random_drop(t, opts.drop_rate, mask_seed(opts.seed, i, key), opts.rescaling)
         parts.append(t)
     x = torch.stack(parts)
     del parts
     w = torch.tensor(list(weights), dtype=x.dtype, device=x.device).view(-1, *([1] * (x.dim() - 1)))
     x.mul_(w)
-    if strategy.consensus == "sign":
-        elected = torch.sign(x.sum(0))
+    if st.consensus == "sign":
+        elected = torch.where(x.sum(0) >= 0, 1.0, -1.0).to(x.dtype)
         agree = torch.sign(x) == elected
         merged = (x * agree).sum(0)
-        if strategy.normalize:
+        if opts.normalized:
             div = (w * agree).sum(0)
-            merged = merged / torch.where(div.abs() > 1e-12, div, torch.ones_like(div))
+            merged = merged / torch.where(div != 0, div, torch.ones_like(div))
         return merged
     return x.sum(0)
 
 
-def truncated_factors(m: "torch.Tensor", rank: int) -> tuple["torch.Tensor", "torch.Tensor", float, float]:
-    """Best rank-``rank`` factors ``B [out, k]``, ``A [k, in]`` of ``m`` (k = min(rank, out, in)).
+# --------------------------------------------------------------------------- rank
+
+
+def choose_rank(sq: "torch.Tensor", energy: float, cap: int) -> int:
+    """Smallest k whose leading squared singular values ``sq`` (descending) reach ``energy`` of their
+    sum, at most ``cap`` and at least 1. A shortfall below 1e-6 of the sum counts as reached: that is
+    the rounding of float32 eigenvalues, so ``energy=1`` stops at the numerical rank."""
+    import torch
+
+    sq = sq.double().clamp(min=0)
+    total = float(sq.sum())
+    if total <= 0:
+        return 1
+    reached = torch.cumsum(sq, 0) >= (energy - 1e-6) * total
+    k = int(reached.nonzero()[0]) + 1 if bool(reached.any()) else sq.numel()
+    return max(1, min(k, cap))
+
+
+def numerical_rank(s: "torch.Tensor") -> int:
+    """Singular values above 1e-9 of the largest: the rank of a merge computed in float64."""
+    if s.numel() == 0 or float(s[0]) <= 0:
+        return 1
+    return max(1, int((s > s[0] * 1e-9).sum()))
+
+
+def truncated_factors(m: "torch.Tensor", rank: Optional[int], energy: float = 1.0,
+                      cap: Optional[int] = None) -> tuple["torch.Tensor", "torch.Tensor", float, float]:
+    """Best rank-k factors ``B [out, k]``, ``A [k, in]`` of ``m``: k = ``rank`` (at most min(out, in)),
+    or with ``rank=None`` the smallest k keeping ``energy`` of ``‖m‖²`` (at most ``cap``).
 
     The top singular vectors come from the eigen-decomposition of the smaller Gram matrix (several
     times cheaper than an SVD of ``m``). Singular values are then taken as ``‖m·vᵢ‖`` rather than
@@ -315,19 +502,20 @@ def truncated_factors(m: "torch.Tensor", rank: int) -> tuple["torch.Tensor", "to
     out_f, in_f = m.shape
     wide = out_f < in_f
     mt = m.T if wide else m  # [big, small]: right singular vectors of mt
-    gram = mt.T @ mt
-    evals, evecs = torch.linalg.eigh(gram)
-    k = min(rank, evals.numel())
-    v = evecs.flip(1)[:, :k]  # [small, k], orthonormal
+    evals, evecs = torch.linalg.eigh(mt.T @ mt)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    full = evals.numel()
+    k = min(rank, full) if rank is not None else choose_rank(evals, energy, min(cap or full, full))
+    v = evecs[:, :k].double()  # [small, k], orthonormal
     md = mt.double()
-    mv = md @ v.double()  # [big, k] = U·S, in float64 so ‖ΔW‖² − Σσ² does not cancel to noise
+    mv = md @ v  # [big, k] = U·S, in float64 so ‖ΔW‖² − Σσ² does not cancel to noise
     sigma = mv.norm(dim=0)
     total = float(md.pow(2).sum())
-    kept = total if k == evals.numel() else float(sigma.pow(2).sum())
+    kept = total if k == full else float(sigma.pow(2).sum())
     live = sigma > sigma.max().clamp(min=1e-300) * 1e-9
     root = torch.where(live, sigma, torch.ones_like(sigma)).sqrt()
     left = (mv / root * live).to(m.dtype)  # [big, k]
-    right = (v.double().T * root[:, None] * live[:, None]).to(m.dtype)  # [k, small]
+    right = (v.T * root[:, None] * live[:, None]).to(m.dtype)  # [k, small]
     if wide:  # m = mtᵀ ≈ (left·right)ᵀ = rightᵀ·leftᵀ
         B, A = right.T, left.T
     else:
@@ -335,11 +523,11 @@ def truncated_factors(m: "torch.Tensor", rank: int) -> tuple["torch.Tensor", "to
     return B.contiguous(), A.contiguous(), min(kept, total), total
 
 
-def lowrank_factors(
-    Bs: Sequence["torch.Tensor"], As: Sequence["torch.Tensor"], rank: int
-) -> tuple["torch.Tensor", "torch.Tensor", float, float]:
-    """Best rank-``rank`` factors of ``Σ Bᵢ Aᵢ`` without forming it: QR of the stacked factors,
-    SVD of the small core. Exact (to float precision) when ``rank`` reaches the sum's rank."""
+def lowrank_factors(Bs: Sequence["torch.Tensor"], As: Sequence["torch.Tensor"], rank: Optional[int],
+                    cap: Optional[int] = None) -> tuple["torch.Tensor", "torch.Tensor", float, float]:
+    """Best rank-k factors of ``Σ Bᵢ Aᵢ`` without forming it: QR of the stacked factors, SVD of the
+    small core. k = ``rank``, or with ``rank=None`` the sum's own (numerical) rank, at most ``cap``:
+    exact to float precision whenever k reaches the sum's rank."""
     import torch
 
     Bc = torch.cat(list(Bs), dim=1).double()  # [out, R]
@@ -349,7 +537,7 @@ def lowrank_factors(
     core = rb @ ra.T  # [kb, ka]
     u, s, vh = torch.linalg.svd(core, full_matrices=False)
     total = float((s * s).sum())
-    k = min(rank, s.numel())
+    k = min(rank, s.numel()) if rank is not None else min(numerical_rank(s), cap or s.numel())
     kept = float((s[:k] * s[:k]).sum())
     root = s[:k].sqrt()
     B = (qb @ u[:, :k]) * root
@@ -379,11 +567,14 @@ class MergeReport:
 
     strategy: str
     space: str
-    rank: int
+    rank: int  # the adapter's `r` (the most common module rank); others are in `ranks`
+    rank_range: list[int]  # [smallest, largest] module rank
+    ranks: dict[str, int]  # module -> rank
     weights: list[float]  # coefficients as applied (normalized where the strategy normalizes)
     weighting: str
     parameters: dict[str, Any]
     modules: int
+    retained_energy: Optional[float]  # ‖ΔW_r‖²/‖ΔW‖² over all modules (delta space), else None
     truncation_error: Optional[float]  # ‖ΔW − ΔW_r‖/‖ΔW‖ over all modules (delta space), else None
     exact: bool
     notes: list[str] = field(default_factory=list)
@@ -392,83 +583,85 @@ class MergeReport:
         return dict(self.__dict__)
 
 
-def merge_adapters(
-    adapters: Sequence["LoraAdapter"],
-    strategy: str = "linear",
-    weights: Optional[Sequence[float]] = None,
-    *,
-    density: float = 0.5,
-    drop_rate: float = 0.9,
-    seed: int = 0,
-    space: str = "delta",
-    rank: Optional[int] = None,
-    device: str = "cpu",
-) -> "LoraAdapter":
+def merge_adapters(adapters: Sequence["LoraAdapter"], options: "MergeOptions | str | None" = None,
+                   weights: Optional[Sequence[float]] = None, **fields: Any) -> "LoraAdapter":
     """Merge adapters into one :class:`LoraAdapter` (scaling 1: the scales live in the factors).
 
-    See :func:`merge_with_report` for the parameters; this returns only the adapter.
+    ``options`` is a :class:`MergeOptions` or a strategy name completed by ``fields``; see
+    :func:`merge_with_report`, of which this returns only the adapter.
     """
-    return merge_with_report(adapters, strategy, weights, density=density, drop_rate=drop_rate, seed=seed,
-                             space=space, rank=rank, device=device)[0]
+    return merge_with_report(adapters, options, weights, **fields)[0]
+
+
+def _output_rank(opts: MergeOptions, adapters: Sequence["LoraAdapter"], names: list[str]) -> Optional[int]:
+    """The fixed output rank (None: chosen per module), after every check that needs the adapters."""
+    st = opts.spec
+    ranks = [max(m.rank for m in a.modules.values()) for a in adapters]
+    fixed = opts.rank if opts.rank != "auto" else None
+    if fixed is not None:
+        shape = {n: tuple(adapters[0].modules[n].B.shape[:1]) + tuple(adapters[0].modules[n].A.shape[1:]) for n in names}
+        small = min(names, key=lambda n: min(shape[n]))
+        if fixed > min(shape[small]):
+            raise InputError(f"{opts.source('rank')}: {fixed} is above the size of module {small} "
+                             f"({shape[small][0]}x{shape[small][1]}: at most {min(shape[small])}); "
+                             "lower it or use `auto`")
+    if st.concat:
+        total_rank = sum(ranks)
+        cap = fixed if fixed is not None else opts.max_rank
+        if cap is not None and cap < total_rank:
+            what = opts.source("rank") if fixed is not None else opts.source("max_rank")
+            raise InputError(f"{what}: {cap} is below the sum of the input ranks ({total_rank}), where `cat` "
+                             "is exact; use linear or task_arithmetic to reach a lower rank")
+        return fixed or total_rank
+    if opts.space == "factors":
+        per_module = {n: {a.modules[n].rank for a in adapters} for n in names}
+        uneven = sorted(n for n, rs in per_module.items() if len(rs) > 1)
+        if uneven:
+            raise InputError(f"{opts.source('space')} factors needs equal ranks per module, but {_few(uneven)} "
+                             f"differ (ranks {sorted(per_module[uneven[0]])}); use --space delta")
+        if fixed is not None and fixed != max(ranks):
+            raise InputError(f"{opts.source('rank')}: {fixed}, but --space factors keeps the inputs' rank "
+                             f"({max(ranks)}); use --space delta")
+        return max(ranks)
+    return fixed
 
 
 def merge_with_report(
     adapters: Sequence["LoraAdapter"],
-    strategy: str = "linear",
+    options: "MergeOptions | str | None" = None,
     weights: Optional[Sequence[float]] = None,
     *,
-    density: float = 0.5,
-    drop_rate: float = 0.9,
-    seed: int = 0,
-    space: str = "delta",
-    rank: Optional[int] = None,
-    device: str = "cpu",
     labels: Optional[Sequence[str]] = None,
     on_module: Optional[Callable[[str], None]] = None,
+    **fields: Any,
 ) -> tuple["LoraAdapter", MergeReport]:
-    """Merge ``adapters`` module by module with the named strategy.
+    """Merge ``adapters`` module by module as ``options`` say (see :class:`MergeOptions`).
 
-    * ``weights``: one per adapter (default 1 each); ``linear``/``dare_linear`` normalize them to
-      sum 1, ``ties``/``dare_ties`` normalize per entry over the agreeing adapters,
-      ``task_arithmetic``/``cat`` use them as given.
-    * ``density`` (ties), ``drop_rate`` and ``seed`` (dare_*): see :data:`PARAMS`.
-    * ``space``: ``delta`` (ΔW, then truncated SVD to ``rank``) or ``factors`` (A and B merged
-      separately, the original plans' way; needs equal ranks).
-    * ``rank``: output rank; default the inputs' largest rank (``cat``: the sum of ranks).
+    * weights: one per adapter (default 1 each); with ``normalize`` (default for linear and ties)
+      they are divided by their sum (linear, task_arithmetic, dare_linear) or, per entry, by the
+      sum over the adapters agreeing in sign (ties, dare_ties); otherwise used as given.
+    * ``space``: ``delta`` (ΔW, then truncated SVD) or ``factors`` (A and B merged separately, the
+      original plans' way; needs equal ranks).
+    * ``rank``: see :class:`MergeOptions`; ``cat`` is always exact (rank Σ rᵢ).
     * ``device``: where the arithmetic runs (``cuda`` when present); the result is on the CPU.
     """
+    import collections
+
     import torch
 
     from .adapters import LoraAdapter, LoraModule
     from .models import resolve_device
 
-    st = get_strategy(strategy)
-    check_params(density=density, drop_rate=drop_rate, space=space, rank=rank)
+    opts = as_options(options, weights, **fields)
+    st = opts.spec
     check_compatible(adapters, labels)
-    dev = resolve_device(device)
-    coefs = resolve_weights(weights, len(adapters), st)
+    dev = resolve_device(opts.device)
+    coefs = resolve_weights(opts, len(adapters))
     names = list(adapters[0].modules)
-    ranks = [max(m.rank for m in a.modules.values()) for a in adapters]
+    fixed = _output_rank(opts, adapters, names)
     notes: list[str] = []
-
-    if st.concat:
-        total_rank = sum(ranks)
-        if rank is not None and rank < total_rank:
-            raise InputError(f"--rank {rank}: `cat` is exact only at the sum of the input ranks ({total_rank}); "
-                             "use linear or task_arithmetic to reach a lower rank")
-        out_rank = rank or total_rank
-    elif space == "factors":
-        per_module = {n: {a.modules[n].rank for a in adapters} for n in names}
-        uneven = sorted(n for n, rs in per_module.items() if len(rs) > 1)
-        if uneven:
-            raise InputError(f"--space factors needs equal ranks per module, but {_few(uneven)} differ "
-                             f"(ranks {sorted(per_module[uneven[0]])}); use --space delta")
-        out_rank = max(ranks)
-        if rank is not None and rank != out_rank:
-            raise InputError(f"--rank {rank}: --space factors keeps the inputs' rank ({out_rank}); use --space delta")
+    if opts.space == "factors" and not st.concat:
         notes.append("factor space: A and B merged separately (cross terms Bᵢ·Aⱼ included)")
-    else:
-        out_rank = rank or max(ranks)
 
     kept_sum = total_sum = 0.0
     merged: dict[str, LoraModule] = {}
@@ -480,45 +673,127 @@ def merge_with_report(
             if st.concat:
                 B = torch.cat([c * b for c, b in zip(coefs, sBs)], dim=1)
                 A = torch.cat(As, dim=0)
-            elif space == "factors":
-                kw = dict(density=density, drop_rate=drop_rate, seed=seed)
-                A = general_merge(As, coefs, st, key=name + ".lora_A", **kw)
-                B = general_merge(sBs, coefs, st, key=name + ".lora_B", **kw)
+            elif opts.space == "factors":
+                A = general_merge(As, coefs, opts, key=name + ".lora_A")
+                B = general_merge(sBs, coefs, opts, key=name + ".lora_B")
             elif st.low_rank:
-                B, A, kept, total = lowrank_factors([c * b for c, b in zip(coefs, sBs)], As, out_rank)
+                B, A, kept, total = lowrank_factors([c * b for c, b in zip(coefs, sBs)], As, fixed, opts.max_rank)
                 kept_sum, total_sum = kept_sum + kept, total_sum + total
             else:
                 deltas = [b @ a for b, a in zip(sBs, As)]
-                dw = general_merge(deltas, coefs, st, density=density, drop_rate=drop_rate, seed=seed, key=name)
+                dw = general_merge(deltas, coefs, opts, key=name)
                 del deltas
-                B, A, kept, total = truncated_factors(dw, out_rank)
+                B, A, kept, total = truncated_factors(dw, fixed, opts.energy, opts.max_rank)
                 del dw
                 kept_sum, total_sum = kept_sum + kept, total_sum + total
-            B, A = _pad_rank(B, A, out_rank)
+            if fixed is not None:
+                B, A = _pad_rank(B, A, fixed)
             merged[name] = LoraModule(A.detach().cpu().contiguous(), B.detach().cpu().contiguous(), 1.0)
             if on_module is not None:
                 on_module(name)
 
-    if space == "factors" and not st.concat:
-        trunc = None
+    if opts.space == "factors" and not st.concat:
+        energy = trunc = None
     elif st.concat:
-        trunc = 0.0
+        energy, trunc = 1.0, 0.0
     else:
+        energy = kept_sum / total_sum if total_sum > 0 else 1.0
         trunc = math.sqrt(max(total_sum - kept_sum, 0.0) / total_sum) if total_sum > 0 else 0.0
+    ranks = {n: m.rank for n, m in merged.items()}
+    common = collections.Counter(ranks.values()).most_common(1)[0][0]
     bases = [a.base_model for a in adapters if a.base_model]
     targets = sorted({t for a in adapters for t in a.target_modules})
-    out = LoraAdapter(merged, out_rank, float(out_rank), targets, base_model=bases[0] if bases else None)
-    params = {p: {"density": density, "drop_rate": drop_rate, "seed": seed}[p] for p in st.params if p != "weights"}
+    out = LoraAdapter(merged, common, float(common), targets, base_model=bases[0] if bases else None)
     report = MergeReport(
         strategy=st.name,
-        space="delta" if st.concat else space,
-        rank=out_rank,
+        space="delta" if st.concat else opts.space,
+        rank=common,
+        rank_range=[min(ranks.values()), max(ranks.values())],
+        ranks=ranks,
         weights=coefs,
-        weighting=st.weighting,
-        parameters=params,
+        weighting=st.weighting(opts.normalized),
+        parameters=opts.parameters(),
         modules=len(merged),
+        retained_energy=energy,
         truncation_error=trunc,
         exact=trunc is not None and trunc < 1e-6,
         notes=notes,
     )
     return out, report
+
+
+# --------------------------------------------------------------------------- a full merged model
+
+
+def base_weight_files(folder: Path) -> list[str]:
+    """The safetensors files of a Hugging Face model folder, in the order its index lists them."""
+    import json
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{index}: not a readable safetensors index ({e}); check the base model folder")
+        missing = [f for f in files if not (folder / f).exists()]
+        if missing:
+            raise InputError(f"{folder}: the index lists {_few(missing)}, which are missing; re-download the base")
+        return files
+    if (folder / "model.safetensors").exists():
+        return ["model.safetensors"]
+    raise InputError(f"{folder}: no model.safetensors (nor a sharded index); a full merged model is written "
+                     "from safetensors weights only")
+
+
+def write_merged_model(base: Path, adapter: "LoraAdapter", out: Path,
+                       provenance: Optional[dict[str, Any]] = None) -> Path:
+    """Write the base model of folder ``base`` with ``adapter``'s ΔW added to its weights into the new
+    folder ``out``: the same shards, tensor names and dtypes; every other top-level file copied.
+
+    One shard is in memory at a time. Every module of the adapter must be found among the base's
+    ``<module>.weight`` tensors with ΔW's shape, else nothing is written.
+    """
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .io import write_provenance
+
+    base, out = Path(base), Path(out)
+    files = base_weight_files(base)
+    wanted = {f"{name}.weight": name for name in adapter.modules}
+    found: dict[str, str] = {}
+    for f in files:
+        with safe_open(str(base / f), framework="pt") as sf:
+            for key in sf.keys():
+                if key in wanted:
+                    found[key] = f
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise InputError(f"{base}: has no weight for {len(missing)} merged module(s) ({_few(missing)}); "
+                         "is this the base model the adapters were trained on?")
+    out.mkdir(parents=True, exist_ok=False)
+    for item in base.iterdir():
+        if item.is_file() and item.suffix != ".safetensors":
+            shutil.copy2(item, out / item.name)
+    for f in files:
+        tensors, meta = {}, None
+        with safe_open(str(base / f), framework="pt") as sf:
+            meta = sf.metadata()
+            for key in sf.keys():
+                t = sf.get_tensor(key)
+                if key in wanted:
+                    dw = adapter.modules[wanted[key]].delta_weight()
+                    if tuple(dw.shape) != tuple(t.shape):
+                        raise InputError(f"{base / f}: {key} is {tuple(t.shape)}, the merged ΔW is "
+                                         f"{tuple(dw.shape)}; the adapters belong to another base model")
+                    t = (t.float() + dw).to(t.dtype)
+                tensors[key] = t.contiguous()
+        save_file(tensors, str(out / f), metadata=meta or {"format": "pt"})
+        del tensors
+    if provenance is not None:
+        write_provenance(out, provenance)
+    return out

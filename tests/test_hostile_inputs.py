@@ -125,12 +125,12 @@ CASES = [
     ("drop-rate-1", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m2", "--strategy", "dare_linear",
                      "--drop-rate", "1.0"], 2, "--drop-rate", None),
     ("drop-rate-by-set", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m2", "--set", "merge.drop_rate=1.0"],
-     2, "--set merge.drop_rate=1.0", None),
+     2, "--set merge.drop_rate=1.0: 1 drops every entry", None),
     ("rank-above-module", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m3", "--rank", "4096"], 2, "--rank",
      None),
     ("density-from-file", ["-p", "{root}/dense.toml", "merge", "{bad}/good", "{bad}/good", "--out", "{root}/m4"], 2,
      "dense.toml: merge.density", None),
-    ("zoo-checkpoints-too-many", ["zoo", "build", "--checkpoints", "50"], 2, "--checkpoints 50: zoo.checkpoints", None),
+    ("zoo-checkpoints-too-many", ["zoo", "build", "--checkpoints", "50"], 2, "--checkpoints: 50 checkpoints do not fit", None),
     ("adapter-check-each", ["adapter", "check", "--no-base", "{bad}/nan", "{bad}/good", "{bad}/rank"], 2,
      "2 of 3", "both"),
     ("adapter-rank-mismatch", ["adapter", "check", "--no-base", "{bad}/rank"], 2, "rank 8", None),
@@ -139,7 +139,7 @@ CASES = [
      "pwned"),
     ("resume-pickled-state-b1", ["train", "delta-only", "--variant", "b1", "--out", "{bad}/evilrun", "--resume"], 2,
      "trainer_state.pt", "pwned"),
-    ("json-error-object", ["--json", "merge", "{bad}/good", "--out", "{root}/m5", "--density", "2"], 2, "--density 2",
+    ("json-error-object", ["--json", "merge", "{bad}/good", "--out", "{root}/m5", "--density", "2"], 2, "--density: 2 must be",
      "json"),
 ]
 

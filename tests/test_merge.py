@@ -7,7 +7,7 @@ import torch
 
 from llgbm_cli.adapters import LoraAdapter, LoraModule, load_adapter, random_adapter, save_adapter, weights_sha256
 from llgbm_cli.errors import InputError
-from llgbm_cli.merging import STRATEGIES, general_merge, get_strategy, merge_adapters, merge_with_report
+from llgbm_cli.merging import STRATEGIES, MergeOptions, general_merge, merge_adapters, merge_with_report
 from llgbm_cli.services.merge import merge_to_folder
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -75,7 +75,12 @@ def test_every_strategy_writes_a_peft_adapter(tiny, folders, tmp_path, strategy,
     merged = load_adapter(tmp_path / "m")
     src = load_adapter(inputs[0])
     assert set(merged.modules) == set(src.modules) and len(merged.modules) == 14
-    assert merged.r == res.rank == (12 if strategy == "cat" else 4)
+    # rank auto: linear, task_arithmetic and cat exact (3 x rank 4 = 12); ties/dare by energy
+    if strategy in ("linear", "task_arithmetic", "cat") or space == "factors":
+        assert merged.r == res.rank == (4 if space == "factors" and strategy != "cat" else 12)
+    if space == "delta":
+        assert res.exact == (strategy in ("linear", "task_arithmetic", "cat"))
+        assert res.retained_energy >= 0.99 - 1e-9
     prov = json.loads((tmp_path / "m" / "llgbm.json").read_text())
     assert prov["strategy"] == strategy and [i["sha256"] for i in prov["inputs"]] == before
     pm = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "m"))
@@ -96,7 +101,7 @@ def test_every_strategy_writes_a_peft_adapter(tiny, folders, tmp_path, strategy,
 def test_linear_and_task_arithmetic_exact_at_full_rank(folders, strategy):
     ads = [load_adapter(p) for p in folders]  # ranks 4, 4, 4, 8
     w = [0.5, -0.3, 0.2, 0.4]
-    out, rep = merge_with_report(ads, strategy, w, rank=20)
+    out, rep = merge_with_report(ads, strategy, w)  # rank auto: exact
     coef = [x / sum(w) for x in w] if strategy == "linear" else w
     assert rep.weights == pytest.approx(coef) and rep.exact
     ref = weighted_sum(ads, coef)
@@ -132,9 +137,9 @@ TIES_1_3 = [[13, 10, -9, -16], [9, 15, 13, -10], [-14, 0, 14, 15], [0, -11, 0, 1
 def test_ties_hand_computed_4x4(weights, expected):
     exp = torch.tensor(expected, dtype=torch.float32)
     t = general_merge([torch.tensor(D1, dtype=torch.float32), torch.tensor(D2, dtype=torch.float32)],
-                      weights, get_strategy("ties"), density=0.5)
+                      weights, MergeOptions("ties", density=0.5))
     assert torch.equal(t, exp)
-    out = merge_adapters(one_module([D1, D2]), "ties", weights, density=0.5)  # delta space, rank 4 = full
+    out = merge_adapters(one_module([D1, D2]), "ties", weights, density=0.5, rank=4)  # full rank
     assert torch.allclose(out.modules[Q].delta_weight(), exp, atol=1e-4)
 
 
@@ -145,7 +150,8 @@ def test_dare_mean_over_seeds_approaches_the_undropped_merge():
                        6, 3.0, ["q_proj"]) for _ in mats]
     w = [0.5, 0.3, 0.2]
     ref = weighted_sum(ads, w)[Q]
-    runs = [merge_adapters(ads, "dare_linear", w, drop_rate=0.5, seed=s, rank=12).modules[Q].delta_weight()
+    runs = [merge_adapters(ads, "dare_linear", w, drop_rate=0.5, seed=s, rank=12, rescale="keep_rate")
+            .modules[Q].delta_weight()
             for s in range(120)]
     one, few, many = rel(runs[0], ref), rel(torch.stack(runs[:20]).mean(0), ref), rel(torch.stack(runs).mean(0), ref)
     assert one > 0.3 and many < few < one and many < 0.1
@@ -186,7 +192,7 @@ def test_module_above_16m_elements_merges():
     ads = [LoraAdapter({"model.layers.0.mlp.down_proj": LoraModule(torch.randn(2, in_f, generator=g),
                                                                     torch.randn(out_f, 2, generator=g), 1.0)},
                        2, 2.0, ["down_proj"]) for _ in range(2)]
-    out, rep = merge_with_report(ads, "ties", density=0.3)
+    out, rep = merge_with_report(ads, "ties", density=0.3, rank=2)
     m = out.modules["model.layers.0.mlp.down_proj"]
     assert m.A.shape == (2, in_f) and m.B.shape == (out_f, 2)
     assert torch.isfinite(m.A).all() and torch.isfinite(m.B).all() and 0 < rep.truncation_error < 1
@@ -216,10 +222,13 @@ def test_bad_arguments(folders, tmp_path):
     ins = [str(p) for p in folders[:2]]
     with pytest.raises(InputError, match="nope"):
         merge_to_folder([ins[0], str(tmp_path / "nope")], tmp_path / "m")
-    with pytest.raises(InputError, match="--weights has 3 value"):
+    with pytest.raises(InputError, match="--weights: 3 value"):
         merge_to_folder(ins, tmp_path / "m", weights=[1, 2, 3])
     for kw, flag in [({"density": 0.0}, "--density"), ({"density": 1.2}, "--density"),
-                     ({"drop_rate": -0.1}, "--drop-rate"), ({"drop_rate": 1.5}, "--drop-rate")]:
+                     ({"drop_rate": -0.1}, "--drop-rate"), ({"drop_rate": 1.5}, "--drop-rate"),
+                     ({"drop_rate": 1.0}, "--drop-rate: 1 drops every entry"), ({"rank": 0}, "--rank"),
+                     ({"rank": 33}, "--rank: 33 is above the size of module"), ({"energy": 0}, "--energy"),
+                     ({"rescale": "l2"}, "--rescale")]:
         with pytest.raises(InputError, match=flag):
             merge_to_folder(ins, tmp_path / "m", "ties", **kw)
     with pytest.raises(InputError, match="valid: linear, task_arithmetic, ties"):
@@ -267,7 +276,8 @@ def test_cli_list_and_merge_by_zoo_id(cli, tiny_project, folders):
             "--density", "0.4", "--out", out, "--json")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["strategy"] == "ties" and d["parameters"] == {"density": 0.4} and d["rank"] == 4
+    assert d["strategy"] == "ties" and d["parameters"] == {"density": 0.4, "normalize": True, "rescale": "none"}
+    assert d["retained_energy"] >= 0.99
     assert d["inputs"][0]["input"] == "t0" and d["inputs"][0]["sha256"] == weights_sha256(folders[0])
     prov = json.loads((out / "llgbm.json").read_text())
     assert prov["config"]["merge"]["density"] == 0.4 and prov["config"]["model"]["base"] == "tiny-llama"
@@ -277,9 +287,18 @@ def test_cli_list_and_merge_by_zoo_id(cli, tiny_project, folders):
     r = cli("-p", tiny_project, "merge", "t0", "t9", "--out", tiny_project.parent / "x")
     assert r.exit_code == 2 and "t9" in r.stderr and "zoo.jsonl" in r.stderr
     r = cli("-p", tiny_project, "merge", "-s", "dare", "t0", "t1", "--out", tiny_project.parent / "x")
-    assert r.exit_code == 2 and "merge.strategy" in r.stderr and "dare_ties" in r.stderr
+    assert r.exit_code == 2 and "--strategy: unknown merge strategy" in r.stderr and "dare_ties" in r.stderr
     r = cli("-p", tiny_project, "merge", "t0", "t1", "--density", "1.5", "--out", tiny_project.parent / "x")
-    assert r.exit_code == 2 and "merge.density" in r.stderr
+    assert r.exit_code == 2 and "--density: 1.5 must be in (0, 1]" in r.stderr and "llgbm.toml" not in r.stderr
+    r = cli("-p", tiny_project, "merge", "t0", "t1", "--set", "merge.drop_rate=1.0", "--out", tiny_project.parent / "x")
+    assert r.exit_code == 2 and "--set merge.drop_rate=1.0: 1 drops every entry" in r.stderr
+    r = cli("-p", tiny_project, "merge", "t0", "t1", "--rank", "64", "--out", tiny_project.parent / "x")
+    assert r.exit_code == 2 and "--rank: 64 is above the size of module" in r.stderr
+    text = tiny_project.read_text()
+    tiny_project.write_text(text + "\n[merge]\ndensity = 0\n")
+    r = cli("-p", tiny_project, "merge", "t0", "t1", "--out", tiny_project.parent / "x")
+    assert r.exit_code == 2 and "merge.density: 0 must be in (0, 1]" in r.stderr and tiny_project.name in r.stderr
+    tiny_project.write_text(text)
     r = cli("-p", tiny_project, "merge", "t0", "t1", "--weights", "1,x", "--out", tiny_project.parent / "x")
     assert r.exit_code == 2 and "--weights" in r.stderr
     assert not (tiny_project.parent / "x").exists()
@@ -289,3 +308,40 @@ def test_cli_list_and_merge_by_zoo_id(cli, tiny_project, folders):
 def test_cuda_without_gpu_is_a_clear_error(folders):
     with pytest.raises(InputError, match="no CUDA device"):
         merge_adapters([load_adapter(p) for p in folders[:2]], "ties", device="cuda")
+
+
+def test_cli_options_reach_the_engine_and_full_model(cli, tiny_project, folders):
+    out = tiny_project.parent / "m"
+    r = cli("-p", tiny_project, "--json", "merge", str(folders[0]), str(folders[1]), "-s", "dare_linear",
+            "--drop-rate", "0", "--rescale", "keep_rate", "--normalize", "--rank", "3", "--full-model", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["parameters"] == {"normalize": True, "drop_rate": 0.0, "seed": 0, "rescale": "keep_rate"}
+    assert d["rank"] == 3 and d["rank_range"] == [3, 3] and d["weights"] == [0.5, 0.5]
+    assert (out / "merged-model" / "model.safetensors").exists() and (out / "merged-model" / "config.json").exists()
+    r = cli("-p", tiny_project, "merge", str(folders[0]), str(folders[1]), "--rank", "three", "--out", out, "--force")
+    assert r.exit_code == 2 and "--rank 'three'" in r.stderr
+    r = cli("-p", tiny_project, "merge", str(folders[0]), str(folders[1]), "--max-rank", "0", "--out", out, "--force")
+    assert r.exit_code == 2 and "--max-rank: 0 must be a positive integer" in r.stderr
+
+
+def test_options_from_config_name_their_source(tmp_path):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import ConfigError
+    from llgbm_cli.services.merge import merge_options
+
+    p = tmp_path / "llgbm.toml"
+    p.write_text("[merge]\nstrategy = 'dare_ties'\nrank = 8\ndrop_rate = 0.0\n")
+    r = load_config(p, {"merge.density": 0.3, "merge.energy": 0.9}, flags={"merge.energy": "--energy"})
+    o = merge_options(r)
+    assert (o.strategy, o.rank, o.drop_rate, o.density, o.energy) == ("dare_ties", 8, 0.0, 0.3, 0.9)
+    assert o.source("rank") == "llgbm.toml: merge.rank" and o.source("density") == "--set merge.density=0.3"
+    assert o.source("energy") == "--energy" and o.source("seed") == "merge.seed (default)"
+    with pytest.raises(InputError, match=r"^eval method merge:x: unknown merge strategy"):
+        merge_options(r, strategy=("x", "eval method merge:x"))
+    with pytest.raises(InputError, match=r"llgbm.toml: merge.rank: 8 is above the size of module"):
+        merge_adapters(one_module([torch.ones(4, 4)] * 2), o)
+    p.write_text("[merge]\nrank = 'eight'\n")
+    with pytest.raises(ConfigError, match="merge.rank"):
+        load_config(p)
+    assert load_config(p, {"merge.rank": "auto"}).config.merge.rank == "auto"

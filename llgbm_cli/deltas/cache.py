@@ -38,15 +38,23 @@ class CacheRow:
     sha256: str
 
 
-def make_header(model, probes, spec, base_name: Optional[str] = None) -> dict[str, Any]:
-    """The header a cache built with this base model, probe set and spec carries."""
+def make_header(model, probes, spec, base_name: Optional[str] = None, *, pack: bool = True) -> dict[str, Any]:
+    """The header a cache built with this base model, probe set and spec carries.
+
+    ``activations_fingerprint`` identifies the base model's activations on the probes that the
+    deltas were computed from (:class:`~llgbm_cli.deltas.compute.BaseActivations`): a run uses
+    them only when theirs is the same.
+    """
     from .. import __version__
     from ..models import model_fingerprint
+    from .compute import activations_fingerprint
 
+    base_fp = model_fingerprint(model)
     return {
         "format": FORMAT,
         "base_model": base_name or getattr(model.config, "llgbm_name", None),
-        "base_fingerprint": model_fingerprint(model),
+        "base_fingerprint": base_fp,
+        "activations_fingerprint": activations_fingerprint(base_fp, probes.fingerprint, pack, spec.dtype),
         "probe_fingerprint": probes.fingerprint,
         "probes": probes.describe(),
         "spec": spec.to_dict(),

@@ -16,7 +16,13 @@ Why this is fast, and exact:
   exactly the keys and positions it would see alone, so the result equals the padded forward
   to float rounding, without padding and without repeating the prefix;
 * ``n`` adapters share a forward through :class:`~llgbm_cli.lora.patch.LoraPatch` (row block
-  ``i`` = adapter ``i``); the base weights are never copied or re-wrapped.
+  ``i`` = adapter ``i``); the base weights are never copied or re-wrapped;
+* below the lowest layer an adapter touches, its hidden states are the base model's. They are
+  computed once per base model + probe set (:class:`BaseActivations`, held in memory for the
+  run) and every delta forward, and in training every backward, runs only the decoder layers
+  from the lowest adapted one up to the deepest layer the spec reads. The base side of the delta
+  (its pooled states) comes from the same activations. Adapters with different lowest layers are
+  grouped so that each batch starts as deep as it can.
 
 The same functions run under autograd (training's differentiable delta) and under ``no_grad``
 (``cache-deltas``).
@@ -24,8 +30,11 @@ The same functions run under autograd (training's differentiable delta) and unde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -93,6 +102,37 @@ def _backbone(model):
     )
 
 
+_LAYER_PATTERNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _layer_pattern(model) -> "re.Pattern":
+    """Regex matching a module name inside decoder layer i (group 1 = i), e.g. ``model.layers.7.``."""
+    pat = _LAYER_PATTERNS.get(model)
+    if pat is None:
+        layers = _backbone(model).layers
+        prefix = next(name for name, mod in model.named_modules() if mod is layers)
+        pat = re.compile((re.escape(prefix) + r"\." if prefix else "") + r"(\d+)(?:\.|$)")
+        _LAYER_PATTERNS[model] = pat
+    return pat
+
+
+def lowest_adapted_layer(model, modules: Iterable[str]) -> int:
+    """The lowest decoder layer (0-based) that any of ``modules`` (names as in
+    ``model.named_modules()``; a dict's keys) sits in; ``num_layers`` when there are none.
+
+    Hidden states up to index k (``output_hidden_states`` indexing) are the base model's for an
+    adapter whose lowest layer is k. A module outside the decoder layers counts as layer 0.
+    """
+    pat = _layer_pattern(model)
+    low = len(_backbone(model).layers)
+    for name in modules:
+        m = pat.match(name)
+        if m is None:
+            return 0
+        low = min(low, int(m.group(1)))
+    return low
+
+
 def resolve_layers(model, spec: DeltaSpec) -> list[int]:
     """The spec's layers as hidden-state indices in [0, num_layers]."""
     L = len(_backbone(model).layers)
@@ -109,11 +149,51 @@ class _Stop(Exception):
     """Raised by the capture hook of the deepest needed layer: nothing after it is computed."""
 
 
-def _forward_states(model, input_ids, attention_mask, position_ids, idxs: list[int]) -> list["torch.Tensor"]:
-    """Run the backbone until the deepest of ``idxs``; return those hidden states [B, T, H]."""
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _skip_layers(bb, start: int, state, as_tuple: bool):
+    """While active, decoder layers ``0..start-1`` are not computed: each returns ``state`` (the
+    hidden state entering layer ``start``), so the backbone's own forward (masks, positions,
+    rotary embeddings, per-layer attention kinds) runs unchanged from layer ``start`` on."""
+    if start <= 0:
+        yield
+        return
+    out = (state,) if as_tuple else state
+
+    def skip(*args, **kwargs):
+        return out
+
+    saved = []
+    try:
+        for layer in bb.layers[:start]:
+            saved.append((layer, layer.__dict__.get("forward", _MISSING)))
+            layer.forward = skip
+        yield
+    finally:
+        for layer, old in saved:
+            if old is _MISSING:
+                del layer.forward
+            else:
+                layer.forward = old
+
+
+def _forward_states(
+    model, input_ids, attention_mask, position_ids, idxs: list[int], *,
+    start: int = 0, start_state=None, layer_tuple: bool = False, info: Optional[dict] = None,
+) -> list["torch.Tensor"]:
+    """Run the backbone until the deepest of ``idxs``; return those hidden states [B, T, H].
+
+    With ``start > 0`` the decoder layers below ``start`` are skipped and ``start_state``
+    ([B, T, H], the hidden state of index ``start``) enters layer ``start``; every index must then
+    be above ``start``. ``info["tuple"]`` records whether decoder layers return tuples.
+    """
     bb = _backbone(model)
     L = len(bb.layers)
     deepest = max(idxs)
+    if start > 0 and min(idxs) <= start:
+        raise ValueError(f"hidden state {min(idxs)} lies below the first computed layer {start}")
     captured: dict[int, Any] = {}
 
     def module_of(i: int):
@@ -121,6 +201,8 @@ def _forward_states(model, input_ids, attention_mask, position_ids, idxs: list[i
 
     def make_hook(i: int):
         def hook(mod, inputs, output):
+            if info is not None and 0 < i < L:
+                info["tuple"] = isinstance(output, tuple)
             captured[i] = output[0] if isinstance(output, tuple) else output
             if i == deepest:
                 raise _Stop
@@ -129,7 +211,8 @@ def _forward_states(model, input_ids, attention_mask, position_ids, idxs: list[i
 
     handles = [module_of(i).register_forward_hook(make_hook(i)) for i in sorted(set(idxs))]
     try:
-        bb(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        with _skip_layers(bb, start, start_state, layer_tuple):
+            bb(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     except _Stop:
         pass
     finally:
@@ -181,8 +264,6 @@ def pack_probes(probes: "ProbeSet", device=None, dtype=None) -> _Packed:
 
 
 def _compute_dtype(model, spec: DeltaSpec):
-    import torch
-
     from ..models import resolve_dtype
 
     want = resolve_dtype(spec.dtype)
@@ -190,71 +271,237 @@ def _compute_dtype(model, spec: DeltaSpec):
     return want, have
 
 
-def pooled_states(model, probes: "ProbeSet", spec: DeltaSpec, n_adapters: int = 1, *, pack: bool = True) -> "torch.Tensor":
+def _dtype_context(model, spec: DeltaSpec):
+    """Autocast when the spec asks for a lower precision than the model's float32 weights."""
+    import torch
+
+    want, have = _compute_dtype(model, spec)
+    if want == have:
+        return contextlib.nullcontext()
+    if want != torch.float32 and have == torch.float32:
+        device = next(model.parameters()).device
+        return torch.autocast(device_type=device.type, dtype=want)
+    raise ValueError(f"delta.dtype is {spec.dtype} but the model's weights are {have}; load the base in {spec.dtype}")
+
+
+# --------------------------------------------------------------------------- base activations
+
+
+def activations_fingerprint(base_fingerprint: str, probe_fingerprint: str, pack: bool, dtype: str) -> str:
+    """Identity of a base model's activations on a probe set: what a delta cache header records."""
+    key = json.dumps({"base": base_fingerprint, "probes": probe_fingerprint, "pack": bool(pack), "dtype": dtype},
+                     sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _weights_stamp(model) -> tuple:
+    """Changes whenever a parameter is replaced, added or modified in place (autograd's version
+    counter), or the train/eval mode flips: stale activations are then recomputed."""
+    return (model.training, tuple((p.data_ptr(), p._version, tuple(p.shape)) for p in model.parameters()))
+
+
+class BaseActivations:
+    """The base model's hidden states on one probe set, computed once and reused by every delta.
+
+    ``states[i]`` is hidden state ``i`` (``output_hidden_states`` indexing) of the packed probe
+    sequence ``[1, S, H]`` (or of the padded batch ``[P, T, H]``), detached. States are computed
+    on demand: a new index runs the base from the deepest index already held below it. Get one
+    through :func:`base_activations`, which keeps them per model for the run and rebuilds them
+    when the model's weights change.
+    """
+
+    def __init__(self, model, probes: "ProbeSet", *, pack: bool = True, dtype: str = "float32"):
+        from ..models import resolve_dtype
+
+        device = next(model.parameters()).device
+        self.pack = bool(pack)
+        self.dtype = dtype
+        self.probe_fingerprint = probes.fingerprint
+        self.n_probes = len(probes)
+        if self.pack:
+            self.packed: Optional[_Packed] = pack_probes(probes, device=device, dtype=resolve_dtype(dtype))
+        else:
+            self.packed = None
+            self.input_ids = probes.input_ids.to(device)
+            self.attention_mask = probes.attention_mask.to(device)
+        self.states: dict[int, "torch.Tensor"] = {}
+        self.layer_tuple = False
+        self.forwards = 0  # base forwards run so far
+        self.layers_run = 0  # decoder layers those forwards computed
+        self._pooled: dict = {}
+        self._model = weakref.ref(model)
+        self._stamp = _weights_stamp(model)
+        self._fingerprint: Optional[str] = None
+
+    def matches(self, model) -> bool:
+        """Still the activations of ``model`` as it is now."""
+        return self._model() is model and self._stamp == _weights_stamp(model)
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`activations_fingerprint` of the model and probes these states came from."""
+        if self._fingerprint is None:
+            from ..models import model_fingerprint
+
+            model = self._model()
+            if model is None:
+                raise RuntimeError("the model of these activations is gone")
+            self._fingerprint = activations_fingerprint(model_fingerprint(model), self.probe_fingerprint,
+                                                        self.pack, self.dtype)
+        return self._fingerprint
+
+    def inputs(self, n: int):
+        """(input_ids, attention_mask, position_ids) of ``n`` copies of the probes."""
+        if self.packed is not None:
+            pk = self.packed
+            S = pk.input_ids.shape[1]
+            return pk.input_ids.expand(n, S), pk.mask, pk.position_ids.expand(n, S)
+        return self.input_ids.repeat(n, 1), self.attention_mask.repeat(n, 1), None
+
+    def expand(self, h: "torch.Tensor", n: int) -> "torch.Tensor":
+        """A held state laid out as ``n`` row blocks, as the n-adapter forward has it."""
+        if self.packed is not None:
+            return h.expand(n, *h.shape[1:])
+        return h.unsqueeze(0).expand(n, *h.shape).reshape(n * h.shape[0], *h.shape[1:])
+
+    def ensure(self, model, idxs: Iterable[int], ctx=None) -> None:
+        """Compute (once) the base states of ``idxs``; ``ctx`` is the dtype context of the spec."""
+        import torch
+
+        from ..lora.patch import active_patches
+
+        missing = sorted({int(i) for i in idxs} - set(self.states))
+        if not missing:
+            return
+        if active_patches(model):
+            raise RuntimeError("base activations were requested while a LoRA patch is active on the model; "
+                               "compute them (ensure) before entering the patch")
+        src = max((j for j in self.states if j < missing[0]), default=0)
+        info: dict = {}
+        ids, mask, pos = self.inputs(1)
+        with torch.no_grad(), (ctx if ctx is not None else contextlib.nullcontext()):
+            got = _forward_states(model, ids, mask, pos, missing, start=src,
+                                  start_state=self.states.get(src), layer_tuple=self.layer_tuple, info=info)
+        if "tuple" in info:
+            self.layer_tuple = info["tuple"]
+        for i, h in zip(missing, got):
+            self.states[i] = h.detach()
+        self.forwards += 1
+        self.layers_run += min(missing[-1], len(_backbone(model).layers)) - src
+
+    def pooled(self, model, spec: DeltaSpec) -> "torch.Tensor":
+        """The base model's pooled states ``[D]`` for ``spec`` (float32), from these activations."""
+        idxs = resolve_layers(model, spec)
+        key = (tuple(idxs), spec.pool)
+        if key not in self._pooled:
+            self.ensure(model, idxs, _dtype_context(model, spec))
+            self._pooled[key] = _pool([self.states[i] for i in idxs], self, spec, 1)[0]
+        return self._pooled[key].clone()
+
+
+_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MEMO_PER_MODEL = 8
+
+
+def base_activations(model, probes: "ProbeSet", *, pack: bool = True, dtype: str = "float32") -> BaseActivations:
+    """The run's :class:`BaseActivations` of ``model`` on ``probes`` (made on first use, remade
+    when the model's weights have changed since)."""
+    per = _MEMO.get(model)
+    if per is None:
+        per = _MEMO[model] = {}
+    key = (probes.fingerprint, bool(pack), dtype, str(next(model.parameters()).device))
+    acts = per.get(key)
+    if acts is None or not acts.matches(model):
+        per.pop(key, None)
+        acts = BaseActivations(model, probes, pack=pack, dtype=dtype)
+        per[key] = acts
+        while len(per) > _MEMO_PER_MODEL:
+            per.pop(next(iter(per)))
+    return acts
+
+
+# --------------------------------------------------------------------------- pooled states and deltas
+
+
+def _pool(states: list["torch.Tensor"], acts: BaseActivations, spec: DeltaSpec, n: int) -> "torch.Tensor":
+    """Pool each state (``n`` row blocks) over its probe tokens, average over probes: ``[n, D]``."""
+    import torch
+
+    outs = []
+    P = acts.n_probes
+    for h in states:
+        h = h.float()
+        if acts.packed is not None:
+            pk = acts.packed
+            if spec.pool == "last_token":
+                pooled = h[:, pk.last]  # [n, P, H]
+            else:
+                seg = pk.seg_index
+                sums = h.new_zeros(n, P, h.shape[-1]).index_add(1, seg.clamp_min(0)[pk.prefix_len:], h[:, pk.prefix_len:])
+                prefix = h[:, : pk.prefix_len].sum(1, keepdim=True)  # shared by every probe
+                pooled = (sums + prefix) / pk.lengths.to(h.dtype)[None, :, None]
+        else:
+            am = acts.attention_mask
+            T = am.shape[1]
+            lengths = am.sum(1)
+            h = h.reshape(n, P, T, -1)
+            if spec.pool == "last_token":
+                pooled = h[:, torch.arange(P, device=h.device), lengths - 1]  # [n, P, H]
+            else:
+                m = am.to(h.dtype)[None, :, :, None]
+                pooled = (h * m).sum(2) / lengths.to(h.dtype)[None, :, None]
+        outs.append(pooled.mean(1))
+    return torch.cat(outs, dim=-1)
+
+
+def pooled_states(
+    model, probes: "ProbeSet", spec: DeltaSpec, n_adapters: int = 1, *, pack: bool = True,
+    start_layer: int = 0, acts: Optional[BaseActivations] = None,
+) -> "torch.Tensor":
     """Pooled hidden states averaged over probes: ``[n_adapters, D]`` (float32).
 
     The batch holds ``n_adapters`` copies of the probes in contiguous row blocks, so under a
     :class:`LoraPatch` with n adapters row block i is adapter i. Works under autograd.
     ``pack=False`` runs the plain padded batch instead (same result to float rounding).
+
+    ``start_layer=k`` runs decoder layers k… only, entering layer k with the base model's state
+    from ``acts`` (default: the run's :func:`base_activations`): right when nothing below layer
+    k is patched. The base states it needs must be computed before a patch is entered (see
+    :meth:`BaseActivations.ensure`; :func:`delta_for_stacked` does it).
     """
-    import contextlib
-
-    import torch
-
     idxs = resolve_layers(model, spec)
     n = int(n_adapters)
-    device = next(model.parameters()).device
-    want, have = _compute_dtype(model, spec)
-    if want == have:
-        ctx = contextlib.nullcontext()
-    elif want != torch.float32 and have == torch.float32:
-        ctx = torch.autocast(device_type=device.type, dtype=want)
-    else:
-        raise ValueError(f"delta.dtype is {spec.dtype} but the model's weights are {have}; load the base in {spec.dtype}")
-    if pack:
-        pk = pack_probes(probes, device=device, dtype=want)
-        S = pk.input_ids.shape[1]
+    ctx = _dtype_context(model, spec)
+    start = max(0, min(int(start_layer), max(idxs)))
+    if acts is None:
+        acts = base_activations(model, probes, pack=pack, dtype=spec.dtype) if start else \
+            BaseActivations(model, probes, pack=pack, dtype=spec.dtype)
+    if start:
+        acts.ensure(model, [start] + [i for i in idxs if i <= start], ctx)
+    run = sorted({i for i in idxs if i > start or not start})
+    got: dict[int, Any] = {}
+    if run:
+        ids, mask, pos = acts.inputs(n)
         with ctx:
-            states = _forward_states(
-                model, pk.input_ids.expand(n, S), pk.mask, pk.position_ids.expand(n, S), idxs
-            )
-        outs = []
-        for h in states:
-            h = h.float()  # [n, S, H]
-            if spec.pool == "last_token":
-                pooled = h[:, pk.last]  # [n, P, H]
-            else:
-                P = len(probes)
-                seg = pk.seg_index
-                sums = h.new_zeros(n, P, h.shape[-1]).index_add(1, seg.clamp_min(0)[pk.prefix_len:], h[:, pk.prefix_len:])
-                prefix = h[:, : pk.prefix_len].sum(1, keepdim=True)  # shared by every probe
-                pooled = (sums + prefix) / pk.lengths.to(h.dtype)[None, :, None]
-            outs.append(pooled.mean(1))
-        return torch.cat(outs, dim=-1)
-    ids = probes.input_ids.to(device)
-    am = probes.attention_mask.to(device)
-    P, T = ids.shape
-    with ctx:
-        states = _forward_states(model, ids.repeat(n, 1), am.repeat(n, 1), None, idxs)
-    lengths = am.sum(1)
-    outs = []
-    for h in states:
-        h = h.float().reshape(n, P, T, -1)
-        if spec.pool == "last_token":
-            pooled = h[:, torch.arange(P, device=device), lengths - 1]  # [n, P, H]
-        else:
-            m = am.to(h.dtype)[None, :, :, None]
-            pooled = (h * m).sum(2) / lengths.to(h.dtype)[None, :, None]
-        outs.append(pooled.mean(1))
-    return torch.cat(outs, dim=-1)
+            hs = _forward_states(model, ids, mask, pos, run, start=start,
+                                 start_state=acts.expand(acts.states[start], n) if start else None,
+                                 layer_tuple=acts.layer_tuple)
+        got = dict(zip(run, hs))
+    states = [got[i] if i in got else acts.expand(acts.states[i], n) for i in idxs]
+    return _pool(states, acts, spec, n)
 
 
-def base_states(model, probes: "ProbeSet", spec: DeltaSpec, *, pack: bool = True) -> "torch.Tensor":
-    """The base model's pooled states ``[D]`` (no adapter; no grad)."""
+def base_states(
+    model, probes: "ProbeSet", spec: DeltaSpec, *, pack: bool = True, acts: Optional[BaseActivations] = None,
+) -> "torch.Tensor":
+    """The base model's pooled states ``[D]`` (no adapter; no grad), from the run's
+    :class:`BaseActivations` (computed once per model and probe set)."""
     import torch
 
+    if acts is None:
+        acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
     with torch.no_grad():
-        return pooled_states(model, probes, spec, 1, pack=pack)[0]
+        return acts.pooled(model, spec)
 
 
 def delta_for_stacked(
@@ -265,19 +512,73 @@ def delta_for_stacked(
     base: Optional["torch.Tensor"] = None,
     *,
     pack: bool = True,
+    acts: Optional[BaseActivations] = None,
+    reuse: bool = True,
 ) -> "torch.Tensor":
     """Deltas ``[n, D]`` of n stacked adapters; differentiable w.r.t. the stacked A and B.
 
-    Pass ``base`` (from :func:`base_states`) to skip recomputing the base forward.
+    Pass ``base`` (from :func:`base_states`) to skip looking up the base states. With ``reuse``
+    (default) the forward starts at the lowest layer the adapters touch, from the base model's
+    activations (``acts``, default: the run's); ``reuse=False`` runs the whole backbone.
     """
     from ..lora.patch import LoraPatch
 
+    if acts is None:
+        acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
     if base is None:
-        base = base_states(model, probes, spec, pack=pack)
+        base = base_states(model, probes, spec, acts=acts)
+    start = 0
+    if reuse:
+        idxs = resolve_layers(model, spec)
+        start = min(lowest_adapted_layer(model, stacked), max(idxs))
+        if start:
+            acts.ensure(model, [start] + [i for i in idxs if i <= start], _dtype_context(model, spec))
     patch = LoraPatch(model, stacked)
     with patch:
-        states = pooled_states(model, probes, spec, max(patch.n, 1), pack=pack)
+        states = pooled_states(model, probes, spec, max(patch.n, 1), start_layer=start, acts=acts)
     return states - base.to(states.device)[None]
+
+
+def _batches(model, adapters: Iterable["LoraAdapter"], size: int, group: bool) -> Iterator[tuple[list[int], list]]:
+    """``(positions, adapters)`` batches of at most ``size``. A list is grouped by lowest adapted
+    layer first (stable), so that a batch never starts shallower than its adapters need."""
+    size = max(1, int(size))
+    if group and isinstance(adapters, (list, tuple)):
+        by_layer: dict[int, list[int]] = {}
+        for i, ad in enumerate(adapters):
+            by_layer.setdefault(lowest_adapted_layer(model, ad.modules), []).append(i)
+        for k in sorted(by_layer):
+            pos = by_layer[k]
+            for s in range(0, len(pos), size):
+                yield pos[s:s + size], [adapters[i] for i in pos[s:s + size]]
+        return
+    pos, batch = [], []
+    for i, ad in enumerate(adapters):
+        pos.append(i)
+        batch.append(ad)
+        if len(batch) >= size:
+            yield pos, batch
+            pos, batch = [], []
+    if batch:
+        yield pos, batch
+
+
+def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts):
+    import torch
+
+    from ..lora.patch import stack_adapters
+
+    device = next(model.parameters()).device
+    dt = next(model.parameters()).dtype
+    if acts is None:
+        acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
+    if base is None:
+        base = base_states(model, probes, spec, acts=acts)
+    for pos, batch in _batches(model, adapters, adapters_per_batch, reuse):
+        with torch.no_grad():
+            stacked = stack_adapters(batch, device=device, dtype=dt)
+            d = delta_for_stacked(model, probes, spec, stacked, base, acts=acts, reuse=reuse).float().cpu()
+        yield pos, batch, d
 
 
 def iter_deltas(
@@ -289,30 +590,16 @@ def iter_deltas(
     *,
     base: Optional["torch.Tensor"] = None,
     pack: bool = True,
+    reuse: bool = True,
+    acts: Optional[BaseActivations] = None,
 ) -> Iterator[tuple[list["LoraAdapter"], "torch.Tensor"]]:
-    """Stream ``(batch of adapters, deltas [b, D] on CPU)``; only one batch is held at a time."""
-    import torch
+    """Stream ``(batch of adapters, deltas [b, D] on CPU)``; only one batch is held at a time.
 
-    from ..lora.patch import stack_adapters
-
-    device = next(model.parameters()).device
-    dt = next(model.parameters()).dtype
-    if base is None:
-        base = base_states(model, probes, spec, pack=pack)
-    batch: list = []
-
-    def run(b):
-        with torch.no_grad():
-            stacked = stack_adapters(b, device=device, dtype=dt)
-            return delta_for_stacked(model, probes, spec, stacked, base, pack=pack).float().cpu()
-
-    for ad in adapters:
-        batch.append(ad)
-        if len(batch) >= adapters_per_batch:
-            yield batch, run(batch)
-            batch = []
-    if batch:
-        yield batch, run(batch)
+    A list of adapters is batched by lowest adapted layer (the batches may come in another order
+    than the list); any other iterable is batched as it comes.
+    """
+    for _, batch, d in _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts):
+        yield batch, d
 
 
 def compute_deltas(
@@ -325,22 +612,29 @@ def compute_deltas(
     *,
     base: Optional["torch.Tensor"] = None,
     pack: bool = True,
+    reuse: bool = True,
+    acts: Optional[BaseActivations] = None,
 ) -> "torch.Tensor":
     """Deltas ``[N, D]`` (float32, CPU) of adapters streamed ``adapters_per_batch`` at a time, no grad.
 
-    ``progress(k)`` is called after each batch with the number of adapters it finished; pass
-    ``base`` (from :func:`base_states`) when calling repeatedly, to run the base forward once.
+    Rows follow the order of ``adapters``. ``progress(k)`` is called after each batch with the
+    number of adapters it finished. ``reuse=False`` runs every batch through the whole backbone.
     """
     import torch
 
-    rows = []
-    for b, d in iter_deltas(model, adapters, probes, spec, adapters_per_batch, base=base, pack=pack):
-        rows.append(d)
+    parts = []
+    n = 0
+    for pos, batch, d in _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts):
+        parts.append((pos, d))
+        n += len(pos)
         if progress is not None:
-            progress(len(b))
-    if not rows:
+            progress(len(batch))
+    if not parts:
         return torch.zeros(0, spec.dim(model))
-    return torch.cat(rows)
+    out = torch.empty(n, parts[0][1].shape[1])
+    for pos, d in parts:
+        out[torch.as_tensor(pos)] = d
+    return out
 
 
 backbone = _backbone  # the public name, for modules that run the decoder stack themselves

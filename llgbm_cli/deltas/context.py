@@ -73,7 +73,7 @@ class DeltaContext:
                              max_length=pc.max_length, seed=cfg.project.seed)
         if device is not False:
             probes = probes.to(device if device is not None else next(model.parameters()).device)
-        return cls(resolved, model, spec, probes, make_header(model, probes, spec, cfg.model.base))
+        return cls(resolved, model, spec, probes, make_header(model, probes, spec, cfg.model.base, pack=cfg.delta.pack))
 
     @property
     def cache_folder(self) -> Path:

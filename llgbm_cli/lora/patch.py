@@ -11,6 +11,7 @@ A and B (the differentiable delta used in training); with ``torch.no_grad`` it i
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
 
@@ -18,6 +19,16 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ..adapters import LoraAdapter
+
+
+# How many patches are active on each model: the delta code refuses to record "base" activations
+# while one is (they would not be the base's).
+_ACTIVE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def active_patches(model) -> int:
+    """Number of :class:`LoraPatch` contexts currently active on ``model``."""
+    return _ACTIVE.get(model, 0)
 
 
 @dataclass
@@ -92,6 +103,7 @@ class LoraPatch:
             raise ValueError(f"every module must stack the same number of adapters, got {sorted(ns)}")
         self.n = ns.pop() if ns else 0
         self._handles: list = []
+        self._entered = False
 
     def __enter__(self) -> "LoraPatch":
         import torch.nn as nn
@@ -100,18 +112,31 @@ class LoraPatch:
         missing = [k for k in self.weights if k not in named]
         if missing:
             raise KeyError(f"modules not in the model: {missing[:5]}")
-        for name, w in self.weights.items():
-            mod = named[name]
-            if not isinstance(mod, nn.Linear):
-                raise TypeError(f"{name} is {type(mod).__name__}, not nn.Linear")
-            if w.A.shape[2] != mod.in_features or w.B.shape[1] != mod.out_features:
-                raise ValueError(
-                    f"{name}: LoRA maps {w.A.shape[2]}->{w.B.shape[1]}, module is {mod.in_features}->{mod.out_features}"
-                )
-            self._handles.append(mod.register_forward_hook(self._make_hook(w)))
+        try:
+            for name, w in self.weights.items():
+                mod = named[name]
+                if not isinstance(mod, nn.Linear):
+                    raise TypeError(f"{name} is {type(mod).__name__}, not nn.Linear")
+                if w.A.shape[2] != mod.in_features or w.B.shape[1] != mod.out_features:
+                    raise ValueError(
+                        f"{name}: LoRA maps {w.A.shape[2]}->{w.B.shape[1]}, module is {mod.in_features}->{mod.out_features}"
+                    )
+                self._handles.append(mod.register_forward_hook(self._make_hook(w)))
+        except Exception:
+            self.__exit__()
+            raise
+        _ACTIVE[self.model] = _ACTIVE.get(self.model, 0) + 1
+        self._entered = True
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._entered:
+            self._entered = False
+            left = _ACTIVE.get(self.model, 0) - 1
+            if left > 0:
+                _ACTIVE[self.model] = left
+            else:
+                _ACTIVE.pop(self.model, None)
         for h in self._handles:
             h.remove()
         self._handles.clear()

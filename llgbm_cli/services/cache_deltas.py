@@ -3,8 +3,10 @@
 Incremental: a row is reused when the cache already holds the adapter's id with the same
 sha256 of its weights; new or changed adapters are computed. The cache header (base-model
 fingerprint, probe fingerprint, delta spec) must match the current run, else the run is refused
-(``rebuild`` starts over). Adapters are streamed ``delta.adapters_per_batch`` at a time, and the
-cache is committed at least every ``delta.flush_seconds`` and on the way out of an interrupted run.
+(``rebuild`` starts over). Adapters are streamed ``delta.adapters_per_batch`` at a time, grouped by
+the lowest layer they adapt so that each batch runs only the layers from there up, on the base
+model's activations below it (computed once per run; their fingerprint is in the cache header).
+The cache is committed at least every ``delta.flush_seconds`` and on the way out of an interrupted run.
 
 Under ``accelerate launch`` the work is sharded: every process computes its slice of each round
 and the main process gathers the rows and alone writes the cache.
@@ -147,11 +149,11 @@ def run_cache_deltas(
     """
     import contextlib
 
-    from ..adapters import weights_sha256
+    from ..adapters import adapter_module_names, weights_sha256
     from ..io import check_output, provenance
     from ..models import load_base_model
     from ..deltas.cache import CacheRow, DeltaCache, cache_lock
-    from ..deltas.compute import base_states, iter_deltas
+    from ..deltas.compute import base_activations, base_states, iter_deltas, lowest_adapted_layer
     from ..deltas.context import DeltaContext
 
     t0 = time.perf_counter()
@@ -180,6 +182,7 @@ def run_cache_deltas(
                                        "set delta.cache to another folder")
         else:
             cache = DeltaCache(folder, header)
+        cache.header["activations_fingerprint"] = header["activations_fingerprint"]
         todo: list[_Item] = []
         for it in items:
             try:
@@ -197,20 +200,30 @@ def run_cache_deltas(
         dist.barrier()
 
         task = progress.add("deltas", total=len(todo))
-        base = base_states(model, probes, spec, pack=cfg.delta.pack) if todo else None
+        acts = base = None
+        if todo:
+            acts = base_activations(model, probes, pack=cfg.delta.pack, dtype=spec.dtype)
+            if acts.fingerprint != header["activations_fingerprint"]:
+                raise RuntimeError("the base activations in memory are not those of this base model and probe set")
+            base = base_states(model, probes, spec, acts=acts)
         apb = cfg.delta.adapters_per_batch
         per_round = apb * dist.world
+        # Rounds never mix adapters whose lowest adapted layer differs: each starts as deep as it can.
+        groups: dict[int, list[_Item]] = {}
+        for it in todo:
+            groups.setdefault(lowest_adapted_layer(model, adapter_module_names(it.path)), []).append(it)
+        rounds = [g[s:s + per_round] for _, g in sorted(groups.items()) for s in range(0, len(g), per_round)]
         last_flush = time.monotonic()
         dirty = bool(rebuild) or not DeltaCache.exists(folder)
         batches = 0
         try:
-            for start in range(0, len(todo), per_round):
-                mine = todo[start + dist.rank * apb: start + (dist.rank + 1) * apb]
+            for rnd in rounds:
+                mine = rnd[dist.rank * apb: (dist.rank + 1) * apb]
                 local: list[tuple] = []
                 loaded = list(_load_valid(mine, model, local))  # at most adapters_per_batch held
                 if loaded:
-                    _, deltas = next(iter_deltas(model, [a for _, a in loaded], probes, spec, len(loaded),
-                                                 base=base, pack=cfg.delta.pack))
+                    _, deltas = next(iter_deltas(model, iter([a for _, a in loaded]), probes, spec, len(loaded),
+                                                 base=base, pack=cfg.delta.pack, acts=acts))
                     for (it, _), d in zip(loaded, deltas):
                         if not bool(d.isfinite().all()):  # never store a NaN/Inf row
                             local.append((it.id, str(it.path), it.sha256, None,
@@ -232,7 +245,7 @@ def run_cache_deltas(
                         cache.save(prov)
                         dirty = False
                         last_flush = time.monotonic()
-                progress.advance(task, len(todo[start:start + per_round]))
+                progress.advance(task, len(rnd))
                 batches += 1
                 if stop_after is not None and batches >= stop_after:
                     raise KeyboardInterrupt

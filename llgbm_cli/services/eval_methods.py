@@ -87,7 +87,7 @@ def check_name(m: str, flag: str = "--method") -> str:
     if m in fixed_names():
         return m
     if m.startswith(MERGE_PREFIX):
-        get_strategy(m.split(":", 1)[1])
+        get_strategy(m.split(":", 1)[1], source=f"{flag} {m}")
         return m
     if Path(m).expanduser().is_dir():
         if not (Path(m).expanduser() / CONFIG_FILE).exists():
@@ -180,14 +180,19 @@ def merge_entries(world, task: str) -> list[Any]:
     return [teacher_of(world.zoo, t) for t in others]
 
 
-def merge_zoo(world, entries: list[Any], strategy: str):
+def merge_zoo(world, entries: list[Any], method: str):
+    """The adapter of eval method ``method`` (``merge:<strategy>``, or ``mean-delta``: the linear mean),
+    with the config's ``[merge]`` options."""
     from ..adapters import load_adapter
     from ..merging import merge_adapters
+    from .merge import merge_options
 
-    mc = world.resolved.config.merge
+    strategy = method.split(":", 1)[1] if method.startswith(MERGE_PREFIX) else "linear"
+    opts = merge_options(world.resolved, strategy=(strategy, f"eval method {method}"))
+    if method == "mean-delta":
+        opts = opts.replace(normalize=True)
     ads = [load_adapter(world.zoo.path_of(e)) for e in entries]
-    return merge_adapters(ads, strategy, density=mc.density, drop_rate=mc.drop_rate, seed=mc.seed,
-                          space=mc.space, rank=mc.rank)
+    return merge_adapters(ads, opts)
 
 
 # --------------------------------------------------------------------------- the methods
@@ -211,7 +216,7 @@ def _teacher(ctx, method: str, tasks: list[str]) -> Built:
 
 @register("mean-delta", "every training adapter merged linearly, the same for every task")
 def _mean_delta(ctx, method: str, tasks: list[str]) -> Built:
-    merged = merge_zoo(ctx.world, ctx.world.train_entries, "linear")
+    merged = merge_zoo(ctx.world, ctx.world.train_entries, method)
     return Built({t: merged for t in tasks}, {t: t in ctx.world.holdout for t in tasks})
 
 
@@ -289,7 +294,8 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
     out, hits, where = {}, {}, {}
     for task in tasks:
         texts = condition_texts(world, task, "prompts", 8)
-        r = retrieve(resolved, prompts=texts, merge=strategy, out=ctx.tmp / rel / task, encoder=encoder)
+        r = retrieve(resolved, prompts=texts, merge=(strategy, resolved.origin("retrieve.merge_strategy")),
+                     out=ctx.tmp / rel / task, encoder=encoder)
         leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
         if leaked:
             raise InputError(f"method b2: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
@@ -303,11 +309,10 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
 
 @register(MERGE_PREFIX, "the chosen zoo adapters merged (default: every other training task's teacher)")
 def _merged(ctx, method: str, tasks: list[str]) -> Built:
-    strategy = method.split(":", 1)[1]
     adapters, heldout = {}, {}
     for t in tasks:
         entries = merge_entries(ctx.world, t)
-        adapters[t] = merge_zoo(ctx.world, entries, strategy)
+        adapters[t] = merge_zoo(ctx.world, entries, method)
         heldout[t] = all(e.task != t for e in entries)
     return Built(adapters, heldout)
 

@@ -3,7 +3,9 @@
 Everything is checked before any work: every input exists, the adapters fit each other, the
 parameters are in range and ``out`` is free (or ``force``) and is not one of the inputs. Inputs are
 only read. The output carries provenance: each input with the sha256 of its weights, the strategy,
-its parameters, the weights as applied and the resolved config.
+its parameters, the weights as applied, each module's rank, the retained energy and the resolved
+config. With ``full_model`` the folder also holds ``merged-model/``: the base model with the merge
+added to its weights, written in the same atomic step.
 """
 
 from __future__ import annotations
@@ -14,9 +16,27 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import InputError
-from ..merging import check_params, get_strategy, list_strategies
+from ..merging import MergeOptions, as_options, list_strategies
 
-__all__ = ["MergeResult", "merge_to_folder", "resolve_inputs", "list_strategies"]
+__all__ = ["MergeResult", "merge_to_folder", "merge_options", "resolve_inputs", "list_strategies"]
+
+#: The ``[merge]`` keys that are merge options (the rest say what to write).
+OPTION_KEYS = ("strategy", "density", "drop_rate", "seed", "space", "rank", "energy", "max_rank", "normalize",
+               "rescale", "device")
+
+
+def merge_options(resolved: Any, *, strategy: Optional[tuple[str, str]] = None,
+                  weights: Optional[tuple[Sequence[float], str]] = None) -> MergeOptions:
+    """The merge options of a resolved config (``[merge]`` with flags and ``--set`` on top), each
+    remembering where it came from; ``strategy`` and ``weights``, as ``(value, source)``, replace
+    the config's (``retrieve --merge``, an eval method, similarity scores)."""
+    m = resolved.config.merge
+    values: dict[str, Any] = {k: getattr(m, k) for k in OPTION_KEYS}
+    sources = {k: resolved.origin(f"merge.{k}") for k in OPTION_KEYS}
+    for name, given in (("strategy", strategy), ("weights", weights)):
+        if given is not None:
+            values[name], sources[name] = given
+    return MergeOptions(**values, sources=sources)
 
 
 @dataclass
@@ -25,14 +45,17 @@ class MergeResult:
     strategy: str
     space: str
     rank: int
+    rank_range: list[int]
     weights: list[float]
     weighting: str
     parameters: dict[str, Any]
     inputs: list[dict[str, Any]]
     modules: int
+    retained_energy: Optional[float]
     truncation_error: Optional[float]
     exact: bool
     seconds: float
+    full_model: Optional[str] = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,22 +95,21 @@ def resolve_inputs(inputs: Sequence[str | Path], zoo: Any = None) -> list[tuple[
 def merge_to_folder(
     inputs: Sequence[str | Path],
     out: str | Path,
-    strategy: str = "linear",
+    options: MergeOptions | str | None = None,
     weights: Optional[Sequence[float]] = None,
     *,
-    density: float = 0.5,
-    drop_rate: float = 0.9,
-    seed: int = 0,
-    space: str = "delta",
-    rank: Optional[int] = None,
-    device: str = "cpu",
     force: bool = False,
     zoo: Any = None,
     config: Optional[dict[str, Any]] = None,
+    full_model: Optional[str | Path] = None,
     progress: Any = None,
+    **fields: Any,
 ) -> MergeResult:
     """Merge adapter folders or zoo ids into a PEFT LoRA folder ``out`` (see merging.merge_with_report).
 
+    ``options`` is a :class:`~llgbm_cli.merging.MergeOptions` (see :func:`merge_options`) or a
+    strategy name completed by ``weights`` and ``fields``. ``full_model``: a base model folder
+    whose weights, with the merge added, are also written to ``out/merged-model``.
     ``progress`` is an optional reporter with ``add(description, total)`` and ``advance(task)``.
     """
     from ..adapters import load_adapter, save_adapter, weights_sha256
@@ -95,16 +117,21 @@ def merge_to_folder(
     from ..merging import merge_with_report
 
     t0 = time.perf_counter()
-    get_strategy(strategy)
-    check_params(density=density, drop_rate=drop_rate, space=space, rank=rank)
+    opts = as_options(options, weights, **fields)
     if not inputs:
         raise InputError("no adapters to merge; name at least one adapter folder or zoo id")
-    if weights is not None and len(weights) != len(inputs):
-        raise InputError(f"--weights has {len(weights)} value(s) for {len(inputs)} adapter(s); "
+    if opts.weights is not None and len(opts.weights) != len(inputs):
+        raise InputError(f"{opts.source('weights')}: {len(opts.weights)} value(s) for {len(inputs)} adapter(s); "
                          "give one weight per adapter")
     resolved = resolve_inputs(inputs, zoo)
     out = Path(out).expanduser()
     check_output(out, "adapter", force=force, inputs=[folder for _, folder in resolved])
+    base_folder = None
+    if full_model is not None:
+        from ..merging import base_weight_files
+
+        base_folder = Path(full_model)
+        base_weight_files(base_folder)  # fails now, before any work, when the base has no safetensors
 
     adapters, records = [], []
     for label, folder in resolved:
@@ -113,43 +140,32 @@ def merge_to_folder(
         records.append({"input": label, "path": str(folder), "sha256": weights_sha256(folder),
                         "rank": ad.r, "base_model": ad.base_model})
 
-    if rank is not None:  # a rank above a module's smaller side cannot be represented
-        small = {n: min(m.A.shape[1], m.B.shape[0]) for n, m in adapters[0].modules.items()}
-        too = sorted((v, n) for n, v in small.items() if rank > v)
-        if too:
-            raise InputError(f"--rank {rank}: above the size of module {too[0][1]} ({too[0][0]}); "
-                             f"use at most {min(small.values())}")
-    task = progress.add(f"merge ({strategy})", total=len(adapters[0].modules)) if progress else None
+    task = progress.add(f"merge ({opts.strategy})", total=len(adapters[0].modules)) if progress else None
     merged, report = merge_with_report(
-        adapters, strategy, weights, density=density, drop_rate=drop_rate, seed=seed, space=space,
-        rank=rank, device=device, labels=[label for label, _ in resolved],
+        adapters, opts, labels=[label for label, _ in resolved],
         on_module=(lambda _name: progress.advance(task)) if progress else None,
     )
-    prov = provenance(
-        "merge",
-        config,
-        inputs=records,
-        strategy=report.strategy,
-        space=report.space,
-        rank=report.rank,
-        parameters=report.parameters,
-        weights=report.weights,
-        weighting=report.weighting,
-        truncation_error=report.truncation_error,
-    )
-    save_adapter(out, merged, alpha=float(report.rank), provenance=prov, force=force)
+    summary = {k: getattr(report, k) for k in ("strategy", "space", "rank", "rank_range", "parameters", "weights",
+                                               "weighting", "retained_energy", "truncation_error")}
+    prov = provenance("merge", config, inputs=records, ranks=report.ranks, **summary)
+    written_model = None
+    if base_folder is not None:
+        from ..io import atomic_dir
+        from ..merging import write_merged_model
+
+        with atomic_dir(out, force=force) as tmp:
+            save_adapter(tmp, merged, provenance=prov, force=True)
+            written_model = str(out / "merged-model")
+            write_merged_model(base_folder, merged, tmp / "merged-model", provenance=prov)
+    else:
+        save_adapter(out, merged, provenance=prov, force=force)
     return MergeResult(
         out=str(out),
-        strategy=report.strategy,
-        space=report.space,
-        rank=report.rank,
-        weights=report.weights,
-        weighting=report.weighting,
-        parameters=report.parameters,
         inputs=records,
         modules=report.modules,
-        truncation_error=report.truncation_error,
         exact=report.exact,
         seconds=round(time.perf_counter() - t0, 3),
+        full_model=written_model,
         notes=report.notes,
+        **summary,
     )

@@ -52,13 +52,17 @@ def retrieve(
     prompts: Optional[Sequence[str]] = None,
     adapter_id: Optional[str] = None,
     k: Optional[int] = None,
-    merge: Optional[str] = None,
+    merge: Optional[str | tuple[str, str]] = None,
     out: Optional[str | Path] = None,
     force: bool = False,
     encoder=None,
     progress=NULL_PROGRESS,
 ) -> RetrieveResult:
-    """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter."""
+    """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter.
+
+    ``merge``: a strategy name (from ``--merge``) or ``(name, where it came from)``; the other merge
+    options come from the config's ``[merge]`` section.
+    """
     from ..index import DeltaIndex, params_from_config
     from .index import zoo_tasks
 
@@ -68,6 +72,10 @@ def retrieve(
         raise InputError("give exactly one query: TEXT, --prompts-file FILE or --adapter-delta ID")
     if merge is not None and out is None:
         raise InputError("--merge needs --out DIR: the folder the merged adapter is written to")
+    if merge is not None:
+        from .merge import merge_options
+
+        merge_opts = merge_options(resolved, strategy=(merge, "--merge") if isinstance(merge, str) else merge)
     folder = workdir.path(resolved, "index")
     idx = DeltaIndex.load(folder, device=cfg.index.device)
     notes: list[str] = []
@@ -125,12 +133,10 @@ def retrieve(
         weights, note = similarity_weights([h["score"] for h in rows])
         if note:
             notes.append(note)
-        mc = cfg.merge
-        mr = merge_to_folder(
-            [h["id"] for h in rows], out, merge, weights, density=mc.density, drop_rate=mc.drop_rate,
-            seed=mc.seed, space=mc.space, rank=mc.rank, device=mc.device, force=force,
-            zoo=workdir.path(resolved, "zoo"), config=resolved.to_dict(), progress=progress,
-        )
+        opts = merge_opts.replace(weights=(weights, "the retrieved adapters' similarities"))
+        mr = merge_to_folder([h["id"] for h in rows], out, opts, force=force, zoo=workdir.path(resolved, "zoo"),
+                             config=resolved.to_dict(), progress=progress)
         result.merged = {"out": mr.out, "strategy": mr.strategy, "weights": weights,
-                         "applied_weights": mr.weights, "rank": mr.rank, "notes": mr.notes}
+                         "applied_weights": mr.weights, "rank": mr.rank, "rank_range": mr.rank_range,
+                         "retained_energy": mr.retained_energy, "notes": mr.notes}
     return result
