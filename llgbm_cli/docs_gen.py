@@ -73,7 +73,7 @@ def cli_markdown() -> str:
         "- Exit codes: `0` ok; `1` the command ran but failed a check (or an internal error); `2` bad",
         "  input: a usage error, an invalid config, a missing or corrupt file. Errors are one line",
         "  (`error: ...`, sometimes followed by `hint: ...`), never a traceback unless `-v`. The error says",
-        "  where a bad value came from: the flag (`--density 2: merge.density: ...`), the override",
+        "  where a bad value came from: the flag (`--density: 2 must be in (0, 1] ...`), the override",
         "  (`--set merge.density=2: ...`) or the project file (`llgbm.toml: merge.density: ...`).",
         "- With `--json`, a failing command still prints one JSON object on stdout, the error object",
         "  `{\"error\": \"...\", \"hint\": \"...\" or null, \"exit_code\": N}` (same text as the stderr line);",
