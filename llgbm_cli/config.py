@@ -143,6 +143,10 @@ class DeltaSection(Section):
 
 class MultitaskSection(Section):
     generator: str = Field("hyperconv", description="Generator name (`hyperconv`, `hypernet`).")
+    generator_preset: Literal["compact", "small", "paper"] = Field(
+        "compact", description="Generator size and blocks: `compact` (the original blocks), `small` (the reference "
+        "design at CPU size), `paper` (the reference's published shapes); see docs/concepts.md."
+    )
     learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(4, ge=1, description="Adapters per step for the weight loss.")
@@ -158,13 +162,37 @@ class MultitaskSection(Section):
     lambda_warmup_steps: int = Field(500, ge=0, description="Steps over which λ ramps to lambda_delta.")
     delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
     delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
-    weight_loss: Literal["tokens", "delta_w"] = Field(
-        "tokens", description="Weight loss: masked MSE on normalized tokens (DnD) or MSE on ΔW = B·A."
+    weight_loss: Literal["tokens", "delta_w", "factors"] = Field(
+        "tokens", description="Weight loss: on the normalized token grid (DnD), on ΔW = B·A, or on the factors A "
+        "and B z-scored per element with the training teachers' mean and std (T2L's reconstruction target)."
+    )
+    weight_loss_norm: Literal["mse", "l1"] = Field(
+        "mse", description="Error of the `tokens` and `factors` weight losses: squared (mse) or absolute (l1, T2L)."
+    )
+    token_weighting: Literal["none", "spread"] = Field(
+        "none", description="`tokens` loss: `spread` weights each token by how much it varies across the training "
+        "teachers (DnD's per-token criterion weight, mean 1); none: every real cell counts the same."
+    )
+    condition_noise: float = Field(
+        0.0, ge=0, description="Std of Gaussian noise added to every sampled condition, and a tenth of it to the "
+        "weight-loss targets (DnD's noise augmentation uses 1e-4); 0: none."
     )
     condition: Literal["prompts", "description"] = Field(
-        "prompts", description="Condition text: sampled task prompts (DnD) or a task description (T2L)."
+        "prompts", description="Condition text: sampled task prompts (DnD) or one of several task descriptions, "
+        "drawn afresh every step (T2L)."
     )
-    condition_prompts: int = Field(8, ge=1, description="Prompts sampled per adapter per step.")
+    condition_prompts: int = Field(8, ge=1, description="Prompts sampled per adapter per step (DnD uses 128).")
+    condition_pooling: Literal["mean", "none"] = Field(
+        "mean", description="Condition encoding: `mean`: one pooled, L2-normalized vector per text; `none`: the "
+        "encoder's token states of each text (its first condition_tokens; DnD's input)."
+    )
+    condition_tokens: int = Field(
+        32, ge=1, le=512, description="Token states kept per condition text with condition_pooling = \"none\"."
+    )
+    descriptions: dict[str, list[str]] = Field(
+        default_factory=dict, description="condition = \"description\": task -> your descriptions of it (one is "
+        "drawn per step); tasks not listed use the shipped ones (five per shipped task)."
+    )
     max_text_length: int = Field(512, ge=8, description="Condition text truncation (encoder tokens).")
     log_interval: int = Field(10, ge=1, description="Steps between metric logs.")
     save_interval: int = Field(500, ge=1, description="Steps between checkpoints.")
@@ -179,6 +207,9 @@ class MultitaskSection(Section):
 class DeltaOnlySection(Section):
     variant: Literal["b1", "b2"] = Field("b1", description="b1: generator on delta only; b2: delta predictor.")
     generator: str = Field("hyperconv", description="Generator for B1.")
+    generator_preset: Literal["compact", "small", "paper"] = Field(
+        "compact", description="Generator preset for B1 (as train.multitask.generator_preset)."
+    )
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (B1).")
     epochs: int = Field(10, ge=1, description="Epochs over the zoo (B1).")
     batch_size: int = Field(4, ge=1, description="Adapters per step (B1).")
@@ -227,13 +258,22 @@ class TrainSection(Section):
 
 
 class IndexSection(Section):
-    kind: str = Field("flat", description="FAISS index kind: `flat` (exact), `hnsw`, `ivf`.")
+    kind: str = Field("flat", description="FAISS index kind: `flat` (exact), `hnsw`, `ivf`, `ivfpq` (compressed).")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Build/search on a GPU when `cuda` and one is present.")
     hnsw_m: int = Field(32, ge=2, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(200, ge=1, description="HNSW efConstruction.")
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW efSearch.")
-    ivf_nlist: int = Field(100, ge=1, description="IVF number of lists.")
-    ivf_nprobe: int = Field(10, ge=1, description="IVF lists probed per query.")
+    ivf_nlist: int = Field(100, ge=1, description="IVF / IVF-PQ number of lists (k-means cells).")
+    ivf_nprobe: int = Field(10, ge=1, description="IVF / IVF-PQ lists probed per query.")
+    ivfpq_code_size: int = Field(
+        64, ge=1, description="IVF-PQ bytes stored per vector (8-bit sub-quantizers; must divide the delta dimension)."
+    )
+    train_rows: int = Field(
+        0, ge=0, description="IVF kinds: train on a seeded sample of at most this many deltas (0: all of them)."
+    )
+    shard_rows: int = Field(
+        0, ge=0, description="IVF kinds: encode the deltas in shards of this many rows and merge them (0: one shard)."
+    )
     path: str = Field("index", description="Index folder (relative to workdir).")
     exclude_tasks: list[str] = Field(
         default_factory=list,
@@ -424,10 +464,14 @@ def _format_errors(err: ValidationError) -> list[str]:
     return problems
 
 
+# Keys whose values are user dicts (their inner keys are not config keys).
+_FREE_DICTS = ("generator_options", "descriptions")
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and not k.endswith("generator_options"):
+        if isinstance(v, dict) and not k.endswith(_FREE_DICTS):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -501,7 +545,7 @@ def load_config(
     known = set(all_keys())
     bad_flags = []
     for k, v in overrides.items():
-        if k not in known and not k.split(".")[-1] == "generator_options" and ".generator_options." not in k:
+        if k not in known and not any(k.split(".")[-1] == f or f".{f}." in k for f in _FREE_DICTS):
             guess = difflib.get_close_matches(k, sorted(known), n=1)
             bad_flags.append(f"{k}: unknown key" + (f" (did you mean `{guess[0]}`?)" if guess else ""))
             continue

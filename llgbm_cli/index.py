@@ -1,7 +1,10 @@
 """A FAISS index over cached deltas: cosine similarity as inner product on L2-normalized rows.
 
-Index kinds are a registry (``flat`` exact, ``hnsw`` graph, ``ivf`` inverted lists); an unknown
-name lists the valid ones. A saved index is a folder: ``index.faiss`` (always a CPU index),
+Index kinds are a registry (``flat`` exact, ``hnsw`` graph, ``ivf`` inverted lists, ``ivfpq``
+inverted lists of product-quantized codes for zoos too big to hold as floats); an unknown name
+lists the valid ones. The IVF kinds can be trained on a seeded sample of the rows and filled in
+shards, each shard encoded into its own copy of the trained (empty) index and merged into the first,
+so only one shard of float vectors is needed at a time (:func:`fill_in_shards`). A saved index is a folder: ``index.faiss`` (always a CPU index),
 ``ids.json`` (row -> adapter id and task) and ``index.json`` (kind, parameters, dimension and the
 delta cache's spec and fingerprints it was built from). Queries of another dimension, or from a
 cache with another delta spec, base model or probe set, are refused by :meth:`DeltaIndex.check_source`,
@@ -12,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -77,6 +81,19 @@ def _make_ivf(dim: int, n: int, params: dict):
     return idx
 
 
+def _make_ivfpq(dim: int, n: int, params: dict):
+    faiss = _faiss()
+    m = int(params["ivfpq_code_size"])
+    if m < 1 or dim % m:
+        near = [d for d in range(1, dim + 1) if dim % d == 0 and d <= 4 * max(m, 1)][-4:]
+        raise InputError(f"index.ivfpq_code_size {m} must divide the delta dimension {dim} (one 8-bit code per "
+                         f"{dim}/code_size dimensions); pick a divisor such as {', '.join(map(str, near))}")
+    quantizer = faiss.IndexFlatIP(dim)
+    idx = faiss.IndexIVFPQ(quantizer, dim, int(params["ivf_nlist"]), m, PQ_BITS, faiss.METRIC_INNER_PRODUCT)
+    idx.nprobe = int(params["ivf_nprobe"])
+    return idx
+
+
 def _tune_none(index, params: dict) -> None:
     return None
 
@@ -102,7 +119,15 @@ KINDS: dict[str, IndexKind] = {
     ),
     "ivf": IndexKind("ivf", "inverted lists over k-means cells: approximate", _make_ivf, _tune_ivf,
                      ("ivf_nlist", "ivf_nprobe"), True),
+    "ivfpq": IndexKind("ivfpq", "inverted lists of product-quantized codes (ivfpq_code_size bytes a vector): "
+                       "approximate, compressed", _make_ivfpq, _tune_ivf, ("ivf_nlist", "ivf_nprobe", "ivfpq_code_size"),
+                       False),
 }
+
+PQ_BITS = 8  # bits per sub-quantizer code: 256 centroids each, so one code byte per sub-quantizer
+IVF_KINDS = ("ivf", "ivfpq")
+PARAM_KEYS = ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "ivfpq_code_size",
+              "train_rows", "shard_rows")
 
 
 def get_kind(name: str, flag: str = "index.kind") -> IndexKind:
@@ -113,7 +138,7 @@ def get_kind(name: str, flag: str = "index.kind") -> IndexKind:
 
 def params_from_config(section) -> dict[str, Any]:
     """The index parameters of an ``[index]`` config section as a plain dict."""
-    return {k: getattr(section, k) for k in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe")}
+    return {k: getattr(section, k) for k in PARAM_KEYS}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -142,6 +167,49 @@ def source_value(header: Optional[dict], what: str) -> Any:
         if header and key in header:
             return header[key]
     return None
+
+
+def training_rows(n: int, limit: int, index, seed: int) -> np.ndarray:
+    """Sorted row numbers of a seeded training sample: at most ``limit`` rows (0: all of them), but never
+    fewer than the index's k-means needs (one point per IVF list, 256 per PQ codebook)."""
+    need = int(getattr(index, "nlist", 1))
+    if "PQ" in type(index).__name__:
+        need = max(need, 2**PQ_BITS)
+    k = n if limit <= 0 else min(n, max(limit, need))
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def fill_in_shards(trained, shards: Iterable) -> Any:
+    """Add row blocks to a trained, empty IVF index, each into its own copy, merging into the first.
+
+    ``shards`` yields float arrays [rows, dim] (normalized here); they can be produced lazily, read
+    from disk or encoded on other machines, since a copy of the trained index is all a shard needs.
+    Row numbers follow the order of the shards, so the result answers exactly as one ``add`` would.
+    """
+    faiss = _faiss()
+    if trained.ntotal:
+        raise InputError("fill_in_shards needs a trained, empty index")
+    empty = faiss.serialize_index(trained)
+    merged = None
+    for block in shards:
+        part = faiss.deserialize_index(empty)
+        part.add(normalize_rows(block))
+        if merged is None:
+            merged = part
+        else:
+            merged.merge_from(part, merged.ntotal)
+            del part
+    return merged if merged is not None else trained
+
+
+def _to_gpu(index):
+    faiss = _faiss()
+    res = faiss.StandardGpuResources()
+    out = faiss.index_cpu_to_gpu(res, 0, index)
+    out._llgbm_res = res  # keep the resources alive as long as the index
+    return out
 
 
 def gpu_count() -> int:
@@ -190,7 +258,7 @@ class DeltaIndex:
         seed: int = 0,
     ) -> "DeltaIndex":
         """Build an index over the rows of ``matrix`` [N, D] (normalized here; the input is not changed)."""
-        faiss = _faiss()
+        _faiss()  # a clear error before any work when FAISS is missing
         spec = get_kind(kind)
         matrix = np.asarray(matrix)
         if matrix.ndim != 2 or matrix.shape[0] == 0:
@@ -203,13 +271,20 @@ class DeltaIndex:
         n, dim = matrix.shape
         params = dict(params or {})
         notes = []
-        if kind == "ivf" and int(params.get("ivf_nlist", 1)) > n:
+        if kind in IVF_KINDS and int(params.get("ivf_nlist", 1)) > n:
             notes.append(f"index.ivf_nlist {params['ivf_nlist']} > {n} vectors: lowered to {n}")
             params["ivf_nlist"] = n
+        if kind == "ivfpq" and n < 2**PQ_BITS:
+            raise InputError(f"index.kind = \"ivfpq\" needs at least {2**PQ_BITS} deltas to train its codebooks "
+                             f"(there are {n}); a zoo this small fits `flat` (exact) or `hnsw`")
         used = {k: params[k] for k in spec.params if k in params}
-        x = normalize_rows(matrix)
+        shard_rows = int(params.get("shard_rows") or 0)
+        sharded = kind in IVF_KINDS and 0 < shard_rows < n
+        # The sharded path never holds a normalized copy of the whole matrix, only one shard of it.
+        x = None if sharded else normalize_rows(matrix)
         index = spec.make(dim, n, params)
         dev = "cpu"
+        to_gpu = False
         if device == "cuda":
             if gpu_count() == 0:
                 raise InputError(
@@ -217,17 +292,34 @@ class DeltaIndex:
                     "set index.device = \"cpu\" (or --device cpu)"
                 )
             if spec.gpu:
-                res = faiss.StandardGpuResources()
-                index = faiss.index_cpu_to_gpu(res, 0, index)
-                index._llgbm_res = res  # keep the resources alive as long as the index
-                dev = "cuda"
+                to_gpu = True
             else:
-                notes.append(f"FAISS has no GPU version of `{kind}`; built and searched on the CPU")
+                notes.append(f"FAISS has no GPU version of `{kind}` here; built and searched on the CPU")
+        if to_gpu and not sharded:
+            index = _to_gpu(index)
+            dev = "cuda"
         if not index.is_trained:
+            if kind in IVF_KINDS:
+                rows = training_rows(n, int(params.get("train_rows") or 0), index, seed)
+                train = normalize_rows(matrix[rows]) if x is None else x[rows]
+                if len(rows) < n:
+                    notes.append(f"trained on a seeded sample of {len(rows)} of {n} deltas (index.train_rows)")
+            else:
+                train = x
             if hasattr(index, "cp"):  # seeded k-means: the same cache gives the same IVF cells
                 index.cp.seed = seed
-            index.train(x)
-        index.add(x)
+            if kind == "ivfpq":
+                _faiss().downcast_index(index).pq.cp.seed = seed
+            index.train(train)
+            del train
+        if sharded:
+            index = fill_in_shards(index, (matrix[s : s + shard_rows] for s in range(0, n, shard_rows)))
+            notes.append(f"filled in {math.ceil(n / shard_rows)} shards of at most {shard_rows} rows, merged")
+            if to_gpu:
+                index = _to_gpu(index)
+                dev = "cuda"
+        else:
+            index.add(x)
         meta = {
             "format": FORMAT_VERSION,
             "kind": kind,

@@ -170,3 +170,102 @@ class DeltaOnlyLoss(nn.Module):
             out["loss_kl"] = kl
         out["loss"] = total
         return out
+
+
+# --------------------------------------------------------------------------- weight-loss options
+
+WEIGHT_LOSSES = ("tokens", "delta_w", "factors")
+WEIGHT_NORMS = ("mse", "l1")
+TOKEN_WEIGHTINGS = ("none", "spread")
+
+
+def token_spread_weights(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token weights ``[H, T]`` from teacher token grids ``[N, H, T, D]`` (DnD's criterion weight).
+
+    A token's weight is the mean, over its real cells, of the cells' spread (std across the N
+    teachers), divided by the mean spread of all real cells: tokens that vary across checkpoints
+    count more, constant ones (padding-like) less; the mean weight over real cells is 1.
+    """
+    m = mask.to(tokens.dtype)
+    std = tokens.std(0, unbiased=False) * m if tokens.shape[0] > 1 else m.clone()
+    per_token = std.sum(-1) / m.sum(-1).clamp_min(1.0)
+    overall = std.sum() / m.sum().clamp_min(1.0)
+    return per_token / overall.clamp_min(1e-12)
+
+
+def _err(d: torch.Tensor, norm: str) -> torch.Tensor:
+    return d.abs() if norm == "l1" else d**2
+
+
+class WeightLoss:
+    """The weight loss of generator training, built once from the training teachers.
+
+    * ``tokens``: masked error on the normalized token grids, optionally weighted per token by the
+      teachers' spread (``weighting = "spread"``, DnD);
+    * ``delta_w``: MSE on ΔW = scaling·B·A (independent of how ΔW is factorized);
+    * ``factors``: error on A and B element by element, both z-scored with the training teachers'
+      per-element mean and std (T2L's reconstruction target; its own loss is L1).
+
+    ``norm`` (``mse`` | ``l1``) is the error of ``tokens`` and ``factors``. ``target_noise`` adds
+    Gaussian noise of that std to the ``tokens``/``factors`` target every step (DnD's augmentation).
+    """
+
+    def __init__(self, kind: str, norm: str, layout, mask: torch.Tensor, scaling: float,
+                 teacher_tokens: torch.Tensor, teacher_ab: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                 n_train: int, weighting: str = "none", target_noise: float = 0.0):
+        if kind not in WEIGHT_LOSSES:
+            raise ValueError(f"unknown weight loss {kind!r}; valid: {', '.join(WEIGHT_LOSSES)}")
+        if norm not in WEIGHT_NORMS:
+            raise ValueError(f"unknown weight-loss norm {norm!r}; valid: {', '.join(WEIGHT_NORMS)}")
+        if weighting not in TOKEN_WEIGHTINGS:
+            raise ValueError(f"unknown token weighting {weighting!r}; valid: {', '.join(TOKEN_WEIGHTINGS)}")
+        self.kind, self.norm, self.layout, self.mask, self.scaling = kind, norm, layout, mask, float(scaling)
+        self.tokens, self.ab = teacher_tokens, teacher_ab
+        self.noise = float(target_noise)
+        self.cell_weights = mask
+        if kind == "tokens" and weighting == "spread":
+            w = token_spread_weights(teacher_tokens[:n_train], mask)
+            self.cell_weights = mask * w.unsqueeze(-1)
+        self.stats: dict[str, tuple[torch.Tensor, ...]] = {}
+        if kind == "factors":
+            for k, (A, B) in teacher_ab.items():
+                a, b = A[:n_train], B[:n_train]
+                self.stats[k] = (a.mean(0), _safe_std(a), b.mean(0), _safe_std(b))
+
+    def _noise(self, like: torch.Tensor, rng) -> torch.Tensor:
+        if self.noise <= 0 or rng is None:
+            return torch.zeros_like(like)
+        return torch.from_numpy(rng.standard_normal(tuple(like.shape))).to(like) * self.noise
+
+    def __call__(self, g, idx: torch.Tensor, rng=None) -> torch.Tensor:
+        """Loss of the generated batch ``g`` (a GeneratedLora) against teachers ``idx``; ``rng``
+        (numpy Generator) draws the target noise."""
+        if self.kind == "delta_w":
+            tgt = {k: (A[idx], B[idx]) for k, (A, B) in self.ab.items()}
+            return delta_w_mse(g.loras, tgt, self.scaling)
+        if self.kind == "tokens":
+            pred = g.tokens if g.tokens is not None else self.layout.tokenize(g.loras)
+            tgt = self.tokens[idx]
+            if self.norm == "mse" and self.cell_weights is self.mask and self.noise <= 0:
+                return masked_token_mse(pred, tgt, self.mask)  # the plain loss, computed as it always was
+            tgt = tgt + self._noise(tgt, rng) * self.mask
+            w = self.cell_weights.to(pred.dtype).expand_as(pred)
+            return (_err(pred - tgt, self.norm) * w).sum() / self.mask.sum().clamp_min(1.0) / pred.shape[0]
+        total, count = 0.0, 0
+        for k in self.layout.module_names:
+            A, B = g.loras[k]
+            mA, sA, mB, sB = self.stats[k]
+            tA, tB = self.ab[k][0][idx], self.ab[k][1][idx]
+            zt_A, zt_B = (tA - mA) / sA, (tB - mB) / sB
+            zt_A, zt_B = zt_A + self._noise(zt_A, rng), zt_B + self._noise(zt_B, rng)
+            total = total + _err((A - mA) / sA - zt_A, self.norm).sum() + _err((B - mB) / sB - zt_B, self.norm).sum()
+            count += A.numel() + B.numel()
+        return total / max(count, 1)
+
+
+def _safe_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-element std over dim 0; 1 where it is ~0 (one teacher, or an element that never varies)."""
+    if x.shape[0] < 2:
+        return torch.ones_like(x[0])
+    s = x.std(0, unbiased=False)
+    return torch.where(s > 1e-8, s, torch.ones_like(s))

@@ -74,3 +74,68 @@ def test_fit_prompts():
 def test_load_generator_names_missing_files(tmp_path):
     with pytest.raises(InputError, match="train multitask"):
         load_generator(tmp_path)
+
+
+def test_checkpoint_with_an_old_layout_is_refused(layout, tmp_path):
+    import json
+
+    from llgbm_cli.generators.base import check_resumable_layout
+    from llgbm_cli.lora.tokenizer import ModuleShape
+
+    mods = [ModuleShape(f"model.layers.{i}.self_attn.q_proj", 8, 8) for i in range(12)]
+    tok = LoraTokenizer(mods, 2)
+    gen = build_generator("hyperconv", tok, 16, {"n_prompts": 2, "channels": 4})
+    save_generator(tmp_path, gen, {"base_model": "x"})
+    load_generator(tmp_path)  # the current layout loads
+    check_resumable_layout(tmp_path, tok)
+    meta = json.loads((tmp_path / "generator.json").read_text())
+    del meta["tokenizer"]["layout_version"]
+    meta["tokenizer"]["modules"].sort()
+    (tmp_path / "generator.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="older llgbm.*retrain"):
+        load_generator(tmp_path)
+    with pytest.raises(InputError, match="older llgbm"):
+        check_resumable_layout(tmp_path, tok)
+    meta["tokenizer"] = tok.to_dict()
+    (tmp_path / "generator.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="layout differs"):
+        check_resumable_layout(tmp_path, layout)
+
+
+def test_paper_hyperconv_has_dnd_shapes():
+    """The `paper` stages with DnD's own condition (128 prompts × 384 tokens × 384) and its
+    Qwen2.5-0.5B token grid (4296 × 10 × 130) give its published decoder size, ~1.1 B parameters."""
+    from llgbm_cli.generators.hyperconv import PAPER_KERNEL, PAPER_STAGES, _HyperConvStage
+
+    shapes = [(128, 384, 384), *PAPER_STAGES, (4296, 10, 130)]
+    with torch.device("meta"):
+        dnd = torch.nn.ModuleList(_HyperConvStage(a, b, PAPER_KERNEL) for a, b in zip(shapes[:-1], shapes[1:]))
+    assert sum(p.numel() for p in dnd.parameters()) == 1_113_203_220
+    from llgbm_cli.lora.tokenizer import ModuleShape
+
+    tok = LoraTokenizer([ModuleShape(f"model.layers.{i}.self_attn.q_proj", 64, 64) for i in range(3)], 4)
+    with torch.device("meta"):
+        gen = build_generator("hyperconv", tok, 384, {"preset": "paper", "n_prompts": 128, "cond_tokens": 384})
+    assert gen.stage_shapes[0] == (128, 384, 384) and gen.stage_shapes[-1] == tok.grid_shape
+    assert gen.stage_shapes[1:-1] == PAPER_STAGES
+
+
+@pytest.mark.parametrize("name", ["hyperconv", "hypernet"])
+def test_small_presets_take_token_states_and_refuse_the_wrong_shape(name, layout):
+    gen = build_generator(name, layout, 16, {"preset": "small", "n_prompts": 3, "cond_tokens": 5})
+    cond = torch.randn(2, 3, 5, 16)
+    cond[:, :, 3:] = 0  # padding past each text's end
+    out = gen(cond)
+    assert out.n == 2 and all(torch.isfinite(A).all() for A, _ in out.loras.values())
+    if name == "hyperconv":
+        with pytest.raises(ValueError, match="5 condition token"):
+            gen(torch.randn(2, 3, 16))
+    with pytest.raises(ValueError, match="preset 'large'"):
+        build_generator(name, layout, 16, {"preset": "large"})
+
+
+def test_hypernet_small_concatenates_task_layer_and_kind(layout):
+    gen = build_generator("hypernet", layout, 16, {"preset": "small", "n_prompts": 2})
+    assert gen.task[0].out_features == 64 and gen.layer_emb[0].embedding_dim == 32
+    assert gen.kind_emb[0].embedding_dim == 32 and gen.mlp[1].in_features == 128
+    assert sum(isinstance(m, torch.nn.SiLU) for m in gen.modules()) == 8  # mixer 2, residual blocks 2 x 2, output 2

@@ -11,7 +11,8 @@ from llgbm_cli.errors import InputError
 from llgbm_cli.index import KINDS, DeltaIndex, brute_force, get_kind, normalize_rows
 
 SOURCE = {"spec": {"layers": [-1], "pool": "last_token"}, "base_fingerprint": "aaaa", "probe_fingerprint": "pppp"}
-PARAMS = {"hnsw_m": 16, "hnsw_ef_construction": 100, "hnsw_ef_search": 64, "ivf_nlist": 8, "ivf_nprobe": 8}
+PARAMS = {"hnsw_m": 16, "hnsw_ef_construction": 100, "hnsw_ef_search": 64, "ivf_nlist": 8, "ivf_nprobe": 8,
+          "ivfpq_code_size": 16}
 
 
 def _data(n=300, d=48, q=20, seed=0):
@@ -56,7 +57,7 @@ def test_approximate_kinds_find_most_true_neighbours(kind):
     assert idx.meta["params"] == {k: PARAMS[k] for k in KINDS[kind].params}
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
 def test_save_and_reload_give_the_same_answers(tmp_path, kind):
     x, q = _data()
     ids = [f"id-{i}" for i in range(len(x))]
@@ -139,3 +140,48 @@ def test_corrupt_or_missing_index_folder(tmp_path):
     (tmp_path / "ix" / "ids.json").write_text(json.dumps({"ids": ["a"]}))
     with pytest.raises(InputError, match="does not match"):
         DeltaIndex.load(tmp_path / "ix")
+
+
+def _recall(found, truth):
+    return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth)]))
+
+
+def test_ivfpq_trades_bytes_per_vector_for_recall():
+    import faiss
+
+    x, q = _data(n=1000, q=40)
+    ids = [str(i) for i in range(len(x))]
+    _, truth = brute_force(x, q, 10)
+    flat = faiss.serialize_index(DeltaIndex.build(x, ids).index).nbytes
+    got = {}
+    for code in (4, 48):  # 48 bytes = one code per dimension of 48: close to exact
+        idx = DeltaIndex.build(x, ids, kind="ivfpq", params={**PARAMS, "ivfpq_code_size": code})
+        got[code] = (_recall(idx.search(q, 10)[1], truth), faiss.serialize_index(idx.index).nbytes)
+        assert idx.meta["params"]["ivfpq_code_size"] == code
+    assert got[48][0] >= 0.85 > got[4][0]
+    assert got[4][1] < got[48][1] < 0.6 * flat
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_shards_merged_answer_exactly_as_one_build(kind):
+    x, q = _data(n=1000)
+    ids = [str(i) for i in range(len(x))]
+    params = {**PARAMS, "train_rows": 600}
+    one = DeltaIndex.build(x, ids, kind=kind, params=params, seed=3)
+    sharded = DeltaIndex.build(x, ids, kind=kind, params={**params, "shard_rows": 300}, seed=3)
+    assert sharded.index.ntotal == 1000
+    assert any("4 shards" in n for n in sharded.meta["notes"])
+    assert any("600 of 1000" in n for n in one.meta["notes"])
+    s1, r1 = one.search(q, 10)
+    s2, r2 = sharded.search(q, 10)
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+def test_ivfpq_refuses_bad_code_size_and_tiny_zoos():
+    x, _ = _data(n=300)
+    ids = [str(i) for i in range(300)]
+    with pytest.raises(InputError, match=r"index.ivfpq_code_size 10 must divide the delta dimension 48.*16"):
+        DeltaIndex.build(x, ids, kind="ivfpq", params={**PARAMS, "ivfpq_code_size": 10})
+    with pytest.raises(InputError, match="at least 256 deltas.*there are 100.*flat"):
+        DeltaIndex.build(x[:100], ids[:100], kind="ivfpq", params=PARAMS)

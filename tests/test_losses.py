@@ -64,3 +64,50 @@ def test_delta_w_is_factorization_invariant():
     same = delta_w_mse({"m": (R.T @ A, B @ R)}, {"m": (A, B)}, 2.0)
     assert same.item() < 1e-10
     assert delta_w_mse({"m": (A, B)}, {"m": (A, torch.zeros_like(B))}, 2.0).item() > 0.1
+
+
+def test_token_spread_weights_follow_cross_teacher_spread():
+    from llgbm_cli.losses import token_spread_weights
+
+    mask = torch.ones(2, 3, 4)
+    mask[1, 2] = 0  # a padding token
+    tokens = torch.zeros(5, 2, 3, 4)
+    tokens[:, 0, 0] = torch.arange(5.0).view(5, 1)  # the only token that varies
+    tokens[:, 1, 1] = 0.5 * torch.arange(5.0).view(5, 1)
+    w = token_spread_weights(tokens, mask)
+    assert w[0, 0] == pytest.approx(2 * w[1, 1]) and w[0, 1] == 0 and w[1, 2] == 0
+    assert float((w.unsqueeze(-1) * mask).sum() / mask.sum()) == pytest.approx(1.0)
+
+
+def test_weight_loss_options():
+    import numpy as np
+
+    from llgbm_cli.generators.base import GeneratedLora
+    from llgbm_cli.losses import WeightLoss
+    from llgbm_cli.lora.tokenizer import LoraTokenizer, ModuleShape
+
+    tok = LoraTokenizer([ModuleShape("model.layers.0.self_attn.q_proj", 8, 8)], 2)
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(6, 2, 8, generator=g), torch.randn(6, 8, 2, generator=g)
+    ab = {"model.layers.0.self_attn.q_proj": (A, B)}
+    tokens = tok.tokenize(ab)
+    mask = tok.mask()
+    idx = torch.tensor([0, 1])
+    exact = GeneratedLora({k: (a[idx], b[idx]) for k, (a, b) in ab.items()}, tokens[idx])
+    off = GeneratedLora({k: (a[idx] + 1, b[idx]) for k, (a, b) in ab.items()}, None)
+    for kind in ("tokens", "factors", "delta_w"):
+        for norm in ("mse", "l1"):
+            wl = WeightLoss(kind, norm, tok, mask, 1.0, tokens, ab, 4, "spread" if kind == "tokens" else "none")
+            assert float(wl(exact, idx)) == pytest.approx(0.0, abs=1e-6)
+            assert float(wl(off, idx)) > 0
+    # factors: A off by one everywhere = 1/std in z units; with L1 the loss is the mean of those over A and B cells
+    wl = WeightLoss("factors", "l1", tok, mask, 1.0, tokens, ab, 4)
+    sA = A[:4].std(0, unbiased=False)
+    assert float(wl(off, idx)) == pytest.approx(float((1 / sA).sum() * 2 / (2 * (A[0].numel() + B[0].numel()))), rel=1e-4)
+    # the default (tokens, mse, no weighting, no noise) is exactly the masked token MSE
+    plain = WeightLoss("tokens", "mse", tok, mask, 1.0, tokens, ab, 4)
+    assert float(plain(off, idx)) == float(masked_token_mse(tok.tokenize(off.loras), tokens[idx], mask))
+    # target noise is drawn from the step's rng: same rng, same loss
+    noisy = WeightLoss("tokens", "mse", tok, mask, 1.0, tokens, ab, 4, target_noise=0.1)
+    a = float(noisy(exact, idx, np.random.default_rng(1)))
+    assert a > 0 and a == float(noisy(exact, idx, np.random.default_rng(1)))

@@ -90,7 +90,11 @@ def test_unknown_id_and_kind_and_missing_predictor(cli, indexed):
     r = _run(cli, project, "retrieve", "--adapter-delta", "nope")
     assert r.exit_code == 2 and "nope" in r.stderr
     r = _run(cli, project, "index", "build", "--force", "--kind", "annoy")
-    assert r.exit_code == 2 and "flat, hnsw, ivf" in r.stderr
+    assert r.exit_code == 2 and "flat, hnsw, ivf, ivfpq" in r.stderr
+    r = _run(cli, project, "index", "build", "--force", "--kind", "ivfpq")
+    assert r.exit_code == 2 and "at least 256 deltas" in r.stderr and "(there are 9)" in r.stderr
+    r = _run(cli, project, "index", "build", "--force", "--set", "index.ivfpq_code_size=0")
+    assert r.exit_code == 2 and "index.ivfpq_code_size" in r.stderr
     r = _run(cli, project, "retrieve", "Is the sky blue?")
     assert r.exit_code == 2 and "train delta-only --variant b2" in r.stderr
     assert "Traceback" not in r.stderr

@@ -79,3 +79,53 @@ def test_layout_serializes(tiny):
     tok = LoraTokenizer.from_model(tiny[0], ["q_proj", "v_proj"], 4)
     tok2 = LoraTokenizer.from_dict(tok.to_dict())
     assert tok2.grid_shape == tok.grid_shape and tok2.module_names == tok.module_names
+
+
+def _twelve_layer_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=12,
+                      num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg)
+
+
+def test_rows_run_layer_by_layer_on_a_12_layer_model():
+    from llgbm_cli.lora.tokenizer import sort_module_names
+
+    model = _twelve_layer_llama()
+    tok = LoraTokenizer.from_model(model, ["q_proj", "v_proj", "down_proj"], 2)
+    layers = [m.layer for m in tok.modules]
+    assert layers == sorted(layers) and layers[:3] == [0, 0, 0] and layers[-1] == 11
+    # within a layer: the module path order (mlp before self_attn), the same in every layer
+    assert [m.kind for m in tok.modules[:3]] == ["down_proj", "q_proj", "v_proj"]
+    assert [m.kind for m in tok.modules[-3:]] == ["down_proj", "q_proj", "v_proj"]
+    # name order (the old layout) would put layer 10 right after layer 1
+    by_name = sorted(tok.module_names)
+    assert [int(n.split(".")[2]) for n in by_name[::3]][:3] == [0, 1, 10]
+    assert sort_module_names(by_name) == tok.module_names
+    # the round trip holds in the new order; a saved layout reads back identically
+    _roundtrip(model, 2, ["q_proj", "v_proj", "down_proj"])
+    d = tok.to_dict()
+    assert d["layout_version"] == 2
+    assert LoraTokenizer.from_dict(d).module_names == tok.module_names
+
+
+def test_old_layouts_refused_when_their_rows_meant_other_modules():
+    model = _twelve_layer_llama()
+    tok = LoraTokenizer.from_model(model, ["q_proj"], 2)
+    old = tok.to_dict()
+    del old["layout_version"]
+    old["modules"] = sorted(old["modules"])  # how a version-1 layout listed its rows
+    with pytest.raises(ValueError, match="older llgbm.*row 2 is model.layers.10.self_attn.q_proj"):
+        LoraTokenizer.from_dict(old, source="ckpt")
+    # an old layout whose name order is already layer order (layers 2..9) is read as before
+    tok8 = LoraTokenizer.from_model(model, ["q_proj"], 2, last_layers=8)
+    assert [m.layer for m in tok8.modules] == list(range(4, 12))
+    ok = tok8.to_dict()
+    del ok["layout_version"]
+    ok["modules"] = [m for m in ok["modules"] if int(m[0].split(".")[2]) < 10]
+    assert LoraTokenizer.from_dict(ok).module_names == [m[0] for m in ok["modules"]]
+    newer = dict(tok.to_dict(), layout_version=99)
+    with pytest.raises(ValueError, match="upgrade llgbm"):
+        LoraTokenizer.from_dict(newer)

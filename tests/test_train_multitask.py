@@ -210,3 +210,85 @@ def test_set_override_is_not_wiped_by_absent_flag(cli, tiny_train_project):
             "--set", "train.multitask.total_steps=2", "--set", "train.multitask.warmup_steps=1")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["steps"] == 2
+
+
+MODES = {
+    "prompts-mean": {},
+    "prompts-tokens": {"train.multitask.condition_pooling": "none", "train.multitask.condition_tokens": 12},
+    "description": {"train.multitask.condition": "description"},
+}
+
+
+# Every (generator, preset) in every condition mode; the fast suite keeps a covering subset (each
+# preset once and each mode with each generator), the rest runs with the slow tests.
+_FAST = {("hyperconv", "small", "prompts-tokens"), ("hyperconv", "small", "description"),
+         ("hyperconv", "compact", "prompts-tokens"), ("hypernet", "small", "prompts-mean"),
+         ("hypernet", "paper", "prompts-tokens"), ("hypernet", "compact", "description")}
+_MATRIX = [pytest.param(g, p, m, marks=() if (g, p, m) in _FAST else pytest.mark.slow)
+           for g, p in [("hyperconv", "small"), ("hypernet", "small"), ("hypernet", "paper"),
+                        ("hyperconv", "compact"), ("hypernet", "compact")] for m in sorted(MODES)]
+
+
+@pytest.mark.parametrize("generator, preset, mode", _MATRIX)
+def test_every_preset_trains_in_every_condition_mode(tiny_train_project, generator, preset, mode):
+    from llgbm_cli.generators.base import load_generator
+    from llgbm_cli.models import load_encoder
+    from llgbm_cli.services.generate import generate_modules
+
+    ov = {"train.multitask.generator": generator, "train.multitask.generator_preset": preset,
+          "train.multitask.total_steps": 4, "train.multitask.delta_batch_size": 1, "train.multitask.eval_interval": 4,
+          "train.multitask.generator_options": {}, **MODES[mode]}
+    res = _train(tiny_train_project, ov)
+    m = _metrics(res.out_dir)
+    assert sorted(m) == [1, 2, 3, 4] and all(math.isfinite(r["loss_total"]) for r in m.values())
+    gen, meta = load_generator(Path(res.final_checkpoint))
+    assert meta["generator_options"]["preset"] == preset and gen.num_parameters() == res.parameters
+    cond = meta["condition"]
+    assert cond["pooling"] == ("none" if mode == "prompts-tokens" else "mean")
+    assert gen.cond_tokens == (12 if mode == "prompts-tokens" else 0)
+    mods = generate_modules(gen, meta, ["Which gas do plants absorb?"], encoder=load_encoder("minilm-l6", "cpu"))
+    assert len(mods) == 4 and all(torch.isfinite(x.A).all() and torch.isfinite(x.B).all() for x in mods.values())
+
+
+@pytest.mark.parametrize("generator", ["hyperconv", "hypernet"])
+def test_small_presets_learn(tiny_train_project, generator):
+    res = _train(tiny_train_project, {"train.multitask.generator": generator, "train.multitask.generator_preset": "small",
+                                      "train.multitask.total_steps": 30, "train.multitask.delta_batch_size": 0,
+                                      "train.multitask.eval_interval": 30, "train.multitask.save_interval": 30,
+                                      "train.multitask.generator_options": {}})
+    m = _metrics(res.out_dir)
+    assert sum(m[s]["loss_weights"] for s in (28, 29, 30)) < 0.9 * sum(m[s]["loss_weights"] for s in (1, 2, 3))
+
+
+@pytest.mark.parametrize("options", [
+    {"train.multitask.weight_loss": "factors", "train.multitask.weight_loss_norm": "l1"},
+    {"train.multitask.token_weighting": "spread", "train.multitask.condition_noise": 1e-4,
+     "train.multitask.weight_loss_norm": "l1"},
+])
+def test_weight_loss_options_train(tiny_train_project, options):
+    res = _train(tiny_train_project, {"train.multitask.total_steps": 20, "train.multitask.delta_batch_size": 0,
+                                      "train.multitask.eval_interval": 20, "train.multitask.save_interval": 20, **options})
+    m = _metrics(res.out_dir)
+    assert sum(m[s]["loss_weights"] for s in (18, 19, 20)) < sum(m[s]["loss_weights"] for s in (1, 2, 3))
+
+
+def test_dry_run_and_info_print_parameter_counts(tiny_train_project, cli):
+    r = cli("-p", tiny_train_project, "--json", "train", "multitask", "--dry-run",
+            "--set", "train.multitask.generator_preset=small", "--set", "train.multitask.condition_pooling=none")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["preset"] == "small" and d["parameters"] > 0 and d["condition_shape"] == [4, 32, 384]
+    assert d["stages"][0] == [4, 32, 384] and d["stages"][-1] == d["token_grid"]
+    assert not (tiny_train_project.parent / "runs" / "train").exists()  # nothing trained or written
+    r = cli("-p", tiny_train_project, "train", "multitask", "--steps", "3", "--set", "train.multitask.delta_batch_size=0",
+            "--set", "train.multitask.generator_preset=small", "--set", "train.multitask.condition_pooling=none",
+            "--set", "train.multitask.generator_options={}")
+    assert r.exit_code == 0, r.stderr
+    r = cli("-p", tiny_train_project, "--json", "generate", "--info")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["parameters"] == d["parameters"] and info["condition_pooling"] == "none"
+    r = cli("-p", tiny_train_project, "generate", "--info")
+    assert "parameters" in r.stdout and "(small)" in r.stdout
+    r = cli("-p", tiny_train_project, "generate", "some prompt")
+    assert r.exit_code == 2 and "--out" in r.stderr

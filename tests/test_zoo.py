@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from llgbm_cli.adapters import LoraModule, load_adapter, random_adapter, save_adapter, weights_sha256
 from llgbm_cli.config import load_config
-from llgbm_cli.services.zoo import build_zoo, checkpoint_steps, score_zoo
+from llgbm_cli.services.zoo import _write_pending, build_spec, build_zoo, checkpoint_steps, score_zoo
 from llgbm_cli.zoo import Zoo
 
 IDS = ["arc-easy-s00004", "arc-easy-s00006", "boolq-s00004", "boolq-s00006"]
@@ -160,3 +163,61 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
     assert saved["tasks"] == rep["tasks"]
     last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
     assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
+
+
+def test_rows_left_by_other_processes_are_adopted_on_resume(built, tiny, tmp_path):
+    # What an interrupted sharded build leaves: a non-main process's finished checkpoints are
+    # folders plus `.state/<id>.row.json`, not yet in zoo.jsonl (only the main process writes it).
+    root = _copy_project(built, tmp_path)
+    zdir = root / "runs" / "zoo"
+    full = (zdir / "zoo.jsonl").read_text()
+    resolved = load_config(root / "llgbm.toml")
+    spec = build_spec(resolved)
+    zoo = Zoo.load(zdir)
+    boolq = zoo.by_task("boolq")
+    zoo.entries = [e for e in zoo.entries if e.task != "boolq"]
+    zoo.save()
+    _write_pending(zdir / ".state", boolq[0], spec)
+    _write_pending(zdir / ".state", boolq[1], {**spec, "seed": 99})  # other settings: not adopted
+    res = build_zoo(resolved, model_and_tokenizer=tiny)
+    by_task = {t.task: t for t in res.tasks}
+    assert by_task["arc-easy"].steps_run == 0 and by_task["arc-easy"].built == []
+    assert by_task["boolq"].built == ["boolq-s00006"] and by_task["boolq"].resumed_from == 4
+    assert (zdir / "zoo.jsonl").read_text() == full  # same rows, same order, same weights
+    assert not list((zdir / ".state").glob("*.row.json"))
+
+
+def _zoo_build_cmd(project: Path, processes: int) -> list[str]:
+    tail = ["-m", "llgbm_cli", "-p", str(project), "--quiet", "--json", "zoo", "build",
+            "--tasks", "arc-easy,boolq,piqa"]
+    if processes == 1:
+        return [sys.executable, *tail]
+    # accelerate's --cpu starts one process unless MPI is set up; --multi_gpu with no CUDA gives gloo processes.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *tail]
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_build_the_same_zoo_as_one(tmp_path):
+    from conftest import TINY_TOML
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    zoos = {}
+    for n in (1, 2):
+        root = tmp_path / f"p{n}"
+        root.mkdir()
+        (root / "llgbm.toml").write_text(TINY_TOML)
+        r = subprocess.run(_zoo_build_cmd(root / "llgbm.toml", n), capture_output=True, text=True, env=env,
+                           cwd=root, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # only the main process reports
+        rep = json.loads(lines[0])
+        assert rep["processes"] == n and rep["built"] == 6
+        assert [t["task"] for t in rep["tasks"]] == ["arc-easy", "boolq", "piqa"]
+        zoos[n] = root / "runs" / "zoo"
+    assert (zoos[2] / "zoo.jsonl").read_bytes() == (zoos[1] / "zoo.jsonl").read_bytes()
+    for e in Zoo.load(zoos[1]).entries:
+        one = (zoos[1] / e.path / "adapter_model.safetensors").read_bytes()
+        assert (zoos[2] / e.path / "adapter_model.safetensors").read_bytes() == one
+    assert not list((zoos[2] / ".state").glob("*.row.json"))

@@ -14,7 +14,7 @@ index_app = typer.Typer(help="Build and inspect the delta-space retrieval index.
 @index_app.command("build")
 def build_cmd(
     ctx: typer.Context,
-    kind: Optional[str] = typer.Option(None, "--kind", help="Index kind: flat (exact), hnsw, ivf (default: index.kind)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Index kind: flat (exact), hnsw, ivf, ivfpq (compressed) (default: index.kind)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: index.device)."),
     force: bool = force_option("Replace an existing index."),
     set_: Optional[List[str]] = set_option(),

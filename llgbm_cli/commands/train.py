@@ -14,6 +14,14 @@ train_app = typer.Typer(help="Train LoRA generators (multitask; delta-only varia
 ForceOpt = force_option("Replace an earlier run in the output folder.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the output folder.")
 SetOpt = set_option()
+DryRunOpt = typer.Option(False, "--dry-run", help="Describe the generator this config builds (preset, shapes, "
+                         "parameter count) and exit without training.")
+
+
+def _dry_run(ctx: typer.Context, resolved, trainer: str) -> None:
+    from ..services.generator_info import planned_generator, render_info
+
+    emit(ctx, planned_generator(resolved, trainer), lambda r: console().print(render_info(r)))
 
 
 def _render_training(title: str):
@@ -53,6 +61,7 @@ def multitask_cmd(
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
     set_: Optional[List[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Train a generator on teacher weights plus the delta loss (behavioral matching)."""
     from ..services.train_multitask import train_multitask
@@ -61,6 +70,8 @@ def multitask_cmd(
     ov.update(given({"train.multitask.total_steps": steps, "train.multitask.generator": generator,
                      "train.multitask.lambda_delta": lambda_delta, "train.multitask.learning_rate": lr}))
     resolved = state(ctx).load_config(ov)
+    if dry_run:
+        return _dry_run(ctx, resolved, "multitask")
     with progress(ctx) as rep:
         result = train_multitask(resolved, force=force, resume=resume, out_dir=out, progress=rep)
     if result.is_main:
@@ -78,6 +89,7 @@ def delta_only_cmd(
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
     set_: Optional[List[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Train from deltas alone: B1 a LoRA generator (DeltaOnlyLoss), B2 a text -> delta predictor."""
     from ..services.train_delta_only import train_b2
@@ -85,6 +97,8 @@ def delta_only_cmd(
     ov = overrides_from(set_)
     ov.update(given({"train.delta_only.variant": variant, "train.delta_only.generator": generator}))
     resolved = state(ctx).load_config(ov)
+    if dry_run:
+        return _dry_run(ctx, resolved, "delta-only")
     if resolved.config.train.delta_only.variant == "b2":
         if resume:
             from ..errors import InputError

@@ -28,7 +28,11 @@ def build_cmd(
                                               help="Checkpoints kept per teacher after warm-up ([zoo] checkpoints)."),
     force: bool = force_option("Retrain and overwrite finished checkpoints."),
 ) -> None:
-    """Train one LoRA teacher trajectory per task; a rerun resumes and skips finished checkpoints."""
+    """Train one LoRA teacher trajectory per task; a rerun resumes and skips finished checkpoints.
+
+    Runs sharded under `accelerate launch -m llgbm_cli zoo build ...`: whole trajectories per
+    process, the same zoo as one process; only the main process writes zoo.jsonl and reports.
+    """
     from ..services.zoo import build_zoo
 
     task_list = _split(tasks)
@@ -36,6 +40,8 @@ def build_cmd(
                                       flags={"zoo.tasks": "--tasks", "zoo.steps": "--steps", "zoo.checkpoints": "--checkpoints"})
     with progress(ctx) as rep:
         result = build_zoo(resolved, force=force, progress=rep)
+    if not result.is_main:
+        return
 
     def render(r):
         d = r.to_dict()
@@ -44,7 +50,8 @@ def build_cmd(
             resumed = f", resumed from step {t['resumed_from']}" if t["resumed_from"] else ""
             console().print(f"{t['task']}: {len(t['built'])} built, {len(t['skipped'])} already done"
                             f"{resumed} ({t['steps_run']} steps in {t['seconds']:.1f} s{sps})")
-        console().print(f"zoo: {d['zoo']} ({d['built']} built, {d['skipped']} skipped, {d['seconds']:.1f} s)")
+        procs = f", {d['processes']} processes" if d["processes"] > 1 else ""
+        console().print(f"zoo: {d['zoo']} ({d['built']} built, {d['skipped']} skipped, {d['seconds']:.1f} s{procs})")
 
     emit(ctx, result, render)
 

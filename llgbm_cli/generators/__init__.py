@@ -6,8 +6,10 @@ LoRA factors for every target module of the base model. Each is an ``nn.Module``
 :class:`~llgbm_cli.generators.base.GeneratedLora` (``{module: (A [n, r, in], B [n, out, r])}``), so
 the delta path and the losses do not care which one ran.
 
-Built-in: ``hyperconv`` (DnD-style hyper-convolutional decoder over the 2-D token grid) and
-``hypernet`` (Text-to-LoRA-style: condition + learned layer and module embeddings -> A, B).
+Built-in: ``hyperconv`` (a hyper-convolutional decoder over the 2-D token grid; Drag-and-Drop
+LLMs' blocks in its ``small`` and ``paper`` presets) and ``hypernet`` (condition + learned layer and
+module embeddings -> A, B; Text-to-LoRA's blocks in ``small`` and ``paper``). docs/concepts.md
+lists, per generator, where each preset follows its reference and where it departs.
 The B2 delta predictor lives beside them in ``predictor.py``.
 """
 
@@ -77,9 +79,10 @@ def build_generator(name: str, tokenizer, cond_dim: int, options: dict[str, Any]
     for k, v in options.items():  # sizes and counts (integer defaults) must be positive integers
         default = params[k].default
         key = f"train.multitask.generator_options.{k}"
-        if isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise InputError(f"{key}: must be a positive integer (got {v!r})")
+        if (isinstance(default, int) and not isinstance(default, bool)) or k == "kernel":
+            low = 0 if default == 0 else 1  # a count whose default is 0 may stay 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InputError(f"{key}: must be an integer of at least {low} (got {v!r})")
             if k == "kernel" and v % 2 == 0:
                 raise InputError(f"{key}: must be odd (got {v})")
         elif isinstance(default, float):

@@ -58,7 +58,7 @@ class GeneratedLora:
 
 
 class LoraGenerator(nn.Module):
-    """Base class: ``forward(cond [n, N, d], mask [n, N] | None) -> GeneratedLora``.
+    """Base class: ``forward(cond [n, N, d] or [n, N, L, d], mask [n, N] | None) -> GeneratedLora``.
 
     ``pooled`` generators see the mask-weighted mean of the N condition embeddings; the others
     see the sequence (N fixed at ``n_prompts``; see :func:`fit_prompts`).
@@ -67,12 +67,15 @@ class LoraGenerator(nn.Module):
     name = "base"
     pooled = False
 
-    def __init__(self, tokenizer: LoraTokenizer, cond_dim: int, scaling: float = 1.0, n_prompts: int = 8):
+    def __init__(self, tokenizer: LoraTokenizer, cond_dim: int, scaling: float = 1.0, n_prompts: int = 8,
+                 cond_tokens: int = 0):
         super().__init__()
         self.tokenizer = tokenizer
         self.cond_dim = int(cond_dim)
         self.scaling = float(scaling)
         self.n_prompts = int(n_prompts)
+        # Token states per condition text (condition pooling "none"); 0: one pooled vector per text.
+        self.cond_tokens = int(cond_tokens)
         self._options: dict[str, Any] = {}
 
     def options(self) -> dict[str, Any]:
@@ -81,6 +84,11 @@ class LoraGenerator(nn.Module):
 
     @staticmethod
     def pool(cond: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[n, N, (L,) d]`` -> ``[n, d]``: token states are pooled per text first (as ``mean`` pooling
+        encodes), then the texts are averaged (mask-weighted)."""
+        from .condition import pool_tokens
+
+        cond = pool_tokens(cond)
         if cond.dim() == 2:
             return cond
         if mask is None:
@@ -133,6 +141,27 @@ def save_generator(folder: str | Path, generator: LoraGenerator, meta: dict[str,
     atomic_write_json(folder / META, full)
 
 
+def check_resumable_layout(folder: str | Path, layout: LoraTokenizer) -> None:
+    """Refuse to resume training from a checkpoint whose token rows are laid out differently from
+    ``layout`` (e.g. one written before layer-ordered layouts), instead of misreading its weights."""
+    mp = Path(folder) / META
+    if not mp.exists():
+        return
+    try:
+        saved = json.loads(mp.read_text()).get("tokenizer")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{mp}: corrupt JSON ({e}); start afresh with --force")
+    if not saved:
+        return
+    try:
+        old = LoraTokenizer.from_dict(saved, source=str(folder))
+    except ValueError as e:
+        raise InputError(str(e))
+    if old.module_names != layout.module_names or old.grid_shape != layout.grid_shape:
+        raise InputError(f"{folder}: cannot resume: its token layout differs from the [lora] config's; "
+                         "start afresh with --force")
+
+
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tuple[LoraGenerator, dict[str, Any]]:
     """Rebuild a trained generator from its checkpoint folder in one call: ``(generator, meta)``.
 
@@ -156,9 +185,15 @@ def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tu
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{mp}: corrupt JSON ({e})")
     try:
-        tok = LoraTokenizer.from_dict(meta["tokenizer"])
+        tok = LoraTokenizer.from_dict(meta["tokenizer"], source=str(folder))
+    except ValueError as e:
+        raise InputError(str(e))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{mp}: not a usable generator description ({type(e).__name__}: {e}); "
+                         "retrain with `llgbm train multitask --force`")
+    try:
         gen = build_generator(meta["generator"], tok, meta["cond_dim"], meta.get("generator_options"))
-    except (KeyError, TypeError, ValueError, AttributeError, InputError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"{mp}: not a usable generator description ({type(e).__name__}: {e}); "
                          "retrain with `llgbm train multitask --force`")
     try:

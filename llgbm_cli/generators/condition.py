@@ -1,57 +1,144 @@
 """Conditions: the text a generator sees, embedded once by the frozen sentence encoder.
 
 ``prompts`` (Drag-and-Drop LLMs): N unlabeled prompts sampled per step from the adapter's stored
-condition; ``description`` (Text-to-LoRA): one description of the adapter's task. The encoder is
-frozen, so every text is embedded once up front and steps only sample rows.
+condition; ``description`` (Text-to-LoRA): one of several descriptions of the adapter's task,
+drawn afresh every step. The encoder is frozen, so every text is embedded once up front and steps
+only sample rows.
+
+Two pooling modes: ``mean`` keeps one L2-normalized, mask-weighted mean of the encoder's token
+states per text (a condition is ``[n, N, d]``); ``none`` keeps the token states themselves
+(``last_hidden_state``, the first ``tokens`` of each text; a condition is ``[n, N, L, d]``), as
+DnD feeds its decoder. Token states past a text's end are exactly zero, so a generator recovers
+the mask from the tensor alone (:func:`token_mask`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
 from ..errors import InputError
 
-# Descriptions of the shipped tasks, for the `description` condition.
+POOLINGS = ("mean", "none")
+
+# Descriptions of the shipped tasks, for the `description` condition: several phrasings each, so
+# a description-conditioned generator learns the task rather than one sentence (the first is the
+# one evaluation and `describe_task` use).
 TASK_DESCRIPTIONS = {
-    "arc-easy": "Answer grade-school science questions by choosing the correct option among several answers.",
-    "arc-challenge": "Answer difficult grade-school science questions that need reasoning, by choosing the correct option.",
-    "boolq": "Read a passage and answer a yes/no question about it with true or false.",
-    "openbookqa": "Answer elementary science questions that combine a core science fact with common knowledge, choosing one option.",
-    "piqa": "Choose the more sensible of two solutions to achieve a physical, everyday goal.",
+    "arc-easy": [
+        "Answer grade-school science questions by choosing the correct option among several answers.",
+        "Pick the right answer to an elementary-level science multiple-choice question.",
+        "Given a simple science question and four candidate answers, select the one that is correct.",
+        "Solve easy school science quizzes: read the question and choose the matching option letter.",
+        "Multiple-choice science questions from primary and middle school exams; reply with the correct choice.",
+    ],
+    "arc-challenge": [
+        "Answer difficult grade-school science questions that need reasoning, by choosing the correct option.",
+        "Choose the correct answer to hard science exam questions that simple lookup cannot solve.",
+        "Reason through challenging school science multiple-choice questions and select the right option.",
+        "Science questions that need several steps of inference; pick the one correct answer among the choices.",
+        "Select the answer to tricky grade-school science problems, thinking about cause and effect.",
+    ],
+    "boolq": [
+        "Read a passage and answer a yes/no question about it with true or false.",
+        "Decide whether a statement about a short text is true or false, using only the passage.",
+        "Reading comprehension with yes-or-no questions: answer each question from the given paragraph.",
+        "Given a Wikipedia-style passage and a question, reply yes or no.",
+        "Judge from the passage whether the answer to the question is true or false.",
+    ],
+    "openbookqa": [
+        "Answer elementary science questions that combine a core science fact with common knowledge, choosing one option.",
+        "Open-book science quiz: apply a basic science fact to a new situation and pick the right answer.",
+        "Choose the correct option for science questions that need a known fact plus everyday reasoning.",
+        "Multiple-choice questions testing how well basic science facts transfer to unfamiliar settings.",
+        "Use elementary science knowledge and common sense to select the answer among four choices.",
+    ],
+    "piqa": [
+        "Choose the more sensible of two solutions to achieve a physical, everyday goal.",
+        "Physical commonsense: given a goal, pick which of two methods would actually work.",
+        "Select the better way to do an everyday task from two proposed solutions.",
+        "Decide which of two instructions is physically plausible for reaching the stated goal.",
+        "Everyday physical reasoning about objects and actions: pick solution 1 or 2.",
+    ],
 }
 
 
-def describe_task(task: str) -> str:
-    return TASK_DESCRIPTIONS.get(task, f"Solve the task {task.replace('-', ' ')}.")
+def task_descriptions(task: str, custom: Optional[Mapping[str, Sequence[str]]] = None) -> list[str]:
+    """Descriptions of ``task``: the user's (``custom``, e.g. ``train.multitask.descriptions``) when
+    given, else the shipped ones, else one generic sentence."""
+    if custom and custom.get(task):
+        return [str(t) for t in custom[task]]
+    return list(TASK_DESCRIPTIONS.get(task) or [f"Solve the task {task.replace('-', ' ')}."])
+
+
+def describe_task(task: str, custom: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+    """The first (canonical) description of ``task``."""
+    return task_descriptions(task, custom)[0]
+
+
+def token_mask(cond: torch.Tensor) -> torch.Tensor:
+    """``[..., L, d]`` token states -> ``[..., L]`` bool: True on real tokens (padding is exactly 0)."""
+    return cond.abs().amax(-1) > 0
+
+
+def pool_tokens(cond: torch.Tensor) -> torch.Tensor:
+    """Token-level ``[n, N, L, d]`` -> ``[n, N, d]``: mean of the real tokens, L2-normalized, as
+    ``pooling = "mean"`` encodes (exactly that for unperturbed states); ``[n, N, d]`` passes."""
+    if cond.dim() < 4:
+        return cond
+    m = token_mask(cond).to(cond.dtype).unsqueeze(-1)
+    e = (cond * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+    return torch.nn.functional.normalize(e, dim=-1)
+
+
+def _encode(encoder, texts: list[str], pooling: str, tokens: int, max_length: int, batch_size: int = 64) -> torch.Tensor:
+    if pooling == "mean":
+        return encoder.encode(texts, max_length=min(max_length, 512))
+    if pooling != "none":
+        raise InputError(f"condition pooling {pooling!r}: valid values are {', '.join(POOLINGS)}")
+    out = torch.zeros(len(texts), tokens, encoder.dim)
+    for i in range(0, len(texts), batch_size):
+        h, m = encoder.encode_tokens(texts[i : i + batch_size], max_length=min(tokens, max_length, 512))
+        h = (h * m.unsqueeze(-1).to(h.dtype)).float().cpu()
+        out[i : i + h.shape[0], : h.shape[1]] = h
+    return out
 
 
 class ConditionBank:
-    """Embeddings of each adapter's condition texts: ``embs[i]`` is ``[k_i, d]``."""
+    """Embeddings of each adapter's condition texts: ``embs[i]`` is ``[k_i, d]`` (mean pooling) or
+    ``[k_i, L, d]`` (token states). ``noise`` adds Gaussian noise of that std to every sampled
+    condition (DnD's input-noise augmentation; 0: none)."""
 
-    def __init__(self, embs: list[torch.Tensor], n_prompts: int):
+    def __init__(self, embs: list[torch.Tensor], n_prompts: int, noise: float = 0.0):
         self.embs = embs
         self.n_prompts = int(n_prompts)
+        self.noise = float(noise)
 
     @classmethod
-    def build(cls, encoder, texts: Sequence[Sequence[str]], n_prompts: int, max_length: int = 512) -> "ConditionBank":
+    def build(cls, encoder, texts: Sequence[Sequence[str]], n_prompts: int, max_length: int = 512,
+              pooling: str = "mean", tokens: int = 32, noise: float = 0.0) -> "ConditionBank":
         flat = [t for ts in texts for t in ts]
         if any(len(ts) == 0 for ts in texts):
             raise InputError("an adapter in the zoo has no condition texts; rebuild the zoo or use condition = \"description\"")
-        e = encoder.encode(flat, max_length=min(max_length, 512))
+        e = _encode(encoder, flat, pooling, tokens, max_length)
         out, i = [], 0
         for ts in texts:
             out.append(e[i : i + len(ts)])
             i += len(ts)
-        return cls(out, n_prompts)
+        return cls(out, n_prompts, noise)
 
     @property
     def dim(self) -> int:
         return int(self.embs[0].shape[-1])
 
+    @property
+    def tokens(self) -> Optional[int]:
+        """Token states kept per text (pooling none), or None (mean pooling)."""
+        return int(self.embs[0].shape[1]) if self.embs[0].dim() == 3 else None
+
     def sample(self, idx: Sequence[int], rng, device=None) -> torch.Tensor:
-        """``[len(idx), n_prompts, d]``: for each adapter, n_prompts of its texts drawn by ``rng``
+        """``[len(idx), n_prompts, (L,) d]``: for each adapter, n_prompts of its texts drawn by ``rng``
         (numpy Generator), without replacement when it has enough."""
         rows = []
         for i in idx:
@@ -59,7 +146,13 @@ class ConditionBank:
             k = e.shape[0]
             pick = rng.choice(k, size=self.n_prompts, replace=k < self.n_prompts)
             rows.append(e[torch.as_tensor(pick)])
-        return torch.stack(rows).to(device)
+        out = torch.stack(rows)
+        if self.noise > 0:
+            noise = torch.from_numpy(rng.standard_normal(out.shape)).to(out.dtype) * self.noise
+            if out.dim() == 4:  # padding stays exactly zero, so the token mask survives
+                noise = noise * token_mask(out).unsqueeze(-1).to(out.dtype)
+            out = out + noise
+        return out.to(device)
 
     def fixed(self, idx: Sequence[int], device=None) -> torch.Tensor:
         """A deterministic condition (the first n_prompts texts, cycled): for evaluation."""
@@ -70,13 +163,14 @@ class ConditionBank:
         return torch.stack(rows).to(device)
 
 
-def encode_condition(encoder, texts: Sequence[str], n_prompts: int, max_length: int = 512, seed: int = 0) -> torch.Tensor:
-    """User texts -> ``[1, n_prompts, d]`` for generation (a seeded subset, or repeats)."""
+def encode_condition(encoder, texts: Sequence[str], n_prompts: int, max_length: int = 512, seed: int = 0,
+                     pooling: str = "mean", tokens: int = 32) -> torch.Tensor:
+    """User texts -> ``[1, n_prompts, (L,) d]`` for generation (a seeded subset, or repeats)."""
     from .base import fit_prompts
 
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError("no condition text given: pass prompts, --prompts-file or --description")
-    e = encoder.encode(list(texts), max_length=min(max_length, 512))
+    e = _encode(encoder, list(texts), pooling, tokens, max_length)
     g = torch.Generator().manual_seed(seed)
     return fit_prompts(e, n_prompts, g).unsqueeze(0)

@@ -1,9 +1,18 @@
-"""``hypernet``: a Text-to-LoRA-style hypernetwork.
+"""``hypernet``: a hypernetwork that emits each module's A and B from the task and the module's place.
 
-The condition is mean-pooled to one task embedding; for every target module, the task embedding
-plus a learned embedding of the module's layer and of its kind (``q_proj``, ``v_proj``, ...) go
-through a shared MLP, and a per-kind linear head emits that module's flattened A and B. One
-forward produces all modules of a batch of adapters at once.
+Two block designs, chosen by ``preset``:
+
+* ``compact`` (the default, the original llgbm blocks): the mean-pooled condition, a learned layer
+  embedding and a learned module-kind embedding are *summed* and go through a 2-layer GELU MLP.
+* ``small`` / ``paper``: the Text-to-LoRA design. A task encoder (linear + LayerNorm) maps the
+  pooled condition to ``latent/2`` numbers; layer-depth and module-kind embeddings (each
+  ``latent/4``, LayerNorm) are *concatenated* with it; a mixer MLP, two residual MLP blocks
+  (pre-LayerNorm, 4× hidden, SiLU, dropout) and an output MLP to ``head_width`` follow. ``paper``
+  uses T2L's published widths (latent 512, head input 2048); ``small`` 128 and 128.
+
+In every preset a per-kind linear head emits the flattened A and B of a module, plus a
+per-module offset initialized at the training set's mean adapter. One forward produces all
+modules of a batch of adapters at once.
 """
 
 from __future__ import annotations
@@ -12,10 +21,26 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import register
 from .base import GeneratedLora, LoraGenerator
+
+PRESETS = ("compact", "small", "paper")
+# (latent, head input width): T2L's published hypernetwork (--hypernet_latent_size 512
+# --head_in_size 2048) and a CPU-sized one.
+SIZES = {"small": (128, 128), "paper": (512, 2048)}
+
+
+class _ResidualMLP(nn.Module):
+    """x + MLP(x): LayerNorm, d -> 4d, SiLU, dropout, 4d -> d, SiLU, dropout."""
+
+    def __init__(self, d: int, dropout: float):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(4 * d, d), nn.SiLU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
 
 
 @register("hypernet")
@@ -28,13 +53,24 @@ class HyperNetGenerator(LoraGenerator):
         cond_dim: int,
         scaling: float = 1.0,
         n_prompts: int = 8,
+        cond_tokens: int = 0,
+        preset: str = "compact",
         embed_dim: int = 64,
         hidden: int = 128,
-        dropout: float = 0.0,
+        dropout: Optional[float] = None,
+        latent: Optional[int] = None,
+        head_width: Optional[int] = None,
     ):
-        """Sizes: ``embed_dim`` of task/layer/module embeddings, ``hidden`` of the shared MLP."""
-        super().__init__(tokenizer, cond_dim, scaling, n_prompts)
-        self._options = dict(scaling=scaling, n_prompts=n_prompts, embed_dim=embed_dim, hidden=hidden, dropout=dropout)
+        """``preset`` picks the blocks. ``compact`` sizes: ``embed_dim`` of the task/layer/module
+        embeddings, ``hidden`` of the shared MLP, ``dropout`` (0). ``small``/``paper``: ``latent``
+        and ``head_width`` replace the preset's widths, ``dropout`` its 0.05."""
+        super().__init__(tokenizer, cond_dim, scaling, n_prompts, cond_tokens)
+        if preset not in PRESETS:
+            raise ValueError(f"hypernet preset {preset!r}: valid presets are {', '.join(PRESETS)}")
+        self.preset = preset
+        self._options = dict(scaling=scaling, n_prompts=n_prompts, cond_tokens=cond_tokens, preset=preset,
+                             embed_dim=embed_dim, hidden=hidden, dropout=dropout, latent=latent,
+                             head_width=head_width)
         mods = tokenizer.modules
         self.kinds = sorted({m.kind for m in mods})
         layers = sorted({m.layer for m in mods})
@@ -44,15 +80,34 @@ class HyperNetGenerator(LoraGenerator):
             if shapes.setdefault(m.kind, (m.in_features, m.out_features)) != (m.in_features, m.out_features):
                 raise ValueError(f"hypernet needs every {m.kind} module to share one shape; {m.name} differs")
         self.shapes = shapes
-        self.task = nn.Sequential(nn.Linear(cond_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
-        self.layer_emb = nn.Embedding(len(layers), embed_dim)
-        self.kind_emb = nn.Embedding(len(self.kinds), embed_dim)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.GELU(),
-        )
+        if preset == "compact":
+            dropout = 0.0 if dropout is None else dropout
+            self.task = nn.Sequential(nn.Linear(cond_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
+            self.layer_emb = nn.Embedding(len(layers), embed_dim)
+            self.kind_emb = nn.Embedding(len(self.kinds), embed_dim)
+            self.mlp = nn.Sequential(
+                nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                nn.Linear(hidden, hidden), nn.GELU(),
+            )
+            head_in = hidden
+        else:
+            dropout = 0.05 if dropout is None else dropout
+            lat, head_in = SIZES[preset]
+            lat, head_in = int(latent or lat), int(head_width or head_in)
+            if lat % 4:
+                raise ValueError(f"hypernet latent {lat}: must be a multiple of 4")
+            self.task = nn.Sequential(nn.Linear(cond_dim, lat // 2), nn.LayerNorm(lat // 2))
+            self.layer_emb = nn.Sequential(nn.Embedding(len(layers), lat // 4), nn.LayerNorm(lat // 4))
+            self.kind_emb = nn.Sequential(nn.Embedding(len(self.kinds), lat // 4), nn.LayerNorm(lat // 4))
+            self.mlp = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(lat, 4 * lat), nn.SiLU(), nn.Dropout(dropout),  # mixer
+                nn.Linear(4 * lat, lat), nn.SiLU(), nn.Dropout(dropout),
+                _ResidualMLP(lat, dropout), _ResidualMLP(lat, dropout),
+                nn.LayerNorm(lat), nn.Linear(lat, 4 * lat), nn.SiLU(), nn.Dropout(dropout),  # output MLP
+                nn.Linear(4 * lat, head_in), nn.SiLU(),
+            )
         self.heads = nn.ModuleDict(
-            {k: nn.Linear(hidden, r * i + o * r) for k, (i, o) in shapes.items()}
+            {k: nn.Linear(head_in, r * i + o * r) for k, (i, o) in shapes.items()}
         )
         for h in self.heads.values():
             nn.init.normal_(h.weight, std=1e-4)
@@ -76,7 +131,12 @@ class HyperNetGenerator(LoraGenerator):
 
     def forward(self, cond: torch.Tensor, mask: Optional[torch.Tensor] = None) -> GeneratedLora:
         task = self.task(self.pool(cond, mask))  # [n, e]
-        h = task.unsqueeze(1) + self.layer_emb(self._layer_idx) + self.kind_emb(self._kind_idx)  # [n, M, e]
+        layer, kind = self.layer_emb(self._layer_idx), self.kind_emb(self._kind_idx)  # [M, e']
+        if self.preset == "compact":
+            h = task.unsqueeze(1) + layer + kind  # [n, M, e]
+        else:
+            n, M = task.shape[0], layer.shape[0]
+            h = torch.cat([task.unsqueeze(1).expand(n, M, -1), layer.expand(n, M, -1), kind.expand(n, M, -1)], -1)
         h = self.mlp(h)
         r = self.tokenizer.rank
         loras = {}

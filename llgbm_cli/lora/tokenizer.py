@@ -1,4 +1,4 @@
-"""2-D LoRA tokenizer (Drag-and-Drop-LLMs style): LoRA weights <-> a grid of fixed-size tokens.
+"""2-D LoRA tokenizer (after Drag-and-Drop LLMs' 2-D tokens): LoRA weights <-> a grid of fixed-size tokens.
 
 Each target module becomes one row of the grid. Within a row, every rank row of A (``r × in``)
 and of Bᵀ (``r × out``) is cut into chunks of ``width`` values. Each chunk is standardized with
@@ -28,6 +28,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # A floor on the per-chunk std: keeps log std finite for all-zero chunks (a fresh LoRA's B).
 EPS = 1e-8
+# Token layouts: 1 ordered grid rows by module name as a string (layer 10 before layer 2);
+# 2 orders them by (layer index, module kind). Saved in every layout's dict.
+LAYOUT_VERSION = 2
+_LAYER = re.compile(r"^(?P<head>.*?)\.(?:layers|h|blocks|layer)\.(?P<idx>\d+)\.(?P<tail>.+)$")
+
+
+def module_sort_key(name: str) -> tuple:
+    """Order of modules in every stacked layout: (layer index, module path inside the layer).
+
+    ``model.layers.2.self_attn.q_proj`` sorts before ``model.layers.10.self_attn.q_proj``;
+    modules outside the numbered layers keep name order, after them.
+    """
+    m = _LAYER.match(name)
+    if m is None:
+        return (1, name, 0, "")
+    return (0, m.group("head"), int(m.group("idx")), m.group("tail"))
+
+
+def sort_module_names(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=module_sort_key)
 # Generated log std is clamped before exp: a wild generator output cannot overflow to Inf.
 LOG_STD_RANGE = (-20.0, 5.0)
 
@@ -54,8 +74,8 @@ class ModuleShape:
 
     @property
     def layer(self) -> int:
-        m = re.search(r"\.layers\.(\d+)\.", self.name)
-        return int(m.group(1)) if m else 0
+        m = _LAYER.match(self.name)
+        return int(m.group("idx")) if m else 0
 
     @property
     def kind(self) -> str:
@@ -65,13 +85,14 @@ class ModuleShape:
 class LoraTokenizer:
     """Maps LoRA factors of a fixed set of modules and rank to a token grid ``[H, T, width + 2]``.
 
-    ``H`` is the number of modules (one grid row each, sorted by name), ``T`` the longest row.
+    ``H`` is the number of modules (one grid row each, in :func:`module_sort_key` order: layer by
+    layer, so neighbouring rows are neighbouring modules of the network), ``T`` the longest row.
     Batched: :meth:`tokenize` takes ``{module: (A [n, r, in], B [n, out, r])}`` and returns
     ``[n, H, T, width + 2]``; :meth:`detokenize` is its inverse.
     """
 
     def __init__(self, modules: Iterable[ModuleShape], rank: int, width: Optional[int] = None, max_width: int = 64):
-        self.modules: list[ModuleShape] = sorted(modules, key=lambda m: m.name)
+        self.modules: list[ModuleShape] = sorted(modules, key=lambda m: module_sort_key(m.name))
         if not self.modules:
             raise ValueError("a LoRA tokenizer needs at least one module")
         self.rank = int(rank)
@@ -101,14 +122,32 @@ class LoraTokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "layout_version": LAYOUT_VERSION,
             "rank": self.rank,
             "width": self.width,
             "modules": [[m.name, m.in_features, m.out_features] for m in self.modules],
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LoraTokenizer":
-        return cls([ModuleShape(n, int(i), int(o)) for n, i, o in d["modules"]], d["rank"], d["width"])
+    def from_dict(cls, d: Mapping[str, Any], source: str = "token layout") -> "LoraTokenizer":
+        """Rebuild a saved layout. A layout saved before version 2 is accepted only when its rows
+        are already in layer order (e.g. adapted layers all with two-digit indices); otherwise
+        its rows mean other modules than they would now, and it is refused (ValueError)."""
+        version = int(d.get("layout_version", 1))
+        if version > LAYOUT_VERSION:
+            raise ValueError(f"{source}: token layout version {version} is newer than this llgbm reads "
+                             f"({LAYOUT_VERSION}); upgrade llgbm")
+        tok = cls([ModuleShape(n, int(i), int(o)) for n, i, o in d["modules"]], d["rank"], d["width"])
+        if version < LAYOUT_VERSION:
+            saved = [n for n, _, _ in d["modules"]]
+            if saved != tok.module_names:
+                first = next(i for i, (a, b) in enumerate(zip(saved, tok.module_names)) if a != b)
+                raise ValueError(
+                    f"{source}: written by an older llgbm whose token rows ran in name order "
+                    f"(row {first} is {saved[first]}, now {tok.module_names[first]}); its weights would be "
+                    "misread: retrain it (start afresh with --force)"
+                )
+        return tok
 
     @classmethod
     def from_model(

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Optional
 
 from ..progress import NULL_PROGRESS
 from .. import workdir
+from ..distributed import ProcessGroup as _Dist
 from ..errors import InputError
 
 
@@ -95,43 +96,6 @@ def collect_inputs(resolved, adapters: Optional[list[str]] = None) -> list[_Item
         seen[it.id] = it.path
     uniq = {it.id: it for it in items}
     return list(uniq.values())
-
-
-class _Dist:
-    """The process group under ``accelerate launch`` (a single process otherwise)."""
-
-    def __init__(self, device: str = "auto"):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.state = None
-        self.rank = 0
-        if self.world > 1:
-            import torch
-            from accelerate import PartialState
-
-            # `accelerate launch --cpu` alone starts one process (it needs mpirun for more), so a
-            # CPU group is launched with --multi_gpu and told here to use CPU (gloo).
-            cpu = device == "cpu" or not torch.cuda.is_available()
-            self.state = PartialState(cpu=cpu)
-            self.rank = self.state.process_index
-            self.world = self.state.num_processes
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def device(self, wanted: str) -> str:
-        return str(self.state.device) if self.state is not None else wanted
-
-    def gather(self, obj: list) -> list:
-        if self.state is None:
-            return obj
-        from accelerate.utils import gather_object
-
-        return gather_object(obj)
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
 
 
 def run_cache_deltas(

@@ -157,11 +157,11 @@ def refuse_seen(method: str, where: Path, seen: Optional[list[str]], holdout: li
         )
 
 
-def condition_texts(world, task: str, mode: str, n: int) -> list[str]:
+def condition_texts(world, task: str, mode: str, n: int, descriptions=None) -> list[str]:
     from ..generators.condition import describe_task
 
     if mode == "description":
-        return [describe_task(task)]
+        return [describe_task(task, descriptions)]
     cond = list(world.teachers[task].condition or [])
     if not cond:
         from ..data import sample
@@ -250,7 +250,8 @@ def generator_adapters(ctx, method: str, tasks: list[str]) -> Built:
     lora = meta["lora"]
     out = {}
     for task in tasks:
-        texts = condition_texts(world, task, cond.get("mode", "prompts"), int(cond.get("n_prompts", 8)))
+        texts = condition_texts(world, task, cond.get("mode", "prompts"), int(cond.get("n_prompts", 8)),
+                                cond.get("descriptions"))
         mods = generate_modules(gen, meta, texts, seed=world.resolved.config.project.seed, encoder=encoder)
         mods = {k: LoraModule(m.A.detach().float().cpu(), m.B.detach().float().cpu(), float(m.scaling))
                 for k, m in mods.items()}

@@ -34,7 +34,8 @@ def generate_modules(generator, meta: dict[str, Any], texts: Sequence[str], *, s
     if encoder is None:
         encoder = load_encoder(meta["encoder"], "cpu", max_length=cond.get("max_text_length", 512))
     n = int(cond.get("n_prompts", generator.n_prompts))
-    c = encode_condition(encoder, texts, n, cond.get("max_text_length", 512), seed).to(next(generator.parameters()).device)
+    c = encode_condition(encoder, texts, n, cond.get("max_text_length", 512), seed, pooling=cond.get("pooling", "mean"),
+                         tokens=int(cond.get("tokens", 32))).to(next(generator.parameters()).device)
     with torch.no_grad():
         g = generator(c)
     return g.adapter_modules(0)

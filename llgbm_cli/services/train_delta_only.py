@@ -151,6 +151,7 @@ def b1_trainer_spec(resolved: ResolvedConfig) -> TrainerSpec:
         command="train delta-only --variant b1", output="b1", section="delta_only", resumable=frozenset(RESUMABLE_B1),
         generator=do.generator, generator_options=dict(do.generator_options), holdout_tasks=list(do.holdout_tasks),
         condition_mode="prompts", n_prompts=do.condition_prompts, init_from_teachers=do.init_from_teachers,
+        generator_preset=do.generator_preset,
         not_compared=lambda k: k.startswith("predictor_"),  # B2's keys
     )
 

@@ -33,7 +33,7 @@ def trainer_spec(resolved) -> TrainerSpec:
         command="train multitask", output="multitask", section="multitask", resumable=frozenset(RESUMABLE),
         generator=mt.generator, generator_options=dict(mt.generator_options), holdout_tasks=list(mt.holdout_tasks),
         condition_mode=mt.condition, n_prompts=mt.condition_prompts if mt.condition == "prompts" else 1,
-        mixed_precision=mt.mixed_precision,
+        mixed_precision=mt.mixed_precision, generator_preset=mt.generator_preset,
     )
 
 
@@ -53,7 +53,7 @@ def train_multitask(
     import torch
 
     from ..deltas.compute import delta_for_stacked
-    from ..losses import DeltaLoss, MultiTaskLoss, delta_w_mse, masked_token_mse
+    from ..losses import DeltaLoss, MultiTaskLoss, WeightLoss
     from ..training import LoopConfig, step_rng
 
     cfg = resolved.config
@@ -70,19 +70,15 @@ def train_multitask(
     bs = min(mt.batch_size, n_train)
     k_delta = min(mt.delta_batch_size, bs)
 
-    def weight_loss(g, idx):
-        if mt.weight_loss == "tokens":
-            pred = g.tokens if g.tokens is not None else layout.tokenize(g.loras)
-            return masked_token_mse(pred, teacher_tokens[idx], mask)
-        tgt = {k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()}
-        return delta_w_mse(g.loras, tgt, scaling)
+    weight_loss = WeightLoss(mt.weight_loss, mt.weight_loss_norm, layout, mask, scaling, teacher_tokens, teacher_ab,
+                             n_train, mt.token_weighting, mt.condition_noise / 10)
 
     def step_fn(step: int, net):
         rng = step_rng(cfg.project.seed, step, rank)
         idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
         cond = bank.sample(idx.tolist(), rng, device)
         g = net(cond)
-        lw = weight_loss(g, idx)
+        lw = weight_loss(g, idx, rng)
         lam = mtl.lambda_at(step)
         out: dict[str, Any] = {"loss_weights": lw, "lambda_delta": lam}
         if k_delta > 0:

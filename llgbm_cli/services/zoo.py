@@ -11,6 +11,12 @@ Resumable: each checkpoint folder is written atomically, its optimizer state bes
 ``.state/``, and ``zoo.jsonl`` is rewritten (atomically, under a lock) after every checkpoint. A
 rerun keeps checkpoints whose folder and weights hash match the manifest, continues a task from
 its last finished checkpoint, and redoes anything half-written.
+
+Under ``accelerate launch`` the tasks with work left are dealt round robin to the processes; each
+trains whole trajectories on its own device, seeded per task, so the zoo does not depend on the
+number of processes. Only the main process writes ``zoo.jsonl``: the others leave each finished
+checkpoint's row in ``.state/<id>.row.json``, gathered by the main process at the end, or adopted
+by the next run's main process after an interruption.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".state"
 SCORES_FILE = "scores.json"
+PENDING_SUFFIX = ".row.json"  # a finished checkpoint's manifest row, written by a non-main process
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,11 +133,14 @@ class BuildResult:
     zoo: str
     tasks: list[TaskReport]
     seconds: float
+    processes: int = 1
+    is_main: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "zoo": self.zoo,
             "seconds": round(self.seconds, 2),
+            "processes": self.processes,
             "built": sum(len(t.built) for t in self.tasks),
             "skipped": sum(len(t.skipped) for t in self.tasks),
             "tasks": [
@@ -143,35 +153,123 @@ class BuildResult:
 
 def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = False, progress=None,
               model_and_tokenizer=None) -> BuildResult:
-    """Train the teacher trajectories of ``tasks`` (default ``[zoo] tasks``) into the zoo folder."""
+    """Train the teacher trajectories of ``tasks`` (default ``[zoo] tasks``) into the zoo folder.
+
+    Under ``accelerate launch`` every process calls this; the work is split as the module doc says
+    and the returned report (every task's) is complete on the main process only.
+    """
+    import contextlib
+
     from ..progress import NULL_PROGRESS
     from ..data import check_dataset
+    from ..distributed import ProcessGroup
 
     progress = progress or NULL_PROGRESS
     cfg = resolved.config
-    tasks = [check_dataset(t) for t in (tasks or cfg.zoo.tasks)]
+    tasks = list(dict.fromkeys(check_dataset(t) for t in (tasks or cfg.zoo.tasks)))  # a task trains once
     folder = zoo_dir(resolved)
     spec = build_spec(resolved)
+    dist = ProcessGroup(cfg.model.device)
+    if not dist.is_main:
+        progress = NULL_PROGRESS  # one set of progress bars, the main process's
     t_start = time.perf_counter()
     check_output(folder, "zoo", flag="zoo.path", incremental=True, roots=[resolved.workdir, resolved.root])
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
-    with zoo.lock():
-        _check_spec(folder, zoo, spec, force)
-        _clean_stale_temps(folder / "adapters")
-        _clean_stale_temps(folder / STATE_DIR)
-        write_provenance(folder, provenance("zoo build", resolved.to_dict(), build_spec=spec))
+    with zoo.lock() if dist.is_main else contextlib.nullcontext():
+        _check_spec(folder, zoo, spec, force)  # every process: they refuse together, before any write
+        if dist.is_main:
+            _clean_stale_temps(folder / "adapters")
+            _clean_stale_temps(folder / STATE_DIR)
+            _adopt_pending(zoo, spec)
+            write_provenance(folder, provenance("zoo build", resolved.to_dict(), build_spec=spec))
+        dist.barrier()
+        zoo = Zoo.load(folder, must_exist=False)  # with the rows the main process adopted
+        snapshot = list(zoo.entries)
+        ckpts = checkpoint_steps(cfg.zoo.steps, cfg.zoo.warmup_steps, cfg.zoo.checkpoints)
+        existing = {e.id: e for e in zoo.entries}
+        done = {t: [False if force else _complete(zoo, existing.get(adapter_id(t, s))) for s in ckpts]
+                for t in tasks}
+        todo = [t for t in tasks if not all(done[t])]
         loaded = [model_and_tokenizer]
 
         def base():  # loaded only when some checkpoint is left to train
             if loaded[0] is None:
                 from ..models import load_base_model
 
-                loaded[0] = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device=cfg.model.device)
+                loaded[0] = load_base_model(cfg.model.base, dtype=cfg.model.dtype,
+                                            device=dist.device(cfg.model.device))
             return loaded[0]
 
-        reports = [_build_task(resolved, zoo, base, task, spec, force, progress) for task in tasks]
-    return BuildResult(str(folder), reports, time.perf_counter() - t_start)
+        new_rows: dict[str, ZooEntry] = {}
+
+        def record(entry: ZooEntry) -> None:
+            new_rows[entry.id] = entry
+            if dist.is_main:
+                zoo.upsert(entry)
+                zoo.save()
+            else:  # kept on disk too, so an interruption before the gather loses nothing
+                _write_pending(folder / STATE_DIR, entry, spec)
+
+        mine = {t: _build_task(resolved, zoo, base, t, spec, done[t], progress, record) for t in dist.shard(todo)}
+        gathered = dist.gather([(t, r, [new_rows[a] for a in r.built]) for t, r in mine.items()])
+        if not dist.is_main:
+            return BuildResult(str(folder), list(mine.values()), time.perf_counter() - t_start, dist.world, False)
+        reports = {t: r for t, r, _ in gathered}
+        rows = {e.id: e for _, _, es in gathered for e in es}
+        for t in tasks:
+            if t not in reports:
+                reports[t] = TaskReport(task=t, seed=task_seed(cfg.project.seed, t),
+                                        skipped=[adapter_id(t, s) for s in ckpts])
+        # The manifest as one process writes it: the rows found at the start, then every new row
+        # upserted in task order and step order, whichever process trained it.
+        zoo.entries = snapshot
+        for t in tasks:
+            for aid in reports[t].built:
+                zoo.upsert(rows[aid])
+        zoo.save()
+        _drop_pending(folder / STATE_DIR, [a for r in reports.values() for a in r.built])
+    return BuildResult(str(folder), [reports[t] for t in tasks], time.perf_counter() - t_start, dist.world, True)
+
+
+def _write_pending(state_dir: Path, entry: ZooEntry, spec: dict) -> None:
+    atomic_write_json(state_dir / f"{entry.id}{PENDING_SUFFIX}", {"entry": asdict(entry), "build_spec": spec})
+
+
+def _read_pending(state_dir: Path, spec: dict) -> list[ZooEntry]:
+    """Rows other processes finished, in id order; rows of other build settings are ignored."""
+    import json
+
+    out = []
+    for p in sorted(state_dir.glob(f"*{PENDING_SUFFIX}")) if state_dir.exists() else []:
+        try:
+            doc = json.loads(p.read_text())
+            if doc.get("build_spec") == spec:
+                out.append(ZooEntry(**doc["entry"]))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log.warning("%s: unreadable pending row (%s); that checkpoint is retrained", p, e)
+    return out
+
+
+def _drop_pending(state_dir: Path, ids: list[str]) -> None:
+    for aid in ids:
+        (state_dir / f"{aid}{PENDING_SUFFIX}").unlink(missing_ok=True)
+
+
+def _adopt_pending(zoo: Zoo, spec: dict) -> None:
+    """Put into the manifest the finished checkpoints that non-main processes of an interrupted
+    sharded run left behind (their folder and weights hash must check out), then drop the files."""
+    state_dir = zoo.folder / STATE_DIR
+    if not state_dir.exists():
+        return
+    rows = [e for e in _read_pending(state_dir, spec) if _complete(zoo, e)]
+    for e in rows:
+        zoo.upsert(e)
+    if rows:
+        zoo.save()
+        log.info("%s: adopted %d checkpoint(s) finished by other processes of an earlier run", zoo.folder, len(rows))
+    for p in state_dir.glob(f"*{PENDING_SUFFIX}"):
+        p.unlink(missing_ok=True)
 
 
 def _check_spec(folder: Path, zoo: Zoo, spec: dict, force: bool) -> None:
@@ -196,7 +294,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if a != b else []
 
 
-def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, progress) -> TaskReport:
+def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool], progress, record) -> TaskReport:
+    """Train one trajectory from its last finished checkpoint; ``record`` stores each new manifest row."""
     import torch
 
     from ..adapters import LoraModule, lora_scaling, save_adapter, target_linears, weights_sha256
@@ -212,8 +311,6 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
     rep = TaskReport(task=task, seed=seed)
     state_dir = zoo.folder / STATE_DIR
 
-    existing = {e.id: e for e in zoo.entries}
-    done = [False if force else _complete(zoo, existing.get(i)) for i in ids]
     if all(done):
         rep.skipped = list(ids)
         return rep
@@ -311,9 +408,8 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, force: bool, pr
                                   loss=lv, build_spec=spec)
                 save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
                 cond = [r.prompt for r in sample(task, "train", zc.condition_prompts, seed=f"{seed}-{done_step}")]
-                zoo.upsert(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=done_step, seed=seed,
-                                    condition=cond, sha256=weights_sha256(out), source="built"))
-                zoo.save()
+                record(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=done_step, seed=seed,
+                                condition=cond, sha256=weights_sha256(out), source="built"))
                 rep.built.append(aid)
                 progress.log(f"{aid}: saved (loss {lv:.4f})")
     rep.seconds = time.perf_counter() - t0

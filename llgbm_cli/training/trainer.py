@@ -33,6 +33,7 @@ class TrainerSpec:
     n_prompts: int
     mixed_precision: str = "no"
     init_from_teachers: bool = True
+    generator_preset: str = "compact"
     not_compared: Callable[[str], bool] = lambda key: False  # section keys another variant owns
 
 
@@ -109,7 +110,11 @@ class Prepared:
     @property
     def condition(self) -> dict[str, Any]:
         mt = self.resolved.config.train.multitask  # the condition encoding is shared with multitask
-        return {"mode": self.spec.condition_mode, "n_prompts": self.spec.n_prompts, "max_text_length": mt.max_text_length}
+        out = {"mode": self.spec.condition_mode, "n_prompts": self.spec.n_prompts, "max_text_length": mt.max_text_length,
+               "pooling": mt.condition_pooling, "tokens": mt.condition_tokens}
+        if self.spec.condition_mode == "description":
+            out["descriptions"] = dict(mt.descriptions)
+        return out
 
 
 def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
@@ -139,7 +144,8 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
 
     from ..deltas.context import DeltaContext
     from ..generators import build_generator
-    from ..generators.condition import ConditionBank, describe_task
+    from ..generators.base import check_resumable_layout
+    from ..generators.condition import ConditionBank, task_descriptions
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
     from ..registries import check_generator
@@ -175,6 +181,8 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
 
         model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
         layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
+        if resume_ckpt is not None:
+            check_resumable_layout(resume_ckpt, layout)
         entries = train_e + held_e
         n_train = len(train_e)
         adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
@@ -185,16 +193,19 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
         t_deltas, delta_src = dctx.teacher_deltas(entries, adapters, progress if acc.is_main_process else None)
         t_deltas = t_deltas.to(acc.device)
 
-        max_len = cfg.train.multitask.max_text_length  # the condition encoding is shared by the trainers
+        mt = cfg.train.multitask  # the condition encoding is shared by the trainers
+        max_len = mt.max_text_length
         encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=max_len)
         if spec.condition_mode == "prompts":
             texts = [e.condition for e in entries]
         else:
-            texts = [[describe_task(e.task)] for e in entries]
-        bank = ConditionBank.build(encoder, texts, spec.n_prompts, max_len)
+            texts = [task_descriptions(e.task, mt.descriptions) for e in entries]
+        bank = ConditionBank.build(encoder, texts, spec.n_prompts, max_len, pooling=mt.condition_pooling,
+                                   tokens=mt.condition_tokens, noise=mt.condition_noise)
         del encoder
 
-        options = {"scaling": scaling, "n_prompts": spec.n_prompts, **spec.generator_options}
+        options = {"scaling": scaling, "n_prompts": spec.n_prompts, "cond_tokens": bank.tokens or 0,
+                   "preset": spec.generator_preset, **spec.generator_options}
         gen = build_generator(spec.generator, layout, bank.dim, options).to(acc.device)
         if resume_ckpt is None and spec.init_from_teachers:
             mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
