@@ -104,7 +104,10 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 def load_adapter(path: str | Path, *, device: str = "cpu") -> LoraAdapter:
-    """Load and structurally check a PEFT LoRA folder. Errors name the file and the problem."""
+    """Load and structurally check a PEFT LoRA folder. Errors name the file and the problem:
+    a config rank (``r``/``rank_pattern``) that disagrees with the tensors, a non-positive or
+    non-finite alpha, or NaN/Inf weights are refused with the module named."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -131,8 +134,15 @@ def load_adapter(path: str | Path, *, device: str = "cpu") -> LoraAdapter:
     if peft_type not in ("LORA", "PEFTTYPE.LORA"):
         raise InputError(f"{cfg_path}: peft_type is {cfg.get('peft_type')!r}; llgbm handles LoRA adapters only")
     for key in ("r", "lora_alpha"):
-        if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
-            raise InputError(f"{cfg_path}: `{key}` must be a positive number (got {cfg.get(key)!r})")
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise InputError(f"{cfg_path}: `{key}` must be a positive finite number (got {v!r})")
+    if cfg["r"] != int(cfg["r"]):
+        raise InputError(f"{cfg_path}: `r` must be a whole number (got {cfg['r']!r})")
+    for key in ("rank_pattern", "alpha_pattern"):
+        for name, v in (cfg.get(key) or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise InputError(f"{cfg_path}: `{key}` entry {name!r} must be a positive finite number (got {v!r})")
     if cfg.get("use_dora"):
         raise InputError(f"{cfg_path}: DoRA adapters are not supported (use_dora = true)")
     try:
@@ -160,6 +170,17 @@ def load_adapter(path: str | Path, *, device: str = "cpu") -> LoraAdapter:
                 f"{w_path}: module {name}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not form a LoRA pair"
             )
         r = int(A.shape[0])
+        want_r = _pattern_value(cfg.get("rank_pattern"), name, cfg["r"])
+        if r != int(want_r):
+            src = "rank_pattern" if (cfg.get("rank_pattern") and want_r != cfg["r"]) else "r"
+            raise InputError(
+                f"{cfg_path}: `{src}` says rank {want_r} but module {name} has rank {r} in {w_path.name} "
+                f"(lora_A {tuple(A.shape)}); fix `{src}` to {r} or re-export the adapter"
+            )
+        bad = [w for w, t in (("lora_A", A), ("lora_B", B)) if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise InputError(f"{w_path}: module {name}: {' and '.join(bad)} hold NaN or Inf values; "
+                             "the adapter is unusable (retrain or re-export it)")
         alpha = _pattern_value(cfg.get("alpha_pattern"), name, cfg["lora_alpha"])
         modules[name] = LoraModule(A.float(), B.float(), lora_scaling(alpha, r, rslora))
     targets = cfg.get("target_modules") or sorted({n.rsplit(".", 1)[-1] for n in modules})

@@ -8,6 +8,7 @@ their services (and torch) lazily, so ``--help`` stays instant.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from .errors import EXIT_FAILED, LlgbmError
+from .errors import EXIT_FAILED, LlgbmError, as_input_error, error_object
 
 # Flags that belong to the root, wherever they appear; value-taking ones listed separately.
 _GLOBAL_FLAGS = {"-v", "--verbose", "--quiet", "-q", "--json"}
@@ -52,24 +53,34 @@ class LlgbmGroup(TyperGroup):
         return super().parse_args(ctx, hoist_globals(list(args)))
 
     def invoke(self, ctx) -> Any:
+        state = None
         try:
             return super().invoke(ctx)
         except LlgbmError as e:
             state = ctx.obj if isinstance(ctx.obj, State) else None
             if state is not None and state.verbose:
                 raise
-            _print_error(e.message, e.hint)
+            _print_error(e.message, e.hint, e.exit_code, state)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            _print_error("interrupted; finished work was kept")
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            _print_error("interrupted; finished outputs were kept and half-written ones removed", None, 130, state)
             ctx.exit(130)
         except Exception as e:  # an internal error: one line, traceback with -v
-            if _is_cli_control(e):  # exit, abort, usage errors: the CLI framework handles them
-                raise
             state = ctx.obj if isinstance(ctx.obj, State) else None
+            if _is_cli_control(e):  # exit, abort, usage errors: the CLI framework handles them
+                if state is not None and state.json and isinstance(getattr(e, "exit_code", None), int) \
+                        and e.exit_code != 0 and hasattr(e, "format_message"):
+                    _print_json_error(e.format_message(), "see --help", e.exit_code)
+                raise
             if state is not None and state.verbose:
                 raise
-            _print_error(f"internal error: {type(e).__name__}: {e}", "run again with -v for the traceback")
+            known = as_input_error(e)
+            if known is not None:
+                _print_error(known.message, known.hint, known.exit_code, state)
+                ctx.exit(known.exit_code)
+            _print_error(f"internal error: {type(e).__name__}: {e}", "run again with -v for the traceback",
+                         EXIT_FAILED, state)
             ctx.exit(EXIT_FAILED)
 
 
@@ -78,11 +89,20 @@ def _is_cli_control(e: BaseException) -> bool:
     return any(c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
 
 
-def _print_error(message: str, hint: Optional[str] = None) -> None:
+def _print_error(message: str, hint: Optional[str] = None, exit_code: int = EXIT_FAILED,
+                 state: Optional["State"] = None) -> None:
+    """The error on stderr (``error: ...`` and ``hint: ...``); with --json also the error object on stdout."""
     sys.stderr.write(f"error: {message}\n")
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
     sys.stderr.flush()
+    if state is not None and state.json and not state.emitted:
+        _print_json_error(message, hint, exit_code)
+
+
+def _print_json_error(message: str, hint: Optional[str], exit_code: int) -> None:
+    sys.stdout.write(json.dumps(error_object(message, hint, exit_code)) + "\n")
+    sys.stdout.flush()
 
 
 class State:
@@ -93,6 +113,7 @@ class State:
         self.verbose = verbose
         self.quiet = quiet
         self.json = json_out
+        self.emitted = False  # set once the result object is on stdout
 
     def load_config(self, overrides: Optional[dict[str, Any]] = None, flags: Optional[dict[str, str]] = None):
         """The project config with ``overrides``; ``flags`` names the flag behind each overridden key."""
@@ -129,6 +150,8 @@ def root(
     if not verbose:  # third-party loaders chat at INFO (faiss prints which CPU build it picked)
         for noisy in ("faiss", "faiss.loader", "accelerate", "httpx", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet or json_out:  # transformers' own "Loading weights" bars (read when it is first imported)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

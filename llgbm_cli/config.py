@@ -519,6 +519,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(["file not found; create one (see docs/config.md) or pass --project PATH"], source=str(path))
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror}"], source=str(path))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte {e.start}); a project file is TOML"], source=str(path))
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -666,6 +668,10 @@ def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
         )
     if cfg.zoo.warmup_steps >= cfg.zoo.steps:
         problems.append(f"zoo.warmup_steps: {cfg.zoo.warmup_steps} must be below zoo.steps {cfg.zoo.steps}")
+    elif cfg.zoo.checkpoints > cfg.zoo.steps - cfg.zoo.warmup_steps:
+        problems.append(f"zoo.checkpoints: {cfg.zoo.checkpoints} checkpoints do not fit in the "
+                        f"{cfg.zoo.steps - cfg.zoo.warmup_steps} steps after warm-up (zoo.steps {cfg.zoo.steps} - "
+                        f"zoo.warmup_steps {cfg.zoo.warmup_steps}); lower it or raise zoo.steps")
     return problems
 
 

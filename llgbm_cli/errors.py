@@ -45,3 +45,30 @@ class CheckFailed(LlgbmError):
     """The command ran, but a check it was asked to enforce failed (exit 1)."""
 
     exit_code = EXIT_FAILED
+
+
+def error_object(message: str, hint: str | None, exit_code: int) -> dict:
+    """What ``--json`` prints on stdout when a command fails: one object, same text as stderr."""
+    return {"error": message, "hint": hint, "exit_code": int(exit_code)}
+
+
+def as_input_error(e: BaseException) -> "LlgbmError | None":
+    """Map an OS-level failure on a user's path to a plain error naming it (exit 2); None otherwise.
+
+    Permission, not-a-folder and is-a-folder errors come from a path the user chose; a byte that
+    is not UTF-8 in a text file the user gave is bad input too (the file is named where it is read).
+    """
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                                              errno.EISDIR, errno.EEXIST, errno.ENOENT):
+        where = e.filename if e.filename is not None else "a path"
+        what = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system", errno.ENOTDIR: "a part of this path is a file, not a folder",
+                errno.EISDIR: "is a folder, expected a file", errno.EEXIST: "already exists",
+                errno.ENOENT: "no such file or folder"}[e.errno]
+        return InputError(f"{where}: {what}", hint="check the path and its permissions")
+    if isinstance(e, UnicodeDecodeError):
+        return InputError(f"a text input is not UTF-8 ({e.reason} at byte {e.start})",
+                          hint="give a UTF-8 text file; binary files are not accepted")
+    return None

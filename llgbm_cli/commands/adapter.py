@@ -18,6 +18,7 @@ def check_cmd(
     no_base: bool = typer.Option(False, "--no-base", help="Only check the files, not the fit to [model] base."),
 ) -> None:
     """Load adapters, check their files and that their shapes fit the base model."""
+    from ..errors import InputError
     from ..services.adapter import check_adapters, to_dicts
 
     cfg = state(ctx).load_config().config
@@ -25,10 +26,16 @@ def check_cmd(
 
     def render(p):
         for r in p["adapters"]:
+            if not r["ok"]:
+                continue  # the failures are listed in the error line
             console().print(f"{r['path']}: ok (rank {r['rank']}, alpha {r['alpha']}, {r['modules']} modules, "
                             f"{r['parameters']} parameters)")
 
-    emit(ctx, {"adapters": to_dicts(reports)}, render)
+    bad = [r for r in reports if not r.ok]
+    if not (bad and state(ctx).json):  # with --json a failure prints the one error object instead
+        emit(ctx, {"adapters": to_dicts(reports)}, render)
+    if bad:
+        raise InputError(f"{len(bad)} of {len(reports)} adapter(s) failed the check: " + "; ".join(r.error for r in bad))
 
 
 def register(app: typer.Typer) -> None:

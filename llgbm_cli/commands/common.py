@@ -23,6 +23,7 @@ def emit(ctx: typer.Context, result: Any, render: Optional[Callable[[Any], None]
         payload = result.to_dict() if hasattr(result, "to_dict") else result
         sys.stdout.write(json.dumps(payload, default=_default) + "\n")
         sys.stdout.flush()
+        st.emitted = True  # stdout holds its one object: a later failure reports on stderr only
     elif render is not None:
         render(result)
 

@@ -36,7 +36,8 @@ def build_cmd(
     from ..services.zoo import build_zoo
 
     task_list = _split(tasks)
-    resolved = state(ctx).load_config({"zoo.tasks": task_list, "zoo.steps": steps, "zoo.checkpoints": checkpoints})
+    resolved = state(ctx).load_config({"zoo.tasks": task_list, "zoo.steps": steps, "zoo.checkpoints": checkpoints},
+                                      flags={"zoo.tasks": "--tasks", "zoo.steps": "--steps", "zoo.checkpoints": "--checkpoints"})
     with progress(ctx) as rep:
         result = build_zoo(resolved, force=force, progress=rep)
     if not result.is_main:

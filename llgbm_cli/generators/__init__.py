@@ -76,4 +76,22 @@ def build_generator(name: str, tokenizer, cond_dim: int, options: dict[str, Any]
             f"train.multitask.generator_options: unknown option(s) {', '.join(bad)} for generator {name!r}; "
             f"valid: {', '.join(valid)}"
         )
+    for k, v in options.items():  # sizes and counts (integer defaults) must be positive integers
+        default = params[k].default
+        if v is None and default is None:
+            continue
+        key = f"train.multitask.generator_options.{k}"
+        if (isinstance(default, int) and not isinstance(default, bool)) or k == "kernel":
+            low = 0 if default == 0 else 1  # a count whose default is 0 may stay 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InputError(f"{key}: must be an integer of at least {low} (got {v!r})")
+            if k == "kernel" and v % 2 == 0:
+                raise InputError(f"{key}: must be odd (got {v})")
+        elif isinstance(default, float):
+            import math
+
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{key}: must be a finite number (got {v!r})")
+            if k == "dropout" and not 0 <= v < 1:
+                raise InputError(f"{key}: must be in [0, 1) (got {v})")
     return cls(tokenizer=tokenizer, cond_dim=cond_dim, **options)

@@ -181,14 +181,25 @@ def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> tu
             f"{', '.join(have) or 'nothing'}); train one with `llgbm train multitask`"
         )
     try:
-        meta = json.loads(mp.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{mp}: corrupt JSON ({e})")
     try:
         tok = LoraTokenizer.from_dict(meta["tokenizer"], source=str(folder))
     except ValueError as e:
         raise InputError(str(e))
-    gen = build_generator(meta["generator"], tok, meta["cond_dim"], meta.get("generator_options"))
-    gen.load_state_dict(load_file(str(wp)))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{mp}: not a usable generator description ({type(e).__name__}: {e}); "
+                         "retrain with `llgbm train multitask --force`")
+    try:
+        gen = build_generator(meta["generator"], tok, meta["cond_dim"], meta.get("generator_options"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{mp}: not a usable generator description ({type(e).__name__}: {e}); "
+                         "retrain with `llgbm train multitask --force`")
+    try:
+        gen.load_state_dict(load_file(str(wp)))
+    except Exception as e:  # safetensors header errors, missing or misshapen tensors
+        raise InputError(f"{wp}: corrupt or mismatched generator weights ({str(e).splitlines()[0][:160]}); "
+                         "retrain with `llgbm train multitask --force`")
     gen.to(device).eval()
     return gen, meta

@@ -207,11 +207,18 @@ def load_predictor(folder: str | Path, device: str = "cpu") -> tuple[DeltaPredic
             f"{folder}: no delta predictor checkpoint (needs {META} and {WEIGHTS}); "
             "train it with `llgbm train delta-only --variant b2`"
         )
+    retrain = "retrain with `llgbm train delta-only --variant b2 --force`"
     try:
-        meta = json.loads(mp.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{mp}: corrupt JSON ({e}); retrain with `llgbm train delta-only --variant b2 --force`")
-    model = DeltaPredictor(**meta["predictor"])
-    model.load_state_dict(load_file(str(wp)))
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{mp}: corrupt JSON ({e}); {retrain}")
+    try:
+        model = DeltaPredictor(**meta["predictor"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{mp}: not a usable predictor description ({type(e).__name__}: {e}); {retrain}")
+    try:
+        model.load_state_dict(load_file(str(wp)))
+    except Exception as e:  # safetensors header errors, missing or misshapen tensors
+        raise InputError(f"{wp}: corrupt or mismatched predictor weights ({str(e).splitlines()[0][:160]}); {retrain}")
     model.to(device).eval()
     return model, meta

@@ -114,7 +114,7 @@ def run_cache_deltas(
     import contextlib
 
     from ..adapters import adapter_module_names, weights_sha256
-    from ..io import provenance
+    from ..io import check_output, provenance
     from ..models import load_base_model
     from ..deltas.cache import CacheRow, DeltaCache, cache_lock
     from ..deltas.compute import base_activations, base_states, iter_deltas, lowest_adapted_layer
@@ -127,6 +127,8 @@ def run_cache_deltas(
         progress = NULL_PROGRESS  # one progress bar, the main process's
     folder = workdir.path(resolved, "deltas")
     items = collect_inputs(resolved, adapters)
+    check_output(folder, "delta cache", flag="delta.cache", incremental=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[workdir.path(resolved, "zoo"), *(it.path for it in items)])
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))
     ctx = DeltaContext.build(resolved, model, tok, device=False)
     spec, probes, header = ctx.spec, ctx.probes, ctx.header
@@ -187,6 +189,10 @@ def run_cache_deltas(
                     _, deltas = next(iter_deltas(model, iter([a for _, a in loaded]), probes, spec, len(loaded),
                                                  base=base, pack=cfg.delta.pack, acts=acts))
                     for (it, _), d in zip(loaded, deltas):
+                        if not bool(d.isfinite().all()):  # never store a NaN/Inf row
+                            local.append((it.id, str(it.path), it.sha256, None,
+                                          f"{it.path}: its delta is NaN or Inf on these probes; not cached"))
+                            continue
                         local.append((it.id, str(it.path), it.sha256, d.tolist(), None))
                 gathered = dist.gather(local)
                 if dist.is_main:

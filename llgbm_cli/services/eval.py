@@ -191,7 +191,7 @@ def run_eval(
     """
     import time
 
-    from ..io import atomic_dir, provenance, write_provenance
+    from ..io import atomic_dir, check_output, provenance, write_provenance
     from ..zoo import Zoo
 
     t0 = time.perf_counter()
@@ -199,8 +199,8 @@ def run_eval(
     ec = cfg.eval
     methods = check_methods(list(methods) if methods else list(ec.methods))
     out = Path(out).expanduser() if out is not None else workdir.path(resolved, "eval")
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; pass --force to overwrite it")
+    check_output(out, "evaluation", force=force, inputs=[workdir.path(resolved, "zoo"), *(checkpoints or {}).values()],
+                 roots=[resolved.workdir, resolved.root])
     holdout = list(holdout) if holdout else list(ec.holdout)
     tasks_in = list(tasks) if tasks else list(ec.tasks)
     zoo_tasks = (world.zoo if world is not None else Zoo.load(workdir.path(resolved, "zoo"))).tasks()

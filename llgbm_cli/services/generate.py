@@ -64,14 +64,13 @@ def generate_adapter(
     from .. import workdir
     from ..adapters import save_adapter
     from ..generators.base import load_generator
-    from ..io import provenance, sha256_file
+    from ..io import check_output, provenance, sha256_file
 
     ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(resolved)
     if not ckpt.exists():
         raise InputError(f"{ckpt}: no generator checkpoint; train one with `{workdir.made_by('multitask')}` or pass --checkpoint")
     out = Path(out).expanduser()
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; pass --force to overwrite it")
+    check_output(out, "adapter", force=force, inputs=[ckpt], roots=[resolved.workdir, resolved.root])
     texts = [t for t in texts if t.strip()] + ([description] if description else [])
     if not texts:
         raise InputError("no condition text: give prompts as arguments, --prompts-file or --description")

@@ -50,14 +50,13 @@ def build_index(
 ) -> IndexBuildResult:
     """Build the ``[index]`` kind over every cached delta and save it under ``<workdir>/<index.path>``."""
     from ..index import DeltaIndex, get_kind, params_from_config
-    from ..io import FileLock, provenance
+    from ..io import FileLock, check_output, provenance
 
     cfg = resolved.config
     get_kind(cfg.index.kind)  # fail on a bad kind before touching the cache
     src = workdir.path(resolved, "deltas")
     folder = Path(out) if out is not None else workdir.path(resolved, "index")
-    if folder.exists() and not force:
-        raise InputError(f"{folder}: an index already exists; pass --force to rebuild it")
+    check_output(folder, "delta index", force=force, inputs=[src], roots=[resolved.workdir, resolved.root])
     cache = open_cache(src)
     task = progress.add("index: reading cache", total=None)
     ids = list(cache.ids)

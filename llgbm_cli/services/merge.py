@@ -113,7 +113,7 @@ def merge_to_folder(
     ``progress`` is an optional reporter with ``add(description, total)`` and ``advance(task)``.
     """
     from ..adapters import load_adapter, save_adapter, weights_sha256
-    from ..io import provenance
+    from ..io import check_output, provenance
     from ..merging import merge_with_report
 
     t0 = time.perf_counter()
@@ -125,13 +125,7 @@ def merge_to_folder(
                          "give one weight per adapter")
     resolved = resolve_inputs(inputs, zoo)
     out = Path(out).expanduser()
-    out_abs = out.resolve()
-    for label, folder in resolved:
-        if out_abs == folder or folder in out_abs.parents or out_abs in folder.parents:
-            raise InputError(f"--out {out}: overlaps the input {label}; inputs are never overwritten, "
-                             "choose another folder")
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; pass --force to overwrite it")
+    check_output(out, "adapter", force=force, inputs=[folder for _, folder in resolved])
     base_folder = None
     if full_model is not None:
         from ..merging import base_weight_files

@@ -74,14 +74,14 @@ def train_b2(
     import torch
 
     from ..generators.predictor import encode_conditions, fit_predictor, save_predictor
-    from ..io import FileLock, atomic_dir, atomic_write_text, provenance, write_provenance
+    from ..io import FileLock, atomic_dir, atomic_write_text, check_output, provenance, write_provenance
     from ..models import load_encoder
 
     cfg = resolved.config
     do = cfg.train.delta_only
     out = Path(out_dir) if out_dir is not None else workdir.path(resolved, "b2")
-    if out.exists() and not force:
-        raise InputError(f"{out}: a B2 predictor is already there; pass --force to retrain it")
+    check_output(out, "delta predictor", force=force, roots=[resolved.workdir, resolved.root],
+                 inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
     zoo, cache, entries, notes = _pairs(resolved)
     train, val = split_entries(entries, list(do.holdout_tasks), do.predictor_val_fraction, cfg.project.seed)
     if encoder is None:

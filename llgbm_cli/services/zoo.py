@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import InputError
-from ..io import atomic_write_bytes, atomic_write_json, provenance, read_provenance, write_provenance
+from ..io import atomic_write_bytes, atomic_write_json, check_output, provenance, read_provenance, write_provenance
 from ..zoo import Zoo, ZooEntry
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
     if not dist.is_main:
         progress = NULL_PROGRESS  # one set of progress bars, the main process's
     t_start = time.perf_counter()
+    check_output(folder, "zoo", flag="zoo.path", incremental=True, roots=[resolved.workdir, resolved.root])
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
     with zoo.lock() if dist.is_main else contextlib.nullcontext():

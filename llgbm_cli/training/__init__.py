@@ -12,8 +12,8 @@ services that name its types) does not import torch.
 """
 
 _LOOP = (
-    "CHECKPOINTS", "LoopConfig", "NonFiniteLoss", "TrainResult", "find_latest_checkpoint", "lr_factor",
-    "make_accelerator", "read_metrics", "run_training", "step_rng",
+    "CHECKPOINTS", "LoopConfig", "NonFiniteLoss", "TrainResult", "find_latest_checkpoint", "is_checkpoint",
+    "load_trainer_state", "lr_factor", "make_accelerator", "read_metrics", "run_training", "step_rng",
 )
 __all__ = list(_LOOP)
 

@@ -11,12 +11,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import LlgbmError
+from ..errors import InputError, LlgbmError
 from ..io import atomic_dir, atomic_write_text, provenance, write_provenance
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
-STATE = "trainer_state.pt"
+STATE = "trainer_state.json"  # step, optimizer hyper-parameters, scheduler (JSON)
+STATE_TENSORS = "trainer_state.safetensors"  # optimizer moments and the RNG state
+LEGACY_STATE = "trainer_state.pt"  # older runs: read with weights_only=True, never with full pickle
 WEIGHTS = "generator.safetensors"
 from ..workdir import FINAL  # noqa: E402,F401  (the folder name is part of the work-folder layout)
 
@@ -93,10 +95,85 @@ def step_rng(seed: int, step: int, rank: int = 0):
     return np.random.default_rng([int(seed), int(step), int(rank)])
 
 
+def is_checkpoint(folder: Path) -> bool:
+    folder = Path(folder)
+    return (folder / STATE).exists() or (folder / LEGACY_STATE).exists()
+
+
 def find_latest_checkpoint(out_dir: Path) -> Optional[Path]:
     ck = Path(out_dir) / CHECKPOINTS
-    steps = sorted(p for p in ck.glob("step-*") if (p / STATE).exists()) if ck.is_dir() else []
+    steps = sorted(p for p in ck.glob("step-*") if is_checkpoint(p)) if ck.is_dir() else []
     return steps[-1] if steps else None
+
+
+def save_trainer_state(folder: Path, step: int, optimizer_state: dict, scheduler_state: dict,
+                       rng_state: torch.Tensor) -> None:
+    """Write the resumable state without pickle: tensors to safetensors, everything else to JSON."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write_json
+
+    tensors: dict[str, torch.Tensor] = {"torch_rng": rng_state.detach().cpu().contiguous()}
+    state_json: dict[str, dict[str, Any]] = {}
+    for pid, st in optimizer_state["state"].items():
+        plain = {}
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optimizer.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                plain[name] = v
+        state_json[str(pid)] = plain
+    save_file(tensors, str(folder / STATE_TENSORS))
+    atomic_write_json(folder / STATE, {
+        "format": 1, "step": int(step), "optimizer": {"param_groups": optimizer_state["param_groups"],
+                                                      "state": state_json},
+        "scheduler": scheduler_state,
+    })
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    """Read what :func:`save_trainer_state` wrote: ``{step, optimizer, scheduler, torch_rng}``.
+
+    Nothing is unpickled: a checkpoint from an older run (``trainer_state.pt``) is read with
+    ``torch.load(weights_only=True)``, which refuses code and objects, with an error naming the file.
+    """
+    folder = Path(folder)
+    js, ts, legacy = folder / STATE, folder / STATE_TENSORS, folder / LEGACY_STATE
+    if not js.exists() and legacy.exists():
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(f"{legacy}: refused to load (not plain tensors and numbers: "
+                             f"{str(e).splitlines()[0][:120]}); it may run code when unpickled. Start afresh "
+                             "with --force, or resume from a checkpoint written by this version")
+        if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "torch_rng"} <= set(state):
+            raise InputError(f"{legacy}: not a training state (expected step, optimizer, scheduler, torch_rng)")
+        return state
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        doc = json.loads(js.read_text(encoding="utf-8"))
+        tensors = load_file(str(ts))
+        opt_state: dict[int, dict[str, Any]] = {}
+        for pid, plain in doc["optimizer"]["state"].items():
+            opt_state[int(pid)] = dict(plain)
+        for key, t in tensors.items():
+            if key.startswith("optimizer."):
+                _, pid, name = key.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = t
+        groups = doc["optimizer"]["param_groups"]
+        for g in groups:
+            if isinstance(g.get("betas"), list):
+                g["betas"] = tuple(g["betas"])
+        return {"step": int(doc["step"]), "optimizer": {"state": opt_state, "param_groups": groups},
+                "scheduler": doc["scheduler"], "torch_rng": tensors["torch_rng"]}
+    except FileNotFoundError as e:
+        raise InputError(f"{e.filename}: missing from the checkpoint; resume from another one or start afresh with --force")
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, KeyError, ValueError, TypeError) as e:
+        raise InputError(f"{folder}: corrupt training state in {STATE} / {STATE_TENSORS} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); resume from another checkpoint or "
+                         "start afresh with --force")
 
 
 def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
@@ -187,11 +264,15 @@ def run_training(
     if resume_from is not None:
         from safetensors.torch import load_file
 
-        state = torch.load(Path(resume_from) / STATE, map_location="cpu", weights_only=False)
-        model.load_state_dict(load_file(str(Path(resume_from) / WEIGHTS)))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        state = load_trainer_state(Path(resume_from))
+        try:
+            model.load_state_dict(load_file(str(Path(resume_from) / WEIGHTS)))
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+        except Exception as e:
+            raise InputError(f"{resume_from}: checkpoint does not fit this run ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else ''}); start afresh with --force")
         start = resumed = int(state["step"])
     model, opt = accelerator.prepare(model, opt)
     model.train()
@@ -213,11 +294,7 @@ def run_training(
             with atomic_dir(folder, force=force) as tmp:
                 sd = {k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()}
                 save_file(sd, str(tmp / WEIGHTS))
-                torch.save(
-                    {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "torch_rng": torch.get_rng_state()},
-                    tmp / STATE,
-                )
+                save_trainer_state(tmp, step, opt.state_dict(), sched.state_dict(), torch.get_rng_state())
                 save_meta(tmp, unwrapped, step)
                 write_provenance(tmp, provenance(command, config_dict, step=step))
         accelerator.wait_for_everyone()

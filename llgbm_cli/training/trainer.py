@@ -10,7 +10,6 @@ supplies only its loss, its ``step_fn`` and its ``eval_fn``; both return :class:
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -121,9 +120,11 @@ class Prepared:
 def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
     """Refuse to resume from a checkpoint whose config differs in anything but the resumable keys."""
     from ..io import read_provenance
+    from .loop import is_checkpoint, load_trainer_state
 
-    if not (ckpt / "trainer_state.pt").exists():
-        raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.pt)")
+    if not is_checkpoint(ckpt):
+        raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.json)")
+    load_trainer_state(ckpt)  # refused before anything is loaded or written if it is not plain data
     old = (read_provenance(ckpt) or {}).get("config")
     if not old:
         return
@@ -151,7 +152,8 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
     from ..registries import check_generator
     from ..zoo import Zoo
     from .loop import find_latest_checkpoint, make_accelerator
-    from .world import load_teacher_adapters, start_run_folder
+    from ..io import check_output
+    from .world import load_teacher_adapters, restore_run_folder, start_run_folder
 
     cfg = resolved.config
     out = Path(out_dir) if out_dir is not None else workdir.path(resolved, spec.output)
@@ -162,8 +164,10 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
         if resume_ckpt is None:
             raise InputError(f"{out}: no checkpoint to resume from; start a run without --resume")
         check_resume(resume_ckpt, resolved, spec)
-    elif out.exists() and any(out.iterdir()) and not force:
+    elif out.exists() and out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
+    check_output(out, "training run", force=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
 
     # A bad generator name or option names this trainer's section, before anything is loaded.
     check_generator(spec.section, spec.generator, spec.generator_options)
@@ -173,41 +177,46 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
     train_e, held_e = holdout.split(zoo.entries, spec.holdout_tasks, key=f"train.{spec.section}.holdout_tasks")
     acc = make_accelerator(spec.mixed_precision, cfg.model.device)
     old = start_run_folder(out, acc, force=force, resume=resume)
-    torch.manual_seed(cfg.project.seed)
+    try:  # a failure or Ctrl-C from here on puts an earlier run back (see finish)
+        torch.manual_seed(cfg.project.seed)
 
-    model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
-    layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
-    if resume_ckpt is not None:
-        check_resumable_layout(resume_ckpt, layout)
-    entries = train_e + held_e
-    n_train = len(train_e)
-    adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
-    teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
+        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, str(acc.device))
+        layout = LoraTokenizer.from_model(model, cfg.lora.target_modules, cfg.lora.rank, cfg.lora.last_layers)
+        if resume_ckpt is not None:
+            check_resumable_layout(resume_ckpt, layout)
+        entries = train_e + held_e
+        n_train = len(train_e)
+        adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
+        teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
 
-    dctx = DeltaContext.build(resolved, model, tok, device=acc.device)
-    base = dctx.base_states()
-    t_deltas, delta_src = dctx.teacher_deltas(entries, adapters, progress if acc.is_main_process else None)
-    t_deltas = t_deltas.to(acc.device)
+        dctx = DeltaContext.build(resolved, model, tok, device=acc.device)
+        base = dctx.base_states()
+        t_deltas, delta_src = dctx.teacher_deltas(entries, adapters, progress if acc.is_main_process else None)
+        t_deltas = t_deltas.to(acc.device)
 
-    mt = cfg.train.multitask  # the condition encoding is shared by the trainers
-    max_len = mt.max_text_length
-    encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=max_len)
-    if spec.condition_mode == "prompts":
-        texts = [e.condition for e in entries]
-    else:
-        texts = [task_descriptions(e.task, {**descriptions_for(resolved), **(mt.descriptions or {})}) for e in entries]
-    bank = ConditionBank.build(encoder, texts, spec.n_prompts, max_len, pooling=mt.condition_pooling,
-                               tokens=mt.condition_tokens, noise=mt.condition_noise)
-    del encoder
+        mt = cfg.train.multitask  # the condition encoding is shared by the trainers
+        max_len = mt.max_text_length
+        encoder = load_encoder(cfg.model.encoder, str(acc.device), max_length=max_len)
+        if spec.condition_mode == "prompts":
+            texts = [e.condition for e in entries]
+        else:
+            texts = [task_descriptions(e.task, {**descriptions_for(resolved), **(mt.descriptions or {})})
+                     for e in entries]
+        bank = ConditionBank.build(encoder, texts, spec.n_prompts, max_len, pooling=mt.condition_pooling,
+                                   tokens=mt.condition_tokens, noise=mt.condition_noise)
+        del encoder
 
-    options = {"scaling": scaling, "n_prompts": spec.n_prompts, "cond_tokens": bank.tokens or 0,
-               "preset": spec.generator_preset, **spec.generator_options}
-    gen = build_generator(spec.generator, layout, bank.dim, options).to(acc.device)
-    if resume_ckpt is None and spec.init_from_teachers:
-        mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
-        gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
-    return Prepared(resolved, spec, out, acc, resume_ckpt, old, train_e, held_e, model, layout, adapters, scaling,
-                    teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen)
+        options = {"scaling": scaling, "n_prompts": spec.n_prompts, "cond_tokens": bank.tokens or 0,
+                   "preset": spec.generator_preset, **spec.generator_options}
+        gen = build_generator(spec.generator, layout, bank.dim, options).to(acc.device)
+        if resume_ckpt is None and spec.init_from_teachers:
+            mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
+            gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
+        return Prepared(resolved, spec, out, acc, resume_ckpt, old, train_e, held_e, model, layout, adapters, scaling,
+                        teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen)
+    except BaseException:
+        restore_run_folder(out, old)
+        raise
 
 
 def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: Optional[dict] = None,
@@ -216,7 +225,7 @@ def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: O
     and, after a successful ``--force`` run, the replaced run's removal."""
     from ..io import provenance, write_provenance
     from .loop import run_training
-    from .world import generator_meta, save_generator_meta
+    from .world import drop_old_run, generator_meta, restore_run_folder, save_generator_meta
 
     cfg = run.resolved.config
     meta_common = generator_meta(cfg, run.model, run.scaling, run.condition, run.delta_spec, run.probes,
@@ -225,15 +234,19 @@ def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: O
     def save_meta(folder: Path, net, step: int) -> None:
         save_generator_meta(folder, meta_common, net, step)
 
-    if run.main:
-        write_provenance(run.out, provenance(run.spec.command, run.resolved.to_dict(), teacher_deltas=run.delta_src,
-                                             train_adapters=[e.id for e in run.train_e],
-                                             heldout_adapters=[e.id for e in run.held_e]))
-    res = run_training(run.gen, step_fn, loop_cfg, run.out, accelerator=run.acc, save_meta=save_meta,
-                       config_dict=run.resolved.to_dict(), command=run.spec.command, resume_from=run.resume_ckpt,
-                       eval_fn=eval_fn, progress=progress if run.main else None)
-    if run.old is not None:
-        shutil.rmtree(run.old, ignore_errors=True)
+    try:
+        if run.main:
+            write_provenance(run.out, provenance(run.spec.command, run.resolved.to_dict(),
+                                                 teacher_deltas=run.delta_src,
+                                                 train_adapters=[e.id for e in run.train_e],
+                                                 heldout_adapters=[e.id for e in run.held_e]))
+        res = run_training(run.gen, step_fn, loop_cfg, run.out, accelerator=run.acc, save_meta=save_meta,
+                           config_dict=run.resolved.to_dict(), command=run.spec.command, resume_from=run.resume_ckpt,
+                           eval_fn=eval_fn, progress=progress if run.main else None)
+    except BaseException:  # interrupted or failed: the partial run goes, a replaced run comes back
+        restore_run_folder(run.out, run.old)
+        raise
+    drop_old_run(run.old)
     return TrainerResult(
         str(run.out), str(res.final_checkpoint), res.steps, res.resumed_from, run.spec.generator,
         run.gen.num_parameters(), run.n_train, len(run.held_e), run.delta_src, res.first, res.last, res.eval,

@@ -3,6 +3,7 @@ teacher adapters of the zoo, checked against the [lora] layout."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -10,18 +11,31 @@ from typing import Optional
 from ..errors import InputError
 
 
-def start_run_folder(out: Path, acc, *, force: bool, resume: bool) -> Optional[Path]:
-    """Create ``out`` for a new run. With ``force`` an existing run is moved aside (returned) and
-    deleted by the caller only once the new run has finished, so a failed run loses nothing."""
+def start_run_folder(out: Path, acc, *, force: bool, resume) -> Optional[Path]:
+    """Create ``out`` for a new run. With ``force`` an existing run is moved aside (returned): the
+    caller deletes it once the new run has finished (:func:`drop_old_run`), or puts it back if the
+    new run fails or is interrupted (:func:`restore_run_folder`), so a failed run loses nothing."""
     old = None
     if acc.is_main_process and force and not resume and out.exists():
-        old = out.parent / f".{out.name}.old"
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
+        os.replace(out, old)
     acc.wait_for_everyone()
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     return old
+
+
+def restore_run_folder(out: Path, old: Optional[Path]) -> None:
+    """Undo :func:`start_run_folder` after a failure: the partial run goes, the earlier one is back."""
+    if old is not None and old.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(old, out)
+
+
+def drop_old_run(old: Optional[Path]) -> None:
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_teacher_adapters(zoo, entries, layout, lora_cfg, device):
