@@ -177,6 +177,7 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
         progress = NULL_PROGRESS  # one set of progress bars, the main process's
     t_start = time.perf_counter()
     check_output(folder, "zoo", flag="zoo.path", incremental=True, roots=[resolved.workdir, resolved.root])
+    dist.barrier()  # every process judges the folder before any of them writes to it
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
     with zoo.lock() if dist.is_main else contextlib.nullcontext():
