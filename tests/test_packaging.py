@@ -71,3 +71,13 @@ def test_make_setup_gpu_switch(tmp_path):
     assert f'pip install -q --index-url {url} "torch==2.13.0"' in out
     assert '-e ".[dev,gpu]"' in out
     assert "uninstall -q -y faiss-cpu" in out and "--no-deps \"faiss-gpu" in out
+
+
+def test_license_and_citation_match_the_package(project):
+    lic = (REPO / "LICENSE").read_text()
+    assert project["license"]["text"] == "Apache-2.0"
+    assert "Apache License" in lic and "Version 2.0, January 2004" in lic and "END OF TERMS AND CONDITIONS" in lic
+    cff = (REPO / "CITATION.cff").read_text()
+    assert re.search(r"^cff-version: 1\.2\.0$", cff, re.M)
+    assert re.search(rf"^version: {re.escape(project['version'])}$", cff, re.M)
+    assert re.search(r"^license: Apache-2\.0$", cff, re.M)
