@@ -98,7 +98,7 @@ def test_eval_writes_consistent_files(evaluated):
     out = Path(res.out)
     assert out == project.parent / "runs" / "eval"
     for f in ("results.json", "results.csv", "results.md", "llgbm.json", "plots/accuracy.png",
-              "plots/delta_cosine.png"):
+              "plots/delta_metrics.png", "plots/delta_metrics.pdf", "plots/accuracy.svg"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     data = json.loads((out / "results.json").read_text())
     rows = {(r["method"], r["task"]): r for r in data["rows"]}

@@ -407,7 +407,7 @@ def run_eval(
     from ..deltas.compute import compute_deltas
     from ..evaluation import checks as C
     from ..evaluation import metrics as M
-    from ..evaluation.plots import accuracy_plot, cosine_plot, curves_plot
+    from ..evaluation.plots import accuracy_plot, curves_plot, delta_plot
     from ..evaluation.reports import write_results
     from ..io import atomic_dir, provenance, read_provenance, write_provenance
     from ..tasks.scoring import score_adapter, score_multiple_choice
@@ -500,10 +500,11 @@ def run_eval(
         # 3. task accuracy
         s_task = progress.add("eval: scoring", total=len(tasks) * len(methods))
         kw = dict(batch_size=ec.batch_size, chat_template=cfg.data.chat_template, max_length=cfg.data.max_length)
-        base_acc, acc, nq = {}, {}, {}
+        base_acc, acc, nq, chance = {}, {}, {}, {}
         for t in tasks:
             recs = sample(t, "test", test_sample, seed=seed)
             nq[t] = len(recs)
+            chance[t] = sum(1 / len(r.options) for r in recs) / len(recs) if recs else math.nan
             base_acc[t] = score_multiple_choice(world.model, world.tok, recs, **kw).accuracy
             for m in methods:
                 ad = adapters[m, t]
@@ -517,6 +518,7 @@ def run_eval(
                 row = {"method": m, "task": t, "heldout": heldout[m, t]}
                 row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
                 row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
+                           chance=chance[t],
                            adapter=where.get((m, t)))
                 result.rows.append(row)
         result.summary = summarize(result.rows, methods)
@@ -548,10 +550,11 @@ def run_eval(
         # 6. files
         plots = tmp / "plots"
         plots.mkdir()
-        made = [accuracy_plot(result.rows, plots / "accuracy.png"), cosine_plot(result.summary, plots / "delta_cosine.png")]
+        made = accuracy_plot(result.rows, plots / "accuracy.png")
+        made += delta_plot(result.rows, result.summary, plots / "delta_metrics.png")
         if curves:
-            made.append(curves_plot(curves, plots / "training_curves.png"))
-        result.plots = [str(out / "plots" / p.name) for p in made if p is not None]
+            made += curves_plot(curves, plots / "training_curves.png") or []
+        result.plots = [str(out / "plots" / p.name) for p in made]
         result.seconds = time.perf_counter() - t0
         files = write_results(tmp, result.to_dict())
         result.files = {k: str(out / Path(v).name) for k, v in files.items()}
