@@ -75,7 +75,7 @@ def test_make_setup_gpu_switch(tmp_path):
 
 def test_license_and_citation_match_the_package(project):
     lic = (REPO / "LICENSE").read_text()
-    assert project["license"]["text"] == "Apache-2.0"
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     assert "Apache License" in lic and "Version 2.0, January 2004" in lic and "END OF TERMS AND CONDITIONS" in lic
     cff = (REPO / "CITATION.cff").read_text()
     assert re.search(r"^cff-version: 1\.2\.0$", cff, re.M)

@@ -16,6 +16,12 @@ def test_wilson_interval_matches_the_formula():
     assert all(math.isnan(v) for v in P.wilson_interval(0.5, 0))
 
 
+def test_accuracy_plot_at_the_edges(tmp_path):
+    rows = [{"method": m, "task": "boolq", "accuracy": a, "n_questions": n, "chance": 0.5}
+            for m, a, n in (("base", 1.0, 7), ("teacher", 0.0, 7), ("b2", 0.4, 0))]
+    assert len(P.accuracy_plot(rows, tmp_path / "a.png")) == 3
+
+
 def test_warmup_span_from_logged_lambda():
     rows = [{"step": s, "lambda_delta": min(1.0, s / 30)} for s in range(0, 80, 10)]
     assert P._warmup_span(rows, "step") == (0.0, 30.0)
