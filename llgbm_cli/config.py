@@ -47,11 +47,11 @@ class ModelSection(Section):
     base: str = Field(
         "smollm2-135m-instruct",
         description="Base causal LM: a built-in name (`smollm2-135m-instruct`, `tiny-llama`), a local "
-        "Hugging Face folder, or a hub id where a hub is reachable.",
+        "Hugging Face folder, or a hub id written `hf:org/name` where a hub is reachable.",
     )
     encoder: str = Field(
         "minilm-l6",
-        description="Frozen condition encoder: built-in `minilm-l6` or a local Hugging Face folder.",
+        description="Frozen condition encoder: built-in `minilm-l6`, a local Hugging Face folder, or `hf:org/name`.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype for the base model (`auto`: bfloat16 on CUDA, float32 on CPU)."

