@@ -253,7 +253,8 @@ def ablation_plot(cells: list[dict[str, Any]], path: Path) -> list[Path]:
     ys = list(range(len(names)))
     for ax, (key, label, ref) in zip(axes[0], panels):
         vals = [_num(c.get(key)) for c in cells]
-        ax.barh(ys, vals, height=0.6, color="tab:blue", alpha=0.75)
+        # dots, not bars: the axis is zoomed to the values, and a bar's length would mean nothing
+        ax.plot(vals, ys, "o", color="tab:blue", markersize=5)
         refs = [_num(c.get(ref)) for c in cells] if ref else []
         refs = [r for r in refs if not math.isnan(r)]
         if refs:
@@ -264,9 +265,10 @@ def ablation_plot(cells: list[dict[str, Any]], path: Path) -> list[Path]:
             lo, hi = min(finite), max(finite)
             span = max(hi - lo, 0.02)
             ax.set_xlim(max(0.0, lo - 0.3 * span), hi + 0.1 * span)
-        ax.axvline(0, color="black", linewidth=0.5)
+        if key == "centered_cosine":
+            ax.axvline(0, color="black", linewidth=0.5)
         ax.set_xlabel(label)
-        ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+        ax.grid(linewidth=0.4, alpha=0.5)
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels(names, fontsize=7)
     axes[0][0].invert_yaxis()
@@ -293,7 +295,7 @@ def crossfold_plot(folds: dict[str, list[dict[str, Any]]], path: Path,
             vals = [v for v in vals if not math.isnan(v)]
             if not vals:
                 continue
-            ax.plot(vals, [y] * len(vals), "o", color=colors[m], alpha=0.45, markersize=4)
+            ax.plot(vals, [y - 0.18] * len(vals), "o", color=colors[m], alpha=0.5, markersize=4)
             mean = sum(vals) / len(vals)
             half = _t95(len(vals)) * _sd(vals) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
             ax.errorbar([mean], [y], xerr=[[half], [half]], fmt="D", color=colors[m], capsize=3, markersize=5)
