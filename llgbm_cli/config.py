@@ -95,7 +95,7 @@ class ZooSection(Section):
     )
     steps: int = Field(200, ge=1, description="Optimizer steps per teacher.")
     warmup_steps: int = Field(100, ge=0, description="Steps before the first kept checkpoint.")
-    checkpoints: int = Field(5, ge=1, description="Checkpoints kept per teacher after warm-up (DnD used 50).")
+    checkpoints: int = Field(5, ge=1, description="Checkpoints kept per teacher after warm-up (Drag-and-Drop LLMs used 50).")
     learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate for teachers.")
     batch_size: int = Field(8, ge=1, description="Training batch size for teachers.")
     condition_prompts: int = Field(
@@ -159,10 +159,10 @@ class MultitaskSection(Section):
     delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
     delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
     weight_loss: Literal["tokens", "delta_w"] = Field(
-        "tokens", description="Weight loss: masked MSE on normalized tokens (DnD) or MSE on ΔW = B·A."
+        "tokens", description="Weight loss: masked MSE on normalized tokens (as in Drag-and-Drop LLMs) or MSE on ΔW = B·A."
     )
     condition: Literal["prompts", "description"] = Field(
-        "prompts", description="Condition text: sampled task prompts (DnD) or a task description (T2L)."
+        "prompts", description="Condition text: sampled task prompts (as in Drag-and-Drop LLMs) or a task description (as in Text-to-LoRA)."
     )
     condition_prompts: int = Field(8, ge=1, description="Prompts sampled per adapter per step.")
     max_text_length: int = Field(512, ge=8, description="Condition text truncation (encoder tokens).")
