@@ -279,8 +279,9 @@ def ablation_plot(cells: list[dict[str, Any]], path: Path) -> list[Path]:
 def crossfold_plot(folds: dict[str, list[dict[str, Any]]], path: Path,
                    keys: Sequence[tuple[str, str]] = (("centered_cosine", "centered cosine"),
                                                       ("accuracy", "task accuracy"))) -> Optional[list[Path]]:
-    """Several folds (fold name -> that fold's summary rows): each fold a dot, the mean across
-    folds with its 95% t-interval, per method; nothing is drawn for fewer than two folds."""
+    """Several folds (fold name -> that fold's rows, one per method; `eval` passes each held-out
+    task's rows): each fold a dot, the mean across folds with its 95% t-interval, per method;
+    nothing is drawn for fewer than two folds."""
     if len(folds) < 2:
         return None
     plt = _plt()

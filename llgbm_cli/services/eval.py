@@ -407,7 +407,7 @@ def run_eval(
     from ..deltas.compute import compute_deltas
     from ..evaluation import checks as C
     from ..evaluation import metrics as M
-    from ..evaluation.plots import accuracy_plot, curves_plot, delta_plot
+    from ..evaluation.plots import accuracy_plot, crossfold_plot, curves_plot, delta_plot
     from ..evaluation.reports import write_results
     from ..io import atomic_dir, provenance, read_provenance, write_provenance
     from ..tasks.scoring import score_adapter, score_multiple_choice
@@ -552,6 +552,9 @@ def run_eval(
         plots.mkdir()
         made = accuracy_plot(result.rows, plots / "accuracy.png")
         made += delta_plot(result.rows, result.summary, plots / "delta_metrics.png")
+        if len(holdout) > 1:  # each held-out task is a fold: the spread across them, per method
+            made += crossfold_plot({t: [r for r in result.rows if r["task"] == t] for t in holdout},
+                                   plots / "folds.png") or []
         if curves:
             made += curves_plot(curves, plots / "training_curves.png") or []
         result.plots = [str(out / "plots" / p.name) for p in made]
