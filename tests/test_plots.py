@@ -62,3 +62,13 @@ def test_crossfold_needs_two_folds(tmp_path):
     _, summary = _rows()
     assert P.crossfold_plot({"only": summary}, tmp_path / "f.png") is None
     assert P._t95(5) == pytest.approx(2.776)
+
+
+def test_results_md_states_chance():
+    from llgbm_cli.evaluation.reports import _chance_line
+
+    rows, _ = _rows()
+    assert _chance_line(rows) == ("Chance accuracy (1 / options; in brackets the 95% interval half-width of an "
+                                  "accuracy at that level): openbookqa 0.25 (±0.08 at n = 100), boolq 0.25 "
+                                  "(±0.08 at n = 100).")
+    assert _chance_line([{"task": "t", "accuracy": 0.5}]) == ""
