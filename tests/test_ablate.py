@@ -51,8 +51,28 @@ def test_dry_run_lists_exactly_the_grid(cli, tmp_path):
     inter = [c for c in data["cells"] if c["group"] == "interaction"]
     assert {(c["overrides"]["train.multitask.lambda_delta"], c["overrides"]["train.multitask.delta_loss_type"])
             for c in inter} == {(0.1, "mse"), (0.1, "cosine"), (1.0, "mse"), (1.0, "cosine")}
+    # identical settings are listed once as run and the rest point at it (defaults: λ 1, mse, linear)
+    same = {c["cell"]: c["same_as"] for c in data["cells"] if c["same_as"]}
+    assert same == {"delta_loss_type=mse": "lambda_delta=1", "lambda_schedule=linear": "lambda_delta=1",
+                    "lambda_delta=0.1+delta_loss_type=mse": "lambda_delta=0.1",
+                    "lambda_delta=1+delta_loss_type=mse": "lambda_delta=1",
+                    "lambda_delta=1+delta_loss_type=cosine": "delta_loss_type=cosine"}
+    assert data["same_as"] == same
+    r = cli("ablate", "--dry-run")
+    assert "13 distinct settings" in r.stdout and "not run" in r.stdout
     r = cli("ablate", "--dry-run", "--cell", "lambda_delta=7")
     assert r.exit_code == 2 and "not a cell of the grid" in r.stderr
+
+
+def test_duplicates_follow_the_project_setting():
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.ablate import ablation_grid, duplicate_cells
+
+    cfg = load_config(None, {"train.multitask.lambda_delta": 0.5, "train.multitask.lambda_schedule": "cosine"}).config
+    same = duplicate_cells(cfg, ablation_grid(cfg.ablation))
+    assert same == {"delta_loss_type=mse": "lambda_delta=0.5", "lambda_schedule=cosine": "lambda_delta=0.5",
+                    "lambda_delta=0.1+delta_loss_type=mse": "lambda_delta=0.1",
+                    "lambda_delta=1+delta_loss_type=mse": "lambda_delta=1"}  # λ=1+cosine is new here
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ batch_size = 8
 TASKS = ["arc-easy", "boolq"]
 
 
-def make_world(root: Path, model, per_task: int = 2) -> Path:
+def make_world(root: Path, model, per_task: int = 2, tasks=None) -> Path:
     """A project with a task-structured random zoo (shared direction + task direction + noise) and its delta cache."""
     from llgbm_cli.adapters import LoraModule, random_adapter, save_adapter
     from llgbm_cli.config import load_config
@@ -34,7 +34,7 @@ def make_world(root: Path, model, per_task: int = 2) -> Path:
     zdir = root / "runs" / "zoo"
     zoo = Zoo(zdir)
     common = random_adapter(model, r=4, alpha=8.0, seed=7, std=0.2)
-    for t, task in enumerate(TASKS):
+    for t, task in enumerate(tasks or TASKS):
         center = random_adapter(model, r=4, alpha=8.0, seed=100 + t, std=0.15)
         prompts = [r.prompt for r in sample(task, "train", 3, seed=t)]
         for k in range(per_task):
@@ -98,7 +98,7 @@ def test_eval_writes_consistent_files(evaluated):
     out = Path(res.out)
     assert out == project.parent / "runs" / "eval"
     for f in ("results.json", "results.csv", "results.md", "llgbm.json", "plots/accuracy.png",
-              "plots/delta_cosine.png"):
+              "plots/delta_metrics.png", "plots/delta_metrics.pdf", "plots/accuracy.svg"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     data = json.loads((out / "results.json").read_text())
     rows = {(r["method"], r["task"]): r for r in data["rows"]}
@@ -160,6 +160,20 @@ def test_eval_cli_json_and_holdout(world, cli):
     assert "--holdout boolq" in data["command"]
     md = (world.parent / "runs" / "eval-cli" / "results.md").read_text()
     assert "Leave-one-out" in md
+    assert not (world.parent / "runs" / "eval-cli" / "plots" / "folds.png").exists()  # one fold only
+
+
+def test_eval_two_holdouts_draws_the_cross_fold_figure(tmp_path, tiny, cli):
+    world = make_world(tmp_path, tiny[0], per_task=1, tasks=TASKS + ["openbookqa"])
+    out = world.parent / "runs" / "eval-folds"
+    r = cli("--project", world, "--json", "--quiet", "eval", "-m", "base", "-m", "mean-delta",
+            "--holdout", "boolq", "--holdout", "arc-easy", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    plots = json.loads(r.stdout)["plots"]
+    for ext in ("png", "pdf", "svg"):
+        assert str(out / "plots" / f"folds.{ext}") in plots and (out / "plots" / f"folds.{ext}").stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["chance"] for r in rows} == {0.25, 0.5}  # ARC-Easy 4 options, BoolQ 2
 
 
 # --------------------------------------------------------------------------- bad input

@@ -16,12 +16,14 @@ def render_ablate(r: dict) -> None:
 
     c = console()
     if r["dry_run"]:
-        t = Table(title=f"ablation grid: {len(r['cells'])} cells -> {r['out']}")
+        same = r.get("same_as") or {}
+        t = Table(title=f"ablation grid: {len(r['cells'])} cells, {len(r['cells']) - len(same)} distinct settings "
+                        f"-> {r['out']}")
         for col in ("cell", "group", "overrides", "done"):
             t.add_column(col)
         for cell in r["cells"]:
-            t.add_row(cell["cell"], cell["group"], ", ".join(f"{k}={v}" for k, v in cell["overrides"].items()),
-                      "yes" if cell["done"] else "")
+            done = f"same setting as {cell['same_as']}: not run" if cell.get("same_as") else ("yes" if cell["done"] else "")
+            t.add_row(cell["cell"], cell["group"], ", ".join(f"{k}={v}" for k, v in cell["overrides"].items()), done)
         c.print(t)
         return
     t = Table(title=f"ablation: {len(r['ran'])} cells run, {len(r['skipped'])} already done")

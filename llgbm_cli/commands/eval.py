@@ -28,7 +28,8 @@ def render_eval(r: dict) -> None:
     style = {"pass": "green", "fail": "bold red", "skip": "dim"}
     for ch in r.get("checks") or []:
         c.print(f"[{style[ch['status']]}]{ch['status'].upper():4}[/] {ch['name']}: {ch['detail']}")
-    c.print(f"results: {r['files'].get('md')} (json, csv beside it); plots: {', '.join(r.get('plots') or [])}")
+    c.print(f"results: {r['files'].get('md')} (json, csv beside it); plots: "
+            f"{', '.join(p for p in r.get('plots') or [] if p.endswith('.png'))} (PDF and SVG beside each)")
 
 
 def eval_cmd(

@@ -111,6 +111,8 @@ def results_md(result: dict[str, Any]) -> str:
         "share of tasks whose delta is nearest to their own teacher among all teachers. A method is called "
         "task-specific only where it beats `mean-delta` on both.",
         "",
+        _chance_line(result.get("rows") or []),
+        "",
         "## Summary (mean over tasks)",
         "",
         summary_table_md(result["summary"]),
@@ -122,6 +124,22 @@ def results_md(result: dict[str, Any]) -> str:
         checks_md(result.get("checks") or []),
     ]
     return "\n".join(lines)
+
+
+def _chance_line(rows: list[dict[str, Any]]) -> str:
+    """Chance accuracy per task and the 95% interval half-width at this sample size."""
+    import math
+
+    seen: dict[str, tuple[float, int]] = {}
+    for r in rows:
+        if r.get("chance") is not None and r["task"] not in seen:
+            seen[r["task"]] = (r["chance"], int(r.get("n_questions") or 0))
+    if not seen:
+        return ""
+    parts = [f"{t} {c:.2f}" + (f" (±{1.96 * math.sqrt(c * (1 - c) / n):.2f} at n = {n})" if n else "")
+             for t, (c, n) in seen.items()]
+    return ("Chance accuracy (1 / options; in brackets the 95% interval half-width of an accuracy at that "
+            "level): " + ", ".join(parts) + ".")
 
 
 def write_results(folder: Path, result: dict[str, Any]) -> dict[str, str]:

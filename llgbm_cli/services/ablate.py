@@ -8,6 +8,11 @@ into ``<out>/<cell>/eval``. A finished cell leaves ``done.json`` (its summary ro
 on the next run; a cell interrupted mid-training resumes from its latest checkpoint. Probe-count
 cells measure deltas on fewer probes, so their teacher deltas live in a cache of their own
 (``<out>/deltas-probes-<n>``), filled once and shared by cells with the same count.
+
+Cells that come out as the same setting once applied to the project's config (with the default
+``[ablation]``: ``lambda_delta=1``, ``delta_loss_type=mse``, ``lambda_schedule=linear`` and the
+interaction cell ``lambda_delta=1+delta_loss_type=mse`` are all the project's own setting) are run
+once, under the first cell's name; the others are listed with ``same_as`` and left out of the summary.
 """
 
 from __future__ import annotations
@@ -68,11 +73,45 @@ def select_cells(cells: list[Cell], names: Optional[Sequence[str]]) -> list[Cell
     return [by[n] for n in dict.fromkeys(names)]
 
 
+# The settings a cell can change, as dotted config keys.
+CELL_KEYS = ("train.multitask.lambda_delta", "train.multitask.delta_loss_type", "train.multitask.lambda_schedule",
+             "probes.count")
+
+
+def _setting(cfg, cell: Cell) -> str:
+    """The cell's effective setting: its overrides on top of the project's values."""
+    eff = {}
+    for key in CELL_KEYS:
+        v = cell.overrides[key] if key in cell.overrides else _get(cfg, key)
+        eff[key] = float(v) if key.endswith("lambda_delta") else v
+    return json.dumps(eff, sort_keys=True)
+
+
+def _get(cfg, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def duplicate_cells(cfg, cells: Sequence[Cell]) -> dict[str, str]:
+    """Cell name -> the earlier cell with the same effective setting, for every repeated setting."""
+    first: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for c in cells:
+        sig = _setting(cfg, c)
+        if sig in first:
+            same[c.name] = first[sig]
+        else:
+            first[sig] = c.name
+    return same
+
+
 @dataclass
 class AblateResult:
     out: str
     dry_run: bool
     cells: list[dict[str, Any]] = field(default_factory=list)
+    same_as: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -112,13 +151,15 @@ def run_ablate(
     out = workdir.path(resolved, "ablation")
     grid = select_cells(ablation_grid(ab), cells)
     base_ov = dict(overrides or {})
-    result = AblateResult(str(out), dry_run)
+    result = AblateResult(str(out), dry_run, same_as=duplicate_cells(resolved.config, grid))
     for c in grid:
         d = c.to_dict()
-        d["done"] = (out / c.name / DONE).exists()
+        d["same_as"] = result.same_as.get(c.name)
+        d["done"] = d["same_as"] is None and (out / c.name / DONE).exists()
         result.cells.append(d)
     if dry_run:
         return result
+    grid = [c for c in grid if c.name not in result.same_as]
     explicit = resolved.path is not None
     with FileLock(out.parent / f".{out.name}.lock", what=f"the ablation {out}"):
         out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +185,9 @@ def run_ablate(
             progress.advance(task)
         _compare_with_weights_only(result.rows)
         result.findings = findings(result.rows)
+        if result.same_as:
+            result.findings.append("same setting, run once: " + "; ".join(
+                f"{d} = {o}" for d, o in result.same_as.items()))
         result.files = write_summary(out, result.rows, result.findings)
     return result
 

