@@ -756,7 +756,6 @@ def write_merged_model(base: Path, adapter: "LoraAdapter", out: Path,
     """
     import shutil
 
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 

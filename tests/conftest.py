@@ -19,6 +19,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def file_tree(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root`` (hidden ones too), files with their sha256: two equal
+    trees mean nothing was lost, changed or left behind."""
+    import hashlib
+
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the tiny random Llama; do not mutate the model (use tiny_model_copy)."""

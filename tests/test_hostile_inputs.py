@@ -9,7 +9,6 @@ temporary or set-aside folder left behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,21 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, file_tree
 
 LLGBM = str(Path(sys.executable).parent / "llgbm")
 
-
-def _tree(root: Path) -> dict[str, str]:
-    """Every file and folder under ``root`` (hidden ones too), files with their sha256."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +136,7 @@ CASES = [
 def test_hostile_input(world, name, args, code, text, extra):
     root, bad, w = world, world / "bad", world / "w"
     (root / "dense.toml").write_text((root / "llgbm.toml").read_text() + "\n[merge]\ndensity = 3\n")
-    before = _tree(root)
+    before = file_tree(root)
     argv = [a.format(root=root, bad=bad, w=w) for a in args]
     if "--json" not in argv:
         argv = ["--quiet", *argv]
@@ -162,7 +150,7 @@ def test_hostile_input(world, name, args, code, text, extra):
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), r.stderr[-2000:]
     assert text in lines[0], lines[0]
     assert "internal error" not in lines[0]
-    assert _tree(root) == before  # nothing changed, nothing left behind (temp folders included)
+    assert file_tree(root) == before  # nothing changed, nothing left behind (temp folders included)
     if extra == "json":
         doc = json.loads(r.stdout)
         assert set(doc) == {"error", "hint", "exit_code"} and doc["exit_code"] == code

@@ -3,7 +3,6 @@ training state, adapter validation and NaN-free delta caches."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,18 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import file_tree
 from llgbm_cli.errors import InputError
 
-
-def _tree(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 def _folder(path: Path, files: dict[str, str]) -> Path:
@@ -42,7 +32,7 @@ def test_check_output_refusals_hold_even_with_force(tmp_path):
     work = _folder(tmp_path / "w", {"zoo/zoo.jsonl": "{}\n", "notes/keep.txt": "mine\n"})
     a_file = tmp_path / "f.txt"
     a_file.write_text("x")
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     refused = [
         (a_file, "adapter", {}, "is a file"),
         (work, "evaluation", {"roots": [work]}, "work folder"),
@@ -54,7 +44,7 @@ def test_check_output_refusals_hold_even_with_force(tmp_path):
     for target, kind, kw, text in refused:
         with pytest.raises(InputError, match=text):
             check_output(target, kind, force=True, **kw)
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
 
 
 def test_check_output_accepts_its_own_kind_and_new_folders(tmp_path):
@@ -75,7 +65,7 @@ def test_atomic_dir_interrupted_during_swap_restores_previous_folder(tmp_path, m
     from llgbm_cli import io
 
     target = _folder(tmp_path / "out", {"adapter_config.json": "{\"r\": 4}", "sub/w.bin": "old weights"})
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     real = os.replace
     calls = []
 
@@ -91,14 +81,14 @@ def test_atomic_dir_interrupted_during_swap_restores_previous_folder(tmp_path, m
             monkeypatch.setattr(io.os, "replace", flaky)
     monkeypatch.setattr(io.os, "replace", real)
     assert len(calls) >= 2
-    assert _tree(tmp_path) == before  # same bytes, no .tmp or .old folder left
+    assert file_tree(tmp_path) == before  # same bytes, no .tmp or .old folder left
 
 
 def test_atomic_dir_permission_denied_is_a_plain_error_and_leaves_nothing(tmp_path, monkeypatch):
     from llgbm_cli import io
 
     target = _folder(tmp_path / "out", {"adapter_config.json": "old"})
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     real = os.replace
 
     def denied(src, dst):  # moving the new folder into place is refused (once)
@@ -111,7 +101,7 @@ def test_atomic_dir_permission_denied_is_a_plain_error_and_leaves_nothing(tmp_pa
         with io.atomic_dir(target, force=True) as tmp:
             (tmp / "adapter_config.json").write_text("new")
     monkeypatch.setattr(io.os, "replace", real)
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("mask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o002, 0o775, 0o664), (0o077, 0o700, 0o600)])
@@ -143,7 +133,7 @@ def test_forced_training_run_interrupted_puts_the_earlier_run_back(tmp_path, err
 
     out = _folder(tmp_path / "train" / "multitask",
                   {"metrics.jsonl": '{"step": 1}\n', "final/generator.json": "{}", "final/generator.safetensors": "w"})
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     with pytest.raises(error):
         old = start_run_folder(out, _OneProcess(), force=True, resume=False)
         try:
@@ -153,7 +143,7 @@ def test_forced_training_run_interrupted_puts_the_earlier_run_back(tmp_path, err
         except BaseException:
             restore_run_folder(out, old)
             raise
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
     old = start_run_folder(out, _OneProcess(), force=True, resume=False)
     (out / "metrics.jsonl").write_text("new\n")
     drop_old_run(old)

@@ -145,7 +145,7 @@ def run_ablate(
 ) -> AblateResult:
     """Run (or with ``dry_run`` list) the grid's cells; finished cells are skipped. See the module doc."""
     from ..config import load_config
-    from ..io import FileLock, atomic_write_json, atomic_write_text, provenance, write_provenance
+    from ..io import FileLock, atomic_write_json, provenance, write_provenance
 
     ab = resolved.config.ablation
     out = workdir.path(resolved, "ablation")

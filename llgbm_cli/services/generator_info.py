@@ -8,7 +8,7 @@ device (shapes only, no memory), so even the ``paper`` presets are counted insta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import InputError
 

@@ -319,7 +319,6 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool
     rep = TaskReport(task=task, seed=seed)
     state_dir = zoo.folder / STATE_DIR
 
-    existing = {e.id: e for e in zoo.entries}
     trained_on = _training_target(task_def, form)
     if all(done):
         rep.skipped = list(ids)
