@@ -186,6 +186,7 @@ def test_eval_two_holdouts_draws_the_cross_fold_figure(tmp_path, tiny, cli):
     (["-m", "multitask"], "llgbm train multitask"),
     (["-m", "b1"], "llgbm train delta-only --variant b1"),
     (["-m", "b2"], "llgbm train delta-only --variant b2"),
+    (["-m", "base", "--holdout", "arc-easy", "--holdout", "boolq"], "every zoo task is held out"),
 ])
 def test_eval_bad_input(world, cli, args, needle):
     r = cli("--project", world, "--quiet", "eval", *args, "--out", world.parent / "runs" / "eval-bad")

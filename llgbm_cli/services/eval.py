@@ -118,6 +118,9 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
     zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
         raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
+    if not set(zoo.tasks()) - set(holdout):
+        raise InputError(f"--holdout: every zoo task is held out ({', '.join(sorted(holdout))}); nothing is left to "
+                         "train on or to form the mean training delta: hold out fewer tasks")
     if model is None:
         model, tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
     ctx = DeltaContext.build(resolved, model, tok)
