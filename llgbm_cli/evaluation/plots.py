@@ -27,6 +27,10 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    import logging
+
+    # PDF/SVG font subsetting logs every subset at INFO: with -v that would flood stderr
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
