@@ -300,7 +300,7 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
         recs = task_def.sample("test", ec.test_sample, seed=cfg.project.seed)
         nq[t], b.metric[t] = len(recs), form.metric
         # chance accuracy of a multiple-choice task: mean of 1 / number of options (none for generation)
-        opts = [len(getattr(r, "options", None) or ()) for r in recs]
+        opts = [len(r.options) for r in recs]
         chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
         base_acc[t] = score_records(world.model, world.tok, form, recs, **kw).accuracy
         for m in methods:
