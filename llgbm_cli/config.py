@@ -110,6 +110,12 @@ class ZooSection(Section):
     lr_warmup_steps: int = Field(10, ge=0, description="Linear learning-rate warm-up steps of teachers (then constant).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay for teachers.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm for teachers.")
+    runs: int = Field(
+        1, ge=1, description="Independent trajectories per task, each with its own seed (initialisation, data order "
+        "and data subset); run r > 0 names its checkpoints `<task>-r<r>-s<step>`.")
+    data_fraction: float = Field(
+        1.0, gt=0, le=1, description="Share of the task's train split each trajectory trains on (a seeded subset "
+        "per run, so runs see different data; 1: all of it).")
 
 
 class ProbesSection(Section):

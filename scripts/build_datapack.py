@@ -12,6 +12,11 @@ note. Deterministic: the same source gives the same bytes.
 * MAWPS (generative): the word problem, its equation, the numeric answer and a worked target
   (``(22 - 14) / 4 = 2. The answer is 2.``) that teachers train on; train/validation/test are the
   source's trainset/validset/testset files, kept whole.
+* The arithmetic family (test-only in the source): AddSub, MultiArith, SingleEq, SVAMP and GSM8K as
+  generative sets (the word problem, the numeric answer and the target ``The answer is N.``); AQuA
+  and MathQA as five-option multiple-choice sets (stem and option texts parsed from the
+  instruction, answer letter A-E). Each is shuffled with a fixed seed and split: half of it, at most
+  500 records, is the test split, the rest (at most 1000) the train split; the manifest records it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ SOURCES = {
     "boolq": "boolq",
     "openbookqa": "openbookqa",
     "piqa": "piqa",
+}
+ARITHMETIC = {  # name -> (source folder, kind)
+    "addsub": ("AddSub", "generate"),
+    "multiarith": ("MultiArith", "generate"),
+    "singleeq": ("SingleEq", "generate"),
+    "svamp": ("SVAMP", "generate"),
+    "gsm8k": ("gsm8k", "generate"),
+    "aqua": ("AQuA", "multiple_choice"),
+    "mathqa": ("mathqa", "multiple_choice"),
 }
 MAX_TRAIN = 1000
 MAX_TEST = 500
@@ -72,6 +86,72 @@ def build_mawps(src: Path, manifest: dict) -> None:
     (OUT / "mawps.jsonl.gz").write_bytes(data)
     manifest["datasets"]["mawps"] = {"source_folder": "mawps", "kind": "generate", "counts": counts,
                                      "sha256": hashlib.sha256(data).hexdigest()}
+
+
+_AQUA = re.compile(r"\(([A-E])\)\s*(.*?)\s*(?=\([A-E]\)|$)", re.DOTALL)
+_MATHQA = re.compile(r"(?:^|,)\s*([a-e])\s*\)\s*(.*?)\s*(?=,\s*[a-e]\s*\)|$)", re.DOTALL | re.IGNORECASE)
+
+
+def letter_mc(instruction: str, answer: str) -> dict:
+    """AQuA (``Answer Choices: (A) x (B) y ...``) and MathQA (``The options: a ) x , b ) y ...``):
+    stem, labels A-E, option texts and the answer's index. Raises ValueError when it does not parse."""
+    text = " ".join(instruction.split())
+    m = re.search(r"Answer Choices:|The options:", text)
+    if not m:
+        raise ValueError("no option list")
+    stem, opts = text[: m.start()].strip(), text[m.end():].strip()
+    found = (_AQUA if m.group(0).startswith("Answer") else _MATHQA).findall(opts)
+    labels = [lab.upper() for lab, _ in found]
+    choices = [c.strip().rstrip(",").strip() for _, c in found]
+    if labels != list("ABCDE")[: len(labels)] or len(labels) < 2 or any(not c for c in choices):
+        raise ValueError(f"options do not parse: {opts[:80]!r}")
+    ans = str(answer).strip().upper()
+    if ans not in labels:
+        raise ValueError(f"answer {answer!r} not among {labels}")
+    listed = " ".join(f"{lab}: {c}" for lab, c in zip(labels, choices))
+    instr = (f"Please choose the correct answer to the question: {stem}\n\n{listed}\n\n"
+             f"Answer format: {'/'.join(labels)}")
+    return {"instruction": instr, "stem": stem, "labels": labels, "choices": choices, "answer": labels.index(ans)}
+
+
+def arithmetic_record(name: str, rec: dict, split: str, i: int) -> dict:
+    question = " ".join(str(rec["instruction"]).split())
+    ans = format_number(rec["answer"])
+    return {"id": f"{name}-{split}-{i}", "split": split, "question": question, "answer": float(rec["answer"]),
+            "target": f"The answer is {ans}."}
+
+
+def build_arithmetic(src: Path, manifest: dict) -> None:
+    for name, (folder, kind) in ARITHMETIC.items():
+        recs = json.loads((src / folder / "test.json").read_text())
+        idx = list(range(len(recs)))
+        random.Random(f"{SEED}-{name}").shuffle(idx)
+        n_test = min(MAX_TEST, len(idx) // 2)
+        parts = {"train": sorted(idx[n_test:][:MAX_TRAIN]), "test": sorted(idx[:n_test])}
+        rows, counts, bad = [], {}, 0
+        for split, keep in parts.items():
+            n = 0
+            for i in keep:
+                try:
+                    if kind == "generate":
+                        float(recs[i]["answer"])
+                        rows.append(arithmetic_record(name, recs[i], split, i))
+                    else:
+                        rows.append({"id": f"{name}-{split}-{i}", "split": split,
+                                     **letter_mc(recs[i]["instruction"], recs[i]["answer"])})
+                    n += 1
+                except (ValueError, KeyError, TypeError):
+                    bad += 1
+            counts[split] = n
+        data = _gz(rows)
+        (OUT / f"{name}.jsonl.gz").write_bytes(data)
+        note = (f"no train split in the source: its {len(idx)} test records were shuffled with seed {SEED} and "
+                f"split {len(parts['train'])} train / {len(parts['test'])} test"
+                + (f"; {bad} record(s) whose options or answer do not parse were left out" if bad else ""))
+        manifest["datasets"][name] = {"source_folder": folder, "kind": kind, "counts": counts,
+                                      **({"n_options": sorted({len(r["labels"]) for r in rows})}
+                                         if kind == "multiple_choice" else {}),
+                                      "sha256": hashlib.sha256(data).hexdigest(), "note": note}
 
 
 def _gz(rows: list[dict]) -> bytes:
@@ -122,6 +202,7 @@ def main(src: Path) -> None:
             **({"note": note} if note else {}),
         }
     build_mawps(src, manifest)
+    build_arithmetic(src, manifest)
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.copyfile(src / "DATA_LICENSE", OUT / "DATA_LICENSE")
     shutil.copyfile(src / "README.md", OUT / "SOURCE_README.md")

@@ -80,5 +80,9 @@ def test_bad_flag_value_is_usage_error(cli, tiny_project):
 def test_data_list(cli):
     r = cli("--json", "data", "list")
     rows = json.loads(r.stdout)["tasks"]
-    assert [d["name"] for d in rows] == ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa", "mawps"]
-    assert rows[-1]["kind"] == "generate" and rows[-1]["metric"] == "number" and rows[-1]["sizes"]["test"] == 238
+    assert [d["name"] for d in rows] == ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa", "mawps", "addsub",
+                                         "multiarith", "singleeq", "svamp", "gsm8k", "aqua", "mathqa"]
+    by = {d["name"]: d for d in rows}
+    assert by["mawps"]["kind"] == "generate" and by["mawps"]["metric"] == "number" and by["mawps"]["sizes"]["test"] == 238
+    assert by["gsm8k"]["kind"] == "generate" and by["gsm8k"]["sizes"] == {"train": 819, "test": 500}
+    assert by["aqua"]["kind"] == "multiple_choice" and by["mathqa"]["sizes"]["test"] == 489

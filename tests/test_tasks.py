@@ -314,3 +314,40 @@ def test_config_docs_task_examples_are_valid():
             t = TaskRegistry({name: TaskSpec(**table)}).get(name)
             kinds.add(t.kind)
     assert kinds == {"multiple_choice", "generate"}
+
+
+def test_arithmetic_family_ships_with_seeded_splits():
+    """The arithmetic sets are presets: generative ones train on the answer sentence and are scored by
+    number; AQuA and MathQA are five-option multiple choice parsed from their instruction."""
+    from llgbm_cli.data import pack_manifest
+
+    reg = TaskRegistry()
+    man = pack_manifest()["datasets"]
+    for name in ("addsub", "multiarith", "singleeq", "svamp", "gsm8k"):
+        t = reg.get(name)
+        train, test = t.records("train"), t.records("test")
+        assert t.kind == "generate" and t.metric == "number"
+        assert len(train) == man[name]["counts"]["train"] and len(test) == man[name]["counts"]["test"]
+        assert not {r.id for r in train} & {r.id for r in test}
+        r = train[0]
+        assert r.completion == f"The answer is {r.gold}." and r.prompt and "seed 1234" in man[name]["note"]
+    for name in ("aqua", "mathqa"):
+        t = reg.get(name)
+        for r in t.records("test"):
+            assert r.options == ("A", "B", "C", "D", "E") and len(r.choices) == 5 and all(r.choices)
+            assert r.stem and "Answer format: A/B/C/D/E" in r.prompt and 0 <= r.answer < 5
+
+
+def test_letter_options_parse():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bdp", Path(__file__).parents[1] / "scripts" / "build_datapack.py")
+    bdp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bdp)
+    p = bdp.letter_mc("How much is 2 + 2? Answer Choices: (A) 3 (B) 4 (C) 5.5 (D) -1 (E) none", "b")
+    assert p["stem"] == "How much is 2 + 2?" and p["choices"] == ["3", "4", "5.5", "-1", "none"] and p["answer"] == 1
+    q = bdp.letter_mc("a rate is 5 % . find x ? The options: a ) 38 , b ) 27.675 , c ) 30 , d ) 1,200 , e ) none", "c")
+    assert q["choices"] == ["38", "27.675", "30", "1,200", "none"] and q["answer"] == 2
+    with pytest.raises(ValueError):
+        bdp.letter_mc("no options here", "A")

@@ -221,3 +221,31 @@ def test_two_accelerate_processes_build_the_same_zoo_as_one(tmp_path):
         one = (zoos[1] / e.path / "adapter_model.safetensors").read_bytes()
         assert (zoos[2] / e.path / "adapter_model.safetensors").read_bytes() == one
     assert not list((zoos[2] / ".state").glob("*.row.json"))
+
+
+def test_runs_add_independent_trajectories_on_data_subsets(built, tiny, tmp_path):
+    """`zoo.runs = 2` adds a second trajectory per task with its own seed and data subset; run 0 is
+    the zoo built without the key (same ids, same bytes), and a rerun skips every checkpoint."""
+    import torch
+
+    root = _copy_project(built, tmp_path)
+    text = (root / "llgbm.toml").read_text()
+    assert "[zoo]" in text
+    (root / "llgbm.toml").write_text(text.replace("[zoo]", "[zoo]\nruns = 2", 1))
+    resolved = load_config(root / "llgbm.toml")
+    res = build_zoo(resolved, model_and_tokenizer=tiny).to_dict()
+    new = [b for t in res["tasks"] for b in t["built"]]
+    assert sorted(new) == ["arc-easy-r1-s00004", "arc-easy-r1-s00006", "boolq-r1-s00004", "boolq-r1-s00006"]
+    assert res["skipped"] == 4  # run 0 is the existing zoo, untouched
+    zoo = Zoo.load(root / "runs" / "zoo")
+    by = {e.id: e for e in zoo.entries}
+    assert by["arc-easy-r1-s00006"].task == "arc-easy" and by["arc-easy-r1-s00006"].seed != by["arc-easy-s00006"].seed
+    a0 = load_adapter(zoo.path_of(by["arc-easy-s00006"])).modules
+    a1 = load_adapter(zoo.path_of(by["arc-easy-r1-s00006"])).modules
+    assert any(not torch.equal(a0[n].B, a1[n].B) for n in a0)
+    assert build_zoo(resolved, model_and_tokenizer=tiny).to_dict()["built"] == 0
+
+    # A data subset per run changes what each trajectory trains on, so it is a different build.
+    (root / "llgbm.toml").write_text(text.replace("[zoo]", "[zoo]\nruns = 2\ndata_fraction = 0.5", 1))
+    sub = load_config(root / "llgbm.toml")
+    assert build_spec(sub) != build_spec(resolved) and build_spec(resolved)["zoo"].get("data_fraction") is None

@@ -1,11 +1,14 @@
-"""The shipped data pack: five multiple-choice sets (ARC-Easy, ARC-Challenge, BoolQ, OpenBookQA,
-PIQA) and one generative set (MAWPS).
+"""The shipped data pack: seven multiple-choice sets (ARC-Easy, ARC-Challenge, BoolQ, OpenBookQA,
+PIQA, and the five-option math sets AQuA and MathQA) and six generative arithmetic sets (MAWPS,
+AddSub, MultiArith, SingleEq, SVAMP, GSM8K).
 
 Built by ``scripts/build_datapack.py`` from the LLM-Adapters release (ODC-By 1.0; see
 ``pack/DATA_LICENSE`` and ``pack/SOURCE_README.md``). A multiple-choice record keeps the original
 instruction (which lists the options and ends with ``Answer format: a/b/...``), its stem (the
 question alone), the option labels the model answers with, the option texts, and the index of the
-right answer. A MAWPS record keeps the word problem, its worked target and the numeric answer.
+right answer. A generative record keeps the word problem, its target (MAWPS: a worked equation;
+the others: ``The answer is N.``) and the numeric answer. Sets the source ships as one test file
+are split with a fixed seed (recorded in the manifest).
 These are the presets of the task registry (:mod:`llgbm_cli.tasks.registry`).
 """
 

@@ -61,6 +61,62 @@ TASK_DESCRIPTIONS = {
         "Decide which of two instructions is physically plausible for reaching the stated goal.",
         "Everyday physical reasoning about objects and actions: pick solution 1 or 2.",
     ],
+    "mawps": [
+        "Solve short arithmetic word problems: write the equation and give the numeric answer.",
+        "Turn a one- or two-step word problem into an equation and compute the number it asks for.",
+        "Elementary math word problems: set up the arithmetic and report the result.",
+        "Read a short story about quantities and answer with the number the question asks for.",
+        "Compute the answer of a simple word problem with addition, subtraction, multiplication or division.",
+    ],
+    "addsub": [
+        "Solve word problems that need only addition and subtraction, answering with a number.",
+        "Add and subtract the quantities in a short story to find the number asked for.",
+        "Elementary addition and subtraction word problems; reply with the numeric answer.",
+        "Read about items gained or lost and compute how many there are.",
+        "One-step arithmetic stories about totals and differences; give the final number.",
+    ],
+    "multiarith": [
+        "Solve multi-step arithmetic word problems that chain two operations, answering with a number.",
+        "Word problems needing two steps of addition, subtraction, multiplication or division; give the result.",
+        "Compute the answer to a short story that combines several arithmetic operations.",
+        "Multi-step grade-school math problems: work through the operations and report the number.",
+        "Answer arithmetic questions where one result feeds the next operation.",
+    ],
+    "singleeq": [
+        "Solve word problems that reduce to a single linear equation, answering with a number.",
+        "Set up one equation from a short story and solve it for the unknown quantity.",
+        "Algebra word problems with one equation; give the value of the unknown.",
+        "Find the number a word problem asks for by writing and solving one equation.",
+        "Single-equation arithmetic and algebra stories; reply with the numeric answer.",
+    ],
+    "svamp": [
+        "Solve simple arithmetic word problems with small variations that test whether the question was read.",
+        "Answer elementary math stories whose question may ask about a different quantity than expected.",
+        "Robust one-step arithmetic word problems; compute the number the question really asks for.",
+        "Read a varied arithmetic story carefully and report the requested number.",
+        "Grade-school word problems with distractors; give the correct numeric answer.",
+    ],
+    "gsm8k": [
+        "Solve grade-school math word problems that take several reasoning steps, answering with a number.",
+        "Multi-step math problems about money, time and quantities; report the final number.",
+        "Work through a longer word problem with several operations and give the numeric result.",
+        "Grade-school math reasoning: combine the facts of the story to compute the answer.",
+        "Answer math questions from everyday situations that need two to eight steps.",
+    ],
+    "aqua": [
+        "Solve algebra and arithmetic word problems by choosing the correct option among five answers.",
+        "Pick the right numeric answer, A to E, for a quantitative reasoning problem.",
+        "Multiple-choice math word problems on rates, ratios, percentages and algebra.",
+        "Given a math problem and five candidate answers, select the one that is correct.",
+        "Quantitative aptitude questions: compute the result and choose the matching option.",
+    ],
+    "mathqa": [
+        "Solve math word problems on gains, rates, geometry and probability by choosing one of five options.",
+        "Pick the correct answer among five choices for a quantitative word problem.",
+        "Multiple-choice math problems from aptitude tests: compute and select the option.",
+        "Given a word problem about percentages, speeds or areas, choose the right numeric answer.",
+        "Five-option math questions covering arithmetic, algebra and geometry.",
+    ],
 }
 
 

@@ -57,8 +57,25 @@ def task_seed(seed: int, task: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(task.encode())) % (2**31 - 1)
 
 
-def adapter_id(task: str, step: int) -> str:
-    return f"{task}-s{step:05d}"
+def adapter_id(task: str, step: int, run: int = 0) -> str:
+    return f"{task}-s{step:05d}" if run == 0 else f"{task}-r{run}-s{step:05d}"
+
+
+def run_seed(seed: int, task: str, run: int = 0) -> int:
+    """The seed of trajectory ``run`` of ``task`` (run 0 keeps the task's own seed)."""
+    return task_seed(seed, task if run == 0 else f"{task}#r{run}")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One trajectory: a task and its run index."""
+
+    task: str
+    run: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.task if self.run == 0 else f"{self.task}#r{self.run}"
 
 
 def zoo_dir(resolved) -> Path:
@@ -71,8 +88,10 @@ def build_spec(resolved) -> dict[str, Any]:
     """The settings a built teacher depends on; a zoo built with other settings is not mixed in."""
     c = resolved.config
     zoo = c.zoo.model_dump(mode="json")
-    for k in ("path", "tasks", "condition_prompts"):
+    for k in ("path", "tasks", "condition_prompts", "runs"):  # more runs add trajectories, change none
         zoo.pop(k, None)
+    if zoo.get("data_fraction") == 1.0:  # the default: zoos built before the key existed match
+        zoo.pop("data_fraction")
     return {
         "base": c.model.base,
         "seed": c.project.seed,
@@ -117,6 +136,7 @@ def _clean_stale_temps(folder: Path) -> None:
 class TaskReport:
     task: str
     seed: int
+    run: int = 0
     built: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     resumed_from: Optional[int] = None
@@ -192,11 +212,13 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
         snapshot = list(zoo.entries)
         ckpts = checkpoint_steps(cfg.zoo.steps, cfg.zoo.warmup_steps, cfg.zoo.checkpoints)
         existing = {e.id: e for e in zoo.entries}
-        done = {t: [False if force else _complete(zoo, existing.get(adapter_id(t, s))) for s in ckpts]
-                for t in tasks}
-        for t in tasks:  # finished teachers of another task definition are refused, not silently kept
-            _check_task_definition(resolved, zoo, t, [adapter_id(t, s) for s in ckpts], done[t], existing)
-        todo = [t for t in tasks if not all(done[t])]
+        units = [Unit(t, r) for t in tasks for r in range(cfg.zoo.runs)]
+        done = {u: [False if force else _complete(zoo, existing.get(adapter_id(u.task, s, u.run))) for s in ckpts]
+                for u in units}
+        for u in units:  # finished teachers of another task definition are refused, not silently kept
+            _check_task_definition(resolved, zoo, u.task, [adapter_id(u.task, s, u.run) for s in ckpts], done[u],
+                                   existing)
+        todo = [u for u in units if not all(done[u])]
         loaded = [model_and_tokenizer]
 
         def base():  # loaded only when some checkpoint is left to train
@@ -217,25 +239,25 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
             else:  # kept on disk too, so an interruption before the gather loses nothing
                 _write_pending(folder / STATE_DIR, entry, spec)
 
-        mine = {t: _build_task(resolved, zoo, base, t, spec, done[t], progress, record) for t in dist.shard(todo)}
-        gathered = dist.gather([(t, r, [new_rows[a] for a in r.built]) for t, r in mine.items()])
+        mine = {u: _build_task(resolved, zoo, base, u, spec, done[u], progress, record) for u in dist.shard(todo)}
+        gathered = dist.gather([(u, r, [new_rows[a] for a in r.built]) for u, r in mine.items()])
         if not dist.is_main:
             return BuildResult(str(folder), list(mine.values()), time.perf_counter() - t_start, dist.world, False)
-        reports = {t: r for t, r, _ in gathered}
+        reports = {u: r for u, r, _ in gathered}
         rows = {e.id: e for _, _, es in gathered for e in es}
-        for t in tasks:
-            if t not in reports:
-                reports[t] = TaskReport(task=t, seed=task_seed(cfg.project.seed, t),
-                                        skipped=[adapter_id(t, s) for s in ckpts])
+        for u in units:
+            if u not in reports:
+                reports[u] = TaskReport(task=u.task, seed=run_seed(cfg.project.seed, u.task, u.run), run=u.run,
+                                        skipped=[adapter_id(u.task, s, u.run) for s in ckpts])
         # The manifest as one process writes it: the rows found at the start, then every new row
-        # upserted in task order and step order, whichever process trained it.
+        # upserted in task, run and step order, whichever process trained it.
         zoo.entries = snapshot
-        for t in tasks:
-            for aid in reports[t].built:
+        for u in units:
+            for aid in reports[u].built:
                 zoo.upsert(rows[aid])
         zoo.save()
         _drop_pending(folder / STATE_DIR, [a for r in reports.values() for a in r.built])
-    return BuildResult(str(folder), [reports[t] for t in tasks], time.perf_counter() - t_start, dist.world, True)
+    return BuildResult(str(folder), [reports[u] for u in units], time.perf_counter() - t_start, dist.world, True)
 
 
 def _write_pending(state_dir: Path, entry: ZooEntry, spec: dict) -> None:
@@ -300,7 +322,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if a != b else []
 
 
-def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool], progress, record) -> TaskReport:
+def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[bool], progress, record) -> TaskReport:
     """Train one trajectory from its last finished checkpoint; ``record`` stores each new manifest row."""
     import torch
 
@@ -310,13 +332,14 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool
     from ..tasks.registry import registry_for
 
     cfg = resolved.config
+    task = unit.task
     task_def = registry_for(resolved).get(task)
     form = form_for(resolved, task_def)
     zc, lc = cfg.zoo, cfg.lora
-    seed = task_seed(cfg.project.seed, task)
+    seed = run_seed(cfg.project.seed, task, unit.run)
     ckpts = checkpoint_steps(zc.steps, zc.warmup_steps, zc.checkpoints)
-    ids = [adapter_id(task, s) for s in ckpts]
-    rep = TaskReport(task=task, seed=seed)
+    ids = [adapter_id(task, s, unit.run) for s in ckpts]
+    rep = TaskReport(task=task, seed=seed, run=unit.run)
     state_dir = zoo.folder / STATE_DIR
 
     trained_on = _training_target(task_def, form)
@@ -367,14 +390,19 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool
     rep.resumed_from = start or None
 
     # Teachers train on the target the task is scored on (label, option text or answer text).
-    examples = [form.training_example(tok, r, max_length=cfg.data.max_length) for r in task_def.records("train")]
+    train = task_def.records("train")
+    if zc.data_fraction < 1.0:  # a seeded subset per trajectory (order kept)
+        keep = max(1, round(zc.data_fraction * len(train)))
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:keep].sort().values
+        train = [train[i] for i in pick.tolist()]
+    examples = [form.training_example(tok, r, max_length=cfg.data.max_length) for r in train]
     N, bs = len(examples), zc.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     trunk = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
     stacked = {n: StackedLora(params[n][0].unsqueeze(0), params[n][1].unsqueeze(0),
                               torch.full((1,), scaling, device=device)) for n in names}
-    bar = progress.add(f"zoo {task}", total=zc.steps)
+    bar = progress.add(f"zoo {task}" + (f" r{unit.run}" if unit.run else ""), total=zc.steps)
     progress.advance(bar, start)
     t0 = time.perf_counter()
     with LoraPatch(model, stacked):
@@ -413,7 +441,7 @@ def _build_task(resolved, zoo: Zoo, base, task: str, spec: dict, done: list[bool
                 mods = {n: LoraModule(params[n][0].detach().cpu().clone(), params[n][1].detach().cpu().clone(),
                                       scaling) for n in names}
                 out = zoo.folder / "adapters" / aid
-                prov = provenance("zoo build", resolved.to_dict(), task=task, step=done_step, seed=seed,
+                prov = provenance("zoo build", resolved.to_dict(), task=task, run=unit.run, step=done_step, seed=seed,
                                   loss=lv, build_spec=spec, task_definition=trained_on)
                 save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
                 cond = [r.prompt for r in task_def.sample("train", zc.condition_prompts, seed=f"{seed}-{done_step}")]

@@ -41,7 +41,19 @@ PRESET_DESCRIPTIONS = {
     "openbookqa": "Answer elementary science questions that combine a core science fact with common knowledge, choosing one option.",
     "piqa": "Choose the more sensible of two solutions to achieve a physical, everyday goal.",
     "mawps": "Solve short arithmetic word problems: write the equation and give the numeric answer.",
+    "addsub": "Solve word problems that need only addition and subtraction, answering with a number.",
+    "multiarith": "Solve multi-step arithmetic word problems that chain two operations, answering with a number.",
+    "singleeq": "Solve word problems that reduce to a single linear equation, answering with a number.",
+    "svamp": "Solve simple arithmetic word problems with small variations that test whether the question was read.",
+    "gsm8k": "Solve grade-school math word problems that take several reasoning steps, answering with a number.",
+    "aqua": "Solve algebra and arithmetic word problems by choosing the correct option among five answers.",
+    "mathqa": "Solve math word problems on gains, rates, geometry and probability by choosing one of five options.",
 }
+# Generative presets: MAWPS trains on a worked equation; the other arithmetic sets on the answer sentence.
+GENERATE_TEMPLATES = {
+    "mawps": "Solve the math word problem. Write the equation, then end with \"The answer is N.\"\n\n{prompt}",
+}
+ANSWER_ONLY_TEMPLATE = "Solve the math word problem. Answer with \"The answer is N.\"\n\n{prompt}"
 
 
 class TaskSpec(BaseModel):
@@ -121,8 +133,9 @@ def preset_specs() -> dict[str, dict[str, Any]]:
         if info.get("kind", "multiple_choice") == "generate":
             out[name] = dict(
                 path=PACK_PREFIX + name, kind="generate", metric="number", chat_template=True,
-                template="Solve the math word problem. Write the equation, then end with \"The answer is N.\"\n\n{prompt}",
-                stop=["\n\n"], max_new_tokens=48, description=TASK_DESCRIPTIONS.get(name))
+                template=GENERATE_TEMPLATES.get(name, ANSWER_ONLY_TEMPLATE),
+                stop=["\n\n"], max_new_tokens=48 if name in GENERATE_TEMPLATES else 16,
+                description=TASK_DESCRIPTIONS.get(name))
         else:
             out[name] = dict(path=PACK_PREFIX + name, kind="multiple_choice", metric="acc", scoring="label",
                              description=TASK_DESCRIPTIONS.get(name))
