@@ -232,6 +232,26 @@ class DeltaOnlySection(Section):
         0.001, ge=0, description="Weight of the negative-variance term (rewards spread, against collapse)."
     )
     logit_kl_weight: float = Field(0.0, ge=0, description="Weight of the KL tether on probe logits.")
+    relational_weight: float = Field(
+        0.0, ge=0, description="Weight of the relational term (B1): the generated adapters' pairwise cosines within a "
+        "batch are pulled toward the teachers' (mean squared difference of sin(θ/2)), against diversity collapse; 0: off."
+    )
+    norm_match_weight: float = Field(
+        0.0, ge=0, description="Weight of the norm-match term (B1): mean (log‖generated‖ − log‖teacher‖)² per adapter, "
+        "against norm collapse; 0: off."
+    )
+    match_space: Literal["delta", "delta_w"] = Field(
+        "delta", description="What the relational and norm-match terms compare (B1): `delta` the probe deltas (the "
+        "teachers' cached ones), `delta_w` the flattened ΔW = scaling·B·A (the teachers' adapters)."
+    )
+    batch_sampling: Literal["auto", "uniform", "tasks"] = Field(
+        "auto", description="How B1 draws a batch of training adapters: `uniform` at random, `tasks` spread over as "
+        "many tasks as possible (one per task while tasks last), `auto` `tasks` when relational_weight > 0, else `uniform`."
+    )
+    delta_centered: bool = Field(
+        False, description="Subtract the mean training teacher delta from generated and teacher deltas before the "
+        "delta loss and the delta-space terms (B1)."
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     log_interval: int = Field(10, ge=1, description="Steps between metric logs.")
     save_interval: int = Field(500, ge=1, description="Steps between checkpoints.")

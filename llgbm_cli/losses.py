@@ -121,6 +121,56 @@ def lora_batch_variance(loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) 
     return total / max(count, 1)
 
 
+MATCH_SPACES = ("delta", "delta_w")
+
+
+def pairwise_cosines(x: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities ``[n, n]`` of the rows of ``x`` ``[n, D]``, in float64 (so that 1 − cos
+    keeps its precision for nearly parallel rows)."""
+    xn = F.normalize(x.double(), dim=-1, eps=1e-12)
+    return xn @ xn.T
+
+
+def delta_w_gram(loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]], scaling: float) -> torch.Tensor:
+    """Gram matrix ``[n, n]`` of the adapters' flattened ΔW = scaling·B·A over all modules, without
+    forming ΔW: ⟨B_i A_i, B_j A_j⟩_F = Σ (B_iᵀB_j) ⊙ (A_i A_jᵀ), r×r per pair; in float64."""
+    total = None
+    for A, B in loras.values():
+        bb = torch.einsum("ioa,joc->ijac", B.double(), B.double())
+        aa = torch.einsum("iak,jck->ijac", A.double(), A.double())
+        g = (bb * aa).sum((-1, -2))
+        total = g if total is None else total + g
+    return float(scaling) ** 2 * total
+
+
+def gram_cosines(gram: torch.Tensor) -> torch.Tensor:
+    """Cosines ``[n, n]`` from a Gram matrix."""
+    d = gram.diagonal().clamp_min(1e-24).sqrt()
+    return gram / (d[:, None] * d[None, :])
+
+
+def relational_loss(gen_cos: torch.Tensor, teacher_cos: torch.Tensor) -> torch.Tensor:
+    """Mismatch of two pairwise-cosine matrices ``[n, n]``: the mean over pairs i<j of
+    ``(s_ij − t_ij)²`` with ``s = √((1 − cos)/2)`` (the half chord between unit vectors, ``sin(θ/2)``),
+    0 exactly when the two cosine matrices agree. On the chord rather than the cosine, the pull
+    apart of nearly identical outputs does not fade as they approach each other (d cos/dθ → 0 at θ = 0,
+    d sin(θ/2)/dθ → ½). Computed in float64, returned in float32. 0 for fewer than two adapters."""
+    n = gen_cos.shape[0]
+    if n < 2:
+        return gen_cos.new_zeros((), dtype=torch.float32)
+    iu = torch.triu_indices(n, n, offset=1, device=gen_cos.device)
+    half_chord = lambda c: ((1.0 - c[iu[0], iu[1]].double()).clamp_min(0.0) / 2.0 + 1e-24).sqrt()  # noqa: E731
+    return ((half_chord(gen_cos) - half_chord(teacher_cos.to(gen_cos))) ** 2).mean().float()
+
+
+def log_norm_match(gen_sq_norms: torch.Tensor, teacher_sq_norms: torch.Tensor) -> torch.Tensor:
+    """Mean over adapters of ``(log‖g_i‖ − log‖t_i‖)²`` from squared norms ``[n]``: scale-free, and
+    growing without bound as a generated norm falls toward 0 (against norm collapse)."""
+    lg = gen_sq_norms.double().clamp_min(1e-30).log() / 2
+    lt = teacher_sq_norms.to(lg).clamp_min(1e-30).log() / 2
+    return ((lg - lt) ** 2).mean().float()
+
+
 class DeltaOnlyLoss(nn.Module):
     """B1's objective: the delta loss plus regularizers that keep a delta-only generator honest.
 
@@ -130,6 +180,14 @@ class DeltaOnlyLoss(nn.Module):
     optional KL tether keeps the adapted model's probe next-token distribution near the base's.
     Returns a dict of the total ``loss`` and each term (``loss_delta``, ``loss_norm``,
     ``loss_variance`` (the negative-variance term), ``loss_kl``).
+
+    Optional terms (off at weight 0, and then not computed): ``relational_weight·R`` with
+    :func:`relational_loss` between the generated and the teachers' pairwise cosines within the
+    batch (``loss_relational``), and ``norm_match_weight·N`` with :func:`log_norm_match`
+    (``loss_norm_match``); ``space`` says what they compare: the deltas (``delta``) or the flattened
+    ΔW (``delta_w``, needs ``teacher_loras`` and ``scaling``). ``center`` (a ``[D]`` delta, e.g. the
+    mean training delta) is subtracted from generated and teacher deltas before the delta loss and
+    the delta-space terms.
     """
 
     def __init__(
@@ -139,12 +197,22 @@ class DeltaOnlyLoss(nn.Module):
         norm_weight: float = 0.01,
         variance_weight: float = 0.001,
         kl_weight: float = 0.0,
+        relational_weight: float = 0.0,
+        norm_match_weight: float = 0.0,
+        space: str = "delta",
+        center: torch.Tensor | None = None,
     ):
         super().__init__()
+        if space not in MATCH_SPACES:
+            raise ValueError(f"unknown match space {space!r}; valid: {', '.join(MATCH_SPACES)}")
         self.delta = DeltaLoss(kind, normalize)
         self.norm_weight = float(norm_weight)
         self.variance_weight = float(variance_weight)
         self.kl_weight = float(kl_weight)
+        self.relational_weight = float(relational_weight)
+        self.norm_match_weight = float(norm_match_weight)
+        self.space = space
+        self.center = center
 
     def forward(
         self,
@@ -153,12 +221,37 @@ class DeltaOnlyLoss(nn.Module):
         loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
         logits: torch.Tensor | None = None,
         base_logits: torch.Tensor | None = None,
+        teacher_loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        scaling: float | None = None,
     ) -> dict[str, torch.Tensor]:
+        if self.center is not None:
+            c = self.center.to(pred)
+            pred, target = pred - c, target - c
         ld = self.delta(pred, target)
         norm = lora_norm_penalty(loras)
         neg_var = -lora_batch_variance(loras)
         total = ld + self.norm_weight * norm + self.variance_weight * neg_var
         out = {"loss_delta": ld, "loss_norm": norm, "loss_variance": neg_var}
+        if self.relational_weight > 0 or self.norm_match_weight > 0:
+            if self.space == "delta":
+                g_cos, t_cos = pairwise_cosines(pred), pairwise_cosines(target.detach())
+                g_sq, t_sq = pred.double().pow(2).sum(-1), target.detach().double().pow(2).sum(-1)
+            else:
+                if teacher_loras is None or scaling is None:
+                    raise ValueError("DeltaOnlyLoss: space 'delta_w' needs the teacher LoRAs and the scaling")
+                g_gram = delta_w_gram(loras, scaling)
+                with torch.no_grad():
+                    t_gram = delta_w_gram(teacher_loras, scaling)
+                g_cos, t_cos = gram_cosines(g_gram), gram_cosines(t_gram)
+                g_sq, t_sq = g_gram.diagonal(), t_gram.diagonal()
+            if self.relational_weight > 0:
+                rel = relational_loss(g_cos, t_cos)
+                total = total + self.relational_weight * rel
+                out["loss_relational"] = rel
+            if self.norm_match_weight > 0:
+                nm = log_norm_match(g_sq, t_sq)
+                total = total + self.norm_match_weight * nm
+                out["loss_norm_match"] = nm
         if self.kl_weight > 0:
             if logits is None or base_logits is None:
                 raise ValueError("DeltaOnlyLoss: kl_weight > 0 needs the adapted and base probe logits")

@@ -44,10 +44,12 @@ def degeneracy_report(gen_loras, teacher_loras, scaling: float, teacher_scaling:
     warnings = []
     if ratio < norm_ratio:
         warnings.append(f"norm collapse: generated LoRAs have ‖ΔW‖ {g_norm:.3g}, {ratio:.1%} of the teachers' mean "
-                        f"{t_norm:.3g} (threshold {norm_ratio:.0%}); raise lora_variance_weight or lower lora_norm_weight")
+                        f"{t_norm:.3g} (threshold {norm_ratio:.0%}); raise norm_match_weight or lora_variance_weight, or lower "
+                        "lora_norm_weight")
     if g_cos == g_cos and g_cos > max_cosine and not (t_cos > max_cosine):
         warnings.append(f"diversity collapse: generated LoRAs of different tasks have mean pairwise ΔW cosine "
-                        f"{g_cos:.4f} (teachers {t_cos:.4f}, threshold {max_cosine}); the generator ignores its condition")
+                        f"{g_cos:.4f} (teachers {t_cos:.4f}, threshold {max_cosine}); the generator ignores its condition "
+                        "(raise relational_weight)")
     metrics["degenerate_norm"] = float(ratio < norm_ratio)
     metrics["degenerate_diversity"] = float(any(w.startswith("diversity") for w in warnings))
     return metrics, warnings

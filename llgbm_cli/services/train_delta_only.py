@@ -156,6 +156,14 @@ def b1_trainer_spec(resolved: ResolvedConfig) -> TrainerSpec:
     )
 
 
+def b1_batch_sampling(do) -> str:
+    """The batch sampling B1 uses: ``batch_sampling``, with ``auto`` resolved (``tasks`` when the
+    relational term is on: it compares adapters of different tasks)."""
+    if do.batch_sampling != "auto":
+        return do.batch_sampling
+    return "tasks" if do.relational_weight > 0 else "uniform"
+
+
 def train_b1(
     resolved: ResolvedConfig,
     *,
@@ -176,6 +184,7 @@ def train_b1(
     from ..evaluation.degeneracy import degeneracy_report, mean_pairwise_cosine
     from ..losses import DeltaOnlyLoss
     from ..training import LoopConfig, step_rng
+    from ..training.sampling import task_stratified_batch
 
     cfg = resolved.config
     do = cfg.train.delta_only
@@ -187,21 +196,30 @@ def train_b1(
         with torch.no_grad():
             base_logits = probe_logits(model, probes)
 
+    center = t_deltas[:n_train].mean(0) if do.delta_centered else None
     loss_fn = DeltaOnlyLoss(do.delta_loss_type, do.delta_normalize, do.lora_norm_weight, do.lora_variance_weight,
-                            do.logit_kl_weight)
+                            do.logit_kl_weight, relational_weight=do.relational_weight,
+                            norm_match_weight=do.norm_match_weight, space=do.match_space, center=center)
+    needs_ab = do.match_space == "delta_w" and (do.relational_weight > 0 or do.norm_match_weight > 0)
     bs = min(do.batch_size, n_train)
     total_steps = do.epochs * math.ceil(n_train / bs)
     rank = run.acc.process_index
+    by_task = b1_batch_sampling(do) == "tasks"
+    train_tasks = [e.task for e in run.entries[:n_train]]
 
     def step_fn(step: int, net):
         rng = step_rng(cfg.project.seed, step, rank)
-        idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
+        if by_task:
+            idx = torch.as_tensor(task_stratified_batch(rng, train_tasks, bs))
+        else:
+            idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
         g = net(bank.sample(idx.tolist(), rng, device))
         stacked = g.stacked()
         pred = delta_for_stacked(model, probes, spec, stacked, base)
         tgt = t_deltas[idx]
         logits = probe_logits(model, probes, stacked, bs) if base_logits is not None else None
-        terms = loss_fn(pred, tgt, g.loras, logits, base_logits)
+        t_ab = {k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()} if needs_ab else None
+        terms = loss_fn(pred, tgt, g.loras, logits, base_logits, teacher_loras=t_ab, scaling=scaling)
         with torch.no_grad():
             terms.update(delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
                          delta_pred_norm=pred.norm(dim=-1).mean(), delta_target_norm=tgt.norm(dim=-1).mean())
