@@ -165,3 +165,82 @@ def test_task_stratified_batch():
     assert seen == set(range(9))  # every adapter gets drawn
     with pytest.raises(ValueError):
         task_stratified_batch(np.random.default_rng(0), tasks, 10)
+
+
+# --------------------------------------------------------------------------- on the tiny world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny):
+    d = tmp_path_factory.mktemp("b1reg")
+    p = d / "llgbm.toml"
+    p.write_text(TINY_TOML + """
+[train.delta_only]
+generator = "hypernet"
+generator_options = {embed_dim = 16, hidden = 32}
+init_from_teachers = false
+batch_size = 3
+epochs = 4
+learning_rate = 0.01
+log_interval = 1
+eval_interval = 12
+save_interval = 100
+condition_prompts = 3
+""")
+    build_tiny_world(p, tiny[0])
+    return p
+
+
+def _b1(cli, world, out, *sets):
+    args = [a for s in sets for a in ("--set", f"train.delta_only.{s}")]
+    r = cli("-p", world, "--json", "train", "delta-only", "--variant", "b1", "--out", out, *args)
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return json.loads(r.stdout), rows
+
+
+@pytest.fixture(scope="module")
+def off_run(world, tmp_path_factory):
+    """B1 as it is by default (12 steps): on the tiny world it collapses to one adapter for every task."""
+    from typer.testing import CliRunner
+
+    from llgbm_cli.app import app
+
+    def cli(*args):
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return _b1(cli, world, tmp_path_factory.mktemp("b1off") / "run")
+
+
+STEP_KEYS = ("loss_total", "loss_delta", "loss_norm", "loss_variance", "grad_norm", "delta_cosine_sim")
+
+
+def test_b1_defaults_unchanged(cli, world, off_run, tmp_path):
+    res, rows = off_run
+    assert not any("loss_relational" in r or "loss_norm_match" in r for r in rows)
+    # `auto` sampling is `uniform` while the relational term is off: the same draws, the same run.
+    res_u, rows_u = _b1(cli, world, tmp_path / "uniform", "batch_sampling='uniform'", "relational_weight=0",
+                        "norm_match_weight=0", "delta_centered=false")
+    assert [[r.get(k) for k in STEP_KEYS] for r in rows] == [[r.get(k) for k in STEP_KEYS] for r in rows_u]
+    assert res["last"]["gen_pairwise_cosine"] == res_u["last"]["gen_pairwise_cosine"]
+
+
+def test_b1_relational_term_keeps_tasks_apart(cli, world, off_run, tmp_path):
+    res_off, _ = off_run
+    off = res_off["last"]
+    assert off["gen_pairwise_cosine"] > 0.99 > off["teacher_pairwise_cosine"]  # the collapse being fixed
+    assert any(w.startswith("diversity collapse") for w in res_off["degeneracy_warnings"])
+    res, rows = _b1(cli, world, tmp_path / "rel", "relational_weight=10.0")
+    on = res["last"]
+    assert all("loss_relational" in r for r in rows if "loss_delta" in r)
+    assert on["gen_pairwise_cosine"] < off["gen_pairwise_cosine"] - 0.1, (on, off)
+    assert on["gen_delta_pairwise_cosine"] < off["gen_delta_pairwise_cosine"] - 0.1
+    assert not any(w.startswith("diversity collapse") for w in res["degeneracy_warnings"])
+
+
+def test_b1_norm_match_in_delta_w_space_and_centered(cli, world, tmp_path):
+    res, rows = _b1(cli, world, tmp_path / "nm", "norm_match_weight=1.0", "match_space='delta_w'",
+                    "delta_centered=true", "delta_loss_type='cosine'", "epochs=1")
+    steps = [r for r in rows if "loss_delta" in r]
+    assert steps and all("loss_norm_match" in r and "loss_relational" not in r for r in steps)
+    assert res["steps"] == 3 and math.isfinite(res["last"]["lora_norm_ratio"])
