@@ -209,14 +209,15 @@ def off_run(world, tmp_path_factory):
     def cli(*args):
         return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
-    return _b1(cli, world, tmp_path_factory.mktemp("b1off") / "run")
+    out = tmp_path_factory.mktemp("b1off") / "run"
+    return _b1(cli, world, out) + (out,)
 
 
 STEP_KEYS = ("loss_total", "loss_delta", "loss_norm", "loss_variance", "grad_norm", "delta_cosine_sim")
 
 
 def test_b1_defaults_unchanged(cli, world, off_run, tmp_path):
-    res, rows = off_run
+    res, rows, _ = off_run
     assert not any("loss_relational" in r or "loss_norm_match" in r for r in rows)
     # `auto` sampling is `uniform` while the relational term is off: the same draws, the same run.
     res_u, rows_u = _b1(cli, world, tmp_path / "uniform", "batch_sampling='uniform'", "relational_weight=0",
@@ -226,7 +227,7 @@ def test_b1_defaults_unchanged(cli, world, off_run, tmp_path):
 
 
 def test_b1_relational_term_keeps_tasks_apart(cli, world, off_run, tmp_path):
-    res_off, _ = off_run
+    res_off, _, _ = off_run
     off = res_off["last"]
     assert off["gen_pairwise_cosine"] > 0.99 > off["teacher_pairwise_cosine"]  # the collapse being fixed
     assert any(w.startswith("diversity collapse") for w in res_off["degeneracy_warnings"])
@@ -244,3 +245,25 @@ def test_b1_norm_match_in_delta_w_space_and_centered(cli, world, tmp_path):
     steps = [r for r in rows if "loss_delta" in r]
     assert steps and all("loss_norm_match" in r and "loss_relational" not in r for r in steps)
     assert res["steps"] == 3 and math.isfinite(res["last"]["lora_norm_ratio"])
+
+
+def test_b1_resumes_a_checkpoint_that_predates_the_terms(cli, world, off_run, tmp_path):
+    import shutil
+
+    from llgbm_cli.io import PROVENANCE_FILE
+
+    run = tmp_path / "old"
+    shutil.copytree(off_run[2], run)
+    new_keys = ("relational_weight", "norm_match_weight", "match_space", "batch_sampling", "delta_centered")
+    for prov in run.rglob(PROVENANCE_FILE):
+        rec = json.loads(prov.read_text())
+        if "config" in rec:
+            for k in new_keys:
+                rec["config"]["train"]["delta_only"].pop(k)
+            prov.write_text(json.dumps(rec))
+    r = cli("-p", world, "--json", "train", "delta-only", "--variant", "b1", "--out", run, "--resume", "--epochs", "5")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["resumed_from"] == 12
+    r = cli("-p", world, "train", "delta-only", "--variant", "b1", "--out", run, "--resume", "--epochs", "6",
+            "--set", "train.delta_only.relational_weight=1")
+    assert r.exit_code == 2 and "relational_weight" in r.stderr

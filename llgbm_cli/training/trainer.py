@@ -118,7 +118,9 @@ class Prepared:
 
 
 def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
-    """Refuse to resume from a checkpoint whose config differs in anything but the resumable keys."""
+    """Refuse to resume from a checkpoint whose config differs in anything but the resumable keys.
+    A key the checkpoint's config lacks (one added since) counts as its default: a new key's default
+    keeps the behaviour the checkpoint was trained with."""
     from ..io import read_provenance
     from .loop import is_checkpoint, load_trainer_state
 
@@ -131,8 +133,9 @@ def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
     new = resolved.to_dict()
     diffs = [s for s in ("model", "lora", "probes", "delta") if old.get(s) != new.get(s)]
     od, nd = old.get("train", {}).get(spec.section, {}), new["train"][spec.section]
+    defaults = type(getattr(resolved.config.train, spec.section))().model_dump(mode="json")
     diffs += [f"train.{spec.section}.{k}" for k in nd
-              if k not in spec.resumable and not spec.not_compared(k) and od.get(k) != nd[k]]
+              if k not in spec.resumable and not spec.not_compared(k) and od.get(k, defaults.get(k)) != nd[k]]
     if diffs:
         raise InputError(f"{ckpt}: cannot resume: the config differs from the checkpoint's in {', '.join(diffs)}; "
                          "restore those values or start afresh with --force")
