@@ -236,6 +236,7 @@ def test_b1_relational_term_keeps_tasks_apart(cli, world, off_run, tmp_path):
     assert all("loss_relational" in r for r in rows if "loss_delta" in r)
     assert on["gen_pairwise_cosine"] < off["gen_pairwise_cosine"] - 0.1, (on, off)
     assert on["gen_delta_pairwise_cosine"] < off["gen_delta_pairwise_cosine"] - 0.1
+    assert on["teacher_delta_pairwise_cosine"] == off["teacher_delta_pairwise_cosine"] < 0.99
     assert not any(w.startswith("diversity collapse") for w in res["degeneracy_warnings"])
 
 
@@ -267,3 +268,10 @@ def test_b1_resumes_a_checkpoint_that_predates_the_terms(cli, world, off_run, tm
     r = cli("-p", world, "train", "delta-only", "--variant", "b1", "--out", run, "--resume", "--epochs", "6",
             "--set", "train.delta_only.relational_weight=1")
     assert r.exit_code == 2 and "relational_weight" in r.stderr
+
+
+def test_b1_relational_needs_two_adapters_a_batch(cli, world, tmp_path):
+    r = cli("-p", world, "train", "delta-only", "--variant", "b1", "--out", tmp_path / "one",
+            "--set", "train.delta_only.relational_weight=1", "--set", "train.delta_only.batch_size=1")
+    assert r.exit_code == 2 and "train.delta_only.batch_size" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "one").exists()

@@ -188,6 +188,9 @@ def train_b1(
 
     cfg = resolved.config
     do = cfg.train.delta_only
+    if do.relational_weight > 0 and do.batch_size < 2:
+        raise InputError(f"train.delta_only.relational_weight = {do.relational_weight:g} compares the adapters of a "
+                         f"batch with each other: train.delta_only.batch_size must be at least 2 (it is {do.batch_size})")
     run = prepare(resolved, b1_trainer_spec(resolved), force=force, resume=resume, out_dir=out_dir, progress=progress)
     model, probes, spec, base, bank = run.model, run.probes, run.delta_spec, run.base, run.bank
     t_deltas, teacher_ab, scaling, device, n_train = run.t_deltas, run.teacher_ab, run.scaling, run.acc.device, run.n_train
@@ -247,6 +250,7 @@ def train_b1(
             cos = torch.nn.functional.cosine_similarity(pred, t_deltas[probe_ids], dim=-1)
             res["task_delta_cosine"] = float(cos.mean())
             res["gen_delta_pairwise_cosine"] = mean_pairwise_cosine(pred)
+            res["teacher_delta_pairwise_cosine"] = mean_pairwise_cosine(t_deltas[probe_ids])
             held = [j for j, i in enumerate(probe_ids) if i >= n_train]
             if held:
                 res["heldout_delta_cosine"] = float(cos[held].mean())
