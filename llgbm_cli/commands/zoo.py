@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, progress, state
+from .common import console, emit, force_option, overrides_from, progress, set_option, state
 
 zoo_app = typer.Typer(help="Teacher LoRA zoo: build trajectories, register adapters, score them.",
                       no_args_is_help=True)
@@ -123,11 +123,11 @@ def score_cmd(
 
 
 @zoo_app.command("separation")
-def separation_cmd(ctx: typer.Context) -> None:
+def separation_cmd(ctx: typer.Context, set_: Optional[List[str]] = set_option()) -> None:
     """Leave-one-out nearest-neighbour task accuracy of the teachers' cached deltas (raw and centered)."""
     from ..services.separation import zoo_separation
 
-    report = zoo_separation(state(ctx).load_config())
+    report = zoo_separation(state(ctx).load_config(overrides_from(set_)))
 
     def render(d):
         from rich.table import Table
