@@ -10,7 +10,7 @@ from test_train_multitask import _metrics, _train, tiny_train_project  # noqa: F
 
 MT = "train.multitask."
 SHORT = {MT + "total_steps": 4, MT + "save_interval": 2, MT + "eval_interval": 4, MT + "lambda_warmup_steps": 0,
-         MT + "warmup_steps": 1}
+         MT + "warmup_steps": 1, MT + "max_text_length": 64}  # short condition texts: a quick set-up
 
 
 def _rows(folder) -> dict[int, dict]:
@@ -145,3 +145,20 @@ def test_bad_lever_values_are_refused(cli, tmp_path, key, value):
     r = cli("config", "show", "--set", f"{key}={value}")
     assert r.exit_code == 2, r.stdout + r.stderr
     assert key in r.stderr and "Traceback" not in r.stderr
+
+
+def test_runs_from_before_the_levers_resume(tiny_train_project, tmp_path):
+    """A checkpoint whose recorded config predates the lever keys resumes when they keep their defaults."""
+    from llgbm_cli.errors import InputError
+
+    ov = {**SHORT, MT + "delta_batch_size": 0}
+    res = _train(tiny_train_project, ov)
+    ck = Path(res.out_dir) / "checkpoints" / "step-000002"
+    prov = json.loads((ck / "llgbm.json").read_text())
+    for k in ("loss_balance", "delta_centered", "task_weight", "task_examples"):
+        del prov["config"]["train"]["multitask"][k]
+    (ck / "llgbm.json").write_text(json.dumps(prov))
+    again = _train(tiny_train_project, ov, resume=ck, out_dir=tmp_path / "resumed")
+    assert again.resumed_from == 2
+    with pytest.raises(InputError, match="train.multitask.delta_centered"):
+        _train(tiny_train_project, {**ov, MT + "delta_centered": True}, resume=ck, out_dir=tmp_path / "r2")

@@ -132,8 +132,13 @@ def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
     new = resolved.to_dict()
     diffs = [s for s in ("model", "lora", "probes", "delta") if old.get(s) != new.get(s)]
     od, nd = old.get("train", {}).get(spec.section, {}), new["train"][spec.section]
+    fields = type(getattr(resolved.config.train, spec.section)).model_fields
+
+    def before(k: str):  # a key added after the checkpoint was written had its default there
+        return od[k] if k in od else fields[k].get_default(call_default_factory=True)
+
     diffs += [f"train.{spec.section}.{k}" for k in nd
-              if k not in spec.resumable and not spec.not_compared(k) and od.get(k) != nd[k]]
+              if k not in spec.resumable and not spec.not_compared(k) and before(k) != nd[k]]
     if diffs:
         raise InputError(f"{ckpt}: cannot resume: the config differs from the checkpoint's in {', '.join(diffs)}; "
                          "restore those values or start afresh with --force")
