@@ -12,7 +12,7 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -214,6 +214,25 @@ class MultitaskSection(Section):
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the chosen generator (sizes, depth)."
     )
+    loss_balance: Literal["none", "gradnorm", "uncertainty"] = Field(
+        "none", description="Balancing of the weight and delta losses: `none`: loss_weights + λ·loss_delta; "
+        "`gradnorm`: the delta term is rescaled every step so its gradient norm on the generator's parameters "
+        "equals the weight term's (λ is then its share); `uncertainty`: learned homoscedastic weights "
+        "exp(-s)·L + s per term (Kendall et al.). Formulas in docs/concepts.md (levers)."
+    )
+    delta_centered: bool = Field(
+        False, description="Centered delta loss: subtract the mean training teacher delta from the generated and the "
+        "teacher delta before comparing them, so only the task-specific part is learned (the mean is saved with "
+        "every checkpoint)."
+    )
+    task_weight: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Weight of the task loss: answer-only cross-entropy of the adapter's task's training "
+        "examples through the base model with the generated LoRA applied (as Text-to-LoRA trains); 0: off."
+    )
+    task_examples: int = Field(
+        4, ge=1, description="Training examples of its task drawn per adapter per step for the task loss "
+        "(task_weight > 0; the task loss uses the first max(1, delta_batch_size) adapters of the batch)."
+    )
 
 
 class DeltaOnlySection(Section):
@@ -386,6 +405,18 @@ class AblationSection(Section):
     )
     interaction_lambda: list[float] = Field(default_factory=lambda: [0.1, 1.0], description="λ of the interaction grid.")
     interaction_loss: list[str] = Field(default_factory=lambda: ["mse", "cosine"], description="Loss types of the interaction grid.")
+    loss_balance: list[Literal["none", "gradnorm", "uncertainty"]] = Field(
+        default_factory=list, description="train.multitask.loss_balance values, one cell each (e.g. [\"none\", "
+        "\"gradnorm\"]); empty: no such cells."
+    )
+    delta_centered: list[bool] = Field(
+        default_factory=list, description="train.multitask.delta_centered values, one cell each (e.g. [false, true]); "
+        "empty: no such cells."
+    )
+    task_weight: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=list, description="train.multitask.task_weight values, one cell each (e.g. [0.0, 0.1]); "
+        "empty: no such cells."
+    )
     total_steps: Optional[int] = Field(None, ge=1, description="Override train steps per cell (None: the train section's).")
     methods: list[str] = Field(
         default_factory=lambda: ["base", "mean-delta", "multitask"],

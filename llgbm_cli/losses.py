@@ -362,3 +362,59 @@ def _safe_std(x: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(x[0])
     s = x.std(0, unbiased=False)
     return torch.where(s > 1e-8, s, torch.ones_like(s))
+
+
+# --------------------------------------------------------------------------- multitask levers
+
+LOSS_BALANCES = ("none", "gradnorm", "uncertainty")
+
+
+class CenteredDeltaLoss(DeltaLoss):
+    """The delta loss on centered deltas: ``DeltaLoss(pred − μ, target − μ)`` with ``μ`` the mean
+    training teacher delta ``[D]``. The part every teacher shares cancels out, so only the
+    task-specific part is compared; adding one vector to every delta leaves the loss unchanged."""
+
+    def __init__(self, mean: torch.Tensor, kind: str = "mse", normalize: bool = False):
+        super().__init__(kind, normalize)
+        self.register_buffer("mean", mean.detach().reshape(-1).clone())
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mu = self.mean.to(device=pred.device, dtype=pred.dtype)
+        return super().forward(pred - mu, target - mu.to(target.dtype))
+
+
+def grad_norm(loss: torch.Tensor, params) -> torch.Tensor:
+    """‖∂loss/∂params‖₂ over all ``params`` (the graph is kept for the real backward)."""
+    params = list(params)
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+    return torch.stack(sq).sum().sqrt() if sq else loss.new_zeros(()).float()
+
+
+def gradnorm_scale(loss_weights: torch.Tensor, loss_delta: torch.Tensor, params, eps: float = 1e-12):
+    """GradNorm-style balance of two terms: ``c = ‖∇L_w‖ / ‖∇L_d‖`` (a constant, no gradient), so
+    that ``c·L_d`` has the weight term's gradient norm. Returns ``(c, ‖∇L_w‖, ‖∇L_d‖)``."""
+    params = list(params)
+    gw = grad_norm(loss_weights, params)
+    gd = grad_norm(loss_delta, params)
+    c = gw / gd.clamp_min(eps) if float(gd) > eps else gw.new_zeros(())
+    return c.detach(), gw, gd
+
+
+class UncertaintyWeights(nn.Module):
+    """Learned homoscedastic task weights (Kendall, Gal & Cipolla): one log-variance ``s_i`` per
+    term, starting at 0; ``term_i = exp(−s_i)·L_i + s_i``. Trained by the run's optimizer (no
+    weight decay) and saved with every checkpoint."""
+
+    TERMS = ("weights", "delta")
+
+    def __init__(self):
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(len(self.TERMS)))
+
+    def term(self, name: str, loss: torch.Tensor) -> torch.Tensor:
+        s = self.log_vars[self.TERMS.index(name)]
+        return torch.exp(-s) * loss + s
+
+    def weight(self, name: str) -> float:
+        return float(torch.exp(-self.log_vars[self.TERMS.index(name)]).detach())

@@ -109,3 +109,41 @@ def test_two_cells_run_and_resume(tmp_path, tiny):
     assert third.ran == ["probe_count=3"] and third.skipped == ["lambda_delta=0"]
     assert (out / "probe_count=3" / "train" / "final" / "generator.safetensors").stat().st_mtime == mtime
     assert third.rows[1]["delta_cosine"] == pytest.approx(res.rows[1]["delta_cosine"])
+
+
+def test_lever_cells_sit_next_to_the_grid():
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.ablate import ablation_grid, duplicate_cells
+
+    default = load_config(None).config
+    assert [c.name for c in ablation_grid(default.ablation)] == GRID  # no lever cells unless asked for
+    cfg = load_config(None, {"ablation.loss_balance": ["none", "gradnorm", "uncertainty"],
+                             "ablation.delta_centered": [False, True], "ablation.task_weight": [0, 0.1]}).config
+    cells = ablation_grid(cfg.ablation)
+    assert [c.name for c in cells[:18]] == GRID
+    lever = {c.name: c for c in cells[18:]}
+    assert list(lever) == ["loss_balance=none", "loss_balance=gradnorm", "loss_balance=uncertainty",
+                           "delta_centered=false", "delta_centered=true", "task_weight=0", "task_weight=0.1"]
+    assert lever["delta_centered=true"].overrides == {"train.multitask.delta_centered": True}
+    assert lever["task_weight=0.1"].overrides == {"train.multitask.task_weight": 0.1}
+    assert {c.group for c in lever.values()} == {"loss_balance", "delta_centered", "task_weight"}
+    # a lever's off value is the project's own setting: run once, under λ=1's name
+    same = duplicate_cells(cfg, cells)
+    for off in ("loss_balance=none", "delta_centered=false", "task_weight=0"):
+        assert same[off] == "lambda_delta=1"
+    for on in ("loss_balance=gradnorm", "loss_balance=uncertainty", "delta_centered=true", "task_weight=0.1"):
+        assert on not in same
+    # with the lever on in the project, its off cell is new and its on cell is the project's setting
+    cfg2 = load_config(None, {"train.multitask.delta_centered": True, "ablation.delta_centered": [False, True]}).config
+    same2 = duplicate_cells(cfg2, ablation_grid(cfg2.ablation))
+    assert "delta_centered=false" not in same2 and same2["delta_centered=true"] == "lambda_delta=1"
+
+
+def test_lever_cells_run_with_their_overrides(tmp_path):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.ablate import Cell, cell_overrides
+
+    res = load_config(None, {"ablation.total_steps": 50})
+    ov = cell_overrides(res, Cell("task_weight=0.1", "task_weight", {"train.multitask.task_weight": 0.1}), {})
+    assert ov == {"train.multitask.total_steps": 50, "train.multitask.task_weight": 0.1}
+    assert load_config(None, ov).config.train.multitask.task_weight == 0.1

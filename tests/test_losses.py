@@ -111,3 +111,63 @@ def test_weight_loss_options():
     noisy = WeightLoss("tokens", "mse", tok, mask, 1.0, tokens, ab, 4, target_noise=0.1)
     a = float(noisy(exact, idx, np.random.default_rng(1)))
     assert a > 0 and a == float(noisy(exact, idx, np.random.default_rng(1)))
+
+
+# --------------------------------------------------------------------------- multitask levers
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine", "combined"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_centered_delta_loss_is_the_plain_loss_on_centered_deltas(kind, normalize):
+    from llgbm_cli.losses import CenteredDeltaLoss
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(6, 16, generator=g) + 5.0  # a large shared part, as the teachers have
+    pred, tgt = torch.randn(3, 16, generator=g) + 5.0, train[:3]
+    mu = train.mean(0)
+    centered = CenteredDeltaLoss(mu, kind, normalize)(pred, tgt)
+    assert centered.item() == pytest.approx(DeltaLoss(kind, normalize)(pred - mu, tgt - mu).item(), rel=1e-6)
+    # adding one vector to every delta (and so to their mean) changes nothing
+    c = torch.randn(16, generator=g) * 3
+    shifted = CenteredDeltaLoss((train + c).mean(0), kind, normalize)(pred + c, tgt + c)
+    assert shifted.item() == pytest.approx(centered.item(), rel=1e-4, abs=1e-6)
+    if kind != "mse" or normalize:  # the shared part matters to the plain loss (MSE of a difference ignores it)
+        plain_shifted = DeltaLoss(kind, normalize)(pred + c, tgt + c)
+        assert plain_shifted.item() != pytest.approx(DeltaLoss(kind, normalize)(pred, tgt).item(), rel=1e-3)
+
+
+def test_gradnorm_makes_the_two_terms_gradient_norms_equal():
+    from llgbm_cli.losses import grad_norm, gradnorm_scale
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x = torch.randn(5, 4)
+    y = net(x)
+    lw = ((y - 1.0) ** 2).mean()  # a small term
+    ld = 300.0 * ((y[:, :2] + 2.0) ** 2).mean()  # a term on another scale
+    params = list(net.parameters())
+    gw, gd = grad_norm(lw, params), grad_norm(ld, params)
+    assert gd > 10 * gw  # unbalanced as given
+    c, gw2, gd2 = gradnorm_scale(lw, ld, params)
+    assert (gw2, gd2) == (gw, gd) and not c.requires_grad
+    assert grad_norm(c * ld, params).item() == pytest.approx(gw.item(), rel=1e-5)
+    # the balanced total's gradient: both terms contribute with equal norms
+    total = lw + c * ld
+    total.backward()
+    assert all(p.grad is not None for p in params)
+
+
+def test_uncertainty_weights_follow_the_loss_scale():
+    from llgbm_cli.losses import UncertaintyWeights
+
+    u = UncertaintyWeights()
+    L = torch.tensor(4.0)
+    assert u.term("delta", L).item() == pytest.approx(4.0) and u.weight("delta") == 1.0
+    opt = torch.optim.Adam(u.parameters(), lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        (u.term("weights", torch.tensor(0.25)) + u.term("delta", L)).backward()
+        opt.step()
+    # exp(-s)·L + s is smallest at s = log L: the learned weight of each term is 1 / L
+    assert u.weight("delta") == pytest.approx(1 / 4.0, rel=0.05)
+    assert u.weight("weights") == pytest.approx(4.0, rel=0.05)

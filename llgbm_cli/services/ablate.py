@@ -2,7 +2,10 @@
 
 The grid (from ``[ablation]``) varies one multitask setting at a time around the project's
 config: ``lambda_delta`` (5 values), ``delta_loss_type`` (3), ``probe_count`` (3),
-``lambda_schedule`` (3), plus the interaction λ × loss type (2 × 2): 18 cells by default. A cell
+``lambda_schedule`` (3), plus the interaction λ × loss type (2 × 2): 18 cells by default. The
+multitask levers get cells of their own when ``[ablation]`` lists values for them:
+``loss_balance`` (e.g. none, gradnorm), ``delta_centered`` (false, true) and ``task_weight``
+(e.g. 0, 0.1), one cell per value (none by default). A cell
 is ``train multitask`` with the cell's overrides into ``<out>/<cell>/train`` followed by ``eval``
 into ``<out>/<cell>/eval``. A finished cell leaves ``done.json`` (its summary row) and is skipped
 on the next run; a cell interrupted mid-training resumes from its latest checkpoint. Probe-count
@@ -29,6 +32,7 @@ from ..errors import InputError
 
 DONE = "done.json"
 SUMMARY_FIELDS = ["cell", "group", "lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule",
+                  "loss_balance", "delta_centered", "task_weight",
                   "delta_cosine", "centered_cosine", "task_identification", "accuracy", "accuracy_vs_base",
                   "mean_delta_centered_cosine", "mean_delta_task_identification", "task_specific",
                   "beats_weights_only_cosine", "beats_weights_only_accuracy"]
@@ -58,6 +62,10 @@ def ablation_grid(ab) -> list[Cell]:
     cells += [Cell(f"lambda_delta={_v(lam)}+delta_loss_type={loss}", "interaction",
                    {mt + "lambda_delta": lam, mt + "delta_loss_type": loss})
               for lam in ab.interaction_lambda for loss in ab.interaction_loss]
+    cells += [Cell(f"loss_balance={v}", "loss_balance", {mt + "loss_balance": v}) for v in ab.loss_balance]
+    cells += [Cell(f"delta_centered={str(bool(v)).lower()}", "delta_centered", {mt + "delta_centered": bool(v)})
+              for v in ab.delta_centered]
+    cells += [Cell(f"task_weight={_v(float(v))}", "task_weight", {mt + "task_weight": float(v)}) for v in ab.task_weight]
     return cells
 
 
@@ -75,7 +83,9 @@ def select_cells(cells: list[Cell], names: Optional[Sequence[str]]) -> list[Cell
 
 # The settings a cell can change, as dotted config keys.
 CELL_KEYS = ("train.multitask.lambda_delta", "train.multitask.delta_loss_type", "train.multitask.lambda_schedule",
-             "probes.count")
+             "probes.count", "train.multitask.loss_balance", "train.multitask.delta_centered",
+             "train.multitask.task_weight")
+FLOAT_KEYS = ("train.multitask.lambda_delta", "train.multitask.task_weight")
 
 
 def _setting(cfg, cell: Cell) -> str:
@@ -83,7 +93,7 @@ def _setting(cfg, cell: Cell) -> str:
     eff = {}
     for key in CELL_KEYS:
         v = cell.overrides[key] if key in cell.overrides else _get(cfg, key)
-        eff[key] = float(v) if key.endswith("lambda_delta") else v
+        eff[key] = float(v) if key in FLOAT_KEYS else v
     return json.dumps(eff, sort_keys=True)
 
 
@@ -224,6 +234,7 @@ def _run_cell(cres, cell: Cell, cdir: Path, ov: dict[str, Any], progress) -> dic
     return {
         "cell": cell.name, "group": cell.group, "lambda_delta": mt.lambda_delta, "delta_loss_type": mt.delta_loss_type,
         "probe_count": cfg.probes.count, "lambda_schedule": mt.lambda_schedule,
+        "loss_balance": mt.loss_balance, "delta_centered": mt.delta_centered, "task_weight": mt.task_weight,
         "delta_cosine": mt_s.get("delta_cosine"), "centered_cosine": mt_s.get("centered_cosine"),
         "task_identification": mt_s.get("task_identification"), "accuracy": mt_s.get("accuracy"),
         "accuracy_vs_base": mt_s.get("accuracy_vs_base"), "task_specific": mt_s.get("task_specific"),

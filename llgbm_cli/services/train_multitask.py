@@ -7,6 +7,13 @@ generated LoRA is patched into the frozen base model over the probes *with autog
 pooled delta is compared with the teacher's cached delta. ``loss = loss_weights + λ(step) ·
 loss_delta``. Held-out tasks (``holdout_tasks``) are never trained on; their generated-vs-teacher
 delta cosine is measured every ``eval_interval`` steps.
+
+Levers (all off by default): ``loss_balance`` (``gradnorm``: the delta term rescaled to the weight
+term's gradient norm; ``uncertainty``: learned weights ``exp(−s)·L + s``), ``delta_centered`` (the
+delta loss on deltas minus the mean training teacher delta, saved as ``delta_mean.safetensors``
+in every checkpoint) and ``task_weight`` (``+ task_weight · loss_task``, the answer-only
+cross-entropy of the adapter's task's training examples with the generated LoRA applied). The
+formulas are in docs/concepts.md.
 """
 
 from __future__ import annotations
@@ -22,6 +29,18 @@ RESUMABLE = {"total_steps", "save_interval", "log_interval", "eval_interval"}
 
 
 MultitaskResult = TrainerResult  # one result type for the generator trainers
+
+DELTA_MEAN = "delta_mean.safetensors"  # the mean training delta of a delta_centered run, in each checkpoint
+
+
+def delta_mean_of(checkpoint: str | Path):
+    """The mean training delta ``[D]`` a ``delta_centered`` run subtracted (None for other runs)."""
+    p = Path(checkpoint) / DELTA_MEAN
+    if not p.exists():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(p))["mean"]
 
 
 # --------------------------------------------------------------------------- the service
@@ -53,7 +72,7 @@ def train_multitask(
     import torch
 
     from ..deltas.compute import delta_for_stacked
-    from ..losses import DeltaLoss, MultiTaskLoss, WeightLoss
+    from ..losses import CenteredDeltaLoss, DeltaLoss, MultiTaskLoss, UncertaintyWeights, WeightLoss, gradnorm_scale
     from ..training import LoopConfig, step_rng
 
     cfg = resolved.config
@@ -64,7 +83,11 @@ def train_multitask(
     device, n_train, n_all = run.acc.device, run.n_train, len(run.entries)
     mask = layout.mask(device)
 
-    delta_loss = DeltaLoss(mt.delta_loss_type, mt.delta_normalize)
+    delta_mean = t_deltas[:n_train].mean(0) if mt.delta_centered else None  # training teachers only
+    if delta_mean is not None:
+        delta_loss = CenteredDeltaLoss(delta_mean, mt.delta_loss_type, mt.delta_normalize)
+    else:
+        delta_loss = DeltaLoss(mt.delta_loss_type, mt.delta_normalize)
     mtl = MultiTaskLoss(mt.lambda_delta, mt.lambda_schedule, mt.lambda_warmup_steps)
     rank = run.acc.process_index
     bs = min(mt.batch_size, n_train)
@@ -72,6 +95,33 @@ def train_multitask(
 
     weight_loss = WeightLoss(mt.weight_loss, mt.weight_loss_norm, layout, mask, scaling, teacher_tokens, teacher_ab,
                              n_train, mt.token_weighting, mt.condition_noise / 10)
+    balance = mt.loss_balance
+    uncertainty = UncertaintyWeights().to(device) if balance == "uncertainty" else None
+    task_loss = None
+    if mt.task_weight > 0:
+        from ..training.task_loss import TaskLoss
+
+        task_loss = TaskLoss(resolved, model, run.tokenizer, [e.task for e in run.train_e], mt.task_examples)
+    k_task = max(1, k_delta)
+
+    def balanced(net, lw, ld, lam: float, out: dict[str, Any]):
+        """The weight and delta terms under ``loss_balance`` (``ld`` None: no delta term this step)."""
+        if balance == "gradnorm":
+            if ld is None:
+                out.update(balance_weight_weights=1.0, balance_weight_delta=0.0)
+                return lw
+            c, gw, gd = gradnorm_scale(lw, ld, [p for p in net.parameters() if p.requires_grad])
+            out.update(balance_weight_weights=1.0, balance_weight_delta=lam * c, grad_norm_weights=gw,
+                       grad_norm_delta=gd)
+            return lw + lam * c * ld
+        total = uncertainty.term("weights", lw)
+        if ld is not None:
+            total = total + lam * uncertainty.term("delta", ld)
+        s = uncertainty.log_vars.detach().clone()  # the values this step used (the optimizer updates in place)
+        out.update(balance_weight_weights=uncertainty.weight("weights"),
+                   balance_weight_delta=lam * uncertainty.weight("delta") if ld is not None else 0.0,
+                   uncertainty_s_weights=s[0], uncertainty_s_delta=s[1])
+        return total
 
     def step_fn(step: int, net):
         rng = step_rng(cfg.project.seed, step, rank)
@@ -87,7 +137,10 @@ def train_multitask(
                 pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
             tgt = t_deltas[idx[:k_delta]]
             ld = delta_loss(pred, tgt)
-            total, _ = mtl(lw, ld if lam > 0 else None, step)
+            if balance == "none":
+                total, _ = mtl(lw, ld if lam > 0 else None, step)
+            else:
+                total = balanced(net, lw, ld if lam > 0 else None, lam, out)
             with torch.no_grad():
                 out.update(
                     loss_delta=ld,
@@ -95,8 +148,16 @@ def train_multitask(
                     delta_pred_norm=pred.norm(dim=-1).mean(),
                     delta_target_norm=tgt.norm(dim=-1).mean(),
                 )
+                if delta_mean is not None:
+                    out["delta_centered_cosine_sim"] = torch.nn.functional.cosine_similarity(
+                        pred - delta_mean, tgt - delta_mean, dim=-1).mean()
         else:
-            total = lw
+            total = lw if balance == "none" else balanced(net, lw, None, lam, out)
+        if task_loss is not None:
+            sub_t = g.select(slice(0, k_task))
+            lt = task_loss(sub_t.stacked(), [run.train_e[int(i)].task for i in idx[:k_task]], rng)
+            total = total + mt.task_weight * lt
+            out["loss_task"] = lt
         out["loss"] = total
         return out
 
@@ -114,6 +175,9 @@ def train_multitask(
                 pred = torch.cat(preds)
                 tgt = t_deltas[ids]
                 res[f"{name}_delta_cosine"] = float(torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean())
+                if delta_mean is not None:
+                    res[f"{name}_delta_centered_cosine"] = float(torch.nn.functional.cosine_similarity(
+                        pred - delta_mean, tgt - delta_mean, dim=-1).mean())
                 if name == "heldout":
                     # Reference point: predicting the mean training delta for every held-out task.
                     mean = t_deltas[:n_train].mean(0, keepdim=True).expand_as(tgt)
@@ -126,4 +190,16 @@ def train_multitask(
         log_interval=mt.log_interval, save_interval=mt.save_interval, eval_interval=mt.eval_interval,
         mixed_precision=mt.mixed_precision, seed=cfg.project.seed,
     )
-    return finish(run, loop_cfg, step_fn, eval_fn, progress=progress)
+    extra: dict[str, Any] = {}
+    if delta_mean is not None:
+        from safetensors.torch import save_file
+
+        mean_cpu = delta_mean.detach().float().cpu().contiguous()
+        about = {"file": DELTA_MEAN, "adapters": n_train, "dim": int(mean_cpu.numel()),
+                 "norm": float(mean_cpu.norm())}
+
+        def save_mean(folder: Path) -> None:
+            save_file({"mean": mean_cpu}, str(folder / DELTA_MEAN))
+
+        extra = dict(meta_extra={"delta_mean": about}, save_extra=save_mean, provenance_extra={"delta_mean": about})
+    return finish(run, loop_cfg, step_fn, eval_fn, progress=progress, aux=uncertainty, **extra)

@@ -20,6 +20,7 @@ STATE = "trainer_state.json"  # step, optimizer hyper-parameters, scheduler (JSO
 STATE_TENSORS = "trainer_state.safetensors"  # optimizer moments and the RNG state
 LEGACY_STATE = "trainer_state.pt"  # older runs: read with weights_only=True, never with full pickle
 WEIGHTS = "generator.safetensors"
+AUX = "loss_balance.safetensors"  # learned loss-balance parameters (train.multitask.loss_balance = "uncertainty")
 from ..workdir import FINAL  # noqa: E402,F401  (the folder name is part of the work-folder layout)
 
 
@@ -239,6 +240,7 @@ def run_training(
     resume_from: Optional[Path] = None,
     eval_fn: Optional[Callable[[int, torch.nn.Module], dict[str, float]]] = None,
     progress=None,
+    aux: Optional[torch.nn.Module] = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.total_steps`` optimizer steps.
 
@@ -247,14 +249,24 @@ def run_training(
     floats); every value whose name starts with ``loss`` is checked for NaN/Inf.
     ``save_meta(folder, unwrapped_model, step)`` writes the model's description next to its
     weights, so a checkpoint folder is self-describing. ``resume_from`` is a checkpoint folder.
+    ``aux`` holds parameters of the loss (learned loss weights) that ``step_fn`` uses: they join
+    the optimizer in a group of their own without weight decay or clipping, and are saved to and
+    restored from ``loss_balance.safetensors`` beside the generator's weights.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     main = accelerator.is_main_process
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-    )
+    aux_params = [p for p in aux.parameters() if p.requires_grad] if aux is not None else []
+    if aux_params:
+        opt = torch.optim.AdamW(
+            [{"params": [p for p in model.parameters() if p.requires_grad]}, {"params": aux_params, "weight_decay": 0.0}],
+            lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        )
+    else:
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
     # The scheduler stays outside accelerate.prepare: prepared schedulers step once per process.
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.total_steps, cfg.warmup_steps, cfg.lr_schedule)
@@ -267,6 +279,8 @@ def run_training(
         state = load_trainer_state(Path(resume_from))
         try:
             model.load_state_dict(load_file(str(Path(resume_from) / WEIGHTS)))
+            if aux is not None:
+                aux.load_state_dict(load_file(str(Path(resume_from) / AUX)))
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
@@ -294,6 +308,8 @@ def run_training(
             with atomic_dir(folder, force=force) as tmp:
                 sd = {k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()}
                 save_file(sd, str(tmp / WEIGHTS))
+                if aux is not None:
+                    save_file({k: v.detach().contiguous().cpu() for k, v in aux.state_dict().items()}, str(tmp / AUX))
                 save_trainer_state(tmp, step, opt.state_dict(), sched.state_dict(), torch.get_rng_state())
                 save_meta(tmp, unwrapped, step)
                 write_provenance(tmp, provenance(command, config_dict, step=step))
@@ -307,6 +323,10 @@ def run_training(
             _check_finite(accelerator, bad, step, "loss", last_good)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(out["loss"])
+            if aux_params and accelerator.num_processes > 1:  # the loss's own parameters stay in step across processes
+                for p in aux_params:
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
             gn = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             gn = _to_float(gn)
             _check_finite(accelerator, [] if math.isfinite(gn) else ["grad_norm"], step, "gradient", last_good)

@@ -86,6 +86,7 @@ class Prepared:
     delta_src: str
     bank: Any
     gen: Any
+    tokenizer: Any = None  # the base model's tokenizer
 
     @property
     def entries(self) -> list:
@@ -227,16 +228,20 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
             mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
             gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
         return Prepared(resolved, spec, out, acc, resume_ckpt, old, train_e, held_e, model, layout, adapters, scaling,
-                        teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen)
+                        teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen, tok)
     except BaseException:
         restore_run_folder(out, old)
         raise
 
 
 def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: Optional[dict] = None,
-           warnings: Sequence[str] = ()) -> TrainerResult:
+           warnings: Sequence[str] = (), aux=None, save_extra: Optional[Callable[[Path], None]] = None,
+           provenance_extra: Optional[dict] = None) -> TrainerResult:
     """Train with the shared loop, then close the run: provenance, metadata on every checkpoint
-    and, after a successful ``--force`` run, the replaced run's removal."""
+    and, after a successful ``--force`` run, the replaced run's removal. ``aux``: the loss's own
+    learned parameters (see :func:`~llgbm_cli.training.loop.run_training`); ``save_extra(folder)``
+    writes further files into every checkpoint; ``provenance_extra`` adds entries to the run's
+    provenance."""
     from ..io import provenance, write_provenance
     from .loop import run_training
     from .world import drop_old_run, generator_meta, restore_run_folder, save_generator_meta
@@ -247,16 +252,19 @@ def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: O
 
     def save_meta(folder: Path, net, step: int) -> None:
         save_generator_meta(folder, meta_common, net, step)
+        if save_extra is not None:
+            save_extra(folder)
 
     try:
         if run.main:
             write_provenance(run.out, provenance(run.spec.command, run.resolved.to_dict(),
                                                  teacher_deltas=run.delta_src,
                                                  train_adapters=[e.id for e in run.train_e],
-                                                 heldout_adapters=[e.id for e in run.held_e]))
+                                                 heldout_adapters=[e.id for e in run.held_e],
+                                                 **(provenance_extra or {})))
         res = run_training(run.gen, step_fn, loop_cfg, run.out, accelerator=run.acc, save_meta=save_meta,
                            config_dict=run.resolved.to_dict(), command=run.spec.command, resume_from=run.resume_ckpt,
-                           eval_fn=eval_fn, progress=progress if run.main else None)
+                           eval_fn=eval_fn, progress=progress if run.main else None, aux=aux)
     except BaseException:  # interrupted or failed: the partial run goes, a replaced run comes back
         restore_run_folder(run.out, run.old)
         raise
