@@ -331,12 +331,26 @@ def run_cv(
     return result
 
 
-def _train(cres, method: str, run_dir: Path, fp: str, progress) -> bool:
-    """Train ``method`` into ``run_dir`` unless a finished run of this config is there; True if it trained."""
+def run_fingerprint(cfg, method: str) -> str:
+    """What a trained method's run depends on: its section, the model, LoRA, probes, delta spec, zoo
+    tasks and seed (the condition encoding of every generator lives in ``train.multitask``)."""
+    return fingerprint({
+        "method": method, "section": getattr(cfg.train, TRAINED[method]).model_dump(mode="json"),
+        "multitask": cfg.train.multitask.model_dump(mode="json"),
+        **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo")},
+        "seed": cfg.project.seed,
+    })
+
+
+def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS) -> bool:
+    """Train ``method`` (``multitask`` or ``b1``) into ``run_dir`` unless a finished run of this config
+    is there (``<run_dir>.json`` records it); an interrupted run of this config resumes from its latest
+    checkpoint, a run of another config is replaced. True when it trained."""
     from ..io import atomic_write_json
     from ..training.loop import find_latest_checkpoint
     from ..workdir import FINAL
 
+    fp = run_fingerprint(cres.config, method)
     marker = run_dir.parent / f"{run_dir.name}.json"
     if (run_dir / FINAL).exists() and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
         return False
@@ -364,13 +378,8 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     checkpoints = {}
     for m in methods:
         if m in TRAINED:
-            section = getattr(cfg.train, TRAINED[m])
-            fp = fingerprint({"section": section.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
-                              "lora": cfg.lora.model_dump(mode="json"), "probes": cfg.probes.model_dump(mode="json"),
-                              "delta": cfg.delta.model_dump(mode="json"), "seed": cfg.project.seed,
-                              "multitask": cfg.train.multitask.model_dump(mode="json")})
             run_dir = fdir / "runs" / m
-            if _train(cres, m, run_dir, fp, progress):
+            if train_method(cres, m, run_dir, progress):
                 result.trained.append(f"{k}/{m}")
             checkpoints[m] = run_dir / FINAL
     world = load_world(cres, [k], [k], model=model, tok=tok)
