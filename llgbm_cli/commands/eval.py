@@ -58,7 +58,14 @@ def eval_cmd(
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Evaluate methods per task: delta MSE / cosine / centered cosine / task identification against the
-    teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks."""
+    teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks.
+
+    With --folds, cross-validate instead: one fold per task (leave-one-task-out); each fold trains
+    multitask/b1 without its task into <out>/folds/<task>/runs, evaluates the task held out, and keeps
+    every question's score (questions.json). results.{md,json,csv} at <out> give per-fold rows with
+    paired-bootstrap differences to base and mean-delta, the mean over folds with a 95% t-interval and
+    the oracle-best reference (the best single training adapter on the task's test questions).
+    Finished folds are skipped on a rerun; --force starts afresh."""
     from pathlib import Path
 
     from ..services.eval import enforce_checks, run_eval
