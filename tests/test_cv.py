@@ -127,8 +127,12 @@ def test_folds_bad_input(cli, cv_world, tmp_path):
     assert not (tmp_path / "x").exists()
     r = _run(cli, cv_world, "--folds", "all", "--holdout", "boolq", "-m", "base", "--out", tmp_path / "y")
     assert r.exit_code == 2 and "--folds" in r.stderr and "--holdout" in r.stderr
-    r = _run(cli, cv_world, "--folds", "all", "-m", "b2", "--out", tmp_path / "z")
-    assert r.exit_code == 2 and "b2" in r.stderr
+    r = _run(cli, cv_world, "--folds", "boolq", "--task", "boolq", "-m", "base", "--out", tmp_path / "z")
+    assert r.exit_code == 2 and "--task" in r.stderr
+    r = _run(cli, cv_world, "--folds", " , ", "-m", "base", "--out", tmp_path / "z")
+    assert r.exit_code == 2 and "--folds" in r.stderr and not (tmp_path / "z").exists()
+    r = _run(cli, cv_world, "--folds", "boolq", "-m", "nope", "--out", tmp_path / "z")
+    assert r.exit_code == 2 and "--method nope" in r.stderr and not (tmp_path / "z").exists()
     # a folder that is not a cross-validation output is never written into
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -146,3 +150,23 @@ def test_oracle_candidates_last_per_trajectory():
     assert [e.id for e in oracle_candidates(zoo, "c", "last")] == ["a-s00020", "a-r1-s00020", "b-s00020"]
     assert len(oracle_candidates(zoo, "c", "all")) == 5
     assert [e.id for e in oracle_candidates(zoo, "a", "last")] == ["b-s00020", "c-s00005"]
+
+
+def test_b2_fold_trains_its_predictor_and_index_without_the_task(cli, cv_world, tmp_path):
+    out = tmp_path / "cvb2"
+    r = _run(cli, cv_world, "--folds", "boolq", "-m", "b2", "--test-sample", "4", "--out", out,
+             "--set", "train.delta_only.predictor_epochs=3", "--set", "train.delta_only.predictor_hidden=16")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["methods"] == ["base", "mean-delta", "b2"] and res["trained"] == ["boolq/b2"]
+    runs = out / "folds" / "boolq" / "runs"
+    meta = json.loads((runs / "b2" / "predictor.json").read_text())
+    assert meta["train_ids"] and not any(i.startswith("boolq") for i in meta["train_ids"])
+    ids = json.loads((runs / "b2-index" / "ids.json").read_text())["ids"]
+    assert ids and not any(i.startswith("boolq") for i in ids)
+    row = next(x for x in res["rows"] if x["method"] == "b2")
+    assert row["heldout"] is True and row["n_questions"] == 4
+    ev = json.loads((out / "folds" / "boolq" / "eval" / "results.json").read_text())
+    assert "--b2-checkpoint" in ev["command"] and "index.path" in ev["command"]
+    assert all(h["task"] != "boolq" for h in ev["runs"]["b2"]["hits"]["boolq"])
+    assert "oracle-best (reference" in (out / "results.md").read_text()

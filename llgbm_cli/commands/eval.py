@@ -47,6 +47,7 @@ def eval_cmd(
     test_sample: Optional[int] = typer.Option(None, "--test-sample", help="eval.test_sample: questions per task."),
     multitask_checkpoint: Optional[str] = typer.Option(None, "--multitask-checkpoint", help="Generator checkpoint folder for `multitask`."),
     b1_checkpoint: Optional[str] = typer.Option(None, "--b1-checkpoint", help="Generator checkpoint folder for `b1`."),
+    b2_checkpoint: Optional[str] = typer.Option(None, "--b2-checkpoint", help="Delta predictor folder for `b2`."),
     folds: Optional[str] = typer.Option(
         None, "--folds",
         help="Cross-validate: leave-one-task-out over `all` zoo tasks or comma-separated ones; each fold trains "
@@ -61,7 +62,7 @@ def eval_cmd(
     teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks.
 
     With --folds, cross-validate instead: one fold per task (leave-one-task-out); each fold trains
-    multitask/b1 without its task into <out>/folds/<task>/runs, evaluates the task held out, and keeps
+    multitask/b1 (b2: its predictor and index) without its task into <out>/folds/<task>/runs, evaluates the task held out, and keeps
     every question's score (questions.json). results.{md,json,csv} at <out> give per-fold rows with
     paired-bootstrap differences to base and mean-delta, the mean over folds with a 95% t-interval and
     the oracle-best reference (the best single training adapter on the task's test questions).
@@ -74,13 +75,15 @@ def eval_cmd(
     ov.update(given({"eval.test_sample": test_sample, "eval.strict": strict or None}))
     if folds is not None:
         clash = [f for f, v in (("--holdout", holdout), ("--task", task), ("--multitask-checkpoint", multitask_checkpoint),
-                                ("--b1-checkpoint", b1_checkpoint), ("--strict", strict)) if v]
+                                ("--b1-checkpoint", b1_checkpoint), ("--b2-checkpoint", b2_checkpoint),
+                                ("--strict", strict)) if v]
         if clash:
             raise typer.BadParameter(f"cannot be combined with {', '.join(clash)} (each fold holds out its own task "
                                      "and trains its own checkpoints)", param_hint="--folds")
         return _cv(ctx, folds, method, out, force, ov)
     resolved = state(ctx).load_config(ov)
-    cks = {k: Path(v) for k, v in (("multitask", multitask_checkpoint), ("b1", b1_checkpoint)) if v}
+    cks = {k: Path(v) for k, v in (("multitask", multitask_checkpoint), ("b1", b1_checkpoint), ("b2", b2_checkpoint))
+           if v}
     with progress(ctx) as rep:
         result = run_eval(resolved, methods=method, tasks=task, holdout=holdout, out=out, force=force,
                           checkpoints=cks, overrides=overrides_from(set_), progress=rep)

@@ -1,7 +1,8 @@
 """`llgbm eval --folds`: leave-one-task-out cross-validation over the zoo's tasks.
 
 Each fold holds out one zoo task ``k``. What a method needs is trained without ``k`` (``multitask``
-and ``b1`` with ``train.<section>.holdout_tasks = [k]``) into ``<out>/folds/<k>/runs/<method>``,
+and ``b1`` with ``train.<section>.holdout_tasks = [k]``; ``b2`` its delta predictor likewise and a
+retrieval index with ``index.exclude_tasks = [k]`` in ``runs/b2-index``) into ``<out>/folds/<k>/runs/<method>``,
 then the normal evaluation runs on ``k`` alone, held out, into ``<out>/folds/<k>/eval``. ``base``
 and ``mean-delta`` are always evaluated: they are the references every method is compared with.
 
@@ -41,7 +42,8 @@ REFERENCES = ("base", "mean-delta")  # always evaluated: the comparisons of ever
 ORACLE = "oracle-best"
 RESAMPLES = 2000
 LEVEL = 0.95
-TRAINED = {"multitask": "multitask", "b1": "delta_only"}  # methods trained per fold -> their config section
+TRAINED = {"multitask": "multitask", "b1": "delta_only", "b2": "delta_only"}  # trained per fold -> config section
+INDEX = "b2-index"  # the fold's retrieval index (without the fold's task), beside the b2 predictor
 FOLD_FIELDS = [
     "fold", "method", "accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p",
     "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high", "vs_mean_delta_p", "gap_to_oracle",
@@ -100,14 +102,9 @@ def parse_folds(spec: str, zoo_tasks: Sequence[str]) -> list[str]:
 
 def cv_methods(methods: Sequence[str]) -> list[str]:
     """The methods of a cross-validation: the references first, then the requested ones."""
-    from .eval_methods import check_methods, method_of
+    from .eval_methods import check_methods
 
     ms = check_methods(list(methods))
-    for m in ms:
-        if method_of(m).run is not None and m not in TRAINED:
-            raise InputError(f"--method {m}: cannot be cross-validated (its predictor and index are built outside "
-                             f"`eval`); evaluate it with --holdout, or cross-validate "
-                             f"{', '.join(TRAINED)} and the zoo-based methods")
     return [m for m in REFERENCES if m not in ms] + ms
 
 
@@ -128,11 +125,14 @@ def reproduce_command(resolved, folds_spec: str, methods: Sequence[str], out: Pa
     return shlex.join(parts)
 
 
-def fold_overrides(base: dict[str, Any], fold: str) -> dict[str, Any]:
-    """The config of fold ``fold``: every trainer and eval hold it out."""
+def fold_overrides(base: dict[str, Any], fold: str, index: Optional[Path] = None) -> dict[str, Any]:
+    """The config of fold ``fold``: every trainer and eval hold it out; with ``index`` (the fold's
+    retrieval index folder, for ``b2``) the index holds none of its adapters."""
     ov = {k: v for k, v in base.items() if v is not None}
     ov.update({"train.multitask.holdout_tasks": [fold], "train.delta_only.holdout_tasks": [fold],
                "eval.holdout": [fold], "eval.tasks": [fold]})
+    if index is not None:
+        ov.update({"index.exclude_tasks": [fold], "index.path": str(index)})
     return ov
 
 
@@ -307,7 +307,7 @@ def run_cv(
         bar = progress.add("cross-validation: folds", total=len(fold_names))
         for k in fold_names:
             fdir = out / "folds" / k
-            ov = fold_overrides(base_ov, k)
+            ov = fold_overrides(base_ov, k, (fdir / "runs" / INDEX) if "b2" in ms else None)
             cres = load_config(resolved.path, ov, explicit=explicit)
             fp = fingerprint({"config": cres.to_dict(), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
             done = fdir / DONE
@@ -338,19 +338,34 @@ def run_fingerprint(cfg, method: str) -> str:
         "method": method, "section": getattr(cfg.train, TRAINED[method]).model_dump(mode="json"),
         "multitask": cfg.train.multitask.model_dump(mode="json"),
         **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo")},
+        **({"index": cfg.index.model_dump(mode="json")} if method == "b2" else {}),
         "seed": cfg.project.seed,
     })
 
 
 def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS) -> bool:
-    """Train ``method`` (``multitask`` or ``b1``) into ``run_dir`` unless a finished run of this config
-    is there (``<run_dir>.json`` records it); an interrupted run of this config resumes from its latest
-    checkpoint, a run of another config is replaced. True when it trained."""
+    """Train ``method`` into ``run_dir`` unless a finished run of this config is there (``<run_dir>.json``
+    records it); an interrupted generator run of this config resumes from its latest checkpoint, a run
+    of another config is replaced. ``b2``: the delta predictor, then the index at ``index.path``. True
+    when it trained."""
     from ..io import atomic_write_json
     from ..training.loop import find_latest_checkpoint
     from ..workdir import FINAL
 
     fp = run_fingerprint(cres.config, method)
+    if method == "b2":
+        from .index import build_index
+        from .train_delta_only import train_b2
+
+        marker = run_dir.parent / f"{run_dir.name}.json"
+        prev = json.loads(marker.read_text()) if marker.exists() else {}
+        if prev.get("fingerprint") == fp and prev.get("finished") and run_dir.exists():
+            return False
+        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
+        train_b2(cres, out_dir=run_dir, force=True, progress=progress)
+        build_index(cres, out=workdir.path(cres, "index"), force=True, progress=progress)
+        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": True})
+        return True
     marker = run_dir.parent / f"{run_dir.name}.json"
     if (run_dir / FINAL).exists() and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
         return False
@@ -381,7 +396,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
             run_dir = fdir / "runs" / m
             if train_method(cres, m, run_dir, progress):
                 result.trained.append(f"{k}/{m}")
-            checkpoints[m] = run_dir / FINAL
+            checkpoints[m] = run_dir if m == "b2" else run_dir / FINAL
     world = load_world(cres, [k], [k], model=model, tok=tok)
     ev = run_eval(cres, methods=methods, tasks=[k], holdout=[k], out=fdir / "eval", force=True,
                   checkpoints=checkpoints, overrides=ov, world=world, progress=progress)
