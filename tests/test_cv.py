@@ -133,6 +133,18 @@ def test_folds_bad_input(cli, cv_world, tmp_path):
     assert r.exit_code == 2 and "--folds" in r.stderr and not (tmp_path / "z").exists()
     r = _run(cli, cv_world, "--folds", "boolq", "-m", "nope", "--out", tmp_path / "z")
     assert r.exit_code == 2 and "--method nope" in r.stderr and not (tmp_path / "z").exists()
+    # one process only: under a multi-process launch it says so instead of racing
+    from unittest import mock
+
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.services.cv import run_cv
+
+    with mock.patch("llgbm_cli.distributed.ProcessGroup.__init__",
+                    lambda self, device="auto": setattr(self, "world", 2)):
+        with pytest.raises(InputError, match="accelerate launch"):
+            run_cv(load_config(cv_world), folds="boolq", methods=["base"], out=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
     # a folder that is not a cross-validation output is never written into
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

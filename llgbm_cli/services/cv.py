@@ -275,12 +275,18 @@ def run_cv(
     import shutil
 
     from ..config import load_config
+    from ..distributed import ProcessGroup
     from ..io import FileLock, atomic_write_json, check_output, provenance, write_provenance
     from ..models import load_base_model
     from ..zoo import Zoo
 
     cfg = resolved.config
     ec = cfg.eval
+    if ProcessGroup().world > 1:
+        # The trainers of a fold are accelerate-distributed themselves: two folds trained at once
+        # under one launch would wait on each other's collectives.
+        raise InputError("--folds: cross-validation runs as one process (its trainers use every process of a "
+                         "launch themselves); start it without `accelerate launch`")
     zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
         raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
