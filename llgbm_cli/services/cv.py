@@ -48,6 +48,7 @@ FOLD_FIELDS = [
     "fold", "method", "accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p",
     "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high", "vs_mean_delta_p", "gap_to_oracle",
     "delta_mse", "delta_cosine", "centered_cosine", "norm_ratio", "identified", "n_questions", "metric",
+    "reference", "adapter",
 ]
 SUMMARY_KEYS = ("accuracy", "accuracy_vs_base", "vs_mean_delta", "gap_to_oracle", "centered_cosine",
                 "delta_cosine", "delta_mse", "norm_ratio")
@@ -576,5 +577,8 @@ def _write_files(out: Path, result: CVResult) -> None:
     result.files = {"json": str(out / "results.json"), "csv": str(out / "results.csv"), "md": str(out / "results.md")}
     d = clean(result.to_dict())
     atomic_write_json(out / "results.json", d)
-    atomic_write_text(out / "results.csv", rows_csv(d["rows"], FOLD_FIELDS))
+    oracle_rows = [{"fold": o["fold"], "method": ORACLE, "accuracy": o["accuracy"], "reference": True,
+                    "adapter": o["adapter"]} for o in d["oracle"] if o.get("accuracy") is not None]
+    csv_rows = [{**r, "reference": False} for r in d["rows"]] + oracle_rows
+    atomic_write_text(out / "results.csv", rows_csv(csv_rows, FOLD_FIELDS))
     atomic_write_text(out / "results.md", results_md(d))
