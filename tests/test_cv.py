@@ -183,3 +183,42 @@ def test_b2_fold_trains_its_predictor_and_index_without_the_task(cli, cv_world, 
     assert "--b2-checkpoint" in ev["command"] and "index.path" in ev["command"]
     assert all(h["task"] != "boolq" for h in ev["runs"]["b2"]["hits"]["boolq"])
     assert "oracle-best (reference" in (out / "results.md").read_text()
+
+
+def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
+    """A finished run of this config is reused, an interrupted one resumes from its latest checkpoint,
+    a run of another config (or a finished one without its marker) is replaced."""
+    from unittest import mock
+
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.cv import run_fingerprint, train_method
+
+    monkeypatch.chdir(tmp_path)  # the built-in defaults, whatever the current folder holds
+    cres = load_config(None, {"train.multitask.holdout_tasks": ["boolq"]})
+    run = tmp_path / "runs" / "multitask"
+    marker = tmp_path / "runs" / "multitask.json"
+    calls = []
+
+    def fake(resolved, *, out_dir, resume, force, progress=None):
+        calls.append({"resume": resume, "force": force})
+        (out_dir / "final").mkdir(parents=True, exist_ok=True)
+
+    with mock.patch("llgbm_cli.services.train_multitask.train_multitask", fake):
+        assert train_method(cres, "multitask", run) is True  # nothing there: a fresh run
+        assert calls[-1] == {"resume": False, "force": False}
+        assert json.loads(marker.read_text()) == {"method": "multitask", "fingerprint": run_fingerprint(
+            cres.config, "multitask"), "finished": True}
+        assert train_method(cres, "multitask", run) is False and len(calls) == 1  # finished: reused
+        # interrupted: no final, a checkpoint, the marker of this config -> resume
+        (run / "final").rmdir()
+        (run / "checkpoints" / "step-00002").mkdir(parents=True)
+        (run / "checkpoints" / "step-00002" / "trainer_state.json").write_text("{}")
+        marker.write_text(json.dumps({"method": "multitask", "fingerprint": run_fingerprint(cres.config, "multitask"),
+                                      "finished": False}))
+        assert train_method(cres, "multitask", run) is True
+        assert calls[-1] == {"resume": True, "force": False}
+        # another config: replaced, not resumed
+        other = load_config(None, {"train.multitask.holdout_tasks": ["boolq"], "train.multitask.total_steps": 777})
+        assert run_fingerprint(other.config, "multitask") != run_fingerprint(cres.config, "multitask")
+        assert train_method(other, "multitask", run) is True
+        assert calls[-1] == {"resume": False, "force": True}
