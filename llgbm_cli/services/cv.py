@@ -174,11 +174,20 @@ def adapter_sha256(folder: Path, zoo_sha: Optional[str] = None) -> str:
 class ScoreCache:
     """Adapter x task scores on a fixed question sample, one JSON file per key under ``folder``."""
 
-    def __init__(self, resolved, folder: Path, model, tok):
+    def __init__(self, resolved, folder: Path, model=None, tok=None):
         self.resolved, self.folder, self.model, self.tok = resolved, Path(folder), model, tok
         self.hits = 0
         self.misses = 0
         self._tasks: dict[str, tuple[Any, Any, list]] = {}
+
+    def base_model(self):
+        """(model, tokenizer) of the base model, loaded on first use (a rerun of finished folds loads nothing)."""
+        if self.model is None:
+            from ..models import load_base_model
+
+            cfg = self.resolved.config
+            self.model, self.tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
+        return self.model, self.tok
 
     def task(self, name: str):
         """(form, records) of a task's sampled test questions (eval's sample: same seed, same size)."""
@@ -218,7 +227,8 @@ class ScoreCache:
         cfg = self.resolved.config
         form, recs = self.task(task)
         ad = None if adapter_folder is None else load_adapter(adapter_folder)
-        s = score_records_with(self.model, self.tok, ad, form, recs, batch_size=cfg.eval.batch_size,
+        model, tok = self.base_model()
+        s = score_records_with(model, tok, ad, form, recs, batch_size=cfg.eval.batch_size,
                                generate_batch_size=cfg.data.generate_batch_size, max_length=cfg.data.max_length)
         out = {"accuracy": s.accuracy, "values": question_values(s), "question_ids": [r.id for r in recs],
                "metric": form.metric}
@@ -278,7 +288,6 @@ def run_cv(
     from ..config import load_config
     from ..distributed import ProcessGroup
     from ..io import FileLock, atomic_write_json, check_output, provenance, write_provenance
-    from ..models import load_base_model
     from ..zoo import Zoo
 
     cfg = resolved.config
@@ -298,8 +307,7 @@ def run_cv(
                        inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")],
                        roots=[resolved.workdir, resolved.root])
     base_ov = {k: v for k, v in (overrides or {}).items() if v is not None}
-    command = reproduce_command(resolved, folds, [m for m in ms if m not in REFERENCES or m in (methods or [])],
-                                out, ec.test_sample, base_ov)
+    command = reproduce_command(resolved, folds, ms, out, ec.test_sample, base_ov)
     result = CVResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, ms, fold_names,
                       ec.oracle_candidates)
     explicit = resolved.path is not None
@@ -309,8 +317,7 @@ def run_cv(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / MARKER, {"folds": fold_names, "methods": ms, "command": command})
         write_provenance(out, provenance("eval --folds", resolved.to_dict(), folds=fold_names, methods=ms))
-        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
-        scores = ScoreCache(resolved, out / "scores", model, tok)
+        scores = ScoreCache(resolved, out / "scores")  # loads the base model when first needed
         bar = progress.add("cross-validation: folds", total=len(fold_names))
         for k in fold_names:
             fdir = out / "folds" / k
@@ -327,7 +334,7 @@ def run_cv(
                     progress.advance(bar)
                     continue
             progress.update(bar, description=f"cross-validation: fold {k}")
-            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, model, tok, result, progress)
+            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, result, progress)
             atomic_write_json(done, {"fold": k, "fingerprint": fp, "rows": rows, "oracle": oracle})
             result.rows.extend(rows)
             result.oracle.append(oracle)
@@ -388,7 +395,7 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS) -> bo
     return True
 
 
-def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache, model, tok,
+def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache,
               result: CVResult, progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
     from ..evaluation.stats import paired_bootstrap
@@ -404,6 +411,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
             if train_method(cres, m, run_dir, progress):
                 result.trained.append(f"{k}/{m}")
             checkpoints[m] = run_dir if m == "b2" else run_dir / FINAL
+    model, tok = scores.base_model()
     world = load_world(cres, [k], [k], model=model, tok=tok)
     ev = run_eval(cres, methods=methods, tasks=[k], holdout=[k], out=fdir / "eval", force=True,
                   checkpoints=checkpoints, overrides=ov, world=world, progress=progress)
