@@ -144,17 +144,6 @@ def fingerprint(obj: Any) -> str:
 # --------------------------------------------------------------------------- scores, cached
 
 
-def question_values(score) -> list[float]:
-    """Per question, the task's headline metric (1/0 for acc, acc_norm, exact_match and number)."""
-    res = score.result
-    metric = score.form.metric
-    if hasattr(res, "outputs"):  # generation
-        return [1.0 if o["correct"] else 0.0 for o in res.outputs]
-    if metric == "acc_norm":
-        return [1.0 if q.pred_norm == q.answer else 0.0 for q in res.per_question]
-    return [1.0 if q.correct else 0.0 for q in res.per_question]
-
-
 def adapter_sha256(folder: Path, zoo_sha: Optional[str] = None) -> str:
     """The zoo manifest's sha256 of an adapter, else the sha256 of its weights and config files."""
     from ..adapters import CONFIG_FILE
@@ -230,7 +219,7 @@ class ScoreCache:
         model, tok = self.base_model()
         s = score_records_with(model, tok, ad, form, recs, batch_size=cfg.eval.batch_size,
                                generate_batch_size=cfg.data.generate_batch_size, max_length=cfg.data.max_length)
-        out = {"accuracy": s.accuracy, "values": question_values(s), "question_ids": [r.id for r in recs],
+        out = {"accuracy": s.accuracy, "values": [float(v) for v in s.values()], "question_ids": [r.id for r in recs],
                "metric": form.metric}
         atomic_write_json(path, {"key": key, "adapter_folder": None if adapter_folder is None else str(adapter_folder),
                                  "score": out})
