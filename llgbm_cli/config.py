@@ -394,6 +394,11 @@ class EvalSection(Section):
         0.05, ge=0, description="Accuracy gap to multitask within which retrieval still counts as a competitive floor."
     )
     out: str = Field("eval", description="Output folder (relative to workdir).")
+    oracle_candidates: Literal["last", "all", "none"] = Field(
+        "last",
+        description="Cross-validation (`eval --folds`): the training adapters the `oracle-best` reference picks from "
+        "in each fold: each trajectory's last checkpoint, every zoo adapter of the other tasks, or none (no oracle).",
+    )
 
 
 class AblationSection(Section):

@@ -100,6 +100,7 @@ OUTPUT_MARKERS: dict[str, tuple[str, ...]] = {
     "evaluation": ("results.json",),
     "training run": ("checkpoints", "metrics.jsonl", "final"),
     "delta predictor": ("predictor.json",),
+    "cross-validation": ("cv.json",),
 }
 
 

@@ -61,7 +61,7 @@ def test_every_figure_written_in_three_formats(tmp_path):
 def test_crossfold_needs_two_folds(tmp_path):
     _, summary = _rows()
     assert P.crossfold_plot({"only": summary}, tmp_path / "f.png") is None
-    assert P._t95(5) == pytest.approx(2.776)
+    assert P._t95(5) == pytest.approx(2.7764, abs=1e-4)  # t(4), as the results tables use
 
 
 def test_results_md_states_chance():

@@ -47,27 +47,87 @@ def eval_cmd(
     test_sample: Optional[int] = typer.Option(None, "--test-sample", help="eval.test_sample: questions per task."),
     multitask_checkpoint: Optional[str] = typer.Option(None, "--multitask-checkpoint", help="Generator checkpoint folder for `multitask`."),
     b1_checkpoint: Optional[str] = typer.Option(None, "--b1-checkpoint", help="Generator checkpoint folder for `b1`."),
+    b2_checkpoint: Optional[str] = typer.Option(None, "--b2-checkpoint", help="Delta predictor folder for `b2`."),
+    folds: Optional[str] = typer.Option(
+        None, "--folds",
+        help="Cross-validate: leave-one-task-out over `all` zoo tasks or comma-separated ones; each fold trains "
+        "what the methods need without its task, then evaluates it (resumable; default --out <workdir>/eval-cv).",
+    ),
     out: Optional[str] = out_option("Output folder (default: <workdir>/eval)."),
     force: bool = force_option("Replace an existing output folder."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Exit 1 when an acceptance check fails (CI)."),
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Evaluate methods per task: delta MSE / cosine / centered cosine / task identification against the
-    teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks."""
+    teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks.
+
+    With --folds, cross-validate instead: one fold per task (leave-one-task-out); each fold trains
+    multitask/b1 (b2: its predictor and index) without its task into <out>/folds/<task>/runs, evaluates the task held out, and keeps
+    every question's score (questions.json). results.{md,json,csv} at <out> give per-fold rows with
+    paired-bootstrap differences to base and mean-delta, the mean over folds with a 95% t-interval and
+    the oracle-best reference (the best single training adapter on the task's test questions).
+    Finished folds are skipped on a rerun; --force starts afresh."""
     from pathlib import Path
 
     from ..services.eval import enforce_checks, run_eval
 
     ov = overrides_from(set_)
     ov.update(given({"eval.test_sample": test_sample, "eval.strict": strict or None}))
+    if folds is not None:
+        clash = [f for f, v in (("--holdout", holdout), ("--task", task), ("--multitask-checkpoint", multitask_checkpoint),
+                                ("--b1-checkpoint", b1_checkpoint), ("--b2-checkpoint", b2_checkpoint),
+                                ("--strict", strict)) if v]
+        if clash:
+            raise typer.BadParameter(f"cannot be combined with {', '.join(clash)} (each fold holds out its own task "
+                                     "and trains its own checkpoints)", param_hint="--folds")
+        return _cv(ctx, folds, method, out, force, ov)
     resolved = state(ctx).load_config(ov)
-    cks = {k: Path(v) for k, v in (("multitask", multitask_checkpoint), ("b1", b1_checkpoint)) if v}
+    cks = {k: Path(v) for k, v in (("multitask", multitask_checkpoint), ("b1", b1_checkpoint), ("b2", b2_checkpoint))
+           if v}
     with progress(ctx) as rep:
         result = run_eval(resolved, methods=method, tasks=task, holdout=holdout, out=out, force=force,
                           checkpoints=cks, overrides=overrides_from(set_), progress=rep)
     emit(ctx, result.to_dict(), render_eval)
     if resolved.config.eval.strict:
         enforce_checks(result)
+
+
+def render_cv(r: dict) -> None:
+    from rich.table import Table
+
+    from ..evaluation.reports import fmt, signed
+
+    def ci(s, key, f=fmt):
+        if s.get(key) is None:
+            return "—"
+        return f(s[key]) + (f" [{f(s[key + '_low'])}, {f(s[key + '_high'])}]" if s.get(key + "_low") is not None else "")
+
+    c = console()
+    t = Table(title=f"cross-validation over {len(r['folds'])} folds ({', '.join(r['folds'])}): "
+                    f"mean [95% t-interval across folds]")
+    for col in ("Method", "Task Accuracy", "Δ vs base", "Δ vs mean-delta", "Gap to oracle", "Centered Cos",
+                "Wins/losses vs base"):
+        t.add_column(col, justify="left" if col == "Method" else "right")
+    for s in r["summary"]:
+        if s.get("reference"):
+            t.add_row(f"{s['method']} (reference)", ci(s, "accuracy"), "", "", "", "", "")
+            continue
+        t.add_row(s["method"], ci(s, "accuracy"), ci(s, "accuracy_vs_base", signed), ci(s, "vs_mean_delta", signed),
+                  ci(s, "gap_to_oracle", signed), ci(s, "centered_cosine"),
+                  f"{s['wins_vs_base']}/{s['losses_vs_base']}")
+    c.print(t)
+    c.print(f"folds run: {', '.join(r['ran']) or 'none'}; already done: {', '.join(r['skipped']) or 'none'}")
+    c.print(f"results: {r['files'].get('md')} (json, csv beside it); per-question scores: "
+            f"{r['out']}/folds/<fold>/questions.json")
+
+
+def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict) -> None:
+    from ..services.cv import run_cv
+
+    resolved = state(ctx).load_config(ov)
+    with progress(ctx) as rep:
+        result = run_cv(resolved, folds=folds, methods=method, out=out, force=force, overrides=ov, progress=rep)
+    emit(ctx, result.to_dict(), render_cv)
 
 
 def register(app: typer.Typer) -> None:

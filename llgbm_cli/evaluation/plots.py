@@ -319,11 +319,7 @@ def _sd(v: list[float]) -> float:
 
 
 def _t95(n: int) -> float:
-    """Two-sided 95% quantile of Student's t with n - 1 degrees of freedom."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-             10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-    df = n - 1
-    if df in table:
-        return table[df]
-    below = max((k for k in table if k < df), default=1)
-    return table[below] if df < 30 else Z95
+    """Two-sided 95% quantile of Student's t with n - 1 degrees of freedom (the one the results tables use)."""
+    from .stats import t_quantile
+
+    return t_quantile(0.975, n - 1)

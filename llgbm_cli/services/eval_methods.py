@@ -270,7 +270,7 @@ register("b1", "the B1 generator (trained on the delta alone) turns the conditio
 @register("b2", "the B2 delta predictor + index retrieval + merge", run="b2", section="delta_only")
 def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
     """B2: the predictor's delta for the task's condition -> index top-k -> merge, written under the
-    eval folder (``adapters/b2/<task>``)."""
+    eval folder (``adapters/b2/<task>``). The predictor folder is ``checkpoints["b2"]`` when given."""
     from ..adapters import load_adapter
     from ..generators.predictor import load_predictor
     from ..models import load_encoder
@@ -278,7 +278,8 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
 
     world = ctx.world
     resolved = world.resolved
-    pfolder = workdir.path(resolved, "b2")
+    given = ctx.checkpoints.get("b2")
+    pfolder = Path(given) if given is not None else workdir.path(resolved, "b2")
     if not pfolder.exists():
         raise InputError(f"method b2: no delta predictor at {pfolder}; make it with `{workdir.made_by('b2')}` "
                          f"and an index with `{workdir.made_by('index')}`")
@@ -296,7 +297,7 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
     for task in tasks:
         texts = condition_texts(world, task, "prompts", 8)
         r = retrieve(resolved, prompts=texts, merge=(strategy, resolved.origin("retrieve.merge_strategy")),
-                     out=ctx.tmp / rel / task, encoder=encoder)
+                     out=ctx.tmp / rel / task, encoder=encoder, predictor=pfolder)
         leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
         if leaked:
             raise InputError(f"method b2: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "

@@ -56,9 +56,12 @@ def retrieve(
     out: Optional[str | Path] = None,
     force: bool = False,
     encoder=None,
+    predictor: Optional[str | Path] = None,
     progress=NULL_PROGRESS,
 ) -> RetrieveResult:
     """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter.
+
+    ``predictor``: the B2 predictor folder (default: the work folder's ``train/b2``).
 
     ``merge``: a strategy name (from ``--merge``) or ``(name, where it came from)``; the other merge
     options come from the config's ``[merge]`` section.
@@ -101,7 +104,7 @@ def retrieve(
         from ..generators.predictor import condition_vector, load_predictor
         from ..models import load_encoder
 
-        pfolder = workdir.path(resolved, "b2")
+        pfolder = Path(predictor) if predictor is not None else workdir.path(resolved, "b2")
         model, meta = load_predictor(pfolder)
         predictor_path = str(pfolder)
         idx.check_source(meta.get("cache"), what=f"the B2 predictor {pfolder}", dim=model.delta_dim)

@@ -1,0 +1,581 @@
+"""`llgbm eval --folds`: leave-one-task-out cross-validation over the zoo's tasks.
+
+Each fold holds out one zoo task ``k``. What a method needs is trained without ``k`` (``multitask``
+and ``b1`` with ``train.<section>.holdout_tasks = [k]``; ``b2`` its delta predictor likewise and a
+retrieval index with ``index.exclude_tasks = [k]`` in ``runs/b2-index``) into ``<out>/folds/<k>/runs/<method>``,
+then the normal evaluation runs on ``k`` alone, held out, into ``<out>/folds/<k>/eval``. ``base``
+and ``mean-delta`` are always evaluated: they are the references every method is compared with.
+
+Per fold, every method's score on each test question is kept (``questions.json``, one list per
+method in the order of ``question_ids``) so the statistics can be recomputed: the accuracy
+difference to ``base`` and to ``mean-delta`` with a paired bootstrap over those questions
+(:mod:`llgbm_cli.evaluation.stats`). Across folds each method's mean comes with a Student-t
+interval. ``oracle-best`` is a reference, never a method: the single training adapter (zoo
+adapters of the other tasks; by default each trajectory's last checkpoint, ``eval.oracle_candidates``)
+with the best test accuracy on ``k``; it reads test labels to choose.
+
+Adapter x task scores are cached under ``<out>/scores`` (keyed by the adapter's sha256, the task,
+its prompt form, the base model and the question ids), so base and zoo adapters are scored once
+across folds and reruns. A finished fold leaves ``done.json`` and is skipped on the next run; a
+finished training run (its ``final`` checkpoint and marker) is reused; an interrupted one resumes
+from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .. import workdir
+from ..errors import InputError
+from ..progress import NULL_PROGRESS
+
+DONE = "done.json"
+QUESTIONS = "questions.json"
+MARKER = "cv.json"  # what makes a folder recognisable as a cross-validation output
+REFERENCES = ("base", "mean-delta")  # always evaluated: the comparisons of every method
+ORACLE = "oracle-best"
+RESAMPLES = 2000
+LEVEL = 0.95
+TRAINED = {"multitask": "multitask", "b1": "delta_only", "b2": "delta_only"}  # trained per fold -> config section
+INDEX = "b2-index"  # the fold's retrieval index (without the fold's task), beside the b2 predictor
+FOLD_FIELDS = [
+    "fold", "method", "accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p",
+    "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high", "vs_mean_delta_p", "gap_to_oracle",
+    "delta_mse", "delta_cosine", "centered_cosine", "norm_ratio", "identified", "n_questions", "metric",
+    "reference", "adapter",
+]
+SUMMARY_KEYS = ("accuracy", "accuracy_vs_base", "vs_mean_delta", "gap_to_oracle", "centered_cosine",
+                "delta_cosine", "delta_mse", "norm_ratio")
+
+
+@dataclass
+class CVResult:
+    out: str
+    command: str
+    base_model: str
+    seed: int
+    test_sample: int
+    methods: list[str]
+    folds: list[str]
+    oracle_candidates: str
+    resamples: int = RESAMPLES
+    level: float = LEVEL
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per fold x method
+    oracle: list[dict[str, Any]] = field(default_factory=list)  # one per fold: the reference
+    summary: list[dict[str, Any]] = field(default_factory=list)  # one per method (+ the oracle reference)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)  # "<fold>/<method>" trained (or resumed) in this run
+    files: dict[str, str] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..evaluation.reports import clean
+
+        return clean(dict(self.__dict__))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def parse_folds(spec: str, zoo_tasks: Sequence[str]) -> list[str]:
+    """``all`` (every zoo task) or comma-separated zoo task names, in the given order."""
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if not names:
+        raise InputError("--folds: give `all` or comma-separated zoo tasks")
+    if names == ["all"]:
+        names = list(zoo_tasks)
+    bad = [t for t in names if t not in zoo_tasks]
+    if bad:
+        raise InputError(f"--folds {', '.join(bad)}: not a task of the zoo; valid: all, {', '.join(zoo_tasks)}")
+    names = list(dict.fromkeys(names))
+    if len(zoo_tasks) < 2:
+        raise InputError(f"--folds: the zoo has one task ({', '.join(zoo_tasks)}); leaving it out leaves nothing "
+                         "to train on: build a zoo of at least two tasks")
+    return names
+
+
+def cv_methods(methods: Sequence[str]) -> list[str]:
+    """The methods of a cross-validation: the references first, then the requested ones."""
+    from .eval_methods import check_methods
+
+    ms = check_methods(list(methods))
+    return [m for m in REFERENCES if m not in ms] + ms
+
+
+def reproduce_command(resolved, folds_spec: str, methods: Sequence[str], out: Path, test_sample: int,
+                      overrides: Optional[dict[str, Any]] = None) -> str:
+    from .eval_methods import toml_value
+
+    parts = ["llgbm"]
+    if resolved.path is not None:
+        parts += ["--project", str(resolved.path)]
+    parts += ["eval", "--folds", folds_spec]
+    for m in methods:
+        parts += ["--method", m]
+    parts += ["--test-sample", str(test_sample), "--out", str(out)]
+    for k, v in sorted((overrides or {}).items()):
+        if v is not None and k != "eval.test_sample":
+            parts += ["--set", f"{k}={toml_value(v)}"]
+    return shlex.join(parts)
+
+
+def fold_overrides(base: dict[str, Any], fold: str, index: Optional[Path] = None) -> dict[str, Any]:
+    """The config of fold ``fold``: every trainer and eval hold it out; with ``index`` (the fold's
+    retrieval index folder, for ``b2``) the index holds none of its adapters."""
+    ov = {k: v for k, v in base.items() if v is not None}
+    ov.update({"train.multitask.holdout_tasks": [fold], "train.delta_only.holdout_tasks": [fold],
+               "eval.holdout": [fold], "eval.tasks": [fold]})
+    if index is not None:
+        ov.update({"index.exclude_tasks": [fold], "index.path": str(index)})
+    return ov
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- scores, cached
+
+
+def adapter_sha256(folder: Path, zoo_sha: Optional[str] = None) -> str:
+    """The zoo manifest's sha256 of an adapter, else the sha256 of its weights and config files."""
+    from ..adapters import CONFIG_FILE
+    from ..io import sha256_file
+
+    if zoo_sha:
+        return zoo_sha
+    folder = Path(folder)
+    parts = [sha256_file(p) for p in sorted(folder.glob("*.safetensors"))]
+    if (folder / CONFIG_FILE).exists():
+        parts.append(sha256_file(folder / CONFIG_FILE))
+    if not parts:
+        raise InputError(f"{folder}: no adapter weights to score")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+class ScoreCache:
+    """Adapter x task scores on a fixed question sample, one JSON file per key under ``folder``."""
+
+    def __init__(self, resolved, folder: Path, model=None, tok=None):
+        self.resolved, self.folder, self.model, self.tok = resolved, Path(folder), model, tok
+        self.hits = 0
+        self.misses = 0
+        self._tasks: dict[str, tuple[Any, Any, list]] = {}
+
+    def base_model(self):
+        """(model, tokenizer) of the base model, loaded on first use (a rerun of finished folds loads nothing)."""
+        if self.model is None:
+            from ..models import load_base_model
+
+            cfg = self.resolved.config
+            self.model, self.tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
+        return self.model, self.tok
+
+    def task(self, name: str):
+        """(form, records) of a task's sampled test questions (eval's sample: same seed, same size)."""
+        from ..tasks.evaluate import form_for
+        from ..tasks.registry import registry_for
+
+        if name not in self._tasks:
+            cfg = self.resolved.config
+            t = registry_for(self.resolved).get(name)
+            self._tasks[name] = (form_for(self.resolved, t), t.sample("test", cfg.eval.test_sample, seed=cfg.project.seed))
+        return self._tasks[name]
+
+    def key(self, adapter_sha: Optional[str], task: str) -> dict[str, Any]:
+        cfg = self.resolved.config
+        form, recs = self.task(task)
+        return {"adapter": adapter_sha or "base", "task": task, "form": repr(form),
+                "base_model": cfg.model.base, "dtype": cfg.model.dtype, "max_length": cfg.data.max_length,
+                "questions": [r.id for r in recs]}
+
+    def score(self, adapter_folder: Optional[Path], task: str, zoo_sha: Optional[str] = None) -> dict[str, Any]:
+        """``{"accuracy", "values", "question_ids", "metric"}`` of an adapter folder (None: the base model)."""
+        from ..adapters import load_adapter
+        from ..io import atomic_write_json
+        from ..tasks.evaluate import score_records_with
+
+        sha = None if adapter_folder is None else adapter_sha256(adapter_folder, zoo_sha)
+        key = self.key(sha, task)
+        path = self.folder / f"{fingerprint(key)}.json"
+        if path.exists():
+            try:
+                got = json.loads(path.read_text())
+                if got.get("key") == key:
+                    self.hits += 1
+                    return got["score"]
+            except (OSError, ValueError):
+                pass  # unreadable: scored again and rewritten
+        cfg = self.resolved.config
+        form, recs = self.task(task)
+        ad = None if adapter_folder is None else load_adapter(adapter_folder)
+        model, tok = self.base_model()
+        s = score_records_with(model, tok, ad, form, recs, batch_size=cfg.eval.batch_size,
+                               generate_batch_size=cfg.data.generate_batch_size, max_length=cfg.data.max_length)
+        out = {"accuracy": s.accuracy, "values": [float(v) for v in s.values()], "question_ids": [r.id for r in recs],
+               "metric": form.metric}
+        atomic_write_json(path, {"key": key, "adapter_folder": None if adapter_folder is None else str(adapter_folder),
+                                 "score": out})
+        self.misses += 1
+        return out
+
+
+# --------------------------------------------------------------------------- oracle candidates
+
+_RUN = re.compile(r"-r(\d+)-s\d+$")
+_STEP = re.compile(r"-s\d+$")
+
+
+def trajectory_of(entry) -> tuple[str, Any]:
+    """(task, trajectory) of a zoo entry: the run of ids ``task-rN-sSTEP`` (``task-sSTEP`` is run 0),
+    else its seed (an imported adapter of another seed is another trajectory)."""
+    m = _RUN.search(entry.id)
+    if m:
+        return entry.task, f"r{m.group(1)}"
+    if _STEP.search(entry.id):
+        return entry.task, "r0"
+    return entry.task, f"seed{entry.seed}"
+
+
+def oracle_candidates(zoo, fold: str, mode: str) -> list[Any]:
+    """Zoo entries of the other tasks: every one (``all``) or each trajectory's last checkpoint (``last``)."""
+    others = [e for e in zoo.entries if e.task != fold]
+    if mode == "all":
+        return others
+    last: dict[tuple[str, Any], Any] = {}
+    for e in others:
+        k = trajectory_of(e)
+        if k not in last or (e.step if e.step is not None else -1, e.id) > (
+                last[k].step if last[k].step is not None else -1, last[k].id):
+            last[k] = e
+    return [e for e in others if last.get(trajectory_of(e)) is e]
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def run_cv(
+    resolved,
+    *,
+    folds: str,
+    methods: Optional[Sequence[str]] = None,
+    out: Optional[str | Path] = None,
+    force: bool = False,
+    overrides: Optional[dict[str, Any]] = None,
+    progress=NULL_PROGRESS,
+) -> CVResult:
+    """Cross-validate ``methods`` over the folds ``folds`` (``all`` or comma-separated tasks); see the module doc."""
+    import shutil
+
+    from ..config import load_config
+    from ..distributed import ProcessGroup
+    from ..io import FileLock, atomic_write_json, check_output, provenance, write_provenance
+    from ..zoo import Zoo
+
+    cfg = resolved.config
+    ec = cfg.eval
+    if ProcessGroup().world > 1:
+        # The trainers of a fold are accelerate-distributed themselves: two folds trained at once
+        # under one launch would wait on each other's collectives.
+        raise InputError("--folds: cross-validation runs as one process (its trainers use every process of a "
+                         "launch themselves); start it without `accelerate launch`")
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
+    if not zoo.entries:
+        raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
+    fold_names = parse_folds(folds, zoo.tasks())
+    ms = cv_methods(list(methods) if methods else list(ec.methods))
+    out = Path(out).expanduser() if out is not None else resolved.resolve_path(f"{ec.out}-cv")
+    out = check_output(out, "cross-validation", force=force, incremental=True,
+                       inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")],
+                       roots=[resolved.workdir, resolved.root])
+    base_ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    command = reproduce_command(resolved, folds, ms, out, ec.test_sample, base_ov)
+    result = CVResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, ms, fold_names,
+                      ec.oracle_candidates)
+    explicit = resolved.path is not None
+    with FileLock(out.parent / f".{out.name}.lock", what=f"the cross-validation {out}"):
+        if force and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MARKER, {"folds": fold_names, "methods": ms, "command": command})
+        write_provenance(out, provenance("eval --folds", resolved.to_dict(), folds=fold_names, methods=ms))
+        scores = ScoreCache(resolved, out / "scores")  # loads the base model when first needed
+        bar = progress.add("cross-validation: folds", total=len(fold_names))
+        for k in fold_names:
+            fdir = out / "folds" / k
+            ov = fold_overrides(base_ov, k, (fdir / "runs" / INDEX) if "b2" in ms else None)
+            cres = load_config(resolved.path, ov, explicit=explicit)
+            fp = fingerprint({"config": cres.to_dict(), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
+            done = fdir / DONE
+            if done.exists():
+                prev = json.loads(done.read_text())
+                if prev.get("fingerprint") == fp:
+                    result.rows.extend(prev["rows"])
+                    result.oracle.append(prev["oracle"])
+                    result.skipped.append(k)
+                    progress.advance(bar)
+                    continue
+            progress.update(bar, description=f"cross-validation: fold {k}")
+            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, result, progress)
+            atomic_write_json(done, {"fold": k, "fingerprint": fp, "rows": rows, "oracle": oracle})
+            result.rows.extend(rows)
+            result.oracle.append(oracle)
+            result.ran.append(k)
+            progress.advance(bar)
+        result.summary = summarize(result.rows, result.oracle, ms)
+        _write_files(out, result)
+    return result
+
+
+def run_fingerprint(cfg, method: str) -> str:
+    """What a trained method's run depends on: its section, the model, LoRA, probes, delta spec, zoo
+    tasks and seed (the condition encoding of every generator lives in ``train.multitask``)."""
+    return fingerprint({
+        "method": method, "section": getattr(cfg.train, TRAINED[method]).model_dump(mode="json"),
+        "multitask": cfg.train.multitask.model_dump(mode="json"),
+        **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo")},
+        **({"index": cfg.index.model_dump(mode="json")} if method == "b2" else {}),
+        "seed": cfg.project.seed,
+    })
+
+
+def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS) -> bool:
+    """Train ``method`` into ``run_dir`` unless a finished run of this config is there (``<run_dir>.json``
+    records it); an interrupted generator run of this config resumes from its latest checkpoint, a run
+    of another config is replaced. ``b2``: the delta predictor, then the index at ``index.path``. True
+    when it trained."""
+    from ..io import atomic_write_json
+    from ..training.loop import find_latest_checkpoint
+    from ..workdir import FINAL
+
+    fp = run_fingerprint(cres.config, method)
+    if method == "b2":
+        from .index import build_index
+        from .train_delta_only import train_b2
+
+        marker = run_dir.parent / f"{run_dir.name}.json"
+        prev = json.loads(marker.read_text()) if marker.exists() else {}
+        if prev.get("fingerprint") == fp and prev.get("finished") and run_dir.exists():
+            return False
+        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
+        train_b2(cres, out_dir=run_dir, force=True, progress=progress)
+        build_index(cres, out=workdir.path(cres, "index"), force=True, progress=progress)
+        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": True})
+        return True
+    marker = run_dir.parent / f"{run_dir.name}.json"
+    if (run_dir / FINAL).exists() and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
+        return False
+    fresh = (run_dir / FINAL).exists() or (marker.exists() and json.loads(marker.read_text()).get("fingerprint") != fp)
+    ck = None if fresh or not run_dir.exists() else find_latest_checkpoint(run_dir)
+    if method == "multitask":
+        from .train_multitask import train_multitask as trainer
+    else:
+        from .train_delta_only import train_b1 as trainer
+    atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
+    trainer(cres, out_dir=run_dir, resume=ck is not None, force=ck is None and run_dir.exists(), progress=progress)
+    atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": True})
+    return True
+
+
+def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache,
+              result: CVResult, progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
+    from ..evaluation.stats import paired_bootstrap
+    from ..io import atomic_write_json
+    from ..workdir import FINAL
+    from .eval import load_world, run_eval
+
+    cfg = cres.config
+    checkpoints = {}
+    for m in methods:
+        if m in TRAINED:
+            run_dir = fdir / "runs" / m
+            if train_method(cres, m, run_dir, progress):
+                result.trained.append(f"{k}/{m}")
+            checkpoints[m] = run_dir if m == "b2" else run_dir / FINAL
+    model, tok = scores.base_model()
+    world = load_world(cres, [k], [k], model=model, tok=tok)
+    ev = run_eval(cres, methods=methods, tasks=[k], holdout=[k], out=fdir / "eval", force=True,
+                  checkpoints=checkpoints, overrides=ov, world=world, progress=progress)
+    by_method = {r["method"]: r for r in ev.rows if r["task"] == k}
+
+    values: dict[str, list[float]] = {}
+    qids: list[str] = []
+    metric = None
+    for m in methods:
+        row = by_method[m]
+        folder = Path(row["adapter"]) if row.get("adapter") else None
+        sha = _zoo_sha(zoo, folder)
+        s = scores.score(folder, k, sha)
+        values[m], qids, metric = s["values"], s["question_ids"], s["metric"]
+
+    oracle = {"fold": k, "method": ORACLE, "reference": True, "adapter": None, "accuracy": None, "candidates": 0,
+              "mode": cfg.eval.oracle_candidates}
+    if cfg.eval.oracle_candidates != "none":
+        cands = oracle_candidates(zoo, k, cfg.eval.oracle_candidates)
+        best = None
+        for e in cands:
+            s = scores.score(zoo.path_of(e), k, e.sha256)
+            if best is None or s["accuracy"] > best[1]["accuracy"]:
+                best = (e, s)
+        if best is not None:
+            oracle.update(adapter=best[0].id, adapter_task=best[0].task, accuracy=best[1]["accuracy"],
+                          candidates=len(cands))
+            values[ORACLE] = best[1]["values"]
+    atomic_write_json(fdir / QUESTIONS, {"fold": k, "metric": metric, "question_ids": qids, "methods": values,
+                                         "oracle_adapter": oracle["adapter"]})
+
+    seed = cfg.project.seed
+    rows = []
+    for m in methods:
+        r = by_method[m]
+        acc = sum(values[m]) / len(values[m]) if values[m] else None
+        vb = paired_bootstrap(values[m], values["base"], resamples=RESAMPLES, seed=seed, level=LEVEL)
+        vm = paired_bootstrap(values[m], values["mean-delta"], resamples=RESAMPLES, seed=seed, level=LEVEL)
+        rows.append({
+            "fold": k, "method": m, "accuracy": acc, "eval_accuracy": r["accuracy"],
+            "accuracy_vs_base": vb["diff"], "vs_base_low": vb["low"], "vs_base_high": vb["high"], "vs_base_p": vb["p"],
+            "vs_mean_delta": vm["diff"], "vs_mean_delta_low": vm["low"], "vs_mean_delta_high": vm["high"],
+            "vs_mean_delta_p": vm["p"],
+            "gap_to_oracle": None if oracle["accuracy"] is None or acc is None else acc - oracle["accuracy"],
+            "delta_mse": r["delta_mse"], "delta_cosine": r["delta_cosine"], "centered_cosine": r["centered_cosine"],
+            "norm_ratio": r["norm_ratio"], "identified": r["identified"], "heldout": r["heldout"],
+            "n_questions": len(values[m]), "metric": metric, "adapter": r.get("adapter"),
+            "eval": str(Path(ev.out) / "results.md"),
+        })
+    return rows, oracle
+
+
+def _zoo_sha(zoo, folder: Optional[Path]) -> Optional[str]:
+    if folder is None:
+        return None
+    for e in zoo.entries:
+        if Path(zoo.path_of(e)).resolve() == folder.resolve():
+            return e.sha256
+    return None
+
+
+# --------------------------------------------------------------------------- across folds
+
+
+def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Per method the mean over folds of each measure with its Student-t interval (``<key>``,
+    ``<key>_low``, ``<key>_high``), and how many folds it beats or loses to base and mean-delta
+    (bootstrap p < 0.05); last the ``oracle-best`` reference."""
+    from ..evaluation.stats import t_interval
+
+    out = []
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        s: dict[str, Any] = {"method": m, "folds": len(rs), "reference": False}
+        for key in SUMMARY_KEYS:
+            ti = t_interval([r.get(key) for r in rs], LEVEL)
+            s[key], s[f"{key}_low"], s[f"{key}_high"] = ti["mean"], ti["low"], ti["high"]
+        s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
+        for ref, p in (("base", "vs_base"), ("mean_delta", "vs_mean_delta")):
+            diff = "accuracy_vs_base" if ref == "base" else "vs_mean_delta"
+            s[f"wins_vs_{ref}"] = sum(1 for r in rs if (r.get(f"{p}_p") or 1) < 0.05 and (r.get(diff) or 0) > 0)
+            s[f"losses_vs_{ref}"] = sum(1 for r in rs if (r.get(f"{p}_p") or 1) < 0.05 and (r.get(diff) or 0) < 0)
+        out.append(s)
+    scored = [o for o in oracle if o.get("accuracy") is not None]
+    if scored:
+        ti = t_interval([o["accuracy"] for o in scored], LEVEL)
+        out.append({"method": ORACLE, "folds": len(scored), "reference": True, "accuracy": ti["mean"],
+                    "accuracy_low": ti["low"], "accuracy_high": ti["high"]})
+    return out
+
+
+def results_md(r: dict[str, Any]) -> str:
+    from ..evaluation.reports import fmt, signed
+
+    def ci(s, key, sign=False):
+        f = signed if sign else fmt
+        if s.get(key) is None:
+            return "—"
+        if s.get(f"{key}_low") is None:
+            return f(s[key])
+        return f"{f(s[key])} [{f(s[f'{key}_low'])}, {f(s[f'{key}_high'])}]"
+
+    def boot(row, key, p):
+        if row.get(key) is None:
+            return "—"
+        return f"{signed(row[key])} [{signed(row[f'{p}_low'])}, {signed(row[f'{p}_high'])}] p={fmt(row[f'{p}_p'], 3)}"
+
+    lines = [
+        "# llgbm cross-validation", "", "Reproduce with:", "", "```bash", r["command"], "```", "",
+        f"Base model `{r['base_model']}`; leave-one-task-out over {len(r['folds'])} folds ({', '.join(r['folds'])}); "
+        f"{r['test_sample']} test questions per task (seed {r['seed']}). In each fold the held-out task was seen "
+        "by no trained method, index or mean.", "",
+        f"Across folds: the mean over folds with a two-sided {int(r['level'] * 100)}% Student-t interval "
+        "(mean ± t(n-1) · sd / √n over the folds' values; it describes the spread across tasks, not the "
+        "precision of one fold). Within a fold: the accuracy difference to `base` and to `mean-delta` on the "
+        f"same questions, with a paired bootstrap over questions ({r['resamples']} resamples, seed {r['seed']}): "
+        f"the {int(r['level'] * 100)}% percentile interval and a two-sided p-value. Wins / losses count folds "
+        "where that difference is significant (p < 0.05).", "",
+        f"`{ORACLE}` is a reference, not a method: per fold the single training adapter (candidates: "
+        f"{r['oracle_candidates']}) with the best test accuracy on the held-out task; choosing it reads the "
+        "test labels. Gap to oracle = method accuracy − oracle-best accuracy.", "",
+        "## Summary (mean over folds)", "",
+        "| Method | Folds | Task Accuracy | Δ vs base | Δ vs mean-delta | Gap to oracle | Centered Cosine | "
+        "Delta Cosine | Task ID | Wins/losses vs base | Wins/losses vs mean-delta |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in r["summary"]:
+        if s.get("reference"):
+            lines.append(f"| {s['method']} (reference) | {s['folds']} | {ci(s, 'accuracy')} | — | — | — | — | — | — "
+                         "| — | — |")
+            continue
+        lines.append(
+            f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {ci(s, 'accuracy_vs_base', True)} | "
+            f"{ci(s, 'vs_mean_delta', True)} | {ci(s, 'gap_to_oracle', True)} | {ci(s, 'centered_cosine')} | "
+            f"{fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
+            f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
+    lines += ["", "## Per fold", "",
+              "| Fold | Method | Task Accuracy | Δ vs base [95%] p | Δ vs mean-delta [95%] p | Gap to oracle | "
+              "Centered Cosine | Delta MSE | Questions |", "|---|---|---|---|---|---|---|---|---|"]
+    oracle = {o["fold"]: o for o in r["oracle"]}
+    for k in r["folds"]:
+        for row in (x for x in r["rows"] if x["fold"] == k):
+            lines.append(f"| {k} | {row['method']} | {fmt(row['accuracy'])} | {boot(row, 'accuracy_vs_base', 'vs_base')}"
+                         f" | {boot(row, 'vs_mean_delta', 'vs_mean_delta')} | {signed(row.get('gap_to_oracle'))} | "
+                         f"{fmt(row.get('centered_cosine'))} | {fmt(row.get('delta_mse'), 6)} | {row['n_questions']} |")
+        o = oracle.get(k) or {}
+        if o.get("accuracy") is not None:
+            lines.append(f"| {k} | {ORACLE} (reference: {o['adapter']}, of {o['candidates']}) | {fmt(o['accuracy'])} "
+                         "| — | — | — | — | — | — |")
+    lines += ["", "Per-question scores: `folds/<fold>/questions.json`; each fold's full evaluation: "
+              "`folds/<fold>/eval/results.md`.", ""]
+    return "\n".join(lines)
+
+
+def _write_files(out: Path, result: CVResult) -> None:
+    from ..evaluation.plots import crossfold_plot
+    from ..evaluation.reports import clean, rows_csv
+    from ..io import atomic_write_json, atomic_write_text
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    folds = {}
+    for k in result.folds:
+        rs = [r for r in result.rows if r["fold"] == k]
+        o = next((o for o in result.oracle if o["fold"] == k), None)
+        if o is not None and o.get("accuracy") is not None:
+            rs = rs + [{"method": f"{ORACLE} (reference)", "accuracy": o["accuracy"], "centered_cosine": None}]
+        folds[k] = rs
+    made = crossfold_plot(folds, plots / "folds.png") or []
+    result.plots = [str(p) for p in made]
+    result.files = {"json": str(out / "results.json"), "csv": str(out / "results.csv"), "md": str(out / "results.md")}
+    d = clean(result.to_dict())
+    atomic_write_json(out / "results.json", d)
+    oracle_rows = [{"fold": o["fold"], "method": ORACLE, "accuracy": o["accuracy"], "reference": True,
+                    "adapter": o["adapter"]} for o in d["oracle"] if o.get("accuracy") is not None]
+    csv_rows = [{**r, "reference": False} for r in d["rows"]] + oracle_rows
+    atomic_write_text(out / "results.csv", rows_csv(csv_rows, FOLD_FIELDS))
+    atomic_write_text(out / "results.md", results_md(d))

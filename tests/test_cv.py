@@ -1,0 +1,227 @@
+"""`llgbm eval --folds`: leave-one-task-out cross-validation on the tiny world (train, eval, statistics,
+oracle-best, resume) and its bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from test_eval import make_world
+
+TASKS = ["arc-easy", "boolq", "openbookqa"]
+CV_TOML = """
+[train.multitask]
+generator = "hyperconv"
+learning_rate = 3e-3
+batch_size = 2
+delta_batch_size = 1
+total_steps = 2
+warmup_steps = 1
+lambda_warmup_steps = 1
+condition_prompts = 2
+max_text_length = 64
+log_interval = 1
+save_interval = 2
+eval_interval = 2
+generator_options = { channels = 8, latent_height = 4, latent_width = 8, depth = 1 }
+"""
+
+
+@pytest.fixture(scope="module")
+def cv_world(tmp_path_factory, tiny):
+    project = make_world(tmp_path_factory.mktemp("cvworld"), tiny[0], per_task=2, tasks=TASKS)
+    project.write_text(project.read_text() + CV_TOML)
+    return project
+
+
+def _run(cli, project, *args):
+    return cli("--project", project, "--quiet", "--json", "eval", *args)
+
+
+def test_folds_train_evaluate_compare_and_resume(cli, cv_world, tmp_path):
+    out = tmp_path / "cv"
+    r = _run(cli, cv_world, "--folds", "arc-easy,boolq", "-m", "base", "-m", "mean-delta", "-m", "multitask",
+             "--test-sample", "5", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["folds"] == ["arc-easy", "boolq"] and res["ran"] == ["arc-easy", "boolq"] and res["skipped"] == []
+    assert sorted(res["trained"]) == ["arc-easy/multitask", "boolq/multitask"]
+    rows = {(x["fold"], x["method"]): x for x in res["rows"]}
+    assert set(rows) == {(k, m) for k in ("arc-easy", "boolq") for m in ("base", "mean-delta", "multitask")}
+    for k in ("arc-easy", "boolq"):
+        # each fold's generator was trained without its task, and eval called the task held out
+        meta = json.loads((out / "folds" / k / "runs" / "multitask" / "final" / "generator.json").read_text())
+        assert k not in meta["trained_on"] and set(meta["trained_on"]) == set(TASKS) - {k}
+        ev = json.loads((out / "folds" / k / "eval" / "results.json").read_text())
+        assert ev["holdout"] == [k] and ev["tasks"] == [k] and "--multitask-checkpoint" in ev["command"]
+        q = json.loads((out / "folds" / k / "questions.json").read_text())
+        assert len(q["question_ids"]) == 5
+        for m in ("base", "mean-delta", "multitask"):
+            row = rows[k, m]
+            vals = q["methods"][m]
+            assert len(vals) == 5 and set(vals) <= {0.0, 1.0}
+            # the per-question scores reproduce eval's own accuracy
+            assert row["accuracy"] == pytest.approx(sum(vals) / 5) == pytest.approx(row["eval_accuracy"])
+            assert row["accuracy_vs_base"] == pytest.approx(row["accuracy"] - rows[k, "base"]["accuracy"])
+            assert row["vs_base_low"] <= row["accuracy_vs_base"] <= row["vs_base_high"]
+            assert 0 < row["vs_base_p"] <= 1
+            assert row["heldout"] is True and row["n_questions"] == 5
+        assert rows[k, "base"]["vs_base_p"] == 1.0 and rows[k, "mean-delta"]["vs_mean_delta_p"] == 1.0
+        assert rows[k, "multitask"]["centered_cosine"] is not None
+    # oracle-best: the best of the other tasks' last checkpoints, with every method's gap to it
+    zoo = [json.loads(x) for x in (cv_world.parent / "runs" / "zoo" / "zoo.jsonl").read_text().splitlines() if x]
+    for o in res["oracle"]:
+        k = o["fold"]
+        assert o["candidates"] == sum(1 for e in zoo if e["task"] != k) and o["adapter"] is not None
+        assert next(e for e in zoo if e["id"] == o["adapter"])["task"] != k
+        q = json.loads((out / "folds" / k / "questions.json").read_text())
+        assert o["accuracy"] == pytest.approx(sum(q["methods"]["oracle-best"]) / 5)
+        cached = [json.loads(p.read_text()) for p in (out / "scores").glob("*.json")]
+        cand = [c["score"]["accuracy"] for c in cached if c["key"]["task"] == k and c["key"]["adapter"] != "base"
+                and "zoo" in (c["adapter_folder"] or "")]
+        assert o["accuracy"] == max(cand)
+        for m in ("base", "mean-delta", "multitask"):
+            assert rows[k, m]["gap_to_oracle"] == pytest.approx(rows[k, m]["accuracy"] - o["accuracy"])
+    # across folds: the mean and its t-interval per method, the oracle as a reference
+    summ = {s["method"]: s for s in res["summary"]}
+    assert summ["oracle-best"]["reference"] is True and summ["multitask"]["reference"] is False
+    for m in ("base", "mean-delta", "multitask"):
+        accs = [rows[k, m]["accuracy"] for k in ("arc-easy", "boolq")]
+        assert summ[m]["folds"] == 2 and summ[m]["accuracy"] == pytest.approx(sum(accs) / 2)
+        if accs[0] != accs[1]:
+            assert summ[m]["accuracy_low"] < summ[m]["accuracy"] < summ[m]["accuracy_high"]
+    md = (out / "results.md").read_text()
+    assert md.splitlines()[5].startswith("llgbm --project") and "--folds arc-easy,boolq" in md
+    assert "oracle-best (reference" in md and "Student-t" in md and "paired bootstrap" in md
+    with open(out / "results.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 8 and sum(x["method"] == "oracle-best" and x["reference"] == "True" for x in table) == 2
+    for f in ("plots/folds.png", "plots/folds.pdf", "plots/folds.svg"):
+        assert (out / f).stat().st_size > 0
+
+    # rerun: finished folds are skipped, nothing retrained, nothing rescored
+    gen = out / "folds" / "boolq" / "runs" / "multitask" / "final" / "generator.safetensors"
+    stamp = {p: p.stat().st_mtime_ns for p in [gen, *(out / "scores").glob("*.json"),
+                                               out / "folds" / "boolq" / "done.json"]}
+    from unittest import mock
+
+    with mock.patch("llgbm_cli.models.load_base_model", side_effect=AssertionError("a finished fold loads no model")):
+        again = json.loads(_run(cli, cv_world, "--folds", "arc-easy,boolq", "-m", "base", "-m", "mean-delta", "-m",
+                                "multitask", "--test-sample", "5", "--out", out).stdout)
+    assert again["ran"] == [] and again["skipped"] == ["arc-easy", "boolq"] and again["trained"] == []
+    assert again["summary"] == res["summary"]
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    # a finished training run of the same config is reused, not retrained
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.cv import fold_overrides, train_method
+
+    cres = load_config(cv_world, fold_overrides({"eval.test_sample": 5}, "boolq"))
+    assert train_method(cres, "multitask", gen.parent.parent) is False
+    assert gen.stat().st_mtime_ns == stamp[gen]
+
+
+def test_folds_bad_input(cli, cv_world, tmp_path):
+    r = _run(cli, cv_world, "--folds", "arc-easy,nope", "-m", "base", "--out", tmp_path / "x")
+    assert r.exit_code == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "--folds nope" in err[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+    r = _run(cli, cv_world, "--folds", "all", "--holdout", "boolq", "-m", "base", "--out", tmp_path / "y")
+    assert r.exit_code == 2 and "--folds" in r.stderr and "--holdout" in r.stderr
+    r = _run(cli, cv_world, "--folds", "boolq", "--task", "boolq", "-m", "base", "--out", tmp_path / "z")
+    assert r.exit_code == 2 and "--task" in r.stderr
+    r = _run(cli, cv_world, "--folds", " , ", "-m", "base", "--out", tmp_path / "z")
+    assert r.exit_code == 2 and "--folds" in r.stderr and not (tmp_path / "z").exists()
+    r = _run(cli, cv_world, "--folds", "boolq", "-m", "nope", "--out", tmp_path / "z")
+    assert r.exit_code == 2 and "--method nope" in r.stderr and not (tmp_path / "z").exists()
+    # one process only: under a multi-process launch it says so instead of racing
+    from unittest import mock
+
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.services.cv import run_cv
+
+    with mock.patch("llgbm_cli.distributed.ProcessGroup.__init__",
+                    lambda self, device="auto": setattr(self, "world", 2)):
+        with pytest.raises(InputError, match="accelerate launch"):
+            run_cv(load_config(cv_world), folds="boolq", methods=["base"], out=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    # a folder that is not a cross-validation output is never written into
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = _run(cli, cv_world, "--folds", "boolq", "-m", "base", "--out", tmp_path / "other")
+    assert r.exit_code == 2 and "not a cross-validation" in r.stderr
+
+
+def test_oracle_candidates_last_per_trajectory():
+    from llgbm_cli.services.cv import oracle_candidates
+    from llgbm_cli.zoo import Zoo, ZooEntry
+
+    ids = [("a-s00010", "a", 10), ("a-s00020", "a", 20), ("a-r1-s00010", "a", 10), ("a-r1-s00020", "a", 20),
+           ("b-s00020", "b", 20), ("c-s00005", "c", 5)]
+    zoo = Zoo("z", [ZooEntry(id=i, path=i, task=t, step=s) for i, t, s in ids])
+    assert [e.id for e in oracle_candidates(zoo, "c", "last")] == ["a-s00020", "a-r1-s00020", "b-s00020"]
+    assert len(oracle_candidates(zoo, "c", "all")) == 5
+    assert [e.id for e in oracle_candidates(zoo, "a", "last")] == ["b-s00020", "c-s00005"]
+
+
+def test_b2_fold_trains_its_predictor_and_index_without_the_task(cli, cv_world, tmp_path):
+    out = tmp_path / "cvb2"
+    r = _run(cli, cv_world, "--folds", "boolq", "-m", "b2", "--test-sample", "4", "--out", out,
+             "--set", "train.delta_only.predictor_epochs=3", "--set", "train.delta_only.predictor_hidden=16")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["methods"] == ["base", "mean-delta", "b2"] and res["trained"] == ["boolq/b2"]
+    runs = out / "folds" / "boolq" / "runs"
+    meta = json.loads((runs / "b2" / "predictor.json").read_text())
+    assert meta["train_ids"] and not any(i.startswith("boolq") for i in meta["train_ids"])
+    ids = json.loads((runs / "b2-index" / "ids.json").read_text())["ids"]
+    assert ids and not any(i.startswith("boolq") for i in ids)
+    row = next(x for x in res["rows"] if x["method"] == "b2")
+    assert row["heldout"] is True and row["n_questions"] == 4
+    ev = json.loads((out / "folds" / "boolq" / "eval" / "results.json").read_text())
+    assert "--b2-checkpoint" in ev["command"] and "index.path" in ev["command"]
+    assert all(h["task"] != "boolq" for h in ev["runs"]["b2"]["hits"]["boolq"])
+    assert "oracle-best (reference" in (out / "results.md").read_text()
+
+
+def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
+    """A finished run of this config is reused, an interrupted one resumes from its latest checkpoint,
+    a run of another config (or a finished one without its marker) is replaced."""
+    from unittest import mock
+
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.cv import run_fingerprint, train_method
+
+    monkeypatch.chdir(tmp_path)  # the built-in defaults, whatever the current folder holds
+    cres = load_config(None, {"train.multitask.holdout_tasks": ["boolq"]})
+    run = tmp_path / "runs" / "multitask"
+    marker = tmp_path / "runs" / "multitask.json"
+    calls = []
+
+    def fake(resolved, *, out_dir, resume, force, progress=None):
+        calls.append({"resume": resume, "force": force})
+        (out_dir / "final").mkdir(parents=True, exist_ok=True)
+
+    with mock.patch("llgbm_cli.services.train_multitask.train_multitask", fake):
+        assert train_method(cres, "multitask", run) is True  # nothing there: a fresh run
+        assert calls[-1] == {"resume": False, "force": False}
+        assert json.loads(marker.read_text()) == {"method": "multitask", "fingerprint": run_fingerprint(
+            cres.config, "multitask"), "finished": True}
+        assert train_method(cres, "multitask", run) is False and len(calls) == 1  # finished: reused
+        # interrupted: no final, a checkpoint, the marker of this config -> resume
+        (run / "final").rmdir()
+        (run / "checkpoints" / "step-00002").mkdir(parents=True)
+        (run / "checkpoints" / "step-00002" / "trainer_state.json").write_text("{}")
+        marker.write_text(json.dumps({"method": "multitask", "fingerprint": run_fingerprint(cres.config, "multitask"),
+                                      "finished": False}))
+        assert train_method(cres, "multitask", run) is True
+        assert calls[-1] == {"resume": True, "force": False}
+        # another config: replaced, not resumed
+        other = load_config(None, {"train.multitask.holdout_tasks": ["boolq"], "train.multitask.total_steps": 777})
+        assert run_fingerprint(other.config, "multitask") != run_fingerprint(cres.config, "multitask")
+        assert train_method(other, "multitask", run) is True
+        assert calls[-1] == {"resume": False, "force": True}
