@@ -53,7 +53,10 @@ def eval_cmd(
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Evaluate methods per task: delta MSE / cosine / centered cosine / task identification against the
-    teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks."""
+    teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks.
+
+    Runs sharded under `accelerate launch -m llgbm_cli eval ...`: the scoring cells and delta
+    batches are dealt to the processes; the same results as one process, written by the main one."""
     from pathlib import Path
 
     from ..services.eval import enforce_checks, run_eval
@@ -65,6 +68,8 @@ def eval_cmd(
     with progress(ctx) as rep:
         result = run_eval(resolved, methods=method, tasks=task, holdout=holdout, out=out, force=force,
                           checkpoints=cks, overrides=overrides_from(set_), progress=rep)
+    if not result.is_main:  # under accelerate launch the main process reports and writes
+        return
     emit(ctx, result.to_dict(), render_eval)
     if resolved.config.eval.strict:
         enforce_checks(result)
