@@ -51,3 +51,73 @@ class ProcessGroup:
     def barrier(self) -> None:
         if self.state is not None:
             self.state.wait_for_everyone()
+
+
+# The launcher's variables that make accelerate, torch and ProcessGroup join a group.
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# How long the processes of a launch wait for each other at the end of independent work (work
+# items such as ablation cells take hours and are uneven; torch's default is 30 minutes).
+MEET_TIMEOUT_S = 7 * 24 * 3600
+
+
+class IndependentProcesses:
+    """The processes of ``accelerate launch`` (a single process otherwise) when each one does whole
+    work items by itself, with commands that would otherwise join the group (a trainer's DDP, a
+    sharded eval), and meets the others only once, at the end.
+
+    No process group exists while they work: :meth:`alone` runs a work item as a single process
+    would (the launcher's variables hidden; on a GPU node the process keeps the GPU of its local
+    rank), and :meth:`gather` then forms a gloo group, with a timeout of :data:`MEET_TIMEOUT_S`, to
+    collect every process's results.
+    """
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0")) if self.world > 1 else 0
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0")) if self.world > 1 else 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list) -> list:
+        """This process's share of ``items``: every world-th item from its rank (round robin)."""
+        return items[self.rank :: self.world]
+
+    def alone(self):
+        """A context in which this process is a single process."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            if self.world == 1:
+                yield
+                return
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)  # "cuda" and "auto" mean this process's GPU
+            saved = {k: os.environ.pop(k) for k in _LAUNCH_VARS if k in os.environ}
+            try:
+                yield
+            finally:
+                os.environ.update(saved)
+
+        return ctx()
+
+    def gather(self, obj: list) -> list:
+        """The concatenation of every process's list, in rank order, on every process."""
+        if self.world == 1:
+            return obj
+        from datetime import timedelta
+
+        import torch.distributed as tdist
+
+        tdist.init_process_group("gloo", rank=self.rank, world_size=self.world,
+                                 timeout=timedelta(seconds=MEET_TIMEOUT_S))
+        try:
+            parts: list = [None] * self.world
+            tdist.all_gather_object(parts, obj)
+        finally:
+            tdist.destroy_process_group()
+        return [x for part in parts for x in part]

@@ -109,3 +109,71 @@ def test_two_cells_run_and_resume(tmp_path, tiny):
     assert third.ran == ["probe_count=3"] and third.skipped == ["lambda_delta=0"]
     assert (out / "probe_count=3" / "train" / "final" / "generator.safetensors").stat().st_mtime == mtime
     assert third.rows[1]["delta_cosine"] == pytest.approx(res.rows[1]["delta_cosine"])
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_run_the_cells_as_one(tmp_path, tiny):
+    """Two gloo processes, a cell each (trained and evaluated alone), give the one-process summary,
+    cell results and generators; a second run skips both cells."""
+    import os
+    import subprocess
+
+    from conftest import launch_cmd
+
+    project = make_world(tmp_path / "w", tiny[0])
+    project.write_text(project.read_text() + ABLATE_TOML)
+    cells = ["lambda_delta=0", "probe_count=3"]
+    runs = project.parent / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def ablate(n: int) -> dict:
+        tail = ["llgbm_cli", "-p", project, "--quiet", "--json", "ablate", "--cell", cells[0], "--cell", cells[1]]
+        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=project.parent,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # only the main process reports
+        rep = json.loads(lines[0])
+        assert rep["processes"] == n
+        return rep
+
+    def snapshot() -> dict:
+        out = runs / "ablation"
+        got = {"summary": (out / "summary.json").read_text()}
+        for c in cells:
+            ev = json.loads((out / c / "eval" / "results.json").read_text())
+            assert ev.pop("seconds") > 0
+            got[c] = ev, (out / c / "train" / "final" / "generator.safetensors").read_bytes()
+            assert json.loads((out / c / "eval" / "llgbm.json").read_text())["processes"] == 1  # the cell ran alone
+        return got
+
+    assert ablate(1)["ran"] == cells
+    one = snapshot()
+    os.replace(runs / "ablation", runs / "ablation-1")
+    rep = ablate(2)
+    assert rep["ran"] == cells and rep["skipped"] == []
+    assert snapshot() == one
+    again = ablate(2)
+    assert again["ran"] == [] and again["skipped"] == cells and again["rows"] == rep["rows"]
+
+
+def test_independent_processes_deal_and_hide_the_launch(monkeypatch):
+    """Rank 1 of 3 gets every third item from the second; while it works alone the launcher's
+    variables are hidden (so trainers and evals see one process), and they are back afterwards."""
+    import os
+
+    from llgbm_cli.distributed import IndependentProcesses, ProcessGroup
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    procs = IndependentProcesses()
+    assert (procs.rank, procs.world, procs.is_main) == (1, 3, False)
+    assert procs.shard(list(range(8))) == [1, 4, 7]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with procs.alone():
+        assert not any(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+        inner = ProcessGroup("cpu")
+        assert (inner.world, inner.is_main, inner.gather([5])) == (1, True, [5])
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("3", "1", "1")
