@@ -4,11 +4,19 @@ Outside ``accelerate launch`` (``WORLD_SIZE`` unset or 1) it is a single process
 is a no-op, so services use it unconditionally. With several processes each one gets a rank and
 a device (``cuda:<local rank>`` on a GPU node, the CPU with gloo otherwise), ``gather`` collects
 plain Python objects on every rank, and ``barrier`` waits for all of them.
+:class:`IndependentProcesses` is for commands whose work items run other commands that would join
+the group themselves (``ablate``: a trainer, an eval): the processes meet only at the end.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+
+# How long the processes of a launch wait for each other at a gather (work items such as zoo
+# trajectories or ablation cells take hours and are uneven; torch's default gives up after 10
+# minutes with NCCL, 30 with gloo).
+MEET_TIMEOUT_S = 7 * 24 * 3600
 
 
 class ProcessGroup:
@@ -25,7 +33,9 @@ class ProcessGroup:
             # `accelerate launch --cpu` alone starts one process (it needs mpirun for more), so a
             # CPU group is launched with --multi_gpu and told here to use CPU (gloo).
             cpu = device == "cpu" or not torch.cuda.is_available()
-            self.state = PartialState(cpu=cpu)
+            # Processes wait for each other at a gather for as long as the slowest one's share
+            # takes (eval: while the main process builds the adapters), not torch's default.
+            self.state = PartialState(cpu=cpu, timeout=timedelta(seconds=MEET_TIMEOUT_S))
             self.rank = self.state.process_index
             self.world = self.state.num_processes
 
@@ -55,9 +65,6 @@ class ProcessGroup:
 
 # The launcher's variables that make accelerate, torch and ProcessGroup join a group.
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-# How long the processes of a launch wait for each other at the end of independent work (work
-# items such as ablation cells take hours and are uneven; torch's default is 30 minutes).
-MEET_TIMEOUT_S = 7 * 24 * 3600
 
 
 class IndependentProcesses:
@@ -109,8 +116,6 @@ class IndependentProcesses:
         """The concatenation of every process's list, in rank order, on every process."""
         if self.world == 1:
             return obj
-        from datetime import timedelta
-
         import torch.distributed as tdist
 
         tdist.init_process_group("gloo", rank=self.rank, world_size=self.world,
