@@ -177,3 +177,71 @@ def test_independent_processes_deal_and_hide_the_launch(monkeypatch):
         inner = ProcessGroup("cpu")
         assert (inner.world, inner.is_main, inner.gather([5])) == (1, True, [5])
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("3", "1", "1")
+
+
+def test_cells_are_dealt_and_gathered_into_the_one_process_summary(tmp_path, monkeypatch):
+    """The dealing and gathering of `ablate` under a launch, in one process with a stand-in cell
+    runner: rank 1 of 2 runs exactly its cells and writes no summary; rank 0, given rank 1's rows
+    at the gather, writes the summary of a one-process run, byte for byte."""
+    import contextlib
+
+    import llgbm_cli.distributed as D
+    from conftest import TINY_TOML
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services import ablate as A
+
+    cells = ["lambda_delta=0", "lambda_delta=0.1", "probe_count=3", "lambda_schedule=constant", "lambda_delta=2"]
+    ran: list = []
+
+    def fake_cell(cres, cell, cdir, ov, progress):
+        ran.append(cell.name)
+        k = cells.index(cell.name)
+        return {"cell": cell.name, "group": cell.group, "delta_cosine": 0.1 * k, "centered_cosine": 0.05 * k,
+                "task_identification": 0.5, "accuracy": 0.2 + 0.01 * k, "accuracy_vs_base": 0.01 * k}
+
+    monkeypatch.setattr(A, "_run_cell", fake_cell)
+    passed: dict = {}
+
+    class Fake:
+        def __init__(self, rank):
+            self.rank, self.world, self.is_main = rank, 2, rank == 0
+
+        def shard(self, items):
+            return items[self.rank::2]
+
+        def alone(self):
+            return contextlib.nullcontext()
+
+        def gather(self, mine):
+            passed[self.rank] = mine
+            return passed.get(0, []) + passed.get(1, [])
+
+    def project(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "llgbm.toml").write_text(TINY_TOML)
+        return load_config(tmp_path / name / "llgbm.toml")
+
+    one = A.run_ablate(project("one"), cells=cells)
+    assert one.ran == cells and ran == cells
+    two = project("two")
+    ran.clear()
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(1))
+    r1 = A.run_ablate(two, cells=cells)
+    assert not r1.is_main and ran == cells[1::2] and r1.rows == []
+    out = Path(r1.out)
+    assert not (out / "summary.json").exists()
+    ran.clear()
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(0))
+    r0 = A.run_ablate(two, cells=cells)
+    assert r0.is_main and ran == cells[0::2] and r0.ran == cells
+    assert r0.rows == one.rows
+    for f in ("summary.json", "summary.csv", "summary.md"):
+        assert (out / f).read_bytes() == (Path(one.out) / f).read_bytes(), f
+    # resume: every cell is done, whichever rank ran it, and each rank skips its own
+    ran.clear()
+    passed.clear()
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(1))
+    A.run_ablate(two, cells=cells)
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(0))
+    again = A.run_ablate(two, cells=cells)
+    assert ran == [] and again.ran == [] and again.skipped == cells and again.rows == one.rows
