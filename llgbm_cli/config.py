@@ -121,7 +121,7 @@ class ZooSection(Section):
 class ProbesSection(Section):
     source: str = Field(
         "generic",
-        description="Built-in probe set name (`generic`, or `task:<name>` for any registered task) or a .txt/.jsonl file path.",
+        description="Built-in probe set name (`generic`, `task:<name>` for any registered task, `task:<a>,<b>,...` for an equal share of several tasks' prompts) or a .txt/.jsonl file path.",
     )
     count: Optional[int] = Field(None, ge=1, description="Use only the first N probes (None: all).")
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template to probes.")

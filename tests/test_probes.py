@@ -63,3 +63,15 @@ def test_unknown_names_list_valid_ones():
         read_probe_texts("task:nope")
     with pytest.raises(InputError, match="not found"):
         read_probe_texts("missing/probes.txt")
+
+
+def test_several_tasks_share_a_probe_set():
+    from llgbm_cli.deltas.probes import read_probe_texts
+    from llgbm_cli.errors import InputError
+
+    one = read_probe_texts("task:arc-easy", count=6)
+    two = read_probe_texts("task:arc-easy,gsm8k", count=6)
+    assert len(two) == 6 and two[0::2] == read_probe_texts("task:arc-easy", count=3)
+    assert two[1::2] == read_probe_texts("task:gsm8k", count=3) and len(one) == 6
+    with pytest.raises(InputError, match="task:nope"):
+        read_probe_texts("task:arc-easy,nope")

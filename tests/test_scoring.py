@@ -105,3 +105,16 @@ def test_training_and_scoring_share_one_format(tiny):
     # Truncation keeps the end of the prompt (options and answer cue) and the whole target.
     ids_short, labels_short = training_example(tok, rec, max_length=24)
     assert len(ids_short) <= 24 and labels_short[-len(target) - 1 : -1] == target
+
+
+def test_paired_difference_against_a_hand_computation():
+    from llgbm_cli.tasks.evaluate import paired_difference
+
+    a, b = [1, 1, 0, 1, 1, 0], [0, 1, 0, 0, 1, 1]
+    d = [1, 0, 0, 1, 0, -1]  # mean 1/6, sample variance (sum (d - 1/6)^2) / 5
+    var = sum((x - 1 / 6) ** 2 for x in d) / 5
+    r = paired_difference(a, b)
+    assert r["diff"] == pytest.approx(1 / 6) and r["se"] == pytest.approx((var / 6) ** 0.5) and r["n"] == 6
+    assert paired_difference(a, a)["z"] is None
+    with pytest.raises(ValueError):
+        paired_difference([1], [1, 0])

@@ -143,6 +143,27 @@ def test_resume_refuses_changed_config(tiny_train_project):
         _train(tiny_train_project, {"train.multitask.total_steps": 6, "train.multitask.lambda_delta": 2.0}, resume=True)
 
 
+def test_resume_of_a_run_that_predates_a_config_key(tiny_train_project):
+    """A key the checkpoint's recorded config lacks counts as its default: resuming is allowed while
+    the current value is that default, refused (naming the key) once it is not."""
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.io import PROVENANCE_FILE
+
+    res = _train(tiny_train_project, {"train.multitask.total_steps": 4, "train.multitask.save_interval": 2})
+    ckpt = Path(res.out_dir) / "checkpoints" / "step-000002"
+    prov = json.loads((ckpt / PROVENANCE_FILE).read_text())
+    del prov["config"]["train"]["multitask"]["token_weighting"]  # as a run started before the key existed
+    del prov["config"]["lora"]["dropout"]
+    (ckpt / PROVENANCE_FILE).write_text(json.dumps(prov))
+    with pytest.raises(InputError, match="token_weighting"):
+        _train(tiny_train_project, {"train.multitask.total_steps": 4, "train.multitask.save_interval": 2,
+                                    "train.multitask.token_weighting": "spread"}, resume=ckpt,
+               out_dir=tiny_train_project.parent / "r1")
+    res2 = _train(tiny_train_project, {"train.multitask.total_steps": 4, "train.multitask.save_interval": 2},
+                  resume=ckpt, out_dir=tiny_train_project.parent / "r2")
+    assert res2.resumed_from == 2
+
+
 def test_nan_stops_cleanly_keeping_last_checkpoint(tiny_train_project, cli):
     # A huge learning rate sends the generator's weights to ~1e30 after one step: the next loss is Inf.
     r = cli("-p", tiny_train_project, "--quiet", "train", "multitask", "--lr", "1e30",

@@ -160,7 +160,15 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
         assert t["last"] == f"{task}-s00006"
     assert rep["beats_base"]["of"] == 2
     saved = json.loads((root / "runs/zoo/scores.json").read_text())
-    assert saved["tasks"] == rep["tasks"]
+    assert {t: {k: v for k, v in r.items() if k not in ("questions", "question_ids")}
+            for t, r in saved["tasks"].items()} == rep["tasks"]
+    for task, t in saved["tasks"].items():  # every question's score is kept: the accuracies are their means
+        assert len(t["question_ids"]) == 6 and t["questions"]["base"] and set(t["questions"]) == {"base", *t["adapters"]}
+        for aid, acc in t["adapters"].items():
+            assert sum(t["questions"][aid]) / 6 == pytest.approx(acc)
+            vb = t["vs_base"][aid]
+            assert vb["diff"] == pytest.approx(acc - t["base"]) and vb["n"] == 6
+            assert vb["beats_base_2se"] == (vb["se"] > 0 and vb["diff"] >= 2 * vb["se"])
     last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
     assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
 
@@ -249,3 +257,32 @@ def test_runs_add_independent_trajectories_on_data_subsets(built, tiny, tmp_path
     (root / "llgbm.toml").write_text(text.replace("[zoo]", "[zoo]\nruns = 2\ndata_fraction = 0.5", 1))
     sub = load_config(root / "llgbm.toml")
     assert build_spec(sub) != build_spec(resolved) and build_spec(resolved)["zoo"].get("data_fraction") is None
+
+
+def test_loo_nearest_task_by_hand():
+    import torch
+
+    from llgbm_cli.evaluation.metrics import loo_nearest_task
+
+    X = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.8, 0.2]])
+    tasks = ["a", "a", "b", "b", "b"]  # the last "b" row sits among the "a" rows
+    r = loo_nearest_task(X, tasks)
+    assert r["per_task"] == {"a": 1.0, "b": pytest.approx(2 / 3)} and r["accuracy"] == pytest.approx(4 / 5)
+    # Leaving out each row's whole group: rows 0/1 (group a0) must find a neighbour elsewhere.
+    g = loo_nearest_task(X, tasks, ["a0", "a0", "b0", "b1", "b1"])
+    assert g["per_task"]["a"] == 0.0 and g["n"] == 5
+    assert r["within_task_cosine"] > 0 and r["between_task_cosine"] > 0
+
+
+def test_zoo_separation_reads_the_cache(built, tiny, cli, tmp_path):
+    from llgbm_cli.services.cache_deltas import run_cache_deltas
+
+    root = _copy_project(built, tmp_path)
+    run_cache_deltas(load_config(root / "llgbm.toml"))
+    r = cli("-p", root / "llgbm.toml", "--json", "zoo", "separation")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["adapters"] == 4 and d["tasks"] == 2
+    lo = d["raw"]["leave_one_checkpoint_out"]
+    assert lo["n"] == 4 and 0 <= lo["accuracy"] <= 1 and set(lo["per_task"]) == {"arc-easy", "boolq"}
+    assert d["raw"]["leave_one_trajectory_out"]["n"] == 4

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, progress, state
+from .common import console, emit, force_option, overrides_from, progress, set_option, state
 
 zoo_app = typer.Typer(help="Teacher LoRA zoo: build trajectories, register adapters, score them.",
                       no_args_is_help=True)
@@ -115,6 +115,32 @@ def score_cmd(
         b = d["beats_base"]
         console().print(f"teachers beat the base model on {b['count']} of {b['of']} tasks"
                         + (f": {', '.join(b['tasks'])}" if b["tasks"] else ""))
+        s = d["teacher_beats_base_2se"]
+        console().print(f"the last checkpoint is ahead of base by >= 2 paired standard errors on {s['count']} of "
+                        f"{s['of']} tasks" + (f": {', '.join(s['tasks'])}" if s["tasks"] else ""))
+
+    emit(ctx, report, render)
+
+
+@zoo_app.command("separation")
+def separation_cmd(ctx: typer.Context, set_: Optional[List[str]] = set_option()) -> None:
+    """Leave-one-out nearest-neighbour task accuracy of the teachers' cached deltas (raw and centered)."""
+    from ..services.separation import zoo_separation
+
+    report = zoo_separation(state(ctx).load_config(overrides_from(set_)))
+
+    def render(d):
+        from rich.table import Table
+
+        table = Table(title=f"{d['adapters']} teacher deltas of {d['tasks']} tasks, probes {d['probes']}")
+        for c in ("deltas", "left out", "NN task accuracy", "within-task cos", "between-task cos"):
+            table.add_column(c, justify="left" if c in ("deltas", "left out") else "right")
+        for kind in ("raw", "centered"):
+            for lo, label in (("leave_one_checkpoint_out", "the checkpoint"), ("leave_one_trajectory_out", "its trajectory")):
+                r = d[kind][lo]
+                table.add_row(kind, label, f"{r['accuracy']:.3f} ({r['n']})", f"{r['within_task_cosine']:.3f}",
+                              f"{r['between_task_cosine']:.3f}")
+        console().print(table)
 
     emit(ctx, report, render)
 

@@ -108,19 +108,26 @@ def probe_fingerprint(token_ids: list[list[int]]) -> str:
 
 def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0, tasks=None) -> list[str]:
     """The raw probe texts of a built-in set name, ``task:<name>`` (prompts of any task that
-    ``tasks``, a TaskRegistry, knows; default the built-in presets) or a file (no tokenizer needed)."""
+    ``tasks``, a TaskRegistry, knows; default the built-in presets), ``task:<a>,<b>,...`` (an equal
+    share of each task's prompts, interleaved) or a file (no tokenizer needed)."""
     source = str(source).strip()
     if source.startswith(TASK_PREFIX):
         from ..tasks.registry import builtin_registry
 
         reg = tasks or builtin_registry()
-        name = source[len(TASK_PREFIX):]
-        try:
-            task = reg.get(name)
-        except InputError:
+        names = [n.strip() for n in source[len(TASK_PREFIX):].split(",") if n.strip()]
+        want = count or TASK_PROBES
+        per_task = []
+        for name in names:  # `task:a,b,c`: the tasks' prompts interleaved, an equal share each
+            try:
+                task = reg.get(name)
+            except InputError:
+                raise InputError(_unknown(f"{TASK_PREFIX}{name}", reg))
+            share = want if len(names) == 1 else -(-want // len(names))
+            per_task.append([r.prompt for r in task.sample("train", share, seed=seed)])
+        if not names:
             raise InputError(_unknown(source, reg))
-        recs = task.sample("train", count or TASK_PROBES, seed=seed)
-        texts = [r.prompt for r in recs]
+        texts = [t for group in zip(*per_task) for t in group] if len(per_task) > 1 else per_task[0]
     else:
         path = Path(source).expanduser()
         builtin = PROBE_DIR / f"{source}.txt"

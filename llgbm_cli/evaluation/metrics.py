@@ -84,3 +84,40 @@ def mean_of(values: list[Optional[float]]) -> float:
     """Mean of the finite values (NaN when there are none)."""
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(vals) / len(vals) if vals else math.nan
+
+
+def loo_nearest_task(X: "torch.Tensor", tasks: list[str], groups: Optional[list[str]] = None) -> dict:
+    """Leave-one-out nearest-neighbour task accuracy of the rows of ``X`` ``[N, D]`` (cosine).
+
+    Each row's nearest other row (highest cosine) votes for its task; with ``groups`` (e.g. a
+    teacher's trajectory) every row of the same group is left out too, so a checkpoint cannot be
+    identified by its own trajectory's neighbours. Returns the accuracy, the hits per task, and the
+    mean cosine between rows of the same task (other groups where given) and of different tasks.
+    """
+    import torch
+
+    n = X.shape[0]
+    if n != len(tasks) or (groups is not None and len(groups) != n):
+        raise ValueError("loo_nearest_task: one task (and group) per row")
+    Xn = X.double() / X.double().norm(dim=1, keepdim=True).clamp_min(EPS)
+    C = Xn @ Xn.T
+    hits: dict[str, list[int]] = {}
+    same, diff = [], []
+    for i in range(n):
+        mask = torch.ones(n, dtype=torch.bool)
+        mask[i] = False
+        if groups is not None:
+            mask &= torch.tensor([g != groups[i] for g in groups])
+        if not bool(mask.any()):
+            continue
+        scores = C[i].masked_fill(~mask, -math.inf)
+        j = int(torch.argmax(scores))
+        hits.setdefault(tasks[i], []).append(int(tasks[j] == tasks[i]))
+        for k in range(i + 1, n):
+            if mask[k]:
+                (same if tasks[k] == tasks[i] else diff).append(float(C[i, k]))
+    total = [h for hs in hits.values() for h in hs]
+    return {"accuracy": sum(total) / len(total) if total else math.nan, "n": len(total),
+            "per_task": {t: sum(h) / len(h) for t, h in sorted(hits.items())},
+            "within_task_cosine": sum(same) / len(same) if same else math.nan,
+            "between_task_cosine": sum(diff) / len(diff) if diff else math.nan}

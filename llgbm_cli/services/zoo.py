@@ -571,10 +571,17 @@ class ScoreReport:
     seed: int
     tasks: dict[str, dict[str, Any]]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, questions: bool = False) -> dict[str, Any]:
+        """The report; ``questions`` keeps every question's 0/1 score (written to scores.json)."""
+        tasks = self.tasks if questions else {
+            t: {k: v for k, v in r.items() if k not in ("questions", "question_ids")} for t, r in self.tasks.items()}
         beats = [t for t, r in self.tasks.items() if r.get("best") is not None and r["best_accuracy"] > r["base"]]
-        return {"zoo": self.zoo, "test_sample": self.test_sample, "seed": self.seed, "tasks": self.tasks,
-                "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)}}
+        # The task's teacher (its last checkpoint) ahead of base by at least two paired standard errors.
+        sig = [t for t, r in self.tasks.items()
+               if r.get("last") and r.get("vs_base", {}).get(r["last"], {}).get("beats_base_2se")]
+        return {"zoo": self.zoo, "test_sample": self.test_sample, "seed": self.seed, "tasks": tasks,
+                "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)},
+                "teacher_beats_base_2se": {"tasks": sig, "count": len(sig), "of": len(self.tasks)}}
 
 
 def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optional[int] = None,
@@ -589,7 +596,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     """
     from ..adapters import load_adapter, validate_against
     from ..progress import NULL_PROGRESS
-    from ..tasks.evaluate import form_for, score_records, score_records_with
+    from ..tasks.evaluate import form_for, paired_difference, score_records, score_records_with
     from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS
@@ -620,18 +627,24 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
         base = score_records(model, tok, form, recs, progress=progress, progress_task=bar, **kw)
         accs: dict[str, float] = {}
         metrics: dict[str, dict[str, float]] = {"base": base.metrics}
+        questions: dict[str, list[int]] = {"base": base.values()}
+        vs_base: dict[str, dict[str, Any]] = {}
         for e in entries:
             ad = load_adapter(zoo.path_of(e))
             validate_against(ad, model)
             sc = score_records_with(model, tok, ad, form, recs, progress=progress, progress_task=bar, **kw)
             accs[e.id], metrics[e.id] = sc.accuracy, sc.metrics
+            questions[e.id] = sc.values()
+            pd = paired_difference(questions[e.id], questions["base"])
+            vs_base[e.id] = {**pd, "beats_base_2se": bool(pd["se"] > 0 and pd["diff"] >= 2 * pd["se"])}
         best = max(accs, key=lambda k: accs[k]) if accs else None
         out[task] = {"n": len(recs), "kind": form.kind, "metric": form.metric,
                      **({"scoring": form.scoring} if form.scoring else {}),
                      "base": base.accuracy, "adapters": accs, "best": best,
                      "best_accuracy": accs[best] if best else None,
-                     "last": entries[-1].id if entries else None, "metrics": metrics}
+                     "last": entries[-1].id if entries else None, "metrics": metrics, "vs_base": vs_base,
+                     "question_ids": [r.id for r in recs], "questions": questions}
     report = ScoreReport(str(folder), n, cfg.project.seed, out)
-    atomic_write_json(folder / SCORES_FILE, {**report.to_dict(),
+    atomic_write_json(folder / SCORES_FILE, {**report.to_dict(questions=True),
                                              "provenance": provenance("zoo score", resolved.to_dict())})
     return report

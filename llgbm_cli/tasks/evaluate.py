@@ -22,6 +22,30 @@ class TaskScore:
     def to_dict(self) -> dict:
         return {"metric": self.form.metric, "accuracy": self.accuracy, "n": self.n, **self.metrics}
 
+    def values(self) -> list[int]:
+        """Each question's headline metric (1 right, 0 wrong), in record order: ``accuracy`` is their mean."""
+        res = self.result
+        if hasattr(res, "outputs"):  # generative
+            return [int(bool(o["correct"])) for o in res.outputs]
+        if self.form.metric == "acc_norm":
+            return [int(q.pred_norm == q.answer) for q in res.per_question]
+        return [int(q.correct) for q in res.per_question]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of ``a - b`` over the same questions with its standard error (sample std of the paired
+    differences / sqrt(n)) and ``z`` = diff / se (None when se is 0)."""
+    import math
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_difference: the two score lists must be non-empty and of equal length")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    se = math.sqrt(var / n)
+    return {"diff": mean, "se": se, "z": (mean / se) if se > 0 else None, "n": n}
+
 
 def score_records(model, tokenizer, form: PromptForm, records: Sequence, *, batch_size: int = 16,
                   generate_batch_size: int = 16, max_length: Optional[int] = None, progress=None,

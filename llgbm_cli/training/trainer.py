@@ -117,6 +117,15 @@ class Prepared:
         return out
 
 
+def _with_defaults(old: Optional[dict], section) -> Optional[dict]:
+    """``old`` (a config section as a checkpoint recorded it) with the keys it lacks filled in from
+    ``section``'s class defaults."""
+    if not isinstance(old, dict):
+        return old
+    defaults = type(section)().model_dump(mode="json")
+    return {**{k: v for k, v in defaults.items() if k not in old}, **old}
+
+
 def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
     """Refuse to resume from a checkpoint whose config differs in anything but the resumable keys."""
     from ..io import read_provenance
@@ -129,8 +138,13 @@ def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
     if not old:
         return
     new = resolved.to_dict()
-    diffs = [s for s in ("model", "lora", "probes", "delta") if old.get(s) != new.get(s)]
-    od, nd = old.get("train", {}).get(spec.section, {}), new["train"][spec.section]
+    cfg = resolved.config
+    # A key the checkpoint's config lacks (added to llgbm after that run started) counts as its
+    # default: the run used the behaviour that default keeps.
+    diffs = [s for s in ("model", "lora", "probes", "delta")
+             if _with_defaults(old.get(s), getattr(cfg, s)) != new.get(s)]
+    section = getattr(cfg.train, spec.section)
+    od, nd = _with_defaults(old.get("train", {}).get(spec.section, {}), section), new["train"][spec.section]
     diffs += [f"train.{spec.section}.{k}" for k in nd
               if k not in spec.resumable and not spec.not_compared(k) and od.get(k) != nd[k]]
     if diffs:

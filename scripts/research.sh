@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The research world end to end (profiles/research.toml): 13 tasks, two teacher trajectories per
+# task, leave-one-task-out cross-validation over every task, and the lever ablation. Every step
+# reuses finished work when run again (kill it and rerun to resume). The wall time of each step is
+# appended to <workdir>/timings.jsonl; docs/results.md quotes those and the tables this writes.
+#
+#   bash scripts/research.sh               # everything
+#   STEPS="zoo score deltas" bash scripts/research.sh   # only some steps, in this order
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
+llgbm() { command llgbm -p "$PROJECT" "$@"; }
+W=$(command llgbm -p "$PROJECT" config workdir)
+mkdir -p "$W"
+STEPS=${STEPS:-"zoo score deltas separation cv ablate"}
+TASKS=$(command llgbm -p "$PROJECT" --json config show | python -c 'import json,sys; print(",".join(json.load(sys.stdin)["values"]["zoo.tasks"]))')
+
+step() {  # step NAME COMMAND...: run it, record its wall time
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  "$@"
+  printf '{"step": "%s", "seconds": %d, "finished": "%s", "load": "%s"}\n' "$name" "$(( $(date +%s) - t0 ))" \
+    "$(date -u +%FT%TZ)" "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$W/timings.jsonl"
+}
+
+for s in $STEPS; do
+  case $s in
+    zoo) step zoo llgbm config validate && step zoo llgbm zoo build ;;
+    # Each task's last teacher and the base model on the task's test split (up to 500 questions).
+    score) step score llgbm --json zoo score --checkpoints last --test-sample 500 > "$W/zoo-score.json" ;;
+    # Deltas on the generic probes (the ones every method is measured with) and on task probes.
+    deltas)
+      step deltas llgbm cache-deltas
+      step deltas-task-probes llgbm cache-deltas --set "probes.source=task:$TASKS" --set probes.count=52 \
+        --set delta.cache=deltas-task-probes ;;
+    separation)
+      llgbm --json zoo separation > "$W/separation-generic.json"
+      llgbm --json zoo separation --set "probes.source=task:$TASKS" --set probes.count=52 \
+        --set delta.cache=deltas-task-probes > "$W/separation-task-probes.json" ;;
+    # Leave-one-task-out over every task: what each method needs is trained without fold k's task.
+    cv) step cv llgbm eval --folds all --out "$W/cv" ;;
+    ablate) step ablate llgbm ablate --out "$W/ablate" ;;
+    *) echo "unknown step $s (steps: zoo score deltas separation cv ablate)" >&2; exit 2 ;;
+  esac
+done
+echo "results: $W/cv/results.md   ablation: $W/ablate/"
