@@ -109,3 +109,16 @@ def tiny_project(tmp_path):
     p = tmp_path / "llgbm.toml"
     p.write_text(TINY_TOML)
     return p
+
+
+def launch_cmd(tail: list, processes: int) -> list:
+    """``python -m <tail>`` as one process, or under ``accelerate launch`` as ``processes`` gloo
+    processes on the CPU (accelerate's --cpu starts one process unless MPI is set up; --multi_gpu
+    with no CUDA gives gloo processes)."""
+    import sys
+
+    tail = [str(a) for a in tail]
+    if processes == 1:
+        return [sys.executable, "-m", *tail]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *tail]

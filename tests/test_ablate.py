@@ -147,3 +147,139 @@ def test_lever_cells_run_with_their_overrides(tmp_path):
     ov = cell_overrides(res, Cell("task_weight=0.1", "task_weight", {"train.multitask.task_weight": 0.1}), {})
     assert ov == {"train.multitask.total_steps": 50, "train.multitask.task_weight": 0.1}
     assert load_config(None, ov).config.train.multitask.task_weight == 0.1
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_run_the_cells_as_one(tmp_path, tiny):
+    """Two gloo processes, a cell each (trained and evaluated alone), give the one-process summary,
+    cell results and generators; a second run skips both cells."""
+    import os
+    import subprocess
+
+    from conftest import launch_cmd
+
+    project = make_world(tmp_path / "w", tiny[0])
+    project.write_text(project.read_text() + ABLATE_TOML)
+    cells = ["lambda_delta=0", "probe_count=3"]
+    runs = project.parent / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def ablate(n: int) -> dict:
+        tail = ["llgbm_cli", "-p", project, "--quiet", "--json", "ablate", "--cell", cells[0], "--cell", cells[1]]
+        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=project.parent,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # only the main process reports
+        rep = json.loads(lines[0])
+        assert rep["processes"] == n
+        return rep
+
+    def snapshot() -> dict:
+        out = runs / "ablation"
+        got = {"summary": (out / "summary.json").read_text()}
+        for c in cells:
+            ev = json.loads((out / c / "eval" / "results.json").read_text())
+            assert ev.pop("seconds") > 0
+            got[c] = ev, (out / c / "train" / "final" / "generator.safetensors").read_bytes()
+            assert json.loads((out / c / "eval" / "llgbm.json").read_text())["processes"] == 1  # the cell ran alone
+        return got
+
+    assert ablate(1)["ran"] == cells
+    one = snapshot()
+    os.replace(runs / "ablation", runs / "ablation-1")
+    rep = ablate(2)
+    assert rep["ran"] == cells and rep["skipped"] == []
+    assert snapshot() == one
+    again = ablate(2)
+    assert again["ran"] == [] and again["skipped"] == cells and again["rows"] == rep["rows"]
+
+
+def test_independent_processes_deal_and_hide_the_launch(monkeypatch):
+    """Rank 1 of 3 gets every third item from the second; while it works alone the launcher's
+    variables are hidden (so trainers and evals see one process), and they are back afterwards."""
+    import os
+
+    from llgbm_cli.distributed import IndependentProcesses, ProcessGroup
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    procs = IndependentProcesses()
+    assert (procs.rank, procs.world, procs.is_main) == (1, 3, False)
+    assert procs.shard(list(range(8))) == [1, 4, 7]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with procs.alone():
+        assert not any(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+        inner = ProcessGroup("cpu")
+        assert (inner.world, inner.is_main, inner.gather([5])) == (1, True, [5])
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("3", "1", "1")
+
+
+def test_cells_are_dealt_and_gathered_into_the_one_process_summary(tmp_path, monkeypatch):
+    """The dealing and gathering of `ablate` under a launch, in one process with a stand-in cell
+    runner: rank 1 of 2 runs exactly its cells and writes no summary; rank 0, given rank 1's rows
+    at the gather, writes the summary of a one-process run, byte for byte."""
+    import contextlib
+
+    import llgbm_cli.distributed as D
+    from conftest import TINY_TOML
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services import ablate as A
+
+    cells = ["lambda_delta=0", "lambda_delta=0.1", "probe_count=3", "lambda_schedule=constant", "lambda_delta=2"]
+    ran: list = []
+
+    def fake_cell(cres, cell, cdir, ov, progress):
+        ran.append(cell.name)
+        k = cells.index(cell.name)
+        return {"cell": cell.name, "group": cell.group, "delta_cosine": 0.1 * k, "centered_cosine": 0.05 * k,
+                "task_identification": 0.5, "accuracy": 0.2 + 0.01 * k, "accuracy_vs_base": 0.01 * k}
+
+    monkeypatch.setattr(A, "_run_cell", fake_cell)
+    passed: dict = {}
+
+    class Fake:
+        def __init__(self, rank):
+            self.rank, self.world, self.is_main = rank, 2, rank == 0
+
+        def shard(self, items):
+            return items[self.rank::2]
+
+        def alone(self):
+            return contextlib.nullcontext()
+
+        def gather(self, mine):
+            passed[self.rank] = mine
+            return passed.get(0, []) + passed.get(1, [])
+
+    def project(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "llgbm.toml").write_text(TINY_TOML)
+        return load_config(tmp_path / name / "llgbm.toml")
+
+    one = A.run_ablate(project("one"), cells=cells)
+    assert one.ran == cells and ran == cells
+    two = project("two")
+    ran.clear()
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(1))
+    r1 = A.run_ablate(two, cells=cells)
+    assert not r1.is_main and ran == cells[1::2] and r1.rows == []
+    out = Path(r1.out)
+    assert not (out / "summary.json").exists()
+    ran.clear()
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(0))
+    r0 = A.run_ablate(two, cells=cells)
+    assert r0.is_main and ran == cells[0::2] and r0.ran == cells
+    assert r0.rows == one.rows
+    for f in ("summary.json", "summary.csv", "summary.md"):
+        assert (out / f).read_bytes() == (Path(one.out) / f).read_bytes(), f
+    # resume: every cell is done, whichever rank ran it, and each rank skips its own
+    ran.clear()
+    passed.clear()
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(1))
+    A.run_ablate(two, cells=cells)
+    monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(0))
+    again = A.run_ablate(two, cells=cells)
+    assert ran == [] and again.ran == [] and again.skipped == cells and again.rows == one.rows

@@ -215,3 +215,22 @@ def test_smollm2_reuse_equals_full_forward_and_peft(smollm2, tmp_path):
         d.pow(2).sum().backward()
         out.append((d.detach(), torch.cat([w.B.grad.flatten() for w in stacked.values()])))
     assert _rel(out[0][0], out[1][0]) <= 1e-5 and _rel(out[0][1], out[1][1]) <= 1e-4
+
+
+def test_shares_of_the_batches_are_the_whole_computation(tiny):
+    """Each process's share (every world-th batch, batched by lowest layer as in compute_deltas)
+    holds each adapter once, and the shares together are compute_deltas' rows, bit for bit."""
+    from llgbm_cli.deltas.compute import compute_delta_share
+
+    model, tok = tiny
+    probes = load_probes("generic", tok, count=4)
+    ads = [random_adapter(model, r=2, target_modules=["q_proj", "v_proj"], seed=s, std=0.05,
+                          last_layers=1 + s % 2) for s in range(7)]
+    whole = compute_deltas(model, ads, probes, DeltaSpec(), adapters_per_batch=2)
+    for world in (1, 2, 3):
+        shares = [compute_delta_share(model, ads, probes, DeltaSpec(), 2, rank, world) for rank in range(world)]
+        got = [p for share in shares for p, _ in share]
+        assert sorted(got) == list(range(len(ads)))
+        assert all(torch.equal(row, whole[p]) for share in shares for p, row in share)
+        if world > 1:
+            assert all(shares)  # four batches: every process computes some

@@ -151,6 +151,36 @@ def test_eval_is_deterministic_and_refuses_overwrite(evaluated):
     assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in res.rows]
 
 
+@pytest.mark.slow
+def test_two_accelerate_processes_evaluate_as_one(world):
+    """The scoring cells and delta batches dealt to two gloo processes give the one-process results
+    (every row, bit for bit), written once by the main process."""
+    import os
+    import subprocess
+
+    from conftest import launch_cmd
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = world.parent / "runs" / "eval-procs"
+    got = {}
+    for n in (1, 2):
+        tail = ["llgbm_cli", "-p", world, "--quiet", "--json", "eval", "-m", "base", "-m", "teacher", "-m", "mean-delta",
+                "-m", "merge:linear", "--out", out, "--force"]
+        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=world.parent, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # only the main process reports
+        assert json.loads(lines[0])["rows"]
+        assert json.loads((out / "llgbm.json").read_text())["processes"] == n
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(".eval-procs")]  # no temporary folder left
+        data = json.loads((out / "results.json").read_text())
+        assert data.pop("seconds") > 0
+        adapters = {p.relative_to(out): p.read_bytes() for p in sorted((out / "adapters").rglob("*.safetensors"))}
+        got[n] = data, adapters
+    assert len(got[1][0]["rows"]) == 8 and len(got[1][1]) == 4
+    assert got[2] == got[1]
+
+
 def test_eval_cli_json_and_holdout(world, cli):
     r = cli("--project", world, "--json", "--quiet", "eval", "-m", "base", "-m", "mean-delta",
             "--holdout", "boolq", "--out", world.parent / "runs" / "eval-cli")

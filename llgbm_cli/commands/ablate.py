@@ -47,13 +47,18 @@ def ablate_cmd(
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Run the ablation grid from [ablation]: each cell trains the multitask generator with one setting
-    changed and evaluates it; finished cells are skipped, so an interrupted run resumes."""
+    changed and evaluates it; finished cells are skipped, so an interrupted run resumes.
+
+    Runs sharded under `accelerate launch -m llgbm_cli ablate ...`: whole cells per process, the
+    same summary as one process, written by the main one."""
     from ..services.ablate import run_ablate
 
     ov = overrides_from(set_)
     resolved = state(ctx).load_config({**ov, **given({"ablation.total_steps": steps})})
     with progress(ctx) as rep:
         result = run_ablate(resolved, cells=cell, dry_run=dry_run, overrides=ov, progress=rep)
+    if not result.is_main:  # under accelerate launch the main process reports
+        return
     emit(ctx, result.to_dict(), render_ablate)
 
 

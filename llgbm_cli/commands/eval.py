@@ -66,7 +66,10 @@ def eval_cmd(
     every question's score (questions.json). results.{md,json,csv} at <out> give per-fold rows with
     paired-bootstrap differences to base and mean-delta, the mean over folds with a 95% t-interval and
     the oracle-best reference (the best single training adapter on the task's test questions).
-    Finished folds are skipped on a rerun; --force starts afresh."""
+    Finished folds are skipped on a rerun; --force starts afresh.
+
+    Runs sharded under `accelerate launch -m llgbm_cli eval ...`: the scoring cells and delta
+    batches are dealt to the processes; the same results as one process, written by the main one."""
     from pathlib import Path
 
     from ..services.eval import enforce_checks, run_eval
@@ -87,6 +90,8 @@ def eval_cmd(
     with progress(ctx) as rep:
         result = run_eval(resolved, methods=method, tasks=task, holdout=holdout, out=out, force=force,
                           checkpoints=cks, overrides=overrides_from(set_), progress=rep)
+    if not result.is_main:  # under accelerate launch the main process reports and writes
+        return
     emit(ctx, result.to_dict(), render_eval)
     if resolved.config.eval.strict:
         enforce_checks(result)

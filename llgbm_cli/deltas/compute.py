@@ -563,7 +563,7 @@ def _batches(model, adapters: Iterable["LoraAdapter"], size: int, group: bool) -
         yield pos, batch
 
 
-def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts):
+def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts, share=(0, 1)):
     import torch
 
     from ..lora.patch import stack_adapters
@@ -574,7 +574,10 @@ def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pa
         acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
     if base is None:
         base = base_states(model, probes, spec, acts=acts)
-    for pos, batch in _batches(model, adapters, adapters_per_batch, reuse):
+    rank, world = share
+    for i, (pos, batch) in enumerate(_batches(model, adapters, adapters_per_batch, reuse)):
+        if i % world != rank:
+            continue
         with torch.no_grad():
             stacked = stack_adapters(batch, device=device, dtype=dt)
             d = delta_for_stacked(model, probes, spec, stacked, base, acts=acts, reuse=reuse).float().cpu()
@@ -635,6 +638,30 @@ def compute_deltas(
     for pos, d in parts:
         out[torch.as_tensor(pos)] = d
     return out
+
+
+def compute_delta_share(
+    model,
+    adapters: list["LoraAdapter"],
+    probes: "ProbeSet",
+    spec: DeltaSpec,
+    adapters_per_batch: int,
+    rank: int,
+    world: int,
+    progress: Optional[Callable[[int], None]] = None,
+    *,
+    pack: bool = True,
+) -> list[tuple[int, "torch.Tensor"]]:
+    """One process's share of :func:`compute_deltas`: ``(position, delta [D])`` for the adapters of
+    every ``world``-th batch from ``rank``. The batches are exactly those of :func:`compute_deltas`
+    on the whole list, so the rows of all the shares together are its rows, bit for bit."""
+    rows = []
+    for pos, batch, d in _iter_positioned(model, list(adapters), probes, spec, adapters_per_batch, None, pack, True,
+                                          None, (rank, world)):
+        rows += [(p, d[j].clone()) for j, p in enumerate(pos)]
+        if progress is not None:
+            progress(len(batch))
+    return rows
 
 
 backbone = _backbone  # the public name, for modules that run the decoder stack themselves

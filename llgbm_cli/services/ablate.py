@@ -16,6 +16,12 @@ Cells that come out as the same setting once applied to the project's config (wi
 ``[ablation]``: ``lambda_delta=1``, ``delta_loss_type=mse``, ``lambda_schedule=linear`` and the
 interaction cell ``lambda_delta=1+delta_loss_type=mse`` are all the project's own setting) are run
 once, under the first cell's name; the others are listed with ``same_as`` and left out of the summary.
+
+Under ``accelerate launch`` the cells to run are dealt round robin (cell *i* of the grid, without
+the ``same_as`` ones, to rank *i* mod *N*); each process trains and evaluates its cells from start
+to end by itself, as one process would (no group while they work: a cell's training and eval do
+not join the other processes), skipping its finished ones. At the end the processes meet, the
+main process gathers every cell's row and alone writes the summary, the same as one process's.
 """
 
 from __future__ import annotations
@@ -127,11 +133,15 @@ class AblateResult:
     skipped: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    processes: int = 1
+    is_main: bool = True  # under accelerate launch only the main process's result is complete
 
     def to_dict(self) -> dict[str, Any]:
         from ..evaluation.reports import clean
 
-        return clean(dict(self.__dict__))
+        d = dict(self.__dict__)
+        d.pop("is_main")
+        return clean(d)
 
 
 def cell_overrides(resolved, cell: Cell, base_overrides: dict[str, Any]) -> dict[str, Any]:
@@ -153,15 +163,23 @@ def run_ablate(
     overrides: Optional[dict[str, Any]] = None,
     progress=NULL_PROGRESS,
 ) -> AblateResult:
-    """Run (or with ``dry_run`` list) the grid's cells; finished cells are skipped. See the module doc."""
+    """Run (or with ``dry_run`` list) the grid's cells; finished cells are skipped. See the module doc.
+
+    Under ``accelerate launch`` every process calls this; only the main process's result
+    (``is_main``) is complete."""
+    import contextlib
+
     from ..config import load_config
+    from ..distributed import IndependentProcesses
     from ..io import FileLock, atomic_write_json, provenance, write_provenance
 
     ab = resolved.config.ablation
     out = workdir.path(resolved, "ablation")
     grid = select_cells(ablation_grid(ab), cells)
     base_ov = dict(overrides or {})
-    result = AblateResult(str(out), dry_run, same_as=duplicate_cells(resolved.config, grid))
+    procs = IndependentProcesses()
+    result = AblateResult(str(out), dry_run, same_as=duplicate_cells(resolved.config, grid), processes=procs.world,
+                          is_main=procs.is_main)
     for c in grid:
         d = c.to_dict()
         d["same_as"] = result.same_as.get(c.name)
@@ -171,28 +189,41 @@ def run_ablate(
         return result
     grid = [c for c in grid if c.name not in result.same_as]
     explicit = resolved.path is not None
-    with FileLock(out.parent / f".{out.name}.lock", what=f"the ablation {out}"):
+    if not procs.is_main:
+        progress = NULL_PROGRESS  # one set of progress bars, the main process's
+    lock = FileLock(out.parent / f".{out.name}.lock", what=f"the ablation {out}") if procs.is_main \
+        else contextlib.nullcontext()
+    with lock:
         out.mkdir(parents=True, exist_ok=True)
-        write_provenance(out, provenance("ablate", resolved.to_dict(), cells=[c.name for c in grid]))
-        task = progress.add("ablation cells", total=len(grid))
-        for c in grid:
+        if procs.is_main:
+            write_provenance(out, provenance("ablate", resolved.to_dict(), cells=[c.name for c in grid]))
+        share = procs.shard(grid)
+        task = progress.add("ablation cells", total=len(share))
+        mine = []  # (cell, row, ran) of this process's cells
+        for c in share:
             cdir = out / c.name
             ov = cell_overrides(resolved, c, base_ov)
             done = cdir / DONE
             if done.exists():
                 prev = json.loads(done.read_text())
                 if prev.get("overrides") == _jsonable(ov):
-                    result.rows.append(prev["row"])
-                    result.skipped.append(c.name)
+                    mine.append((c.name, prev["row"], False))
                     progress.advance(task)
                     continue
             progress.update(task, description=f"cell {c.name}")
             cres = load_config(resolved.path, ov, explicit=explicit)
-            row = _run_cell(cres, c, cdir, ov, progress)
+            with procs.alone():
+                row = _run_cell(cres, c, cdir, ov, progress)
             atomic_write_json(done, {"cell": c.name, "overrides": _jsonable(ov), "row": row})
-            result.rows.append(row)
-            result.ran.append(c.name)
+            mine.append((c.name, row, True))
             progress.advance(task)
+        got = {name: (row, ran) for name, row, ran in procs.gather(mine)}
+        if not procs.is_main:
+            return result
+        for c in grid:
+            row, ran = got[c.name]
+            result.rows.append(row)
+            (result.ran if ran else result.skipped).append(c.name)
         _compare_with_weights_only(result.rows)
         result.findings = findings(result.rows)
         if result.same_as:

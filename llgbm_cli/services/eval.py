@@ -12,6 +12,15 @@ are a registry in :mod:`llgbm_cli.services.eval_methods`: one builder per method
 Generated and merged adapters are written under ``<out>/adapters/<method>/<task>`` so every
 number can be reproduced and inspected. With ``holdout`` (leave-one-out) a generator, predictor
 or index that saw a held-out task in training is refused.
+
+Under ``accelerate launch`` every process loads the base model on its own device; the main process
+alone builds the adapters (in its temporary output folder) and hands them to the others, which
+are pickled as they are, so every process scores exactly the same adapters. The scoring cells
+(each task's base model plus every method x task with an adapter) are dealt round robin, and so
+are the delta batches (the batches of one process's computation, so every row is bit for bit the
+one-process row); the per-cell scores (per-question ones included) and the delta rows are
+gathered on the main process, which alone writes the output folder. The result does not depend
+on the number of processes.
 """
 
 from __future__ import annotations
@@ -46,11 +55,18 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # method x task -> TaskScore (per-question scores included; (None, task): the base model); not in the files
+    scores: dict[tuple[Optional[str], str], Any] = field(default_factory=dict, repr=False)
+    processes: int = 1  # not in the files either: the results do not depend on it
+    is_main: bool = True  # under accelerate launch only the main process's result is complete
 
     def to_dict(self) -> dict[str, Any]:
         from ..evaluation.reports import clean
 
-        return clean(dict(self.__dict__))
+        d = dict(self.__dict__)
+        for k in ("scores", "processes", "is_main"):
+            d.pop(k)
+        return clean(d)
 
 
 # --------------------------------------------------------------------------- method names
@@ -106,7 +122,8 @@ class World:
     holdout: list[str]
 
 
-def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=None) -> World:
+def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=None, *,
+               device: Optional[str] = None) -> World:
     import torch
 
     from ..deltas.context import DeltaContext
@@ -122,7 +139,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
         raise InputError(f"--holdout: every zoo task is held out ({', '.join(sorted(holdout))}); nothing is left to "
                          "train on or to form the mean training delta: hold out fewer tasks")
     if model is None:
-        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
+        model, tok = load_base_model(cfg.model.base, cfg.model.dtype, device or cfg.model.device)
     ctx = DeltaContext.build(resolved, model, tok)
     cache = ctx.open_cache()
     teachers = {t: teacher_of(zoo, t) for t in zoo.tasks()}
@@ -183,6 +200,7 @@ def run_eval(
     overrides: Optional[dict[str, Any]] = None,
     progress=NULL_PROGRESS,
     world: Optional[World] = None,
+    group=None,
 ) -> EvalResult:
     """Evaluate ``methods`` on ``tasks`` (defaults from ``[eval]``); see the module doc.
 
@@ -191,15 +209,23 @@ def run_eval(
     ``multitask``/``b1`` (used by ablate). ``overrides`` are the config flags given, recorded in the
     reproduce command. Failed checks are reported in the result; :func:`enforce_checks` turns them
     into an error (``--strict``).
+
+    ``group`` (a :class:`llgbm_cli.distributed.ProcessGroup`, default: the processes of this
+    launch) shares the work as the module doc says; every process of it calls this, and only the
+    main process's result (``is_main``) is complete and written.
     """
     import time
 
+    from ..distributed import ProcessGroup
     from ..io import atomic_dir, check_output, provenance, write_provenance
     from ..zoo import Zoo
 
     t0 = time.perf_counter()
     cfg = resolved.config
     ec = cfg.eval
+    dist = group if group is not None else ProcessGroup(cfg.model.device)
+    if not dist.is_main:
+        progress = NULL_PROGRESS  # one set of progress bars, the main process's
     methods = check_methods(list(methods) if methods else list(ec.methods))
     out = Path(out).expanduser() if out is not None else workdir.path(resolved, "eval")
     check_output(out, "evaluation", force=force, inputs=[workdir.path(resolved, "zoo"), *(checkpoints or {}).values()],
@@ -209,24 +235,33 @@ def run_eval(
     zoo_tasks = (world.zoo if world is not None else Zoo.load(workdir.path(resolved, "zoo"))).tasks()
     tasks, holdout = resolve_tasks(zoo_tasks, tasks_in, holdout)
     if world is None:
-        world = load_world(resolved, tasks, holdout)
+        world = load_world(resolved, tasks, holdout, device=dist.device(cfg.model.device))
     elif world.holdout != holdout:
         raise ValueError("world built for other held-out tasks")
     checkpoints = dict(checkpoints or {})
     command = reproduce_command(resolved, methods, tasks, holdout, out, ec.test_sample, overrides, checkpoints)
-    result = EvalResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, methods, tasks, holdout)
+    result = EvalResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, methods, tasks, holdout,
+                        processes=dist.world, is_main=dist.is_main)
+    dist.barrier()  # every process has judged the output folder before the main one writes
 
+    if not dist.is_main:  # the shared work, then back without writing anything
+        built = _Built(adapters=_received_adapters(dist))
+        _deltas_phase(world, built, progress, dist)
+        _scoring_phase(world, built, methods, tasks, progress, dist)
+        result.seconds = time.perf_counter() - t0
+        return result
     with atomic_dir(out, force=force) as tmp:
-        built = _adapters_phase(_BuildContext(world, checkpoints, out, tmp), methods, tasks, result, progress)
-        method_delta = _deltas_phase(world, built, progress)
-        acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, progress)
+        built = _shared_adapters_phase(dist, _BuildContext(world, checkpoints, out, tmp), methods, tasks, result,
+                                       progress)
+        method_delta = _deltas_phase(world, built, progress, dist)
+        acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, progress, dist, result.scores)
         _rows_phase(world, built, method_delta, acc, base_acc, nq, chance, methods, tasks, result)
         curves = _checks_phase(resolved, built, method_delta, methods, tasks, checkpoints, result)
         _files_phase(tmp, out, curves, result, t0)
         write_provenance(tmp, provenance("eval", resolved.to_dict(), methods=methods, tasks=tasks, holdout=holdout,
                                          cache_header={k: world.cache.header.get(k) for k in
                                                        ("base_fingerprint", "probe_fingerprint", "spec")},
-                                         runs=result.runs))
+                                         runs=result.runs, processes=dist.world))
     return result
 
 
@@ -268,22 +303,51 @@ def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], re
     return b
 
 
-def _deltas_phase(world: World, b: _Built, progress) -> dict[tuple[str, str], Any]:
-    """2. the delta of every adapter, on the cache's probes and spec."""
-    from ..deltas.compute import compute_deltas
+def _shared_adapters_phase(dist, ctx: _BuildContext, methods: list[str], tasks: list[str], result: EvalResult,
+                           progress) -> _Built:
+    """1 on the main process, its adapters handed to the others (an error there ends them too)."""
+    if dist.world == 1:
+        return _adapters_phase(ctx, methods, tasks, result, progress)
+    try:
+        built = _adapters_phase(ctx, methods, tasks, result, progress)
+    except BaseException as e:
+        dist.gather([("failed", 2 if isinstance(e, InputError) else 1)])
+        raise
+    dist.gather([("adapters", built.adapters)])
+    return built
+
+
+def _received_adapters(dist) -> dict[tuple[str, str], Any]:
+    """The main process's adapters on another process; it exits (quietly: the main process reports
+    the error) with the main process's exit code if building them failed there."""
+    what, payload = dist.gather([])[0]
+    if what == "failed":
+        raise SystemExit(payload)
+    return payload
+
+
+def _deltas_phase(world: World, b: _Built, progress, dist=None) -> dict[tuple[str, str], Any]:
+    """2. the delta of every adapter, on the cache's probes and spec; the batches are dealt to the
+    processes and the rows gathered (complete on the main process)."""
+    from ..deltas.compute import compute_delta_share
 
     cfg = world.resolved.config
+    rank, n = (dist.rank, dist.world) if dist is not None else (0, 1)
     keys = [k for k in b.adapters if b.adapters[k] is not None]
     d_task = progress.add("eval: deltas", total=len(keys))
-    deltas = compute_deltas(world.model, [b.adapters[k] for k in keys], world.probes, world.spec,
-                            cfg.delta.adapters_per_batch, progress=lambda k: progress.advance(d_task, k),
-                            pack=cfg.delta.pack)
-    return {k: deltas[i] for i, k in enumerate(keys)}
+    mine = compute_delta_share(world.model, [b.adapters[k] for k in keys], world.probes, world.spec,
+                               cfg.delta.adapters_per_batch, rank, n, progress=lambda k: progress.advance(d_task, k),
+                               pack=cfg.delta.pack)
+    rows = dict(dist.gather(mine) if dist is not None else mine)
+    return {k: rows[i] for i, k in enumerate(keys) if i in rows}
 
 
-def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str], progress):
+def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str], progress, dist=None,
+                   scores: Optional[dict] = None):
     """3. each task's metric (its registry definition: acc, acc_norm, exact_match or number) for every
-    method x task on the same sampled test questions."""
+    method x task on the same sampled test questions. The cells (each task's base model, then every
+    method with an adapter) are dealt to the processes; their scores are gathered into ``scores``
+    (``(None, task)``: the base model)."""
     from ..tasks.evaluate import form_for, score_records, score_records_with
     from ..tasks.registry import registry_for
 
@@ -293,21 +357,33 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     kw = dict(batch_size=ec.batch_size, generate_batch_size=cfg.data.generate_batch_size,
               max_length=cfg.data.max_length)
     reg = registry_for(world.resolved)
-    base_acc, acc, nq, chance = {}, {}, {}, {}
+    base_acc, acc, nq, chance, forms, recs = {}, {}, {}, {}, {}, {}
     for t in tasks:
         task_def = reg.get(t)
-        form = form_for(world.resolved, task_def)
-        recs = task_def.sample("test", ec.test_sample, seed=cfg.project.seed)
-        nq[t], b.metric[t] = len(recs), form.metric
+        forms[t] = form = form_for(world.resolved, task_def)
+        recs[t] = task_def.sample("test", ec.test_sample, seed=cfg.project.seed)
+        nq[t], b.metric[t] = len(recs[t]), form.metric
         # chance accuracy of a multiple-choice task: mean of 1 / number of options (none for generation)
-        opts = [len(r.options) for r in recs]
+        opts = [len(r.options) for r in recs[t]]
         chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
-        base_acc[t] = score_records(world.model, world.tok, form, recs, **kw).accuracy
+    cells = [c for t in tasks for c in [(None, t)] + [(m, t) for m in methods if b.adapters[m, t] is not None]]
+    mine = []
+    for m, t in (dist.shard(cells) if dist is not None else cells):
+        if m is None:
+            sc = score_records(world.model, world.tok, forms[t], recs[t], **kw)
+        else:
+            sc = score_records_with(world.model, world.tok, b.adapters[m, t], forms[t], recs[t], **kw)
+        mine.append(((m, t), sc))
+        progress.advance(s_task, 1 + (sum(b.adapters[k, t] is None for k in methods) if m is None else 0))
+    got = dict(dist.gather(mine) if dist is not None else mine)
+    if dist is not None and not dist.is_main:
+        return None
+    if scores is not None:
+        scores.update((c, got[c]) for c in cells)
+    for t in tasks:
+        base_acc[t] = got[None, t].accuracy
         for m in methods:
-            ad = b.adapters[m, t]
-            acc[m, t] = base_acc[t] if ad is None else score_records_with(world.model, world.tok, ad, form, recs,
-                                                                          **kw).accuracy
-            progress.advance(s_task)
+            acc[m, t] = base_acc[t] if b.adapters[m, t] is None else got[m, t].accuracy
     return acc, base_acc, nq, chance
 
 
