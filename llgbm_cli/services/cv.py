@@ -410,6 +410,13 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     qids: list[str] = []
     metric = None
     for m in methods:
+        # eval's own per-question scores (a method without an adapter scores as the base model);
+        # the cache scores only what eval did not hand back
+        sc = ev.scores.get((m, k)) or ev.scores.get((None, k))
+        if sc is not None:
+            values[m], metric = [float(v) for v in sc.values()], sc.form.metric
+            qids = [r.id for r in scores.task(k)[1]]
+            continue
         row = by_method[m]
         folder = Path(row["adapter"]) if row.get("adapter") else None
         sha = _zoo_sha(zoo, folder)
