@@ -330,6 +330,7 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
     from ..lora.patch import LoraPatch, StackedLora
     from ..tasks.evaluate import form_for
     from ..tasks.registry import registry_for
+    from ..training.task_loss import collate_examples
 
     cfg = resolved.config
     task = unit.task
@@ -408,7 +409,7 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
     with LoraPatch(model, stacked):
         for step in range(start, zc.steps):
             batch = [examples[i] for i in _batch_indices(seed, step, bs, N)]
-            ids_t, mask, labels = _collate(batch, pad_id, device)
+            ids_t, mask, labels = collate_examples(batch, pad_id, device)
             hidden = trunk(input_ids=ids_t, attention_mask=mask, use_cache=False).last_hidden_state
             # Answer-only loss: the head runs only where a label is predicted (a few tokens per row).
             tgt = labels[:, 1:]
@@ -491,20 +492,6 @@ def _batch_indices(seed: int, step: int, bs: int, n: int) -> list[int]:
         out.extend(perm[off : off + take].tolist())
         pos += take
     return out
-
-
-def _collate(batch, pad_id: int, device):
-    import torch
-
-    T = max(len(ids) for ids, _ in batch)
-    ids_t = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), T), dtype=torch.long)
-    labels = torch.full((len(batch), T), -100, dtype=torch.long)
-    for b, (ids, lab) in enumerate(batch):
-        ids_t[b, : len(ids)] = torch.tensor(ids)
-        mask[b, : len(ids)] = 1
-        labels[b, : len(lab)] = torch.tensor(lab)
-    return ids_t.to(device), mask.to(device), labels.to(device)
 
 
 # --------------------------------------------------------------------------- add
