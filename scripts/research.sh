@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The research world end to end (profiles/research.toml): 13 tasks, two teacher trajectories per
-# task, leave-one-task-out cross-validation over every task, and the lever ablation. Every step
+# task, leave-one-task-out cross-validation over every task, and lever cells on two folds. Every step
 # reuses finished work when run again (kill it and rerun to resume). The wall time of each step is
 # appended to <workdir>/timings.jsonl; docs/results.md quotes those and the tables this writes.
 #
@@ -12,7 +12,7 @@ PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
 llgbm() { command llgbm -p "$PROJECT" "$@"; }
 W=$(command llgbm -p "$PROJECT" config workdir)
 mkdir -p "$W"
-STEPS=${STEPS:-"zoo score deltas separation cv ablate"}
+STEPS=${STEPS:-"zoo score deltas separation cv levers"}
 TASKS=$(command llgbm -p "$PROJECT" --json config show | python -c 'import json,sys; print(",".join(json.load(sys.stdin)["values"]["zoo.tasks"]))')
 
 step() {  # step NAME COMMAND...: run it, record its wall time
@@ -39,8 +39,14 @@ for s in $STEPS; do
         --set delta.cache=deltas-task-probes > "$W/separation-task-probes.json" ;;
     # Leave-one-task-out over every task: what each method needs is trained without fold k's task.
     cv) step cv llgbm eval --folds all --out "$W/cv" ;;
-    ablate) step ablate llgbm ablate --out "$W/ablate" ;;
-    *) echo "unknown step $s (steps: zoo score deltas separation cv ablate)" >&2; exit 2 ;;
+    # Lever cells: the same cross-validation, multitask only, on two folds (one multiple-choice,
+    # one generative) with one setting changed; compare with the matching folds of cv.
+    levers)
+      step lever-lambda0 llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.lambda_delta=0 \
+        --out "$W/cv-lambda0"
+      step lever-task-loss llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.task_weight=0.1 \
+        --out "$W/cv-task0.1" ;;
+    *) echo "unknown step $s (steps: zoo score deltas separation cv levers)" >&2; exit 2 ;;
   esac
 done
-echo "results: $W/cv/results.md   ablation: $W/ablate/"
+echo "results: $W/cv/results.md   lever cells: $W/cv-*/results.md"
