@@ -108,7 +108,7 @@ def test_training_and_scoring_share_one_format(tiny):
 
 
 def test_paired_difference_against_a_hand_computation():
-    from llgbm_cli.tasks.evaluate import paired_difference
+    from llgbm_cli.evaluation.stats import paired_difference
 
     a, b = [1, 1, 0, 1, 1, 0], [0, 1, 0, 0, 1, 1]
     d = [1, 0, 0, 1, 0, -1]  # mean 1/6, sample variance (sum (d - 1/6)^2) / 5

@@ -3,6 +3,8 @@
 * :func:`t_interval`: the mean of per-fold values with a two-sided Student-t interval
   (``mean ± t_{n-1} · sd / √n``). It treats the folds as a sample of tasks: it says how much the
   mean would move with other tasks of the same kind, not how precise one fold's accuracy is.
+* :func:`paired_difference`: the mean paired difference of two score lists with its standard
+  error (the normal approximation ``zoo score`` uses for a teacher against the base model).
 * :func:`paired_bootstrap`: the difference of two methods' accuracies on the *same* questions of
   one fold, resampling questions with replacement (both methods with the same draw, so the
   pairing is kept). Reported: the observed difference, its percentile interval and a two-sided
@@ -107,6 +109,22 @@ def t_interval(values: Sequence[Optional[float]], level: float = 0.95) -> dict[s
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
     half = t_quantile(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "sd": sd, "n": n}
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of ``a - b`` over the same questions with its standard error (sample std of the paired
+    differences / sqrt(n)) and ``z`` = diff / se (None when se is 0)."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_difference: the two score lists must be non-empty and of equal length")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    se = math.sqrt(var / n)
+    return {"diff": mean, "se": se, "z": (mean / se) if se > 0 else None, "n": n}
 
 
 # --------------------------------------------------------------------------- paired bootstrap

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,23 +228,10 @@ class ScoreCache:
 
 # --------------------------------------------------------------------------- oracle candidates
 
-_RUN = re.compile(r"-r(\d+)-s\d+$")
-_STEP = re.compile(r"-s\d+$")
-
-
-def trajectory_of(entry) -> tuple[str, Any]:
-    """(task, trajectory) of a zoo entry: the run of ids ``task-rN-sSTEP`` (``task-sSTEP`` is run 0),
-    else its seed (an imported adapter of another seed is another trajectory)."""
-    m = _RUN.search(entry.id)
-    if m:
-        return entry.task, f"r{m.group(1)}"
-    if _STEP.search(entry.id):
-        return entry.task, "r0"
-    return entry.task, f"seed{entry.seed}"
-
-
 def oracle_candidates(zoo, fold: str, mode: str) -> list[Any]:
     """Zoo entries of the other tasks: every one (``all``) or each trajectory's last checkpoint (``last``)."""
+    from .zoo import trajectory_of
+
     others = [e for e in zoo.entries if e.task != fold]
     if mode == "all":
         return others

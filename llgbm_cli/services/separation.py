@@ -3,8 +3,8 @@
 Reads the delta cache of the project's probe settings and the zoo manifest, and reports the
 leave-one-out nearest-neighbour task accuracy of the teacher deltas (cosine), raw and centered on
 the mean delta, twice: leaving out only the checkpoint itself, and leaving out its whole trajectory
-(every checkpoint of the same task and seed), which checkpoints of one trajectory cannot pass by
-resembling each other. With the within- and between-task mean cosines beside each.
+(every checkpoint of the same run of its task, as ``trajectory_of`` tells them apart), which
+checkpoints of one trajectory cannot pass by resembling each other. With the within- and between-task mean cosines beside each.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def zoo_separation(resolved) -> dict[str, Any]:
     from ..errors import InputError
     from ..evaluation.metrics import loo_nearest_task
     from ..zoo import Zoo
+    from .zoo import trajectory_of
 
     cache = open_cache(workdir.path(resolved, "deltas"))
     zoo = Zoo.load(workdir.path(resolved, "zoo"))
@@ -29,7 +30,7 @@ def zoo_separation(resolved) -> dict[str, Any]:
                          f"{workdir.hint('deltas', None)} after `llgbm zoo build`")
     X = torch.stack([cache.row(e.id).double() for e in entries])
     tasks = [e.task for e in entries]
-    groups = [f"{e.task}#{e.seed}" for e in entries]
+    groups = [trajectory_of(e) for e in entries]
     out: dict[str, Any] = {"cache": str(cache.folder), "probes": cache.header.get("probes", {}).get("source"),
                            "adapters": len(entries), "tasks": len(set(tasks))}
     for name, M in (("raw", X), ("centered", X - X.mean(0, keepdim=True))):

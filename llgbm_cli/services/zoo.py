@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import shutil
 import time
 import zlib
@@ -59,6 +60,21 @@ def task_seed(seed: int, task: str) -> int:
 
 def adapter_id(task: str, step: int, run: int = 0) -> str:
     return f"{task}-s{step:05d}" if run == 0 else f"{task}-r{run}-s{step:05d}"
+
+
+_RUN_ID = re.compile(r"-r(\d+)-s\d+$")
+_STEP_ID = re.compile(r"-s\d+$")
+
+
+def trajectory_of(entry) -> tuple[str, Any]:
+    """(task, trajectory) of a zoo entry: the run of ids ``task-rN-sSTEP`` (``task-sSTEP`` is run 0),
+    else its seed (an imported adapter of another seed is another trajectory)."""
+    m = _RUN_ID.search(entry.id)
+    if m:
+        return entry.task, f"r{m.group(1)}"
+    if _STEP_ID.search(entry.id):
+        return entry.task, "r0"
+    return entry.task, f"seed{entry.seed}"
 
 
 def run_seed(seed: int, task: str, run: int = 0) -> int:
@@ -583,7 +599,8 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     """
     from ..adapters import load_adapter, validate_against
     from ..progress import NULL_PROGRESS
-    from ..tasks.evaluate import form_for, paired_difference, score_records, score_records_with
+    from ..evaluation.stats import paired_difference
+    from ..tasks.evaluate import form_for, score_records, score_records_with
     from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS

@@ -32,21 +32,6 @@ class TaskScore:
         return [int(q.correct) for q in res.per_question]
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Mean of ``a - b`` over the same questions with its standard error (sample std of the paired
-    differences / sqrt(n)) and ``z`` = diff / se (None when se is 0)."""
-    import math
-
-    if len(a) != len(b) or not a:
-        raise ValueError("paired_difference: the two score lists must be non-empty and of equal length")
-    d = [float(x) - float(y) for x, y in zip(a, b)]
-    n = len(d)
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    se = math.sqrt(var / n)
-    return {"diff": mean, "se": se, "z": (mean / se) if se > 0 else None, "n": n}
-
-
 def score_records(model, tokenizer, form: PromptForm, records: Sequence, *, batch_size: int = 16,
                   generate_batch_size: int = 16, max_length: Optional[int] = None, progress=None,
                   progress_task=None) -> TaskScore:
