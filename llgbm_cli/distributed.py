@@ -113,16 +113,100 @@ class IndependentProcesses:
         return ctx()
 
     def gather(self, obj: list) -> list:
-        """The concatenation of every process's list, in rank order, on every process."""
+        """The concatenation of every process's list, in rank order, on every process.
+
+        Each call is a meeting of its own: a gloo group formed for it and destroyed after, on a
+        fresh key prefix of one rendezvous store kept for the life of the process (the launcher's
+        store keeps the addresses of an earlier meeting, which a second group must not read), so
+        the processes may meet any number of times as long as all of them call it equally often."""
         if self.world == 1:
             return obj
         import torch.distributed as tdist
 
-        tdist.init_process_group("gloo", rank=self.rank, world_size=self.world,
-                                 timeout=timedelta(seconds=MEET_TIMEOUT_S))
+        tdist.init_process_group("gloo", store=_meeting_store(self.rank, self.world), rank=self.rank,
+                                 world_size=self.world, timeout=timedelta(seconds=MEET_TIMEOUT_S))
         try:
             parts: list = [None] * self.world
             tdist.all_gather_object(parts, obj)
         finally:
             tdist.destroy_process_group()
         return [x for part in parts for x in part]
+
+    def on_main(self, fn):
+        """``fn()`` on the main process while the others wait; its value on every process. If it
+        fails, every process stops with the same error (exit code and hint kept), so none is left
+        waiting for a partner that has stopped."""
+        if self.world == 1:
+            return fn()
+        value, err = None, None
+        if self.is_main:
+            try:
+                value = fn()
+            except Exception as e:  # noqa: BLE001 - handed to every process, raised below
+                err = e
+        packed = self.gather([(_pack(err), value) if self.is_main else None])[0]
+        if err is not None:
+            raise err
+        if packed[0] is not None:
+            raise _unpack(packed[0])
+        return packed[1]
+
+    def each(self, items: list, work) -> list:
+        """``work(item)`` for this process's share of ``items`` (round robin, each one :meth:`alone`),
+        then every process's results, in item order, on every process. A failure on any process
+        stops its share and then every process with that error (the first one in rank order), after
+        the others have finished theirs."""
+        done: list = []
+        err = None
+        for i, item in list(enumerate(items))[self.rank :: self.world]:
+            try:
+                with self.alone():
+                    done.append((i, work(item)))
+            except Exception as e:  # noqa: BLE001 - handed to every process, raised below
+                err = e
+                break
+        if self.world == 1:
+            if err is not None:
+                raise err
+            return [v for _, v in done]
+        got = self.gather([(self.rank, _pack(err), done)])
+        if err is not None:
+            raise err
+        for _, e, _ in got:
+            if e is not None:
+                raise _unpack(e)
+        return [v for _, v in sorted((x for _, _, part in got for x in part), key=lambda t: t[0])]
+
+
+_STORE = None  # the rendezvous store of this process's launch, made at its first meeting
+_MEETINGS = 0
+
+
+def _meeting_store(rank: int, world: int):
+    """A store for the next meeting: the launch's rendezvous store under a prefix of its own."""
+    global _STORE, _MEETINGS
+    import torch.distributed as tdist
+
+    if _STORE is None:
+        _STORE, _, _ = next(tdist.rendezvous("env://", rank=rank, world_size=world,
+                                             timeout=timedelta(seconds=MEET_TIMEOUT_S)))
+    _MEETINGS += 1
+    return tdist.PrefixStore(f"llgbm-meeting-{_MEETINGS}", _STORE)
+
+
+def _pack(err):
+    """An exception as plain data another process can raise again (None for none)."""
+    if err is None:
+        return None
+    from .errors import LlgbmError
+
+    if isinstance(err, LlgbmError):
+        return (err.message, err.hint, err.exit_code)
+    return (f"another process of the launch failed: {type(err).__name__}: {err}", None, 1)
+
+
+def _unpack(packed):
+    from .errors import LlgbmError
+
+    message, hint, code = packed
+    return LlgbmError(message, hint=hint, exit_code=code)

@@ -12,7 +12,7 @@ PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
 llgbm() { command llgbm -p "$PROJECT" "$@"; }
 W=$(command llgbm -p "$PROJECT" config workdir)
 mkdir -p "$W"
-STEPS=${STEPS:-"zoo score deltas separation cv levers"}
+STEPS=${STEPS:-"zoo score deltas separation cv levers b1"}
 TASKS=$(command llgbm -p "$PROJECT" --json config show | python -c 'import json,sys; print(",".join(json.load(sys.stdin)["values"]["zoo.tasks"]))')
 
 step() {  # step NAME COMMAND...: run it, record its wall time
@@ -45,8 +45,18 @@ for s in $STEPS; do
       step lever-lambda0 llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.lambda_delta=0 \
         --out "$W/cv-lambda0"
       step lever-task-loss llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.task_weight=0.1 \
-        --out "$W/cv-task0.1" ;;
-    *) echo "unknown step $s (steps: zoo score deltas separation cv levers)" >&2; exit 2 ;;
+        --out "$W/cv-task0.1"
+      step lever-centered llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.delta_centered=true \
+        --out "$W/cv-centered"
+      step lever-gradnorm llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.loss_balance=gradnorm \
+        --out "$W/cv-gradnorm" ;;
+    # B1 on the same two folds, plain and with the relational term against diversity collapse; each
+    # fold's training run reports the collapse checks on the training tasks' adapters.
+    b1)
+      step b1-plain llgbm eval --folds arc-easy,mawps -m b1 --out "$W/cv-b1"
+      step b1-relational llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.relational_weight=10 \
+        --out "$W/cv-b1-relational" ;;
+    *) echo "unknown step $s (steps: zoo score deltas separation cv levers b1)" >&2; exit 2 ;;
   esac
 done
 echo "results: $W/cv/results.md   lever cells: $W/cv-*/results.md"

@@ -137,18 +137,6 @@ def test_folds_bad_input(cli, cv_world, tmp_path):
     assert r.exit_code == 2 and "--folds" in r.stderr and not (tmp_path / "z").exists()
     r = _run(cli, cv_world, "--folds", "boolq", "-m", "nope", "--out", tmp_path / "z")
     assert r.exit_code == 2 and "--method nope" in r.stderr and not (tmp_path / "z").exists()
-    # one process only: under a multi-process launch it says so instead of racing
-    from unittest import mock
-
-    from llgbm_cli.config import load_config
-    from llgbm_cli.errors import InputError
-    from llgbm_cli.services.cv import run_cv
-
-    with mock.patch("llgbm_cli.distributed.ProcessGroup.__init__",
-                    lambda self, device="auto": setattr(self, "world", 2)):
-        with pytest.raises(InputError, match="accelerate launch"):
-            run_cv(load_config(cv_world), folds="boolq", methods=["base"], out=tmp_path / "w")
-    assert not (tmp_path / "w").exists()
     # a folder that is not a cross-validation output is never written into
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -225,3 +213,93 @@ def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
         assert run_fingerprint(other.config, "multitask") != run_fingerprint(cres.config, "multitask")
         assert train_method(other, "multitask", run) is True
         assert calls[-1] == {"resume": False, "force": True}
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_cross_validate_as_one(tmp_path, cv_world):
+    """Two gloo processes, a fold each (trained, evaluated and scored alone), give the one-process
+    results, per-question scores and generators."""
+    import os
+    import subprocess
+
+    from conftest import launch_cmd
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    folds = ["arc-easy", "boolq"]
+
+    def cv(n: int, out: Path) -> dict:
+        tail = ["llgbm_cli", "-p", cv_world, "--quiet", "--json", "eval", "--folds", ",".join(folds), "-m", "base",
+                "-m", "mean-delta", "-m", "multitask", "--test-sample", "4", "--out", out]
+        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=cv_world.parent,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # only the main process reports
+        rep = json.loads(lines[0])
+        assert rep["processes"] == n
+        return rep
+
+    def snapshot(out: Path) -> dict:
+        res = json.loads((out / "results.json").read_text())
+        assert res.pop("processes") in (1, 2)
+        got = {"results": json.loads(json.dumps(res).replace(str(out), "<out>"))}
+        for k in folds:
+            got[k] = ((out / "folds" / k / "questions.json").read_text(),
+                      (out / "folds" / k / "runs" / "multitask" / "final" / "generator.safetensors").read_bytes())
+            ev = json.loads((out / "folds" / k / "eval" / "llgbm.json").read_text())
+            assert ev["processes"] == 1  # the fold's eval ran alone
+        return got
+
+    one = cv(1, tmp_path / "one")
+    two = cv(2, tmp_path / "two")
+    assert one["ran"] == two["ran"] == folds and sorted(two["trained"]) == [f"{k}/multitask" for k in folds]
+    assert snapshot(tmp_path / "two") == snapshot(tmp_path / "one")
+
+
+PROCESS_ERRORS = """
+import functools, os, sys
+
+from llgbm_cli.distributed import IndependentProcesses
+from llgbm_cli.errors import InputError
+
+p = IndependentProcesses()
+log = open(os.path.join(sys.argv[1], f"rank{p.rank}.txt"), "w")  # the processes' stdout interleaves
+print = functools.partial(print, file=log, flush=True)
+print(p.rank, "prepared", p.on_main(lambda: "ready"))
+print(p.rank, "each", p.each(list("abcde"), lambda x: x.upper() + str(p.rank)))
+
+def refuse():
+    raise InputError("out: not a cross-validation folder", hint="pick another --out")
+
+for step in (lambda: p.on_main(refuse), lambda: p.each(list("abcd"), lambda x: 1 / (x != "d"))):
+    try:
+        step()
+    except Exception as e:
+        print(p.rank, "raised", type(e).__name__, getattr(e, "exit_code", None), str(e))
+"""
+
+
+def test_processes_meet_repeatedly_and_share_a_failure(tmp_path):
+    """Processes of a launch meet several times; a refusal on the main process and a failure in
+    one process's share stop every process (exit code kept) instead of leaving one waiting."""
+    import os
+    import subprocess
+
+    from conftest import launch_cmd
+
+    script = tmp_path / "meet.py"
+    script.write_text(PROCESS_ERRORS)
+    cmd = launch_cmd(["llgbm_cli"], 2)
+    cmd = cmd[: cmd.index("-m", 4)] + [str(script), str(tmp_path)]  # the script in place of `-m llgbm_cli`
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = sorted((tmp_path / "rank0.txt").read_text().splitlines() + (tmp_path / "rank1.txt").read_text().splitlines())
+    assert lines == [
+        "0 each ['A0', 'B1', 'C0', 'D1', 'E0']", "0 prepared ready",
+        "0 raised InputError 2 out: not a cross-validation folder",
+        "0 raised LlgbmError 1 another process of the launch failed: ZeroDivisionError: division by zero",
+        "1 each ['A0', 'B1', 'C0', 'D1', 'E0']", "1 prepared ready",
+        "1 raised LlgbmError 2 out: not a cross-validation folder",
+        "1 raised ZeroDivisionError None division by zero",
+    ]

@@ -132,6 +132,8 @@ def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict) -> N
     resolved = state(ctx).load_config(ov)
     with progress(ctx) as rep:
         result = run_cv(resolved, folds=folds, methods=method, out=out, force=force, overrides=ov, progress=rep)
+    if not result.is_main:  # under accelerate launch the main process reports and writes
+        return
     emit(ctx, result.to_dict(), render_cv)
 
 

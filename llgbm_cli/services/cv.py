@@ -19,6 +19,9 @@ its prompt form, the base model and the question ids), so base and zoo adapters 
 across folds and reruns. A finished fold leaves ``done.json`` and is skipped on the next run; a
 finished training run (its ``final`` checkpoint and marker) is reused; an interrupted one resumes
 from its latest checkpoint.
+
+Under ``accelerate launch`` the folds are dealt round robin to the processes, each fold run by its
+process alone (see docs/scaling.md); the main process gathers the rows and writes the summary.
 """
 
 from __future__ import annotations
@@ -73,11 +76,15 @@ class CVResult:
     trained: list[str] = field(default_factory=list)  # "<fold>/<method>" trained (or resumed) in this run
     files: dict[str, str] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
+    processes: int = 1
+    is_main: bool = True  # under accelerate launch only the main process's result is complete
 
     def to_dict(self) -> dict[str, Any]:
         from ..evaluation.reports import clean
 
-        return clean(dict(self.__dict__))
+        d = dict(self.__dict__)
+        d.pop("is_main")
+        return clean(d)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -257,44 +264,55 @@ def run_cv(
     overrides: Optional[dict[str, Any]] = None,
     progress=NULL_PROGRESS,
 ) -> CVResult:
-    """Cross-validate ``methods`` over the folds ``folds`` (``all`` or comma-separated tasks); see the module doc."""
+    """Cross-validate ``methods`` over the folds ``folds`` (``all`` or comma-separated tasks); see the module doc.
+
+    Under ``accelerate launch`` every process calls this: the main process prepares the output
+    folder while the others wait, the folds are dealt round robin (each fold trained, evaluated and
+    scored by its process alone, as one process would), and the main process gathers every fold's
+    rows and alone writes the summary; only its result (``is_main``) is complete."""
+    import contextlib
     import shutil
 
     from ..config import load_config
-    from ..distributed import ProcessGroup
+    from ..distributed import IndependentProcesses
     from ..io import FileLock, atomic_write_json, check_output, provenance, write_provenance
     from ..zoo import Zoo
 
     cfg = resolved.config
     ec = cfg.eval
-    if ProcessGroup().world > 1:
-        # The trainers of a fold are accelerate-distributed themselves: two folds trained at once
-        # under one launch would wait on each other's collectives.
-        raise InputError("--folds: cross-validation runs as one process (its trainers use every process of a "
-                         "launch themselves); start it without `accelerate launch`")
+    procs = IndependentProcesses()
     zoo = Zoo.load(workdir.path(resolved, "zoo"))
     if not zoo.entries:
         raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
     fold_names = parse_folds(folds, zoo.tasks())
     ms = cv_methods(list(methods) if methods else list(ec.methods))
     out = Path(out).expanduser() if out is not None else resolved.resolve_path(f"{ec.out}-cv")
-    out = check_output(out, "cross-validation", force=force, incremental=True,
-                       inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")],
-                       roots=[resolved.workdir, resolved.root])
     base_ov = {k: v for k, v in (overrides or {}).items() if v is not None}
     command = reproduce_command(resolved, folds, ms, out, ec.test_sample, base_ov)
-    result = CVResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, ms, fold_names,
-                      ec.oracle_candidates)
     explicit = resolved.path is not None
-    with FileLock(out.parent / f".{out.name}.lock", what=f"the cross-validation {out}"):
-        if force and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / MARKER, {"folds": fold_names, "methods": ms, "command": command})
-        write_provenance(out, provenance("eval --folds", resolved.to_dict(), folds=fold_names, methods=ms))
+    if not procs.is_main:
+        progress = NULL_PROGRESS  # one set of progress bars, the main process's
+
+    with contextlib.ExitStack() as held:
+        def prepare() -> str:
+            o = check_output(out, "cross-validation", force=force, incremental=True,
+                             inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")],
+                             roots=[resolved.workdir, resolved.root])
+            held.enter_context(FileLock(o.parent / f".{o.name}.lock", what=f"the cross-validation {o}"))
+            if force and o.exists():
+                shutil.rmtree(o)
+            o.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(o / MARKER, {"folds": fold_names, "methods": ms, "command": command})
+            write_provenance(o, provenance("eval --folds", resolved.to_dict(), folds=fold_names, methods=ms))
+            return str(o)
+
+        out = Path(procs.on_main(prepare))  # the others wait: --force may be clearing the folder
+        result = CVResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, ms, fold_names,
+                          ec.oracle_candidates, processes=procs.world, is_main=procs.is_main)
         scores = ScoreCache(resolved, out / "scores")  # loads the base model when first needed
-        bar = progress.add("cross-validation: folds", total=len(fold_names))
-        for k in fold_names:
+        bar = progress.add("cross-validation: folds", total=len(procs.shard(fold_names)))
+
+        def fold(k: str) -> dict[str, Any]:
             fdir = out / "folds" / k
             ov = fold_overrides(base_ov, k, (fdir / "runs" / INDEX) if "b2" in ms else None)
             cres = load_config(resolved.path, ov, explicit=explicit)
@@ -303,18 +321,22 @@ def run_cv(
             if done.exists():
                 prev = json.loads(done.read_text())
                 if prev.get("fingerprint") == fp:
-                    result.rows.extend(prev["rows"])
-                    result.oracle.append(prev["oracle"])
-                    result.skipped.append(k)
                     progress.advance(bar)
-                    continue
+                    return {"fold": k, "rows": prev["rows"], "oracle": prev["oracle"], "ran": False, "trained": []}
             progress.update(bar, description=f"cross-validation: fold {k}")
-            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, result, progress)
+            trained: list[str] = []
+            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, trained, progress)
             atomic_write_json(done, {"fold": k, "fingerprint": fp, "rows": rows, "oracle": oracle})
-            result.rows.extend(rows)
-            result.oracle.append(oracle)
-            result.ran.append(k)
             progress.advance(bar)
+            return {"fold": k, "rows": rows, "oracle": oracle, "ran": True, "trained": trained}
+
+        for f in procs.each(fold_names, fold):
+            result.rows.extend(f["rows"])
+            result.oracle.append(f["oracle"])
+            (result.ran if f["ran"] else result.skipped).append(f["fold"])
+            result.trained.extend(f["trained"])
+        if not procs.is_main:
+            return result
         result.summary = summarize(result.rows, result.oracle, ms)
         _write_files(out, result)
     return result
@@ -371,7 +393,7 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS) -> bo
 
 
 def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache,
-              result: CVResult, progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              trained: list[str], progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
     from ..evaluation.stats import paired_bootstrap
     from ..io import atomic_write_json
@@ -384,7 +406,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
         if m in TRAINED:
             run_dir = fdir / "runs" / m
             if train_method(cres, m, run_dir, progress):
-                result.trained.append(f"{k}/{m}")
+                trained.append(f"{k}/{m}")
             checkpoints[m] = run_dir if m == "b2" else run_dir / FINAL
     model, tok = scores.base_model()
     world = load_world(cres, [k], [k], model=model, tok=tok)
