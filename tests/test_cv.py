@@ -41,12 +41,27 @@ def _run(cli, project, *args):
     return cli("--project", project, "--quiet", "--json", "eval", *args)
 
 
-def test_folds_train_evaluate_compare_and_resume(cli, cv_world, tmp_path):
-    out = tmp_path / "cv"
-    r = _run(cli, cv_world, "--folds", "arc-easy,boolq", "-m", "base", "-m", "mean-delta", "-m", "multitask",
-             "--test-sample", "5", "--out", out)
-    assert r.exit_code == 0, r.stderr
-    res = json.loads(r.stdout)
+FOLDS_ARGS = ["--folds", "arc-easy,boolq", "-m", "base", "-m", "mean-delta", "-m", "multitask", "--test-sample", "5"]
+
+
+@pytest.fixture(scope="module")
+def cv_one(cv_world, tmp_path_factory):
+    """One process's cross-validation of two folds: (its --out, its JSON report). Run as the
+    processes of the launch test run (one thread each), so that their float results can be equal."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("cvone") / "cv"
+    r = subprocess.run([sys.executable, "-m", "llgbm_cli", "--project", str(cv_world), "--quiet", "--json", "eval",
+                        *FOLDS_ARGS, "--out", str(out)], capture_output=True, text=True, cwd=cv_world.parent,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout)
+
+
+def test_folds_train_evaluate_compare_and_resume(cli, cv_world, cv_one):
+    out, res = cv_one
     assert res["folds"] == ["arc-easy", "boolq"] and res["ran"] == ["arc-easy", "boolq"] and res["skipped"] == []
     assert sorted(res["trained"]) == ["arc-easy/multitask", "boolq/multitask"]
     rows = {(x["fold"], x["method"]): x for x in res["rows"]}
@@ -109,8 +124,7 @@ def test_folds_train_evaluate_compare_and_resume(cli, cv_world, tmp_path):
     from unittest import mock
 
     with mock.patch("llgbm_cli.models.load_base_model", side_effect=AssertionError("a finished fold loads no model")):
-        again = json.loads(_run(cli, cv_world, "--folds", "arc-easy,boolq", "-m", "base", "-m", "mean-delta", "-m",
-                                "multitask", "--test-sample", "5", "--out", out).stdout)
+        again = json.loads(_run(cli, cv_world, *FOLDS_ARGS, "--out", out).stdout)
     assert again["ran"] == [] and again["skipped"] == ["arc-easy", "boolq"] and again["trained"] == []
     assert again["summary"] == res["summary"]
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
@@ -216,7 +230,7 @@ def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_accelerate_processes_cross_validate_as_one(tmp_path, cv_world):
+def test_two_accelerate_processes_cross_validate_as_one(tmp_path, cv_world, cv_one):
     """Two gloo processes, a fold each (trained, evaluated and scored alone), give the one-process
     results, per-question scores and generators."""
     import os
@@ -226,34 +240,28 @@ def test_two_accelerate_processes_cross_validate_as_one(tmp_path, cv_world):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     folds = ["arc-easy", "boolq"]
+    out = tmp_path / "two"
+    tail = ["llgbm_cli", "-p", cv_world, "--quiet", "--json", "eval", *FOLDS_ARGS, "--out", out]
+    r = subprocess.run(launch_cmd(tail, 2), capture_output=True, text=True, env=env, cwd=cv_world.parent, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only the main process reports
+    two = json.loads(lines[0])
+    assert two["processes"] == 2 and two["ran"] == folds
+    assert sorted(two["trained"]) == [f"{k}/multitask" for k in folds]
 
-    def cv(n: int, out: Path) -> dict:
-        tail = ["llgbm_cli", "-p", cv_world, "--quiet", "--json", "eval", "--folds", ",".join(folds), "-m", "base",
-                "-m", "mean-delta", "-m", "multitask", "--test-sample", "4", "--out", out]
-        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=cv_world.parent,
-                           timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-        assert len(lines) == 1  # only the main process reports
-        rep = json.loads(lines[0])
-        assert rep["processes"] == n
-        return rep
-
-    def snapshot(out: Path) -> dict:
-        res = json.loads((out / "results.json").read_text())
+    def snapshot(o: Path) -> dict:
+        res = json.loads((o / "results.json").read_text())
         assert res.pop("processes") in (1, 2)
-        got = {"results": json.loads(json.dumps(res).replace(str(out), "<out>"))}
+        res.pop("ran"), res.pop("skipped"), res.pop("trained")  # the one-process run was resumed since
+        got = {"results": json.loads(json.dumps(res).replace(str(o), "<out>"))}
         for k in folds:
-            got[k] = ((out / "folds" / k / "questions.json").read_text(),
-                      (out / "folds" / k / "runs" / "multitask" / "final" / "generator.safetensors").read_bytes())
-            ev = json.loads((out / "folds" / k / "eval" / "llgbm.json").read_text())
-            assert ev["processes"] == 1  # the fold's eval ran alone
+            got[k] = ((o / "folds" / k / "questions.json").read_text(),
+                      (o / "folds" / k / "runs" / "multitask" / "final" / "generator.safetensors").read_bytes())
+            assert json.loads((o / "folds" / k / "eval" / "llgbm.json").read_text())["processes"] == 1  # alone
         return got
 
-    one = cv(1, tmp_path / "one")
-    two = cv(2, tmp_path / "two")
-    assert one["ran"] == two["ran"] == folds and sorted(two["trained"]) == [f"{k}/multitask" for k in folds]
-    assert snapshot(tmp_path / "two") == snapshot(tmp_path / "one")
+    assert snapshot(out) == snapshot(cv_one[0])
 
 
 PROCESS_ERRORS = """

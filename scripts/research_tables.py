@@ -1,0 +1,131 @@
+"""Print docs/results.md's tables from the files `scripts/research.sh` writes (markdown on stdout).
+
+    python scripts/research_tables.py [WORKDIR]      # default: the research profile's workdir
+
+Sections whose files are missing are skipped with a note, so it can be run after any step:
+the teachers against base (`score` step), the lever cells and B1 beside the main
+cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# (folder under the workdir, method, the setting it changes) of the lever cells and B1 runs
+CELLS = [
+    ("cv", "multitask", "λ = 1 (main run)"),
+    ("cv-lambda0", "multitask", "λ = 0 (weights only)"),
+    ("cv-task0.1", "multitask", "task_weight = 0.1"),
+    ("cv-centered", "multitask", "delta_centered"),
+    ("cv-gradnorm", "multitask", "loss_balance = gradnorm"),
+    ("cv-b1", "b1", "B1"),
+    ("cv-b1-relational", "b1", "B1, relational_weight = 10"),
+]
+
+
+def f(x, fmt="{:.3f}") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def teachers(w: Path) -> None:
+    p = w / "zoo-score.json"
+    if not p.exists() or p.stat().st_size == 0:
+        print(f"(no {p}: run `STEPS=score bash scripts/research.sh`)\n")
+        return
+    d = json.loads(p.read_text())
+    print(f"Teachers against base ({p.name}; up to {d['test_sample']} test questions per task, paired SE):\n")
+    print("| task | metric | n | base | teacher | teacher − base | SE | z | ≥ 2 SE | base / teacher acc_norm |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    met = 0
+    for name, t in d["tasks"].items():
+        last = t["last"]
+        vs = t["vs_base"][last]
+        met += bool(vs["beats_base_2se"])
+        norm = ""
+        if "acc_norm" in t["metrics"].get("base", {}):
+            norm = f"{t['metrics']['base']['acc_norm']:.3f} / {t['metrics'][last]['acc_norm']:.3f}"
+        print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | {t['adapters'][last]:.3f} | "
+              f"{vs['diff']:+.3f} | {vs['se']:.3f} | {f(vs['z'], '{:.2f}')} | {'yes' if vs['beats_base_2se'] else 'no'} | "
+              f"{norm} |")
+    print(f"\nTeachers ≥ base + 2 SE: {met} of {len(d['tasks'])}.\n")
+
+
+def metrics_of(run: Path) -> dict:
+    """The last evaluation row of a training run's metrics.jsonl (the collapse checks for B1)."""
+    p = run / "metrics.jsonl"
+    if not p.exists():
+        return {}
+    rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    evals = [r for r in rows if "lora_norm_ratio" in r or "heldout_delta_cosine" in r]
+    return evals[-1] if evals else {}
+
+
+def cells(w: Path) -> None:
+    have = [(c, m, what) for c, m, what in CELLS if (w / c / "results.json").exists()]
+    if not have:
+        print("(no lever cells yet: run `STEPS=\"levers b1\" bash scripts/research.sh`)\n")
+        return
+    folds = None
+    for c, _, _ in have[1:]:
+        fs = json.loads((w / c / "results.json").read_text())["folds"]
+        folds = fs if folds is None else [k for k in folds if k in fs]
+    folds = folds or json.loads((w / have[0][0] / "results.json").read_text())["folds"]
+    print("Multitask and B1 settings on the same folds and questions (`accuracy − base` with its paired-bootstrap "
+          "p; the collapse columns are B1's checks on one generated adapter per training task):\n")
+    print("| fold | setting | accuracy | − base (p) | − mean-delta (p) | centered cosine | delta cosine | norm ratio "
+          "| ΔW norm ratio | pairwise ΔW cosine (teachers) | collapse |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in folds:
+        for c, m, what in have:
+            res = json.loads((w / c / "results.json").read_text())
+            row = next((r for r in res["rows"] if r["fold"] == k and r["method"] == m), None)
+            if row is None:
+                continue
+            extra = ["", "", ""]
+            if m == "b1":
+                ev = metrics_of(w / c / "folds" / k / "runs" / "b1")
+                if ev:
+                    coll = [n for n in ("norm", "diversity") if ev.get(f"degenerate_{n}")]
+                    extra = [f(ev.get("lora_norm_ratio"), "{:.2f}"),
+                             f"{ev['gen_pairwise_cosine']:.3f} ({ev['teacher_pairwise_cosine']:.3f})",
+                             ", ".join(coll) or "none"]
+            print(f"| {k} | {what} | {row['accuracy']:.2f} | {row['accuracy_vs_base']:+.2f} ({row['vs_base_p']:.2f}) | "
+                  f"{row['vs_mean_delta']:+.2f} ({row['vs_mean_delta_p']:.2f}) | {f(row['centered_cosine'])} | "
+                  f"{f(row['delta_cosine'])} | {f(row['norm_ratio'], '{:.3f}')} | " + " | ".join(extra) + " |")
+    print()
+
+
+def timings(w: Path) -> None:
+    p = w / "timings.jsonl"
+    if not p.exists():
+        return
+    print("Wall time of each step (timings.jsonl):\n")
+    print("| step | seconds | finished | load (1, 5, 15 min) |")
+    print("|---|---|---|---|")
+    for line in p.read_text().splitlines():
+        if line.strip():
+            t = json.loads(line)
+            print(f"| {t['step']} | {t['seconds']} | {t['finished']} | {t['load']} |")
+    print()
+
+
+def main() -> None:
+    if len(sys.argv) > 1:
+        w = Path(sys.argv[1])
+    else:
+        import subprocess
+
+        w = Path(subprocess.run(["llgbm", "-p", str(REPO / "profiles" / "research.toml"), "config", "workdir"],
+                                capture_output=True, text=True, check=True).stdout.strip())
+    teachers(w)
+    cells(w)
+    timings(w)
+
+
+if __name__ == "__main__":
+    main()
