@@ -46,16 +46,23 @@ for s in $STEPS; do
         --out "$W/cv-lambda0"
       step lever-task-loss llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.task_weight=0.1 \
         --out "$W/cv-task0.1"
-      step lever-centered llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.delta_centered=true \
-        --out "$W/cv-centered"
+      # centering leaves the mse delta loss unchanged (a shift of both sides): compare it under cosine
+      step lever-cosine llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.delta_loss_type=cosine \
+        --out "$W/cv-cosine"
+      step lever-cosine-centered llgbm eval --folds arc-easy,mawps -m multitask \
+        --set train.multitask.delta_loss_type=cosine --set train.multitask.delta_centered=true \
+        --out "$W/cv-cosine-centered"
       step lever-gradnorm llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.loss_balance=gradnorm \
         --out "$W/cv-gradnorm" ;;
     # B1 on the same two folds, plain and with the relational term against diversity collapse; each
     # fold's training run reports the collapse checks on the training tasks' adapters.
     b1)
-      step b1-plain llgbm eval --folds arc-easy,mawps -m b1 --out "$W/cv-b1"
-      step b1-relational llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.relational_weight=10 \
-        --out "$W/cv-b1-relational" ;;
+      step b1 llgbm eval --folds arc-easy,mawps -m b1 --out "$W/cv-b1"
+      # the first B1 setting (lr 1e-4, 2 epochs), plain and with the relational term
+      step b1-lr1e-4 llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-4 \
+        --set train.delta_only.epochs=2 --out "$W/cv-b1-lr1e-4"
+      step b1-lr1e-4-relational llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-4 \
+        --set train.delta_only.epochs=2 --set train.delta_only.relational_weight=10 --out "$W/cv-b1-lr1e-4-relational" ;;
     *) echo "unknown step $s (steps: zoo score deltas separation cv levers b1)" >&2; exit 2 ;;
   esac
 done

@@ -21,10 +21,13 @@ CELLS = [
     ("cv", "multitask", "λ = 1 (main run)"),
     ("cv-lambda0", "multitask", "λ = 0 (weights only)"),
     ("cv-task0.1", "multitask", "task_weight = 0.1"),
-    ("cv-centered", "multitask", "delta_centered"),
+    ("cv-centered", "multitask", "delta_centered (mse: the same loss)"),
+    ("cv-cosine", "multitask", "delta_loss_type = cosine"),
+    ("cv-cosine-centered", "multitask", "cosine + delta_centered"),
     ("cv-gradnorm", "multitask", "loss_balance = gradnorm"),
-    ("cv-b1", "b1", "B1"),
-    ("cv-b1-relational", "b1", "B1, relational_weight = 10"),
+    ("cv-b1-lr1e-4", "b1", "B1, lr 1e-4, 2 epochs"),
+    ("cv-b1-lr1e-4-relational", "b1", "B1, lr 1e-4, 2 epochs, relational_weight = 10"),
+    ("cv-b1", "b1", "B1, lr 1e-3, 5 epochs (profile)"),
 ]
 
 
