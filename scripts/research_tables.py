@@ -27,7 +27,7 @@ CELLS = [
     ("cv-gradnorm", "multitask", "loss_balance = gradnorm"),
     ("cv-b1-lr1e-4", "b1", "B1, lr 1e-4, 2 epochs"),
     ("cv-b1-lr1e-4-relational", "b1", "B1, lr 1e-4, 2 epochs, relational_weight = 10"),
-    ("cv-b1", "b1", "B1, lr 1e-3, 5 epochs (profile)"),
+    ("cv-b1", "b1", "B1, lr 1e-3, 5 epochs"),
 ]
 
 
