@@ -136,8 +136,6 @@ class IndependentProcesses:
         """``fn()`` on the main process while the others wait; its value on every process. If it
         fails, every process stops with the same error (exit code and hint kept), so none is left
         waiting for a partner that has stopped."""
-        if self.world == 1:
-            return fn()
         value, err = None, None
         if self.is_main:
             try:
@@ -165,10 +163,6 @@ class IndependentProcesses:
             except Exception as e:  # noqa: BLE001 - handed to every process, raised below
                 err = e
                 break
-        if self.world == 1:
-            if err is not None:
-                raise err
-            return [v for _, v in done]
         got = self.gather([(self.rank, _pack(err), done)])
         if err is not None:
             raise err

@@ -240,12 +240,9 @@ def test_cells_are_dealt_and_gathered_into_the_one_process_summary(tmp_path, mon
     monkeypatch.setattr(A, "_run_cell", fake_cell)
     passed: dict = {}
 
-    class Fake:
+    class Fake(D.IndependentProcesses):  # the real dealing (shard, each); a stand-in meeting
         def __init__(self, rank):
-            self.rank, self.world, self.is_main = rank, 2, rank == 0
-
-        def shard(self, items):
-            return items[self.rank::2]
+            self.rank, self.world, self.local_rank = rank, 2, rank
 
         def alone(self):
             return contextlib.nullcontext()

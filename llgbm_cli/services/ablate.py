@@ -21,7 +21,9 @@ Under ``accelerate launch`` the cells to run are dealt round robin (cell *i* of 
 the ``same_as`` ones, to rank *i* mod *N*); each process trains and evaluates its cells from start
 to end by itself, as one process would (no group while they work: a cell's training and eval do
 not join the other processes), skipping its finished ones. At the end the processes meet, the
-main process gathers every cell's row and alone writes the summary, the same as one process's.
+main process gathers every cell's row and alone writes the summary, the same as one process's. A
+cell that fails stops its process's share; once the others have finished theirs, every process
+stops with that error (:meth:`~llgbm_cli.distributed.IndependentProcesses.each`).
 """
 
 from __future__ import annotations
@@ -197,27 +199,26 @@ def run_ablate(
         out.mkdir(parents=True, exist_ok=True)
         if procs.is_main:
             write_provenance(out, provenance("ablate", resolved.to_dict(), cells=[c.name for c in grid]))
-        share = procs.shard(grid)
-        task = progress.add("ablation cells", total=len(share))
-        mine = []  # (cell, row, ran) of this process's cells
-        for c in share:
+        task = progress.add("ablation cells", total=len(procs.shard(grid)))
+
+        def cell(c: Cell) -> tuple[str, dict[str, Any], bool]:
+            """(cell, row, ran) of one cell of this process's share, run alone."""
             cdir = out / c.name
             ov = cell_overrides(resolved, c, base_ov)
             done = cdir / DONE
             if done.exists():
                 prev = json.loads(done.read_text())
                 if prev.get("overrides") == _jsonable(ov):
-                    mine.append((c.name, prev["row"], False))
                     progress.advance(task)
-                    continue
+                    return c.name, prev["row"], False
             progress.update(task, description=f"cell {c.name}")
             cres = load_config(resolved.path, ov, explicit=explicit)
-            with procs.alone():
-                row = _run_cell(cres, c, cdir, ov, progress)
+            row = _run_cell(cres, c, cdir, ov, progress)
             atomic_write_json(done, {"cell": c.name, "overrides": _jsonable(ov), "row": row})
-            mine.append((c.name, row, True))
             progress.advance(task)
-        got = {name: (row, ran) for name, row, ran in procs.gather(mine)}
+            return c.name, row, True
+
+        got = {name: (row, ran) for name, row, ran in procs.each(grid, cell)}
         if not procs.is_main:
             return result
         for c in grid:
