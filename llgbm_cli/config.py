@@ -94,6 +94,20 @@ class DataSection(Section):
     generate_batch_size: int = Field(16, ge=1, description="Questions decoded together for generative tasks.")
 
 
+class ZooTaskSettings(Section):
+    """One task's teacher settings that differ from ``[zoo]``'s (a key left out keeps ``[zoo]``'s)."""
+
+    steps: Optional[int] = Field(None, ge=1, description="Optimizer steps per teacher of this task.")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="Steps before this task's first kept checkpoint.")
+    checkpoints: Optional[int] = Field(None, ge=1, description="Checkpoints kept per trajectory of this task.")
+    learning_rate: Optional[float] = Field(None, gt=0, description="AdamW learning rate of this task's teachers.")
+    batch_size: Optional[int] = Field(None, ge=1, description="Training batch size of this task's teachers.")
+    lr_warmup_steps: Optional[int] = Field(None, ge=0, description="Learning-rate warm-up steps of this task's teachers.")
+    weight_decay: Optional[float] = Field(None, ge=0, description="AdamW weight decay of this task's teachers.")
+    max_grad_norm: Optional[float] = Field(None, gt=0, description="Gradient clipping norm of this task's teachers.")
+    data_fraction: Optional[float] = Field(None, gt=0, le=1, description="Share of this task's train split per trajectory.")
+
+
 class ZooSection(Section):
     path: str = Field("zoo", description="Zoo folder (relative to workdir) holding adapters and zoo.jsonl.")
     tasks: list[str] = Field(
@@ -116,6 +130,16 @@ class ZooSection(Section):
     data_fraction: float = Field(
         1.0, gt=0, le=1, description="Share of the task's train split each trajectory trains on (a seeded subset "
         "per run, so runs see different data; 1: all of it).")
+    per_task: dict[str, ZooTaskSettings] = Field(
+        default_factory=dict, description="`[zoo.per_task.NAME]`: settings of one task's teachers that differ from "
+        "these (steps, warmup_steps, checkpoints, learning_rate, batch_size, lr_warmup_steps, weight_decay, "
+        "max_grad_norm, data_fraction); a task's teachers are rebuilt only when its own settings change.")
+
+    def for_task(self, task: str) -> "ZooSection":
+        """The settings ``task``'s teachers are built with: these, with its ``per_task`` table applied."""
+        own = self.per_task.get(task)
+        update = {"per_task": {}, **(own.model_dump(exclude_none=True) if own is not None else {})}
+        return self.model_copy(update=update)
 
 
 class ProbesSection(Section):
@@ -461,6 +485,15 @@ class ResolvedConfig:
     root: Path  # folder that relative paths in the config are resolved against
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> default | file | flag
     labels: dict[str, str] = field(default_factory=dict)  # dotted key -> how the user gave it, where not the file
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the project file's data as it was read
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ResolvedConfig":
+        """The same project with ``overrides`` (dotted key -> value, the whole set, as ``load_config``
+        takes them), validated again from the data read at load time: the file is not read again, so
+        a command that resolves many variants (folds, ablation cells) sees one version of it even if
+        it is edited meanwhile."""
+        where = self.path or (self.root / DEFAULT_PROJECT_FILE)
+        return _resolve(self.raw, self.path, where, overrides)
 
     def origin(self, key: str) -> str:
         """How the value of ``key`` was given, as the user would look for it: its flag (``--density``),
@@ -604,20 +637,28 @@ def load_config(
     that set a key (``{"merge.density": "--density"}``); other overrides came from ``--set``. A
     problem with an overridden value is reported under that flag, not under the file.
     """
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     p = Path(path) if path is not None else Path(DEFAULT_PROJECT_FILE)
     raw: dict[str, Any] = {}
     used_path: Optional[Path] = None
     if p.exists() or explicit or path is not None:
         raw = read_toml(p)
         used_path = p.resolve()
+    return _resolve(raw, used_path, p, overrides, flags)
+
+
+def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides: Optional[dict[str, Any]],
+             flags: Optional[dict[str, str]] = None) -> ResolvedConfig:
+    """Validate the file's data ``raw`` with ``overrides`` (see ``load_config``)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     file_keys = set(_flatten(raw))
     data = _deep_copy(raw)
     known = set(all_keys())
     bad_flags = []
     for k, v in overrides.items():
         if (k not in known and not any(k.split(".")[-1] == f or f".{f}." in k for f in _FREE_DICTS)
-                and not k.startswith("tasks.")):
+                and not k.startswith("tasks.")
+                and not (k.startswith("zoo.per_task.") and k.count(".") == 3
+                         and k.rsplit(".", 1)[1] in ZooTaskSettings.model_fields)):
             guess = difflib.get_close_matches(k, sorted(known), n=1)
             bad_flags.append(f"{k}: unknown key" + (f" (did you mean `{guess[0]}`?)" if guess else ""))
             continue
@@ -643,8 +684,12 @@ def load_config(
             sources[k] = "file"
         else:
             sources[k] = "default"
+    for k in overrides:  # keys of per-task tables set by a flag
+        if k.startswith("zoo.per_task."):
+            sources[k] = "flag"
     root = used_path.parent if used_path else Path.cwd().resolve()
-    return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources, labels=labels)
+    return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources, labels=labels,
+                          raw=_deep_copy(raw))
 
 
 def _toml_value(v: Any) -> str:
@@ -683,9 +728,11 @@ def _dataset_checks(data: dict, cfg: Optional[LlgbmConfig], path: Path) -> list[
     except InputError as e:
         return [e.message]
     valid = reg.names()
-    for key in ("data.datasets", "zoo.tasks"):
+    for key in ("data.datasets", "zoo.tasks", "zoo.per_task"):
         sec, name = key.split(".")
         names = (data.get(sec) or {}).get(name) if isinstance(data.get(sec), dict) else None
+        if isinstance(names, dict):  # a table per task: its keys are the names
+            names = list(names)
         if not isinstance(names, list):
             continue
         for n in names:
@@ -728,12 +775,15 @@ def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
         problems.append(
             f"train.multitask.warmup_steps: {mt.warmup_steps} must be below total_steps {mt.total_steps}"
         )
-    if cfg.zoo.warmup_steps >= cfg.zoo.steps:
-        problems.append(f"zoo.warmup_steps: {cfg.zoo.warmup_steps} must be below zoo.steps {cfg.zoo.steps}")
-    elif cfg.zoo.checkpoints > cfg.zoo.steps - cfg.zoo.warmup_steps:
-        problems.append(f"zoo.checkpoints: {cfg.zoo.checkpoints} checkpoints do not fit in the "
-                        f"{cfg.zoo.steps - cfg.zoo.warmup_steps} steps after warm-up (zoo.steps {cfg.zoo.steps} - "
-                        f"zoo.warmup_steps {cfg.zoo.warmup_steps}); lower it or raise zoo.steps")
+    for task in [None, *cfg.zoo.per_task]:
+        z = cfg.zoo if task is None else cfg.zoo.for_task(task)
+        where = "zoo." if task is None else f"zoo.per_task.{task}: zoo."
+        if z.warmup_steps >= z.steps:
+            problems.append(f"{where}warmup_steps: {z.warmup_steps} must be below zoo.steps {z.steps}")
+        elif z.checkpoints > z.steps - z.warmup_steps:
+            problems.append(f"{where}checkpoints: {z.checkpoints} checkpoints do not fit in the "
+                            f"{z.steps - z.warmup_steps} steps after warm-up (zoo.steps {z.steps} - "
+                            f"zoo.warmup_steps {z.warmup_steps}); lower it or raise zoo.steps")
     return problems
 
 
@@ -749,6 +799,9 @@ def describe_schema() -> list[dict[str, Any]]:
                 continue
             if name == "tasks" and not prefix:  # one table per task: document the table's keys
                 walk(TaskSpec, "tasks.<NAME>.")
+                continue
+            if name == "per_task" and prefix == "zoo.":
+                walk(ZooTaskSettings, "zoo.per_task.<NAME>.")
                 continue
             default = f.get_default(call_default_factory=True)
             rows.append(

@@ -87,7 +87,28 @@ def test_workdir_is_relative_to_project_file(tmp_path):
 
 def test_schema_rows_have_help():
     rows = describe_schema()
-    # `tasks` is a table of tables: its rows document the keys of one `[tasks.NAME]` table
-    assert {r["key"] for r in rows if not r["key"].startswith("tasks.")} == set(all_keys()) - {"tasks"}
+    # `tasks` and `zoo.per_task` are tables of tables: their rows document the keys of one table
+    tables = ("tasks.", "zoo.per_task.")
+    assert {r["key"] for r in rows if not r["key"].startswith(tables)} == set(all_keys()) - {"tasks", "zoo.per_task"}
     assert {"tasks.<NAME>.path", "tasks.<NAME>.kind", "tasks.<NAME>.metric"} <= {r["key"] for r in rows}
+    assert {"zoo.per_task.<NAME>.steps", "zoo.per_task.<NAME>.learning_rate"} <= {r["key"] for r in rows}
     assert all(r["help"] for r in rows)
+
+
+def test_variants_are_resolved_from_the_data_read_at_load_time(tmp_path):
+    # Cross-validation folds and ablation cells resolve the project once per variant; an edit of the
+    # file during the run must not reach the later variants.
+    p = tmp_path / "llgbm.toml"
+    p.write_text('[project]\nseed = 3\n[train.multitask]\ntotal_steps = 40\nwarmup_steps = 4\n')
+    resolved = load_config(p, {"train.multitask.learning_rate": 0.01})
+    p.write_text('[project]\nseed = 9\n[train.multitask]\ntotal_steps = 7\n')  # edited meanwhile
+    v = resolved.with_overrides({"train.multitask.learning_rate": 0.02, "eval.test_sample": 5})
+    assert v.config.project.seed == 3 and v.config.train.multitask.total_steps == 40
+    assert v.config.train.multitask.learning_rate == 0.02 and v.config.eval.test_sample == 5
+    assert v.path == resolved.path and v.root == resolved.root and v.sources["project.seed"] == "file"
+    assert v.sources["eval.test_sample"] == "flag" and v.sources["train.multitask.warmup_steps"] == "file"
+    p.unlink()  # gone altogether: still the data it was read from
+    again = resolved.with_overrides({})
+    assert again.config.project.seed == 3 and again.config.train.multitask.learning_rate == 3e-5
+    with pytest.raises(ConfigError, match="warmup_steps"):  # a variant is validated like the file
+        resolved.with_overrides({"train.multitask.total_steps": 3})

@@ -118,6 +118,41 @@ def test_other_settings_are_refused_without_force(built, cli, tmp_path):
     assert "built with other settings" in r.stderr and "zoo.steps" in r.stderr and "--force" in r.stderr
 
 
+def test_a_task_table_rebuilds_only_its_own_teachers(built, tiny, cli, tmp_path):
+    from llgbm_cli.services.zoo import recorded_specs
+
+    root = _copy_project(built, tmp_path)
+    zdir = root / "runs" / "zoo"
+    before = {e.id: e.sha256 for e in Zoo.load(zdir).entries}
+    text = (root / "llgbm.toml").read_text()
+    (root / "llgbm.toml").write_text(text + "\n[zoo.per_task.boolq]\nsteps = 8\nlearning_rate = 0.003\n")
+    resolved = load_config(root / "llgbm.toml")
+    assert build_spec(resolved, "arc-easy") == build_spec(resolved)  # no table: [zoo]'s settings
+    assert build_spec(resolved, "boolq")["zoo"]["steps"] == 8 and build_spec(resolved)["zoo"]["steps"] == 6
+    r = cli("--project", root / "llgbm.toml", "zoo", "build")
+    assert r.exit_code == 2, r.output
+    assert "teachers of boolq were built with other settings" in r.stderr and "arc-easy" not in r.stderr
+    assert "zoo.learning_rate, zoo.steps" in r.stderr and "--force" in r.stderr
+    res = build_zoo(resolved, tasks=["boolq"], force=True, model_and_tokenizer=tiny)
+    assert [i for t in res.tasks for i in t.built] == ["boolq-s00005", "boolq-s00008"]  # checkpoint_steps(8, 2, 2)
+    zoo = Zoo.load(zdir)
+    # boolq's earlier checkpoints are gone from the manifest and the disk; arc-easy's are untouched.
+    assert [e.id for e in zoo.entries] == ["arc-easy-s00004", "arc-easy-s00006", "boolq-s00005", "boolq-s00008"]
+    assert all(before[e.id] == e.sha256 for e in zoo.by_task("arc-easy"))
+    assert not (zdir / "adapters" / "boolq-s00004").exists() and not (zdir / "adapters" / "boolq-s00006").exists()
+    assert not (zdir / ".state" / "boolq-s00006.pt").exists()
+    rec = recorded_specs(zdir, zoo)
+    assert rec["boolq"]["zoo"]["steps"] == 8 and rec["arc-easy"] == build_spec(resolved)
+    assert json.loads((zdir / "llgbm.json").read_text())["task_build_specs"]["boolq"]["zoo"]["learning_rate"] == 0.003
+    assert build_zoo(resolved, model_and_tokenizer=None).to_dict()["built"] == 0  # both tasks match their settings
+    # The table's keys are checked like [zoo]'s: its task must exist, its checkpoints must fit.
+    for extra, msg in [("[zoo.per_task.bolq]\nsteps = 8", "zoo.per_task: unknown task 'bolq'"),
+                       ("[zoo.per_task.boolq]\nsteps = 2", "zoo.per_task.boolq: zoo.warmup_steps: 2 must be below")]:
+        (root / "llgbm.toml").write_text(text + "\n" + extra + "\n")
+        r = cli("--project", root / "llgbm.toml", "config", "validate")
+        assert r.exit_code == 2 and msg in r.output, r.output
+
+
 def test_unknown_dataset_lists_valid_names(cli, tiny_project):
     r = cli("--project", tiny_project, "zoo", "build", "--tasks", "arc-easy,arc-eazy")
     assert r.exit_code == 2
@@ -171,6 +206,34 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
             assert vb["beats_base_2se"] == (vb["se"] > 0 and vb["diff"] >= 2 * vb["se"])
     last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
     assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
+
+
+def test_heldout_split_scores_run_zero_on_the_train_records_it_did_not_see(built, tiny, tmp_path):
+    from conftest import TINY_TOML
+
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.services.zoo import run_seed, trajectory_subset
+    from llgbm_cli.tasks.registry import registry_for
+
+    # A zoo whose teachers trained on their whole train split holds nothing out: a clear refusal.
+    with pytest.raises(InputError, match="--split heldout.*zoo.data_fraction < 1"):
+        score_zoo(built[1], split="heldout", model_and_tokenizer=tiny)
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "llgbm.toml").write_text(TINY_TOML.replace(
+        'tasks = ["arc-easy", "boolq"]\nsteps = 6', 'tasks = ["boolq"]\nruns = 2\ndata_fraction = 0.5\nsteps = 6'))
+    resolved = load_config(root / "llgbm.toml")
+    build_zoo(resolved, model_and_tokenizer=tiny)
+    rep = score_zoo(resolved, split="heldout", test_sample=1000, model_and_tokenizer=tiny)
+    t = json.loads((root / "runs/zoo/scores-heldout.json").read_text())["tasks"]["boolq"]
+    assert rep.to_dict()["split"] == "heldout" and sorted(t["adapters"]) == ["boolq-s00004", "boolq-s00006"]
+    train = registry_for(resolved).get("boolq").records("train")
+    seen = {train[i].id for i in trajectory_subset(len(train), 0.5, run_seed(0, "boolq", 0))}
+    assert len(seen) == round(len(train) / 2)
+    assert set(t["question_ids"]) == {r.id for r in train} - seen  # exactly the half run 0 never saw
+    assert not (root / "runs/zoo/scores.json").exists()  # the test-split report is not overwritten
+    some = score_zoo(resolved, split="heldout", test_sample=3, model_and_tokenizer=tiny).tasks["boolq"]
+    assert len(some["question_ids"]) == 3 and set(some["question_ids"]) < set(t["question_ids"])
 
 
 def test_rows_left_by_other_processes_are_adopted_on_resume(built, tiny, tmp_path):

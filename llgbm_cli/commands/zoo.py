@@ -86,20 +86,25 @@ def score_cmd(
     checkpoints: str = typer.Option("all", "--checkpoints", help="`all` checkpoints or only the `last` per task."),
     scoring: Optional[str] = typer.Option(None, "--scoring", help="Multiple-choice scoring: `label` or `choice` "
                                           "(option text; reports acc and acc_norm) ([data] scoring)."),
+    split: str = typer.Option("test", "--split", help="`test`: the task's test split; `heldout`: the train records "
+                              "the task's first trajectory did not train on (zoo.data_fraction < 1), a validation "
+                              "set for choosing teacher settings; scores run 0's checkpoints only."),
 ) -> None:
     """Each task's metric for the base model and every teacher on a seeded held-out sample of its task."""
     from ..services.zoo import score_zoo
 
     resolved = state(ctx).load_config({"data.test_sample": test_sample, "data.scoring": scoring})
     with progress(ctx) as rep:
-        report = score_zoo(resolved, tasks=_split(tasks), checkpoints=checkpoints, progress=rep)
+        report = score_zoo(resolved, tasks=_split(tasks), checkpoints=checkpoints, split=split, progress=rep)
 
     def render(r):
         from rich.table import Table
 
         d = r.to_dict()
         width = max((len(t["adapters"]) for t in d["tasks"].values()), default=0)
-        table = Table(title=f"metric on {d['test_sample']} held-out questions per task (seed {d['seed']})")
+        where = ("held-out questions" if d["split"] == "test"
+                 else "train records run 0 did not train on (--split heldout)")
+        table = Table(title=f"metric on up to {d['test_sample']} {where} per task (seed {d['seed']})")
         for c in ["task", "metric", "n", "base"] + [f"ckpt {i + 1}" for i in range(width)] + ["best"]:
             table.add_column(c, justify="left" if c in ("task", "metric") else "right")
         for task, t in d["tasks"].items():

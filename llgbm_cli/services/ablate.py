@@ -171,7 +171,6 @@ def run_ablate(
     (``is_main``) is complete."""
     import contextlib
 
-    from ..config import load_config
     from ..distributed import IndependentProcesses
     from ..io import FileLock, atomic_write_json, provenance, write_provenance
 
@@ -190,7 +189,6 @@ def run_ablate(
     if dry_run:
         return result
     grid = [c for c in grid if c.name not in result.same_as]
-    explicit = resolved.path is not None
     if not procs.is_main:
         progress = NULL_PROGRESS  # one set of progress bars, the main process's
     lock = FileLock(out.parent / f".{out.name}.lock", what=f"the ablation {out}") if procs.is_main \
@@ -212,7 +210,7 @@ def run_ablate(
                     progress.advance(task)
                     return c.name, prev["row"], False
             progress.update(task, description=f"cell {c.name}")
-            cres = load_config(resolved.path, ov, explicit=explicit)
+            cres = resolved.with_overrides(ov)
             row = _run_cell(cres, c, cdir, ov, progress)
             atomic_write_json(done, {"cell": c.name, "overrides": _jsonable(ov), "row": row})
             progress.advance(task)

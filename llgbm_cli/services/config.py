@@ -133,6 +133,11 @@ def show(resolved: ResolvedConfig) -> ShownConfig:
         for k, v in spec.model_dump(mode="json", exclude_unset=True).items():
             shown_values[f"tasks.{name}.{k}"] = v
             sources[f"tasks.{name}.{k}"] = "file"
+    for name, own in resolved.config.zoo.per_task.items():  # the keys each [zoo.per_task.NAME] table sets
+        for k, v in own.model_dump(mode="json", exclude_none=True).items():
+            key = f"zoo.per_task.{name}.{k}"
+            shown_values[key] = v
+            sources[key] = resolved.sources.get(key, "file")
     return ShownConfig(
         path=str(resolved.path) if resolved.path else None,
         values=shown_values,

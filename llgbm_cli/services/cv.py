@@ -273,7 +273,6 @@ def run_cv(
     import contextlib
     import shutil
 
-    from ..config import load_config
     from ..distributed import IndependentProcesses
     from ..io import FileLock, atomic_write_json, check_output, provenance, write_provenance
     from ..zoo import Zoo
@@ -289,7 +288,6 @@ def run_cv(
     out = Path(out).expanduser() if out is not None else resolved.resolve_path(f"{ec.out}-cv")
     base_ov = {k: v for k, v in (overrides or {}).items() if v is not None}
     command = reproduce_command(resolved, folds, ms, out, ec.test_sample, base_ov)
-    explicit = resolved.path is not None
     if not procs.is_main:
         progress = NULL_PROGRESS  # one set of progress bars, the main process's
 
@@ -315,7 +313,7 @@ def run_cv(
         def fold(k: str) -> dict[str, Any]:
             fdir = out / "folds" / k
             ov = fold_overrides(base_ov, k, (fdir / "runs" / INDEX) if "b2" in ms else None)
-            cres = load_config(resolved.path, ov, explicit=explicit)
+            cres = resolved.with_overrides(ov)
             fp = fingerprint({"config": cres.to_dict(), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
             done = fdir / DONE
             if done.exists():

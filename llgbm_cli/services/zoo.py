@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".state"
 SCORES_FILE = "scores.json"
+HELDOUT_SCORES_FILE = "scores-heldout.json"
 PENDING_SUFFIX = ".row.json"  # a finished checkpoint's manifest row, written by a non-main process
 
 
@@ -82,6 +83,16 @@ def run_seed(seed: int, task: str, run: int = 0) -> int:
     return task_seed(seed, task if run == 0 else f"{task}#r{run}")
 
 
+def trajectory_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """The indices (ascending) of the train records a trajectory of this seed trains on."""
+    import torch
+
+    if fraction >= 1.0:
+        return list(range(n))
+    keep = max(1, round(fraction * n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep].sort().values.tolist()
+
+
 @dataclass(frozen=True)
 class Unit:
     """One trajectory: a task and its run index."""
@@ -100,11 +111,12 @@ def zoo_dir(resolved) -> Path:
     return workdir.path(resolved, "zoo")
 
 
-def build_spec(resolved) -> dict[str, Any]:
-    """The settings a built teacher depends on; a zoo built with other settings is not mixed in."""
+def build_spec(resolved, task: Optional[str] = None) -> dict[str, Any]:
+    """The settings ``task``'s teachers depend on (``[zoo]`` with its ``[zoo.per_task.NAME]`` table;
+    no task: ``[zoo]`` alone); teachers built with other settings are not mixed in."""
     c = resolved.config
-    zoo = c.zoo.model_dump(mode="json")
-    for k in ("path", "tasks", "condition_prompts", "runs"):  # more runs add trajectories, change none
+    zoo = (c.zoo if task is None else c.zoo.for_task(task)).model_dump(mode="json")
+    for k in ("path", "tasks", "condition_prompts", "runs", "per_task"):  # more runs add trajectories, change none
         zoo.pop(k, None)
     if zoo.get("data_fraction") == 1.0:  # the default: zoos built before the key existed match
         zoo.pop("data_fraction")
@@ -207,7 +219,7 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
     for t in tasks:  # read every task's data before any training: a bad file fails in seconds
         reg.get(t).records("train")
     folder = zoo_dir(resolved)
-    spec = build_spec(resolved)
+    specs = {t: build_spec(resolved, t) for t in dict.fromkeys([*tasks, *cfg.zoo.tasks])}
     dist = ProcessGroup(cfg.model.device)
     if not dist.is_main:
         progress = NULL_PROGRESS  # one set of progress bars, the main process's
@@ -217,23 +229,26 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
     with zoo.lock() if dist.is_main else contextlib.nullcontext():
-        _check_spec(folder, zoo, spec, force)  # every process: they refuse together, before any write
+        recorded = _check_spec(folder, zoo, specs, force)  # every process: they refuse together, before any write
+        ckpts = {t: _task_checkpoints(cfg, t) for t in tasks}
+        units = [Unit(t, r) for t in tasks for r in range(cfg.zoo.runs)]
         if dist.is_main:
             _clean_stale_temps(folder / "adapters")
             _clean_stale_temps(folder / STATE_DIR)
-            _adopt_pending(zoo, spec)
-            write_provenance(folder, provenance("zoo build", resolved.to_dict(), build_spec=spec))
+            _adopt_pending(zoo, specs)
+            if force:  # the requested tasks are rebuilt as configured: no row of their earlier build stays
+                _drop_rows(zoo, tasks, {adapter_id(u.task, s, u.run) for u in units for s in ckpts[u.task]})
+            write_provenance(folder, provenance("zoo build", resolved.to_dict(), build_spec=build_spec(resolved),
+                                                task_build_specs={**recorded, **{t: specs[t] for t in tasks}}))
         dist.barrier()
         zoo = Zoo.load(folder, must_exist=False)  # with the rows the main process adopted
         snapshot = list(zoo.entries)
-        ckpts = checkpoint_steps(cfg.zoo.steps, cfg.zoo.warmup_steps, cfg.zoo.checkpoints)
         existing = {e.id: e for e in zoo.entries}
-        units = [Unit(t, r) for t in tasks for r in range(cfg.zoo.runs)]
-        done = {u: [False if force else _complete(zoo, existing.get(adapter_id(u.task, s, u.run))) for s in ckpts]
-                for u in units}
+        done = {u: [False if force else _complete(zoo, existing.get(adapter_id(u.task, s, u.run)))
+                    for s in ckpts[u.task]] for u in units}
         for u in units:  # finished teachers of another task definition are refused, not silently kept
-            _check_task_definition(resolved, zoo, u.task, [adapter_id(u.task, s, u.run) for s in ckpts], done[u],
-                                   existing)
+            _check_task_definition(resolved, zoo, u.task, [adapter_id(u.task, s, u.run) for s in ckpts[u.task]],
+                                   done[u], existing)
         todo = [u for u in units if not all(done[u])]
         loaded = [model_and_tokenizer]
 
@@ -253,9 +268,10 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
                 zoo.upsert(entry)
                 zoo.save()
             else:  # kept on disk too, so an interruption before the gather loses nothing
-                _write_pending(folder / STATE_DIR, entry, spec)
+                _write_pending(folder / STATE_DIR, entry, specs[entry.task])
 
-        mine = {u: _build_task(resolved, zoo, base, u, spec, done[u], progress, record) for u in dist.shard(todo)}
+        mine = {u: _build_task(resolved, zoo, base, u, specs[u.task], done[u], progress, record)
+                for u in dist.shard(todo)}
         gathered = dist.gather([(u, r, [new_rows[a] for a in r.built]) for u, r in mine.items()])
         if not dist.is_main:
             return BuildResult(str(folder), list(mine.values()), time.perf_counter() - t_start, dist.world, False)
@@ -264,7 +280,7 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
         for u in units:
             if u not in reports:
                 reports[u] = TaskReport(task=u.task, seed=run_seed(cfg.project.seed, u.task, u.run), run=u.run,
-                                        skipped=[adapter_id(u.task, s, u.run) for s in ckpts])
+                                        skipped=[adapter_id(u.task, s, u.run) for s in ckpts[u.task]])
         # The manifest as one process writes it: the rows found at the start, then every new row
         # upserted in task, run and step order, whichever process trained it.
         zoo.entries = snapshot
@@ -280,7 +296,7 @@ def _write_pending(state_dir: Path, entry: ZooEntry, spec: dict) -> None:
     atomic_write_json(state_dir / f"{entry.id}{PENDING_SUFFIX}", {"entry": asdict(entry), "build_spec": spec})
 
 
-def _read_pending(state_dir: Path, spec: dict) -> list[ZooEntry]:
+def _read_pending(state_dir: Path, specs: dict[str, dict]) -> list[ZooEntry]:
     """Rows other processes finished, in id order; rows of other build settings are ignored."""
     import json
 
@@ -288,8 +304,9 @@ def _read_pending(state_dir: Path, spec: dict) -> list[ZooEntry]:
     for p in sorted(state_dir.glob(f"*{PENDING_SUFFIX}")) if state_dir.exists() else []:
         try:
             doc = json.loads(p.read_text())
-            if doc.get("build_spec") == spec:
-                out.append(ZooEntry(**doc["entry"]))
+            entry = ZooEntry(**doc["entry"])
+            if doc.get("build_spec") == specs.get(entry.task):
+                out.append(entry)
         except (OSError, ValueError, TypeError, KeyError) as e:
             log.warning("%s: unreadable pending row (%s); that checkpoint is retrained", p, e)
     return out
@@ -300,13 +317,13 @@ def _drop_pending(state_dir: Path, ids: list[str]) -> None:
         (state_dir / f"{aid}{PENDING_SUFFIX}").unlink(missing_ok=True)
 
 
-def _adopt_pending(zoo: Zoo, spec: dict) -> None:
+def _adopt_pending(zoo: Zoo, specs: dict[str, dict]) -> None:
     """Put into the manifest the finished checkpoints that non-main processes of an interrupted
     sharded run left behind (their folder and weights hash must check out), then drop the files."""
     state_dir = zoo.folder / STATE_DIR
     if not state_dir.exists():
         return
-    rows = [e for e in _read_pending(state_dir, spec) if _complete(zoo, e)]
+    rows = [e for e in _read_pending(state_dir, specs) if _complete(zoo, e)]
     for e in rows:
         zoo.upsert(e)
     if rows:
@@ -316,17 +333,50 @@ def _adopt_pending(zoo: Zoo, spec: dict) -> None:
         p.unlink(missing_ok=True)
 
 
-def _check_spec(folder: Path, zoo: Zoo, spec: dict, force: bool) -> None:
-    prov = read_provenance(folder)
-    old = (prov or {}).get("build_spec")
-    built = [e for e in zoo.entries if e.source == "built"]
-    if old is None or not built or old == spec or force:
+def recorded_specs(folder: Path, zoo: Zoo) -> dict[str, dict]:
+    """The build settings of each task with built teachers, as the zoo folder records them (zoos from
+    before per-task settings record one spec for every task)."""
+    prov = read_provenance(folder) or {}
+    per, common = prov.get("task_build_specs") or {}, prov.get("build_spec")
+    out = {}
+    for t in dict.fromkeys(e.task for e in zoo.entries if e.source == "built"):
+        if per.get(t, common) is not None:
+            out[t] = per.get(t, common)
+    return out
+
+
+def _check_spec(folder: Path, zoo: Zoo, specs: dict[str, dict], force: bool) -> dict[str, dict]:
+    """The recorded specs; refuses (without ``force``) when a task to build or in ``[zoo] tasks`` has
+    teachers built with other settings than its own now."""
+    recorded = recorded_specs(folder, zoo)
+    stale = [t for t, sp in specs.items() if t in recorded and recorded[t] != sp]
+    if stale and not force:
+        diff = sorted({k for t in stale for k in _diff_keys(recorded[t], specs[t])})
+        raise InputError(
+            f"{folder}: the teachers of {', '.join(stale)} were built with other settings ({', '.join(diff[:6])} "
+            "differ); pass --force to rebuild the requested tasks, or set zoo.path to another folder"
+        )
+    return recorded
+
+
+def _task_checkpoints(cfg, task: str) -> list[int]:
+    z = cfg.zoo.for_task(task)
+    return checkpoint_steps(z.steps, z.warmup_steps, z.checkpoints)
+
+
+def _drop_rows(zoo: Zoo, tasks: list[str], keep_folders: set[str]) -> None:
+    """Remove the built rows of ``tasks`` from the manifest (they are all retrained), and the folders
+    and training states of those this build does not write again (other steps, runs or settings)."""
+    drop = [e for e in zoo.entries if e.source == "built" and e.task in tasks]
+    if not drop:
         return
-    diff = sorted(_diff_keys(old, spec))
-    raise InputError(
-        f"{folder}: this zoo was built with other settings ({', '.join(diff[:6])} differ); pass --force to "
-        "rebuild the requested tasks, or set zoo.path to another folder"
-    )
+    zoo.entries = [e for e in zoo.entries if e not in drop]
+    zoo.save()
+    for e in drop:
+        if e.id not in keep_folders:
+            shutil.rmtree(zoo.path_of(e), ignore_errors=True)
+            (zoo.folder / STATE_DIR / f"{e.id}.pt").unlink(missing_ok=True)
+    log.info("%s: --force: %d checkpoint(s) of %s dropped before the rebuild", zoo.folder, len(drop), ", ".join(tasks))
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -352,7 +402,7 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
     task = unit.task
     task_def = registry_for(resolved).get(task)
     form = form_for(resolved, task_def)
-    zc, lc = cfg.zoo, cfg.lora
+    zc, lc = cfg.zoo.for_task(task), cfg.lora
     seed = run_seed(cfg.project.seed, task, unit.run)
     ckpts = checkpoint_steps(zc.steps, zc.warmup_steps, zc.checkpoints)
     ids = [adapter_id(task, s, unit.run) for s in ckpts]
@@ -409,9 +459,7 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
     # Teachers train on the target the task is scored on (label, option text or answer text).
     train = task_def.records("train")
     if zc.data_fraction < 1.0:  # a seeded subset per trajectory (order kept)
-        keep = max(1, round(zc.data_fraction * len(train)))
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:keep].sort().values
-        train = [train[i] for i in pick.tolist()]
+        train = [train[i] for i in trajectory_subset(len(train), zc.data_fraction, seed)]
     examples = [form.training_example(tok, r, max_length=cfg.data.max_length) for r in train]
     N, bs = len(examples), zc.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -573,6 +621,7 @@ class ScoreReport:
     test_sample: int
     seed: int
     tasks: dict[str, dict[str, Any]]
+    split: str = "test"
 
     def to_dict(self, questions: bool = False) -> dict[str, Any]:
         """The report; ``questions`` keeps every question's 0/1 score (written to scores.json)."""
@@ -582,20 +631,42 @@ class ScoreReport:
         # The task's teacher (its last checkpoint) ahead of base by at least two paired standard errors.
         sig = [t for t, r in self.tasks.items()
                if r.get("last") and r.get("vs_base", {}).get(r["last"], {}).get("beats_base_2se")]
-        return {"zoo": self.zoo, "test_sample": self.test_sample, "seed": self.seed, "tasks": tasks,
+        return {"zoo": self.zoo, "split": self.split, "test_sample": self.test_sample, "seed": self.seed, "tasks": tasks,
                 "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)},
                 "teacher_beats_base_2se": {"tasks": sig, "count": len(sig), "of": len(self.tasks)}}
 
 
+def _heldout_sample(task_def, fraction: float, entries, n: int, seed: int) -> list:
+    """Up to n seeded train records outside run 0's training subset (every run-0 entry shares its seed)."""
+    import random
+
+    seeds = {e.seed for e in entries}
+    if len(seeds) != 1:
+        raise InputError(f"--split heldout: task {task_def.name} has no built run-0 teacher in the zoo" if not seeds
+                         else f"--split heldout: run 0 of task {task_def.name} has checkpoints of several seeds")
+    train = task_def.records("train")
+    used = set(trajectory_subset(len(train), fraction, seeds.pop()))
+    held = [r for i, r in enumerate(train) if i not in used]
+    if n >= len(held):
+        return held
+    idx = sorted(random.Random(f"{seed}-{task_def.name}-heldout").sample(range(len(held)), n))
+    return [held[i] for i in idx]
+
+
 def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optional[int] = None,
-              checkpoints: str = "all", progress=None, model_and_tokenizer=None) -> ScoreReport:
+              checkpoints: str = "all", split: str = "test", progress=None,
+              model_and_tokenizer=None) -> ScoreReport:
     """The headline metric of the base model and of each teacher on a seeded held-out sample of its
     own task (``accuracy``: acc, acc_norm, exact_match or number, by the task), with every metric of
     the task's kind under ``metrics``. The scoring mode of multiple-choice tasks is ``[data] scoring``
     when set, else each task's own.
 
     ``checkpoints``: ``all`` scores every checkpoint, ``last`` only each task's latest one.
-    The report is also written to ``<zoo>/scores.json`` for later commands.
+    ``split``: ``test`` scores the task's test split; ``heldout`` scores the train records the task's
+    first trajectory (run 0) did not train on (a zoo built with ``zoo.data_fraction`` < 1), a
+    validation set for choosing teacher settings without touching a test question; only run 0's
+    checkpoints are scored there (other runs trained on other subsets).
+    The report is also written to ``<zoo>/scores.json`` (``scores-heldout.json``) for later commands.
     """
     from ..adapters import load_adapter, validate_against
     from ..progress import NULL_PROGRESS
@@ -612,6 +683,16 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     n = test_sample or cfg.data.test_sample
     if checkpoints not in ("all", "last"):
         raise InputError(f"--checkpoints {checkpoints!r}: use `all` or `last`")
+    if split not in ("test", "heldout"):
+        raise InputError(f"--split {split!r}: use `test` or `heldout`")
+    if split == "heldout":
+        recorded = recorded_specs(folder, zoo)
+        fractions = {t: float(recorded.get(t, {}).get("zoo", {}).get("data_fraction", 1.0)) for t in tasks}
+        whole = [t for t, f in fractions.items() if f >= 1.0]
+        if whole:
+            raise InputError(f"--split heldout: the teachers of {', '.join(whole)} in {folder} trained on their "
+                             "whole train split (zoo.data_fraction = 1), so no train record is held out; build "
+                             "them with zoo.data_fraction < 1")
     if model_and_tokenizer is None:
         from ..models import load_base_model
 
@@ -621,12 +702,15 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         entries = sorted(zoo.by_task(task), key=lambda e: (e.step is None, e.step or 0, e.id))
+        if split == "heldout":  # run 0's built checkpoints: the held-out records are its complement
+            entries = [e for e in entries if e.source == "built" and trajectory_of(e)[1] == "r0"]
         if checkpoints == "last" and entries:
             built = [e for e in entries if e.step is not None]
             entries = ([built[-1]] if built else []) + [e for e in entries if e.step is None]
         task_def = reg.get(task)
         form = form_for(resolved, task_def)
-        recs = task_def.sample("test", n, seed=cfg.project.seed)
+        recs = (task_def.sample("test", n, seed=cfg.project.seed) if split == "test"
+                else _heldout_sample(task_def, fractions[task], entries, n, cfg.project.seed))
         bar = progress.add(f"score {task}", total=len(recs) * (1 + len(entries)))
         base = score_records(model, tok, form, recs, progress=progress, progress_task=bar, **kw)
         accs: dict[str, float] = {}
@@ -648,7 +732,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
                      "best_accuracy": accs[best] if best else None,
                      "last": entries[-1].id if entries else None, "metrics": metrics, "vs_base": vs_base,
                      "question_ids": [r.id for r in recs], "questions": questions}
-    report = ScoreReport(str(folder), n, cfg.project.seed, out)
-    atomic_write_json(folder / SCORES_FILE, {**report.to_dict(questions=True),
+    report = ScoreReport(str(folder), n, cfg.project.seed, out, split)
+    atomic_write_json(folder / (SCORES_FILE if split == "test" else HELDOUT_SCORES_FILE), {**report.to_dict(questions=True),
                                              "provenance": provenance("zoo score", resolved.to_dict())})
     return report
