@@ -90,6 +90,33 @@ scores ARC-Easy by option text in the cloze form, and its teachers then train on
 `[data] scoring` (or `zoo score --scoring`) switches every multiple-choice task at once. Bad records
 (a missing answer, an answer not among the choices, an unknown template field) stop the command with
 one line naming the file, line and field; `skip_bad = true` skips them and reports how many.
+
+## Teacher settings per task
+
+Tasks do not all learn at one pace: a multiple-choice set may need more steps than an arithmetic one.
+A `[zoo.per_task.NAME]` table changes the settings of one task's teachers and leaves the rest to
+`[zoo]`:
+
+```toml
+[zoo.per_task.arc-easy]
+steps = 192
+warmup_steps = 144     # checkpoints at 168 and 192 (zoo.checkpoints = 2)
+```
+
+The zoo records each task's settings. Changing one table makes only that task's teachers stale:
+`zoo build` refuses with the task and the keys that differ, and `zoo build --tasks NAME --force`
+rebuilds that task alone. Its earlier checkpoints leave the manifest and the disk; every other task's
+teachers are kept.
+
+Choose such settings without a test question. With `zoo.data_fraction` < 1 each trajectory trains on
+a seeded subset of the train split, and `zoo score --split heldout` scores run 0's checkpoints on the
+train records that run never saw. For example, build one long trajectory per task in a separate
+folder (`zoo build --set zoo.path=sweep --set zoo.runs=1 --set zoo.steps=192 --set zoo.warmup_steps=0
+--set zoo.checkpoints=4`), score its checkpoints with `zoo score --split heldout --set zoo.path=sweep`,
+and pick each task's steps from that curve. `zoo score` keeps every question's score in
+`<zoo>/scores.json` (`scores-heldout.json`). A later run takes a score from there when the questions,
+the adapter's weights hash and the scoring are unchanged, so after rebuilding some tasks only their
+teachers are scored again.
 """
 
 

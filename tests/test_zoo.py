@@ -195,7 +195,7 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
         assert t["last"] == f"{task}-s00006"
     assert rep["beats_base"]["of"] == 2
     saved = json.loads((root / "runs/zoo/scores.json").read_text())
-    assert {t: {k: v for k, v in r.items() if k not in ("questions", "question_ids")}
+    assert {t: {k: v for k, v in r.items() if k not in ("questions", "question_ids", "score_key")}
             for t, r in saved["tasks"].items()} == rep["tasks"]
     for task, t in saved["tasks"].items():  # every question's score is kept: the accuracies are their means
         assert len(t["question_ids"]) == 6 and t["questions"]["base"] and set(t["questions"]) == {"base", *t["adapters"]}
@@ -206,6 +206,36 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
             assert vb["beats_base_2se"] == (vb["se"] > 0 and vb["diff"] >= 2 * vb["se"])
     last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
     assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
+    assert last.reused == 2  # base and the last checkpoint: the same questions, adapters and form as before
+
+
+def test_zoo_score_reuses_what_it_scored_before(built, tiny, tmp_path, monkeypatch):
+    import llgbm_cli.tasks.evaluate as ev
+
+    root = _copy_project(built, tmp_path)
+    resolved = load_config(root / "llgbm.toml")
+    first = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny)
+    assert first.reused == 0
+    calls = []
+    real = ev.score_records_with
+    monkeypatch.setattr(ev, "score_records_with", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    # Nothing changed: every score comes from scores.json and the base model is not even loaded.
+    again = score_zoo(resolved, test_sample=6, model_and_tokenizer=None)
+    assert again.reused == 6 and calls == [] and again.to_dict() == {**first.to_dict(), "reused": 6}
+    # A rebuilt checkpoint (another weights hash) is scored again; another sample re-scores the task.
+    zoo = Zoo.load(root / "runs/zoo")
+    e = zoo.get("boolq-s00006")
+    save_adapter(zoo.path_of(e), {n: LoraModule(m.A, m.B * 2, m.scaling) for n, m in load_adapter(zoo.path_of(e)).modules.items()},
+                 alpha=8.0, base_model="tiny-llama", force=True)
+    e.sha256 = weights_sha256(zoo.path_of(e))
+    zoo.save()
+    third = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny)
+    assert third.reused == 5 and len(calls) == 1
+    assert third.tasks["boolq"]["sha256"]["boolq-s00006"] == e.sha256
+    fourth = score_zoo(resolved, tasks=["arc-easy"], test_sample=5, model_and_tokenizer=tiny)
+    assert fourth.reused == 0 and len(calls) == 3
+    saved = json.loads((root / "runs/zoo/scores.json").read_text())["tasks"]
+    assert saved["arc-easy"]["n"] == 5 and saved["boolq"]["n"] == 6  # the task not scored now is kept
 
 
 def test_heldout_split_scores_run_zero_on_the_train_records_it_did_not_see(built, tiny, tmp_path):

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, overrides_from, progress, set_option, state
+from .common import console, emit, force_option, given, overrides_from, progress, set_option, state
 
 zoo_app = typer.Typer(help="Teacher LoRA zoo: build trajectories, register adapters, score them.",
                       no_args_is_help=True)
@@ -27,6 +27,7 @@ def build_cmd(
     checkpoints: Optional[int] = typer.Option(None, "--checkpoints", min=1,
                                               help="Checkpoints kept per teacher after warm-up ([zoo] checkpoints)."),
     force: bool = force_option("Retrain and overwrite finished checkpoints."),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Train one LoRA teacher trajectory per task; a rerun resumes and skips finished checkpoints.
 
@@ -36,7 +37,8 @@ def build_cmd(
     from ..services.zoo import build_zoo
 
     task_list = _split(tasks)
-    resolved = state(ctx).load_config({"zoo.tasks": task_list, "zoo.steps": steps, "zoo.checkpoints": checkpoints},
+    resolved = state(ctx).load_config({**overrides_from(set_), **given({"zoo.tasks": task_list, "zoo.steps": steps,
+                                                                        "zoo.checkpoints": checkpoints})},
                                       flags={"zoo.tasks": "--tasks", "zoo.steps": "--steps", "zoo.checkpoints": "--checkpoints"})
     with progress(ctx) as rep:
         result = build_zoo(resolved, force=force, progress=rep)
@@ -89,11 +91,13 @@ def score_cmd(
     split: str = typer.Option("test", "--split", help="`test`: the task's test split; `heldout`: the train records "
                               "the task's first trajectory did not train on (zoo.data_fraction < 1), a validation "
                               "set for choosing teacher settings; scores run 0's checkpoints only."),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Each task's metric for the base model and every teacher on a seeded held-out sample of its task."""
     from ..services.zoo import score_zoo
 
-    resolved = state(ctx).load_config({"data.test_sample": test_sample, "data.scoring": scoring})
+    resolved = state(ctx).load_config({**overrides_from(set_),
+                                       **given({"data.test_sample": test_sample, "data.scoring": scoring})})
     with progress(ctx) as rep:
         report = score_zoo(resolved, tasks=_split(tasks), checkpoints=checkpoints, split=split, progress=rep)
 
@@ -120,6 +124,9 @@ def score_cmd(
         b = d["beats_base"]
         console().print(f"teachers beat the base model on {b['count']} of {b['of']} tasks"
                         + (f": {', '.join(b['tasks'])}" if b["tasks"] else ""))
+        if d["reused"]:
+            console().print(f"{d['reused']} score(s) reused from the zoo's earlier report (same questions, weights "
+                            "and scoring)")
         s = d["teacher_beats_base_2se"]
         console().print(f"the last checkpoint is ahead of base by >= 2 paired standard errors on {s['count']} of "
                         f"{s['of']} tasks" + (f": {', '.join(s['tasks'])}" if s["tasks"] else ""))

@@ -622,16 +622,18 @@ class ScoreReport:
     seed: int
     tasks: dict[str, dict[str, Any]]
     split: str = "test"
+    reused: int = 0  # scores (base or adapter x task) taken from the earlier report, not computed again
 
     def to_dict(self, questions: bool = False) -> dict[str, Any]:
         """The report; ``questions`` keeps every question's 0/1 score (written to scores.json)."""
         tasks = self.tasks if questions else {
-            t: {k: v for k, v in r.items() if k not in ("questions", "question_ids")} for t, r in self.tasks.items()}
+            t: {k: v for k, v in r.items() if k not in ("questions", "question_ids", "score_key")}
+            for t, r in self.tasks.items()}
         beats = [t for t, r in self.tasks.items() if r.get("best") is not None and r["best_accuracy"] > r["base"]]
         # The task's teacher (its last checkpoint) ahead of base by at least two paired standard errors.
         sig = [t for t, r in self.tasks.items()
                if r.get("last") and r.get("vs_base", {}).get(r["last"], {}).get("beats_base_2se")]
-        return {"zoo": self.zoo, "split": self.split, "test_sample": self.test_sample, "seed": self.seed, "tasks": tasks,
+        return {"zoo": self.zoo, "split": self.split, "reused": self.reused, "test_sample": self.test_sample, "seed": self.seed, "tasks": tasks,
                 "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)},
                 "teacher_beats_base_2se": {"tasks": sig, "count": len(sig), "of": len(self.tasks)}}
 
@@ -693,13 +695,20 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
             raise InputError(f"--split heldout: the teachers of {', '.join(whole)} in {folder} trained on their "
                              "whole train split (zoo.data_fraction = 1), so no train record is held out; build "
                              "them with zoo.data_fraction < 1")
-    if model_and_tokenizer is None:
-        from ..models import load_base_model
+    loaded = [model_and_tokenizer]
 
-        model_and_tokenizer = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device=cfg.model.device)
-    model, tok = model_and_tokenizer
+    def base_model():  # loaded only when some score is not in the earlier report
+        if loaded[0] is None:
+            from ..models import load_base_model
+
+            loaded[0] = load_base_model(cfg.model.base, dtype=cfg.model.dtype, device=cfg.model.device)
+        return loaded[0]
+
     kw = dict(batch_size=cfg.data.score_batch_size, generate_batch_size=cfg.data.generate_batch_size)
+    file = folder / (SCORES_FILE if split == "test" else HELDOUT_SCORES_FILE)
+    earlier = _earlier_scores(file)
     out: dict[str, dict[str, Any]] = {}
+    reused = 0
     for task in tasks:
         entries = sorted(zoo.by_task(task), key=lambda e: (e.step is None, e.step or 0, e.id))
         if split == "heldout":  # run 0's built checkpoints: the held-out records are its complement
@@ -711,28 +720,69 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
         form = form_for(resolved, task_def)
         recs = (task_def.sample("test", n, seed=cfg.project.seed) if split == "test"
                 else _heldout_sample(task_def, fractions[task], entries, n, cfg.project.seed))
+        qids = [r.id for r in recs]
+        # What a score depends on besides the adapter: an earlier score with the same key is reused.
+        key = {"form": repr(form), "base_model": cfg.model.base, "dtype": cfg.model.dtype,
+               "max_length": cfg.data.max_length, "question_ids": qids}
+        prev = earlier.get(task) if (earlier.get(task) or {}).get("score_key") == key else None
         bar = progress.add(f"score {task}", total=len(recs) * (1 + len(entries)))
-        base = score_records(model, tok, form, recs, progress=progress, progress_task=bar, **kw)
+        metrics: dict[str, dict[str, float]] = {}
+        questions: dict[str, list] = {}
         accs: dict[str, float] = {}
-        metrics: dict[str, dict[str, float]] = {"base": base.metrics}
-        questions: dict[str, list[int]] = {"base": base.values()}
+        shas: dict[str, Optional[str]] = {}
+
+        def take(name: str) -> bool:
+            if prev is None or name not in prev["questions"]:
+                return False
+            metrics[name], questions[name] = prev["metrics"][name], prev["questions"][name]
+            progress.advance(bar, len(recs))
+            return True
+
+        if take("base"):
+            base_acc = prev["base"]
+            reused += 1
+        else:
+            model, tok = base_model()
+            sc = score_records(model, tok, form, recs, progress=progress, progress_task=bar, **kw)
+            base_acc, metrics["base"], questions["base"] = sc.accuracy, sc.metrics, sc.values()
         vs_base: dict[str, dict[str, Any]] = {}
         for e in entries:
-            ad = load_adapter(zoo.path_of(e))
-            validate_against(ad, model)
-            sc = score_records_with(model, tok, ad, form, recs, progress=progress, progress_task=bar, **kw)
-            accs[e.id], metrics[e.id] = sc.accuracy, sc.metrics
-            questions[e.id] = sc.values()
+            shas[e.id] = e.sha256
+            if e.sha256 is not None and (prev or {}).get("sha256", {}).get(e.id) == e.sha256 and take(e.id):
+                accs[e.id] = prev["adapters"][e.id]
+                reused += 1
+            else:
+                model, tok = base_model()
+                ad = load_adapter(zoo.path_of(e))
+                validate_against(ad, model)
+                sc = score_records_with(model, tok, ad, form, recs, progress=progress, progress_task=bar, **kw)
+                accs[e.id], metrics[e.id], questions[e.id] = sc.accuracy, sc.metrics, sc.values()
             pd = paired_difference(questions[e.id], questions["base"])
             vs_base[e.id] = {**pd, "beats_base_2se": bool(pd["se"] > 0 and pd["diff"] >= 2 * pd["se"])}
         best = max(accs, key=lambda k: accs[k]) if accs else None
         out[task] = {"n": len(recs), "kind": form.kind, "metric": form.metric,
                      **({"scoring": form.scoring} if form.scoring else {}),
-                     "base": base.accuracy, "adapters": accs, "best": best,
+                     "base": base_acc, "adapters": accs, "best": best,
                      "best_accuracy": accs[best] if best else None,
                      "last": entries[-1].id if entries else None, "metrics": metrics, "vs_base": vs_base,
-                     "question_ids": [r.id for r in recs], "questions": questions}
-    report = ScoreReport(str(folder), n, cfg.project.seed, out, split)
-    atomic_write_json(folder / (SCORES_FILE if split == "test" else HELDOUT_SCORES_FILE), {**report.to_dict(questions=True),
-                                             "provenance": provenance("zoo score", resolved.to_dict())})
+                     "question_ids": qids, "questions": questions, "sha256": shas, "score_key": key}
+    report = ScoreReport(str(folder), n, cfg.project.seed, out, split, reused)
+    # The file keeps the tasks scored earlier and not now, so a later run on other tasks reuses them too.
+    kept = ScoreReport(str(folder), n, cfg.project.seed, {**{t: r for t, r in earlier.items() if t not in out}, **out},
+                       split, reused)
+    atomic_write_json(file, {**kept.to_dict(questions=True), "provenance": provenance("zoo score", resolved.to_dict())})
     return report
+
+
+def _earlier_scores(path: Path) -> dict[str, dict[str, Any]]:
+    """The tasks of an earlier report at ``path`` (nothing if absent or unreadable: scored again)."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+        return {t: r for t, r in doc.get("tasks", {}).items() if isinstance(r, dict) and "questions" in r}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as e:
+        log.warning("%s: unreadable earlier scores (%s); every score is computed again", path, e)
+        return {}
