@@ -3,7 +3,7 @@
     python scripts/research_tables.py [WORKDIR]      # default: the research profile's workdir
 
 Sections whose files are missing are skipped with a note, so it can be run after any step:
-the teachers against base (`score` step), the lever cells and B1 beside the main
+the teacher-steps sweep on held-out train records (`sweep` step), the teachers against base (`score` step), the lever cells and B1 beside the main
 cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
 """
 
@@ -56,6 +56,31 @@ def teachers(w: Path) -> None:
               f"{vs['diff']:+.3f} | {vs['se']:.3f} | {f(vs['z'], '{:.2f}')} | {'yes' if vs['beats_base_2se'] else 'no'} | "
               f"{norm} |")
     print(f"\nTeachers ≥ base + 2 SE: {met} of {len(d['tasks'])}.\n")
+
+
+def sweep(w: Path) -> None:
+    """Run 0's checkpoints of the sweep on the train records it never saw, and the steps each task takes."""
+    p = w / "sweep" / "heldout-lr1e-3.json"
+    if not p.exists() or p.stat().st_size == 0:
+        print(f"(no {p}: run `STEPS=sweep bash scripts/research.sh`)\n")
+        return
+    d = json.loads(p.read_text())
+    rows = []
+    for name, t in d["tasks"].items():
+        steps = {int(a.rsplit("-s", 1)[1]): a for a in t["adapters"]}
+        rows.append((name, t, steps))
+    width = sorted({s for _, _, st in rows for s in st})
+    print(f"Teacher steps on held-out train records ({p.name}; run 0's checkpoints, up to {d['test_sample']} "
+          "records of the train split it did not train on; the headline metric, − base in brackets):\n")
+    print("| task | metric | n | base | " + " | ".join(f"{s} steps" for s in width) + " | chosen |")
+    print("|---|---|---|---|" + "---|" * len(width) + "---|")
+    for name, t, st in rows:
+        accs = {s: t["adapters"][a] for s, a in st.items()}
+        best = max(accs.values())
+        chosen = min(s for s, v in accs.items() if v == best)  # ties: fewer steps
+        cells_ = [f"{accs[s]:.3f} ({accs[s] - t['base']:+.3f})" if s in accs else "—" for s in width]
+        print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | " + " | ".join(cells_) + f" | {chosen} |")
+    print()
 
 
 def metrics_of(run: Path) -> dict:
@@ -125,6 +150,7 @@ def main() -> None:
 
         w = Path(subprocess.run(["llgbm", "-p", str(REPO / "profiles" / "research.toml"), "config", "workdir"],
                                 capture_output=True, text=True, check=True).stdout.strip())
+    sweep(w)
     teachers(w)
     cells(w)
     timings(w)
