@@ -360,6 +360,7 @@ def _check_spec(folder: Path, zoo: Zoo, specs: dict[str, dict], force: bool) -> 
 
 
 def _task_checkpoints(cfg, task: str) -> list[int]:
+    """The steps at which ``task``'s trajectories keep a checkpoint (its own settings applied)."""
     z = cfg.zoo.for_task(task)
     return checkpoint_steps(z.steps, z.warmup_steps, z.checkpoints)
 
@@ -404,7 +405,7 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
     form = form_for(resolved, task_def)
     zc, lc = cfg.zoo.for_task(task), cfg.lora
     seed = run_seed(cfg.project.seed, task, unit.run)
-    ckpts = checkpoint_steps(zc.steps, zc.warmup_steps, zc.checkpoints)
+    ckpts = _task_checkpoints(cfg, task)
     ids = [adapter_id(task, s, unit.run) for s in ckpts]
     rep = TaskReport(task=task, seed=seed, run=unit.run)
     state_dir = zoo.folder / STATE_DIR
