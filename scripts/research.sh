@@ -39,6 +39,8 @@ for s in $STEPS; do
       step sweep llgbm zoo build --tasks "$SWEEP_TASKS" "${SW[@]}"
       step sweep-score llgbm --json zoo score --split heldout --test-sample 200 --tasks "$SWEEP_TASKS" "${SW[@]}" \
         > "$W/sweep/heldout-lr1e-3.json" ;;
+    # After a task's [zoo.per_task.NAME] table changes, `zoo build` refuses and names the task:
+    # rebuild it alone with `llgbm -p profiles/research.toml zoo build --tasks NAME --force`.
     zoo) step zoo llgbm config validate && step zoo llgbm zoo build ;;
     # Each task's last teacher and the base model on the task's test split (up to 500 questions);
     # scores of unchanged teachers are reused from <zoo>/scores.json.

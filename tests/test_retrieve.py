@@ -192,3 +192,23 @@ def test_index_can_leave_a_task_out(cli, indexed, tmp_path):
     r = _run(cli, project, "index", "build", "--force", "--set", "index.exclude_tasks=[\"nope\"]",
              "--set", f"index.path=\"{out}\"")
     assert r.exit_code == 2 and "index.exclude_tasks" in r.stderr
+
+
+def test_index_leaves_out_cached_deltas_of_adapters_the_zoo_no_longer_lists(cli, indexed, tmp_path):
+    """A forced zoo rebuild drops checkpoints from the manifest while the delta cache keeps their
+    deltas: the index must not offer them (a hit could not be merged)."""
+    project, _ = indexed
+    zoo = project.parent / "runs" / "zoo" / "zoo.jsonl"
+    before = zoo.read_text()
+    lines = [x for x in before.splitlines() if x.strip()]
+    gone = json.loads(lines[0])["id"]
+    out = tmp_path / "pruned-index"
+    try:
+        zoo.write_text("\n".join(lines[1:]) + "\n")
+        r = _run(cli, project, "index", "build", "--set", f"index.path=\"{out}\"")
+    finally:
+        zoo.write_text(before)
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["count"] == 8 and any(gone in n for n in d["notes"])
+    assert gone not in json.loads((out / "ids.json").read_text())["ids"]

@@ -62,6 +62,17 @@ def build_index(
     ids = list(cache.ids)
     matrix = cache.matrix().numpy()
     tasks_by_id = zoo_tasks(resolved)
+    notes: list[str] = []
+    if tasks_by_id:
+        # With a zoo, the index holds its adapters only: the cache may still hold deltas of checkpoints
+        # that `zoo build --force` removed, and a retrieval hit on one could not be merged.
+        keep = [i for i, a in enumerate(ids) if a in tasks_by_id]
+        if len(keep) < len(ids):
+            gone = [a for a in ids if a not in tasks_by_id]
+            notes.append(f"{len(gone)} cached delta(s) of adapters no longer in the zoo left out "
+                         f"({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''})")
+            ids = [ids[i] for i in keep]
+            matrix = matrix[keep]
     excluded = set(cfg.index.exclude_tasks)
     if excluded:
         keep, _ = holdout.split(list(range(len(ids))), cfg.index.exclude_tasks, key="index.exclude_tasks",
@@ -97,7 +108,7 @@ def build_index(
         params=idx.meta["params"],
         build_seconds=round(seconds, 4),
         cache=str(src),
-        notes=list(idx.meta.get("notes", [])),
+        notes=notes + list(idx.meta.get("notes", [])),
     )
 
 
