@@ -19,7 +19,7 @@ def build_cmd(
     force: bool = force_option("Replace an existing index."),
     set_: Optional[List[str]] = set_option(),
 ) -> None:
-    """Index every cached delta (L2-normalized, inner product = cosine) under <workdir>/index."""
+    """Index the cached deltas of the zoo's adapters (L2-normalized, inner product = cosine) under <workdir>/index."""
     from ..services.index import build_index
 
     resolved = state(ctx).load_config({**overrides_from(set_), **given({"index.kind": kind, "index.device": device})})

@@ -48,7 +48,8 @@ def build_index(
     out: Optional[Path] = None,
     progress=NULL_PROGRESS,
 ) -> IndexBuildResult:
-    """Build the ``[index]`` kind over every cached delta and save it under ``<workdir>/<index.path>``."""
+    """Build the ``[index]`` kind over the cached deltas of the zoo's adapters (every cached delta when there
+    is no zoo) and save it under ``<workdir>/<index.path>``."""
     from ..index import DeltaIndex, get_kind, params_from_config
     from ..io import FileLock, check_output, provenance
 
