@@ -195,8 +195,10 @@ def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
     a run of another config (or a finished one without its marker) is replaced."""
     from unittest import mock
 
+    from llgbm_cli import workdir
     from llgbm_cli.config import load_config
     from llgbm_cli.services.cv import run_fingerprint, train_method
+    from llgbm_cli.zoo import Zoo, ZooEntry
 
     monkeypatch.chdir(tmp_path)  # the built-in defaults, whatever the current folder holds
     cres = load_config(None, {"train.multitask.holdout_tasks": ["boolq"]})
@@ -227,6 +229,16 @@ def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
         assert run_fingerprint(other.config, "multitask") != run_fingerprint(cres.config, "multitask")
         assert train_method(other, "multitask", run) is True
         assert calls[-1] == {"resume": False, "force": True}
+        assert train_method(other, "multitask", run) is False
+        # the same config on another zoo, or on a teacher rebuilt under the same id: replaced
+        zoo = Zoo(workdir.path(other, "zoo"), [ZooEntry(id="boolq-r0-s00004", path="a", task="boolq", sha256="1")])
+        zoo.save()
+        assert train_method(other, "multitask", run) is True and len(calls) == 4
+        assert train_method(other, "multitask", run) is False
+        zoo.entries[0].sha256 = "2"
+        zoo.save()
+        assert train_method(other, "multitask", run) is True and calls[-1] == {"resume": False, "force": True}
+        assert train_method(other, "multitask", run, zoo=zoo) is False  # a zoo given is the one read
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ with the best test accuracy on ``k``; it reads test labels to choose.
 Adapter x task scores are cached under ``<out>/scores`` (keyed by the adapter's sha256, the task,
 its prompt form, the base model and the question ids), so base and zoo adapters are scored once
 across folds and reruns. A finished fold leaves ``done.json`` and is skipped on the next run; a
-finished training run (its ``final`` checkpoint and marker) is reused; an interrupted one resumes
-from its latest checkpoint.
+finished training run (its ``final`` checkpoint and marker) of the same config and zoo (every
+adapter's id and weights hash) is reused; an interrupted one resumes from its latest checkpoint.
 
 Under ``accelerate launch`` the folds are dealt round robin to the processes, each fold run by its
 process alone (see docs/scaling.md); the main process gathers the rows and writes the summary.
@@ -31,7 +31,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from .. import workdir
 from ..errors import InputError
@@ -340,28 +340,35 @@ def run_cv(
     return result
 
 
-def run_fingerprint(cfg, method: str) -> str:
+def run_fingerprint(cfg, method: str, zoo_entries: Iterable[Any] = ()) -> str:
     """What a trained method's run depends on: its section, the model, LoRA, probes, delta spec, zoo
-    tasks and seed (the condition encoding of every generator lives in ``train.multitask``)."""
+    settings, seed (the condition encoding of every generator lives in ``train.multitask``) and the
+    zoo's contents, each adapter's id and weights hash (``zoo_entries``): a teacher rebuilt with
+    other settings under the same id makes the run stale."""
     return fingerprint({
         "method": method, "section": getattr(cfg.train, TRAINED[method]).model_dump(mode="json"),
         "multitask": cfg.train.multitask.model_dump(mode="json"),
         **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo")},
         **({"index": cfg.index.model_dump(mode="json")} if method == "b2" else {}),
         "seed": cfg.project.seed,
+        "zoo_entries": sorted((e.id, e.sha256 or "") for e in zoo_entries),
     })
 
 
-def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS) -> bool:
-    """Train ``method`` into ``run_dir`` unless a finished run of this config is there (``<run_dir>.json``
-    records it); an interrupted generator run of this config resumes from its latest checkpoint, a run
-    of another config is replaced. ``b2``: the delta predictor, then the index at ``index.path``. True
+def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=None) -> bool:
+    """Train ``method`` into ``run_dir`` unless a finished run of this config and this zoo is there
+    (``<run_dir>.json`` records it); an interrupted generator run of them resumes from its latest
+    checkpoint, a run of another config or zoo is replaced. ``b2``: the delta predictor, then the
+    index at ``index.path``. ``zoo``: the loaded zoo (read from the workdir when not given). True
     when it trained."""
     from ..io import atomic_write_json
     from ..training.loop import find_latest_checkpoint
     from ..workdir import FINAL
+    from ..zoo import Zoo
 
-    fp = run_fingerprint(cres.config, method)
+    if zoo is None:
+        zoo = Zoo.load(workdir.path(cres, "zoo"), must_exist=False)
+    fp = run_fingerprint(cres.config, method, zoo.entries)
     if method == "b2":
         from .index import build_index
         from .train_delta_only import train_b2
@@ -403,7 +410,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     for m in methods:
         if m in TRAINED:
             run_dir = fdir / "runs" / m
-            if train_method(cres, m, run_dir, progress):
+            if train_method(cres, m, run_dir, progress, zoo):
                 trained.append(f"{k}/{m}")
             checkpoints[m] = run_dir if m == "b2" else run_dir / FINAL
     model, tok = scores.base_model()
