@@ -3,7 +3,8 @@
     python scripts/research_tables.py [WORKDIR]      # default: the research profile's workdir
 
 Sections whose files are missing are skipped with a note, so it can be run after any step:
-the teacher-steps sweep on held-out train records (`sweep` step), the teachers against base (`score` step), the lever cells and B1 beside the main
+the teacher-steps sweep on held-out train records (`sweep` step), the teachers against base (`score` step), the
+cross-validation over every fold with its oracle-best reference (`cv` step), the lever cells and B1 beside the main
 cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
 """
 
@@ -128,6 +129,80 @@ def cells(w: Path) -> None:
     print()
 
 
+def cv(w: Path) -> None:
+    """The main cross-validation (`cv` step): accuracy per fold with the oracle-best reference, delta
+    space per fold, and the summary over folds."""
+    p = w / "cv" / "results.json"
+    if not p.exists():
+        print("(no cross-validation yet: run `STEPS=cv bash scripts/research.sh`)\n")
+        return
+    d = json.loads(p.read_text())
+    ms = [m for m in d["methods"]]
+    row = {(r["fold"], r["method"]): r for r in d["rows"]}
+    oracle = {o["fold"]: o for o in d["oracle"]}
+    gen = [m for m in ms if m in ("multitask", "b1", "b2")]
+
+    def acc(r):
+        if r is None:
+            return "—"
+        a = f"{r['accuracy']:.2f}"
+        return f"**{a}**" if r["method"] != "base" and (r.get("vs_base_p") or 1) < 0.05 else a
+
+    def boot(r):
+        return (f"{r['accuracy_vs_base']:+.2f} [{r['vs_base_low']:+.2f}, {r['vs_base_high']:+.2f}], "
+                f"{r['vs_base_p']:.3f}")
+
+    print(f"Cross-validation ({d['command']}); {len(d['folds'])} folds; accuracy per fold (bold: different "
+          "from base with paired-bootstrap p < 0.05):\n")
+    print("| Fold (metric) | n | " + " | ".join(ms) + " | oracle-best (adapter) | "
+          + " | ".join(f"{m} − base [95%], p" for m in gen) + " |")
+    print("|---|---|" + "---|" * (len(ms) + 1 + len(gen)))
+    for k in d["folds"]:
+        b = row.get((k, "base"), {})
+        o = oracle.get(k, {})
+        orc = "—" if o.get("accuracy") is None else f"{o['accuracy']:.2f} ({o['adapter']})"
+        print(f"| {k} ({b.get('metric', '?')}) | {b.get('n_questions', '?')} | "
+              + " | ".join(acc(row.get((k, m))) for m in ms) + f" | {orc} | "
+              + " | ".join(boot(row[(k, m)]) if (k, m) in row else "—" for m in gen) + " |")
+    print()
+    refs = [m for m in ("mean-delta", *gen) if m in ms]
+    print("Centered cosine to the held-out teacher's delta and norm ratio (‖delta‖ / ‖teacher delta‖):\n")
+    print("| Fold | " + " | ".join(f"{m} centered cosine" for m in refs) + " | "
+          + " | ".join(f"{m} norm ratio" for m in refs) + " |")
+    print("|---|" + "---|" * (2 * len(refs)))
+    for k in d["folds"]:
+        print(f"| {k} | " + " | ".join(f(row.get((k, m), {}).get("centered_cosine")) for m in refs) + " | "
+              + " | ".join(f(row.get((k, m), {}).get("norm_ratio"), "{:.2f}") for m in refs) + " |")
+    for m in gen:
+        above = [k for k in d["folds"] if (k, m) in row and (k, "mean-delta") in row
+                 and (row[(k, m)]["centered_cosine"] or -9) > (row[(k, "mean-delta")]["centered_cosine"] or -9)]
+        print(f"\n{m} above mean-delta on centered cosine: {len(above)} of {len(d['folds'])} folds"
+              + (f" ({', '.join(above)})" if above else ""))
+    print("\nSummary over folds (mean with a 95% Student-t interval across folds; wins/losses: folds with "
+          "p < 0.05):\n")
+    print("| Method | Folds | Accuracy | Δ vs base | Δ vs mean-delta | Gap to oracle-best | Centered cosine | "
+          "Norm ratio | Wins/losses vs base | Wins/losses vs mean-delta |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def ci(s, key, fmt="{:.3f}", sign=False):
+        if s.get(key) is None:
+            return "—"
+        fm = "{:+.3f}" if sign else fmt
+        if s.get(f"{key}_low") is None:
+            return fm.format(s[key])
+        return f"{fm.format(s[key])} [{fm.format(s[key + '_low'])}, {fm.format(s[key + '_high'])}]"
+
+    for s in d["summary"]:
+        if s.get("reference"):
+            print(f"| {s['method']} (reference) | {s['folds']} | {ci(s, 'accuracy')} | | | | | | | |")
+            continue
+        print(f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {ci(s, 'accuracy_vs_base', sign=True)} | "
+              f"{ci(s, 'vs_mean_delta', sign=True)} | {ci(s, 'gap_to_oracle', sign=True)} | "
+              f"{ci(s, 'centered_cosine')} | {ci(s, 'norm_ratio', '{:.2f}')} | "
+              f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
+    print()
+
+
 def timings(w: Path) -> None:
     p = w / "timings.jsonl"
     if not p.exists():
@@ -152,6 +227,7 @@ def main() -> None:
                                 capture_output=True, text=True, check=True).stdout.strip())
     sweep(w)
     teachers(w)
+    cv(w)
     cells(w)
     timings(w)
 
