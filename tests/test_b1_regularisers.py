@@ -231,11 +231,16 @@ def test_b1_relational_term_keeps_tasks_apart(cli, world, off_run, tmp_path):
     off = res_off["last"]
     assert off["gen_pairwise_cosine"] > 0.99 > off["teacher_pairwise_cosine"]  # the collapse being fixed
     assert any(w.startswith("diversity collapse") for w in res_off["degeneracy_warnings"])
-    res, rows = _b1(cli, world, tmp_path / "rel", "relational_weight=10.0")
-    on = res["last"]
+    # on and off compared at 8 epochs: at 4 the term has barely begun to act (pairwise cosine 0.98
+    # with it, 0.9995 without, on one set of package versions), at 8 it has a wide margin while the
+    # run without it stays collapsed in delta space
+    res, rows = _b1(cli, world, tmp_path / "rel", "relational_weight=10.0", "epochs=8")
+    res_off8, _ = _b1(cli, world, tmp_path / "off8", "epochs=8")
+    on, off8 = res["last"], res_off8["last"]
     assert all("loss_relational" in r for r in rows if "loss_delta" in r)
-    assert on["gen_pairwise_cosine"] < off["gen_pairwise_cosine"] - 0.1, (on, off)
-    assert on["gen_delta_pairwise_cosine"] < off["gen_delta_pairwise_cosine"] - 0.1
+    assert off8["gen_delta_pairwise_cosine"] > 0.99  # still one behaviour for every task without the term
+    assert on["gen_pairwise_cosine"] < off8["gen_pairwise_cosine"] - 0.1, (on, off8)
+    assert on["gen_delta_pairwise_cosine"] < off8["gen_delta_pairwise_cosine"] - 0.1
     assert on["teacher_delta_pairwise_cosine"] == off["teacher_delta_pairwise_cosine"] < 0.99
     assert not any(w.startswith("diversity collapse") for w in res["degeneracy_warnings"])
 
