@@ -103,6 +103,21 @@ OUTPUT_MARKERS: dict[str, tuple[str, ...]] = {
     "cross-validation": ("cv.json",),
 }
 
+# The command whose provenance record (llgbm.json, written first) also marks a folder as an output
+# of that kind: a build interrupted before its first marker file is written stays resumable.
+OUTPUT_COMMANDS: dict[str, str] = {"zoo": "zoo build"}
+
+
+def _written_by(folder: Path, kind: str) -> bool:
+    command = OUTPUT_COMMANDS.get(kind)
+    if command is None or not (folder / PROVENANCE_FILE).is_file():
+        return False
+    try:
+        record = json.loads((folder / PROVENANCE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and record.get("command") == command
+
 
 def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
@@ -123,8 +138,8 @@ def check_output(
     Refused with or without ``--force`` (exit 2): an output that is a file; one that is, contains
     or lies inside one of the command's ``inputs``; one that is or contains one of the ``roots``
     (the project's work folder and project folder); an existing, non-empty folder that does not
-    hold the marker files of ``kind`` (:data:`OUTPUT_MARKERS`), i.e. is not an earlier output of
-    this kind. Refused without ``--force``: an existing output of this kind, unless the command
+    hold the marker files of ``kind`` (:data:`OUTPUT_MARKERS`) nor a provenance record of the
+    command that writes ``kind`` (:data:`OUTPUT_COMMANDS`), i.e. is not an earlier output of this kind. Refused without ``--force``: an existing output of this kind, unless the command
     updates its output in place (``incremental``, e.g. the delta cache). Returns the absolute path.
     """
     raw = Path(target).expanduser()
@@ -149,7 +164,7 @@ def check_output(
         entries = [p.name for p in out.iterdir()]
         if entries:
             markers = OUTPUT_MARKERS.get(kind, ())
-            if markers and not any((out / m).exists() for m in markers):
+            if markers and not any((out / m).exists() for m in markers) and not _written_by(out, kind):
                 shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
                 raise InputError(
                     f"{name}: holds files that are not a {kind} ({shown}); it is never replaced, even with "

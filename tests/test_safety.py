@@ -61,6 +61,20 @@ def test_check_output_accepts_its_own_kind_and_new_folders(tmp_path):
     assert check_output(tmp_path / "empty", "evaluation")
 
 
+def test_zoo_build_interrupted_before_its_first_teacher_stays_resumable(tmp_path):
+    """A build killed before its first teacher leaves only its lock and provenance record: the next
+    `zoo build` resumes there; another command's record does not make a folder a zoo."""
+    from llgbm_cli.io import check_output
+
+    begun = _folder(tmp_path / "zoo", {".zoo.lock": "123", "llgbm.json": json.dumps({"command": "zoo build"})})
+    assert check_output(begun, "zoo", incremental=True) == begun.resolve()
+    other = _folder(tmp_path / "ev", {"llgbm.json": json.dumps({"command": "eval"})})
+    broken = _folder(tmp_path / "broken", {"llgbm.json": "{not json"})
+    for target in (other, broken):
+        with pytest.raises(InputError, match="not a zoo"):
+            check_output(target, "zoo", force=True, incremental=True)
+
+
 def test_atomic_dir_interrupted_during_swap_restores_previous_folder(tmp_path, monkeypatch):
     from llgbm_cli import io
 
