@@ -110,11 +110,11 @@ OUTPUT_COMMANDS: dict[str, str] = {"zoo": "zoo build"}
 
 def _written_by(folder: Path, kind: str) -> bool:
     command = OUTPUT_COMMANDS.get(kind)
-    if command is None or not (folder / PROVENANCE_FILE).is_file():
+    if command is None:
         return False
     try:
-        record = json.loads((folder / PROVENANCE_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = read_provenance(folder)
+    except (InputError, OSError, UnicodeDecodeError):  # an unreadable record marks nothing
         return False
     return isinstance(record, dict) and record.get("command") == command
 
@@ -139,7 +139,8 @@ def check_output(
     or lies inside one of the command's ``inputs``; one that is or contains one of the ``roots``
     (the project's work folder and project folder); an existing, non-empty folder that does not
     hold the marker files of ``kind`` (:data:`OUTPUT_MARKERS`) nor a provenance record of the
-    command that writes ``kind`` (:data:`OUTPUT_COMMANDS`), i.e. is not an earlier output of this kind. Refused without ``--force``: an existing output of this kind, unless the command
+    command that writes ``kind`` (:data:`OUTPUT_COMMANDS`), i.e. is not an earlier output of this
+    kind. Refused without ``--force``: an existing output of this kind, unless the command
     updates its output in place (``incremental``, e.g. the delta cache). Returns the absolute path.
     """
     raw = Path(target).expanduser()
