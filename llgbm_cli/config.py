@@ -232,7 +232,10 @@ class MultitaskSection(Section):
     max_text_length: int = Field(512, ge=8, description="Condition text truncation (encoder tokens).")
     log_interval: int = Field(10, ge=1, description="Steps between metric logs.")
     save_interval: int = Field(500, ge=1, description="Steps between checkpoints.")
-    eval_interval: int = Field(100, ge=1, description="Steps between held-out evaluations.")
+    eval_interval: int = Field(
+        100, ge=1, description="Steps between held-out evaluations: delta cosine, norm ratio ‖generated delta‖ / "
+        "‖teacher delta‖ (and centered cosine with delta_centered) of the held-out and the first training adapters."
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision.")
     holdout_tasks: list[str] = Field(default_factory=list, description="Tasks whose adapters are not trained on.")
     generator_options: dict[str, Any] = Field(

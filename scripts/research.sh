@@ -7,15 +7,15 @@
 #   bash scripts/research.sh               # everything
 #   STEPS="zoo score deltas" bash scripts/research.sh   # only some steps, in this order
 #
-# Steps: sweep (teacher steps chosen on held-out train records), zoo, score, deltas, separation, cv,
-# levers, b1.
+# Steps: sweep (teacher steps chosen on held-out train records), zoo, score, deltas, separation, mtval
+# (multitask settings chosen on held-out training tasks), cv, levers, b1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
 llgbm() { command llgbm -p "$PROJECT" "$@"; }
 W=$(command llgbm -p "$PROJECT" config workdir)
 mkdir -p "$W"
-STEPS=${STEPS:-"sweep zoo score deltas separation cv levers b1"}
+STEPS=${STEPS:-"sweep zoo score deltas separation mtval cv levers b1"}
 SWEEP_TASKS=arc-easy,openbookqa,piqa,arc-challenge,addsub,mathqa,aqua
 TASKS=$(command llgbm -p "$PROJECT" --json config show | python -c 'import json,sys; print(",".join(json.load(sys.stdin)["values"]["zoo.tasks"]))')
 
@@ -54,13 +54,39 @@ for s in $STEPS; do
       llgbm --json zoo separation > "$W/separation-generic.json"
       llgbm --json zoo separation --set "probes.source=task:$TASKS" --set probes.count=52 \
         --set delta.cache=deltas-task-probes > "$W/separation-task-probes.json" ;;
+    # Multitask's training settings compared on a run with three training tasks held out (ARC-Challenge,
+    # PIQA, MultiArith): the centered cosine of their generated adapters' deltas to their teachers'
+    # every 20 steps (no test question). delta_centered only adds the centered metrics: with the mse
+    # delta loss the loss is the same. The profile takes the best (const-lam10).
+    mtval)
+      H=(--set 'train.multitask.holdout_tasks=["arc-challenge","piqa","multiarith"]'
+         --set train.multitask.delta_centered=true --set train.multitask.eval_interval=20)
+      LIN=(--set train.multitask.lr_schedule=linear --set train.multitask.warmup_steps=10
+           --set train.multitask.lambda_warmup_steps=20)
+      mkdir -p "$W/mtval"
+      mt() {  # mt NAME SETTINGS...: one training run, skipped when finished
+        local name=$1; shift
+        [ -d "$W/mtval/$name/final" ] || step "mtval-$name" llgbm --quiet train multitask \
+          --out "$W/mtval/$name" --force "${H[@]}" "$@"
+      }
+      mt base "${LIN[@]}" --set train.multitask.lambda_delta=1      # the profile's settings before
+      mt deltaw "${LIN[@]}" --set train.multitask.lambda_delta=1 --set train.multitask.weight_loss=delta_w
+      mt factors "${LIN[@]}" --set train.multitask.lambda_delta=1 --set train.multitask.weight_loss=factors
+      mt lam10 "${LIN[@]}" --set train.multitask.lambda_delta=10
+      mt lam100 "${LIN[@]}" --set train.multitask.lambda_delta=100
+      mt const-lam0 --set train.multitask.lambda_delta=0
+      mt const-lam1 --set train.multitask.lambda_delta=1
+      mt const-lam10                                                # the profile now
+      mt const-lam10-lr3e-3 --set train.multitask.learning_rate=3e-3 ;;
     # Leave-one-task-out over every task: what each method needs is trained without fold k's task.
     cv) step cv llgbm eval --folds all --out "$W/cv" ;;
     # Lever cells: the same cross-validation, multitask only, on two folds (one multiple-choice,
     # one generative) with one setting changed; compare with the matching folds of cv.
     levers)
-      step lever-lambda0 llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.lambda_delta=0 \
-        --out "$W/cv-lambda0"
+      # λ = 0: the profile's multitask with the delta loss switched off, on six folds that were not
+      # validation tasks of the mtval step (LAMBDA0_FOLDS=all for every fold, about 45 min)
+      step lever-lambda0 llgbm eval --folds "${LAMBDA0_FOLDS:-arc-easy,boolq,openbookqa,gsm8k,mawps,svamp}" \
+        -m multitask --set train.multitask.lambda_delta=0 --out "$W/cv-lambda0"
       step lever-task-loss llgbm eval --folds arc-easy,mawps -m multitask --set train.multitask.task_weight=0.1 \
         --out "$W/cv-task0.1"
       # centering leaves the mse delta loss unchanged (a shift of both sides): compare it under cosine
@@ -85,7 +111,7 @@ for s in $STEPS; do
         --set train.delta_only.epochs=2 --out "$W/cv-b1-lr1e-4"
       step b1-lr1e-4-relational llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-4 \
         --set train.delta_only.epochs=2 --set train.delta_only.relational_weight=10 --out "$W/cv-b1-lr1e-4-relational" ;;
-    *) echo "unknown step $s (steps: sweep zoo score deltas separation cv levers b1)" >&2; exit 2 ;;
+    *) echo "unknown step $s (steps: sweep zoo score deltas separation mtval cv levers b1)" >&2; exit 2 ;;
   esac
 done
 echo "results: $W/cv/results.md   lever cells: $W/cv-*/results.md"

@@ -4,7 +4,8 @@
 
 Sections whose files are missing are skipped with a note, so it can be run after any step:
 the teacher-steps sweep on held-out train records (`sweep` step), the teachers against base (`score` step), the
-cross-validation over every fold with its oracle-best reference (`cv` step), the lever cells and B1 beside the main
+multitask settings on held-out training tasks (`mtval` step), the cross-validation over every fold with its
+oracle-best reference (`cv` step), multitask against λ = 0 over every fold, the lever cells and B1 beside the main
 cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
 """
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # (folder under the workdir, method, the setting it changes) of the lever cells and B1 runs
 CELLS = [
-    ("cv", "multitask", "λ = 1 (main run)"),
+    ("cv", "multitask", "main run"),
     ("cv-lambda0", "multitask", "λ = 0 (weights only)"),
     ("cv-task0.1", "multitask", "task_weight = 0.1"),
     ("cv-centered", "multitask", "delta_centered (mse: the same loss)"),
@@ -203,6 +204,69 @@ def cv(w: Path) -> None:
     print()
 
 
+# (run folder under <workdir>/mtval, the setting) of the `mtval` step, in the order it runs them
+MTVAL = [
+    ("base", "linear warm-up and decay, λ = 1 (the earlier profile)"),
+    ("deltaw", "linear, λ = 1, weight_loss = delta_w"),
+    ("factors", "linear, λ = 1, weight_loss = factors"),
+    ("lam10", "linear, λ = 10"),
+    ("lam100", "linear, λ = 100"),
+    ("const-lam0", "constant lr, λ = 0 (weights only)"),
+    ("const-lam1", "constant lr, λ = 1"),
+    ("const-lam10", "constant lr, λ = 10 (chosen)"),
+    ("const-lam10-lr3e-3", "constant lr 3e-3, λ = 10"),
+]
+
+
+def mtval(w: Path) -> None:
+    """Multitask settings on the training run with three tasks held out (`mtval` step): the held-out
+    and training adapters' deltas against their teachers' at the last evaluation."""
+    have = [(n, what) for n, what in MTVAL if (w / "mtval" / n / "metrics.jsonl").exists()]
+    if not have:
+        print("(no multitask validation runs yet: run `STEPS=mtval bash scripts/research.sh`)\n")
+        return
+    print("Multitask settings on held-out training tasks (ARC-Challenge, PIQA, MultiArith held out; 60 steps; "
+          "the last evaluation of each run, deltas on the generic probes; no test question):\n")
+    print("| setting | held-out centered cosine | held-out delta cosine | held-out norm ratio | "
+          "training centered cosine | training norm ratio |")
+    print("|---|---|---|---|---|---|")
+    for n, what in have:
+        ev = metrics_of(w / "mtval" / n)
+        print(f"| {what} | {f(ev.get('heldout_delta_centered_cosine'))} | {f(ev.get('heldout_delta_cosine'))} | "
+              f"{f(ev.get('heldout_delta_norm_ratio'), '{:.3f}')} | {f(ev.get('train_delta_centered_cosine'))} | "
+              f"{f(ev.get('train_delta_norm_ratio'), '{:.3f}')} |")
+    print()
+
+
+def lambda0(w: Path) -> None:
+    """The main run's multitask against the same generator trained without the delta loss (λ = 0),
+    over every fold both ran."""
+    from llgbm_cli.evaluation.stats import t_interval
+
+    p, q = w / "cv" / "results.json", w / "cv-lambda0" / "results.json"
+    if not (p.exists() and q.exists()):
+        print("(no λ = 0 cross-validation yet: run `STEPS=levers bash scripts/research.sh`)\n")
+        return
+    main_rows = {r["fold"]: r for r in json.loads(p.read_text())["rows"] if r["method"] == "multitask"}
+    zero_rows = {r["fold"]: r for r in json.loads(q.read_text())["rows"] if r["method"] == "multitask"}
+    folds = [k for k in main_rows if k in zero_rows]
+    print("Multitask (the profile's λ) against λ = 0 (weights only), the same generator, steps and "
+          "questions:\n")
+    print("| Fold | accuracy | accuracy λ = 0 | centered cosine | centered cosine λ = 0 | norm ratio | "
+          "norm ratio λ = 0 |")
+    print("|---|---|---|---|---|---|---|")
+    for k in folds:
+        a, z = main_rows[k], zero_rows[k]
+        print(f"| {k} | {a['accuracy']:.2f} | {z['accuracy']:.2f} | {f(a['centered_cosine'])} | "
+              f"{f(z['centered_cosine'])} | {f(a['norm_ratio'], '{:.2f}')} | {f(z['norm_ratio'], '{:.2f}')} |")
+    above = [k for k in folds if (main_rows[k]["centered_cosine"] or -9) > (zero_rows[k]["centered_cosine"] or -9)]
+    d_cc = t_interval([(main_rows[k]["centered_cosine"] or 0) - (zero_rows[k]["centered_cosine"] or 0) for k in folds])
+    d_acc = t_interval([main_rows[k]["accuracy"] - zero_rows[k]["accuracy"] for k in folds])
+    rng = lambda t: f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"  # noqa: E731
+    print(f"\nAbove λ = 0 on centered cosine: {len(above)} of {len(folds)} folds; difference across folds "
+          f"{rng(d_cc)}; accuracy difference {rng(d_acc)}.\n")
+
+
 def timings(w: Path) -> None:
     p = w / "timings.jsonl"
     if not p.exists():
@@ -227,7 +291,9 @@ def main() -> None:
                                 capture_output=True, text=True, check=True).stdout.strip())
     sweep(w)
     teachers(w)
+    mtval(w)
     cv(w)
+    lambda0(w)
     cells(w)
     timings(w)
 

@@ -241,6 +241,34 @@ def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
         assert train_method(other, "multitask", run, zoo=zoo) is False  # a zoo given is the one read
 
 
+def test_run_fingerprint_multitask_only_keys_concern_multitask_alone(tmp_path, monkeypatch):
+    """A change to a key only multitask's training reads (its learning rate, schedule, λ) makes the
+    multitask run stale but leaves B1's and B2's valid; a key of the shared condition encoding makes
+    every run stale. The keys listed as multitask-only are section fields that the B1/B2 trainers
+    never read."""
+    import re
+
+    import llgbm_cli
+    from llgbm_cli.config import MultitaskSection, load_config
+    from llgbm_cli.services.cv import MULTITASK_ONLY, run_fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    base = load_config(None, {}).config
+    fp = {m: run_fingerprint(base, m) for m in ("multitask", "b1", "b2")}
+    for key, value in (("learning_rate", 0.5), ("lr_schedule", "constant"), ("lambda_delta", 7.0)):
+        other = load_config(None, {f"train.multitask.{key}": value}).config
+        assert run_fingerprint(other, "multitask") != fp["multitask"], key
+        assert run_fingerprint(other, "b1") == fp["b1"] and run_fingerprint(other, "b2") == fp["b2"], key
+    shared = load_config(None, {"train.multitask.max_text_length": 64}).config
+    assert all(run_fingerprint(shared, m) != fp[m] for m in fp)
+    assert MULTITASK_ONLY <= set(MultitaskSection.model_fields)
+    root = Path(llgbm_cli.__file__).parent
+    for src in (root / "services" / "train_delta_only.py", root / "training" / "trainer.py"):
+        text = src.read_text()
+        read = set(re.findall(r"(?:\bmt|train\.multitask)\.([a-z_]+)", text))
+        assert not (read & MULTITASK_ONLY), (src.name, read & MULTITASK_ONLY)
+
+
 @pytest.mark.slow
 def test_two_accelerate_processes_cross_validate_as_one(tmp_path, cv_world, cv_one):
     """Two gloo processes, a fold each (trained, evaluated and scored alone), give the one-process

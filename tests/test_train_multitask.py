@@ -88,6 +88,9 @@ def test_training_lowers_losses_and_writes_checkpoints(tiny_train_project):
     assert last("loss_delta") < first("loss_delta")
     assert last("delta_cosine_sim") > first("delta_cosine_sim")
     assert "heldout_delta_cosine" in m[12] and "heldout_delta_cosine" in m[6]
+    # ‖generated delta‖ / ‖teacher delta‖ of the held-out and training adapters: a generator that
+    # starts at the teachers' mean adapter moves the model, so the ratio is positive
+    assert all(m[12][f"{g}_delta_norm_ratio"] > 0 for g in ("heldout", "train"))
     for s in (4, 8, 12):
         assert (out / "checkpoints" / f"step-{s:06d}" / "generator.safetensors").exists()
     assert (out / "final" / "generator.json").exists() and (out / "llgbm.json").exists()

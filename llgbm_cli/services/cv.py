@@ -340,14 +340,28 @@ def run_cv(
     return result
 
 
+# ``train.multitask`` keys that only the multitask generator's training reads: a change to them
+# leaves B1's and B2's runs valid (the rest of the section, the condition encoding and weight
+# decay, is shared by every trainer and stays in their fingerprints).
+MULTITASK_ONLY = frozenset({
+    "generator", "generator_preset", "learning_rate", "batch_size", "delta_batch_size", "total_steps",
+    "warmup_steps", "lr_schedule", "max_grad_norm", "lambda_delta", "lambda_schedule", "lambda_warmup_steps",
+    "delta_loss_type", "delta_normalize", "weight_loss", "weight_loss_norm", "token_weighting", "log_interval",
+    "save_interval", "eval_interval", "mixed_precision", "loss_balance", "delta_centered", "task_weight",
+    "task_examples",
+})
+
+
 def run_fingerprint(cfg, method: str, zoo_entries: Iterable[Any] = ()) -> str:
     """What a trained method's run depends on: its section, the model, LoRA, probes, delta spec, zoo
-    settings, seed (the condition encoding of every generator lives in ``train.multitask``) and the
+    settings, seed (the condition encoding of every generator lives in ``train.multitask``; its
+    multitask-only keys count for multitask alone) and the
     zoo's contents, each adapter's id and weights hash (``zoo_entries``): a teacher rebuilt with
     other settings under the same id makes the run stale."""
     return fingerprint({
         "method": method, "section": getattr(cfg.train, TRAINED[method]).model_dump(mode="json"),
-        "multitask": cfg.train.multitask.model_dump(mode="json"),
+        "multitask": {k: v for k, v in cfg.train.multitask.model_dump(mode="json").items()
+                      if method == "multitask" or k not in MULTITASK_ONLY},
         **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo")},
         **({"index": cfg.index.model_dump(mode="json")} if method == "b2" else {}),
         "seed": cfg.project.seed,

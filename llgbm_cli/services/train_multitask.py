@@ -175,6 +175,7 @@ def train_multitask(
                 pred = torch.cat(preds)
                 tgt = t_deltas[ids]
                 res[f"{name}_delta_cosine"] = float(torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean())
+                res[f"{name}_delta_norm_ratio"] = float((pred.norm(dim=-1) / tgt.norm(dim=-1).clamp_min(1e-12)).mean())
                 if delta_mean is not None:
                     res[f"{name}_delta_centered_cosine"] = float(torch.nn.functional.cosine_similarity(
                         pred - delta_mean, tgt - delta_mean, dim=-1).mean())
