@@ -18,10 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# (folder under the workdir, method, the setting it changes) of the lever cells and B1 runs
+# (folder under the workdir, method, the setting it changes) of the lever cells and B1 runs (λ = 0 has
+# its own table over more folds: lambda0)
 CELLS = [
     ("cv", "multitask", "main run"),
-    ("cv-lambda0", "multitask", "λ = 0 (weights only)"),
     ("cv-task0.1", "multitask", "task_weight = 0.1"),
     ("cv-centered", "multitask", "delta_centered (mse: the same loss)"),
     ("cv-cosine", "multitask", "delta_loss_type = cosine"),
@@ -97,7 +97,7 @@ def metrics_of(run: Path) -> dict:
 
 def cells(w: Path) -> None:
     have = [(c, m, what) for c, m, what in CELLS if (w / c / "results.json").exists()]
-    if not have:
+    if all(c == "cv" for c, _, _ in have):  # the main run alone compares nothing
         print("(no lever cells yet: run `STEPS=\"levers b1\" bash scripts/research.sh`)\n")
         return
     folds = None
@@ -259,8 +259,9 @@ def lambda0(w: Path) -> None:
         a, z = main_rows[k], zero_rows[k]
         print(f"| {k} | {a['accuracy']:.2f} | {z['accuracy']:.2f} | {f(a['centered_cosine'])} | "
               f"{f(z['centered_cosine'])} | {f(a['norm_ratio'], '{:.2f}')} | {f(z['norm_ratio'], '{:.2f}')} |")
-    above = [k for k in folds if (main_rows[k]["centered_cosine"] or -9) > (zero_rows[k]["centered_cosine"] or -9)]
-    d_cc = t_interval([(main_rows[k]["centered_cosine"] or 0) - (zero_rows[k]["centered_cosine"] or 0) for k in folds])
+    cc = {k: (main_rows[k]["centered_cosine"], zero_rows[k]["centered_cosine"]) for k in folds}
+    above = [k for k, (a, z) in cc.items() if a is not None and z is not None and a > z]
+    d_cc = t_interval([a - z for a, z in cc.values() if a is not None and z is not None])
     d_acc = t_interval([main_rows[k]["accuracy"] - zero_rows[k]["accuracy"] for k in folds])
     rng = lambda t: f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"  # noqa: E731
     print(f"\nAbove λ = 0 on centered cosine: {len(above)} of {len(folds)} folds; difference across folds "

@@ -162,6 +162,8 @@ def train_multitask(
         return out
 
     def eval_fn(step: int, net) -> dict[str, float]:
+        from ..evaluation.metrics import mean_of, norm_ratio
+
         res: dict[str, float] = {}
         groups = [("heldout", list(range(n_train, n_all)))] if run.held_e else []
         groups.append(("train", list(range(min(n_train, 8)))))
@@ -175,7 +177,7 @@ def train_multitask(
                 pred = torch.cat(preds)
                 tgt = t_deltas[ids]
                 res[f"{name}_delta_cosine"] = float(torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean())
-                res[f"{name}_delta_norm_ratio"] = float((pred.norm(dim=-1) / tgt.norm(dim=-1).clamp_min(1e-12)).mean())
+                res[f"{name}_delta_norm_ratio"] = mean_of([norm_ratio(a, b) for a, b in zip(pred, tgt)])
                 if delta_mean is not None:
                     res[f"{name}_delta_centered_cosine"] = float(torch.nn.functional.cosine_similarity(
                         pred - delta_mean, tgt - delta_mean, dim=-1).mean())
