@@ -18,6 +18,34 @@ from datetime import timedelta
 # minutes with NCCL, 30 with gloo).
 MEET_TIMEOUT_S = 7 * 24 * 3600
 
+_LEAVE_REGISTERED = False
+
+
+def leave_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits, once per process.
+
+    A gloo group left to the interpreter's teardown can abort its process ("terminate called
+    without an active exception", SIGABRT) when its worker threads are destroyed unjoined; the
+    launcher then reports the whole launch as failed after the work was done and written. Every
+    place that joins a group (:class:`ProcessGroup`, a trainer's Accelerator) calls this."""
+    global _LEAVE_REGISTERED
+    if _LEAVE_REGISTERED:
+        return
+    import atexit
+
+    atexit.register(_leave_group)
+    _LEAVE_REGISTERED = True
+
+
+def _leave_group() -> None:
+    try:
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - at exit there is nobody left to tell
+        pass
+
 
 class ProcessGroup:
     """The processes of one ``accelerate launch`` (a single process otherwise)."""
@@ -36,6 +64,7 @@ class ProcessGroup:
             # Processes wait for each other at a gather for as long as the slowest one's share
             # takes (eval: while the main process builds the adapters), not torch's default.
             self.state = PartialState(cpu=cpu, timeout=timedelta(seconds=MEET_TIMEOUT_S))
+            leave_group_at_exit()
             self.rank = self.state.process_index
             self.world = self.state.num_processes
 

@@ -351,3 +351,43 @@ def test_processes_meet_repeatedly_and_share_a_failure(tmp_path):
         "1 raised LlgbmError 2 out: not a cross-validation folder",
         "1 raised ZeroDivisionError None division by zero",
     ]
+
+
+LEAVE_AT_EXIT = """
+import atexit, os, sys, time
+
+import torch.distributed as tdist
+
+def report():  # registered first, so it runs after the handlers llgbm registers
+    with open(os.path.join(sys.argv[1], f"exit{os.environ['RANK']}.txt"), "w") as f:
+        f.write(f"initialized={tdist.is_initialized()}")
+
+atexit.register(report)
+from llgbm_cli.distributed import ProcessGroup
+
+g = ProcessGroup("cpu")
+assert g.gather([g.rank]) == [0, 1]
+if g.is_main:
+    time.sleep(1.0)  # the other process exits first, as eval's non-main processes do
+"""
+
+
+def test_process_group_is_left_before_the_interpreter_exits(tmp_path):
+    """A gloo group left to the interpreter's teardown aborts its process now and then (SIGABRT,
+    'terminate called without an active exception') after the work is done; every process of a
+    launch destroys the group at exit instead."""
+    import os
+    import subprocess
+
+    from conftest import launch_cmd
+
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_AT_EXIT)
+    cmd = launch_cmd(["llgbm_cli"], 2)
+    cmd = cmd[: cmd.index("-m", 4)] + [str(script), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "terminate called" not in r.stderr
+    for rank in (0, 1):
+        assert (tmp_path / f"exit{rank}.txt").read_text() == "initialized=False"

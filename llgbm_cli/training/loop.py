@@ -72,8 +72,13 @@ def make_accelerator(mixed_precision: str = "no", device: str = "auto"):
     """An Accelerator; under ``accelerate launch`` it joins the process group (DDP)."""
     from accelerate import Accelerator
 
+    from ..distributed import leave_group_at_exit
+
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    if acc.num_processes > 1:
+        leave_group_at_exit()
+    return acc
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
