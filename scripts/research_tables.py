@@ -61,28 +61,30 @@ def teachers(w: Path) -> None:
 
 
 def sweep(w: Path) -> None:
-    """Run 0's checkpoints of the sweep on the train records it never saw, and the steps each task takes."""
-    p = w / "sweep" / "heldout-lr1e-3.json"
-    if not p.exists() or p.stat().st_size == 0:
-        print(f"(no {p}: run `STEPS=sweep bash scripts/research.sh`)\n")
+    """Run 0's checkpoints of each sweep (one file per learning rate: the `sweep` and `sweep-lr` steps)
+    on the train records it never saw, and the step count that does best at that rate."""
+    files = sorted(p for p in (w / "sweep").glob("heldout-lr*.json") if p.stat().st_size > 0)
+    if not files:
+        print(f"(no {w / 'sweep'}/heldout-lr*.json: run `STEPS=sweep bash scripts/research.sh`)\n")
         return
-    d = json.loads(p.read_text())
-    rows = []
-    for name, t in d["tasks"].items():
-        steps = {int(a.rsplit("-s", 1)[1]): a for a in t["adapters"]}
-        rows.append((name, t, steps))
-    width = sorted({s for _, _, st in rows for s in st})
-    print(f"Teacher steps on held-out train records ({p.name}; run 0's checkpoints, up to {d['test_sample']} "
-          "records of the train split it did not train on; the headline metric, − base in brackets):\n")
-    print("| task | metric | n | base | " + " | ".join(f"{s} steps" for s in width) + " | chosen |")
-    print("|---|---|---|---|" + "---|" * len(width) + "---|")
-    for name, t, st in rows:
-        accs = {s: t["adapters"][a] for s, a in st.items()}
-        best = max(accs.values())
-        chosen = min(s for s, v in accs.items() if v == best)  # ties: fewer steps
-        cells_ = [f"{accs[s]:.3f} ({accs[s] - t['base']:+.3f})" if s in accs else "—" for s in width]
-        print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | " + " | ".join(cells_) + f" | {chosen} |")
-    print()
+    for p in files:
+        d = json.loads(p.read_text())
+        rows = []
+        for name, t in d["tasks"].items():
+            steps = {int(a.rsplit("-s", 1)[1]): a for a in t["adapters"]}
+            rows.append((name, t, steps))
+        width = sorted({s for _, _, st in rows for s in st})
+        print(f"Teacher steps on held-out train records ({p.name}; run 0's checkpoints, up to {d['test_sample']} "
+              "records of the train split it did not train on; the headline metric, − base in brackets):\n")
+        print("| task | metric | n | base | " + " | ".join(f"{s} steps" for s in width) + " | best |")
+        print("|---|---|---|---|" + "---|" * len(width) + "---|")
+        for name, t, st in rows:
+            accs = {s: t["adapters"][a] for s, a in st.items()}
+            best = max(accs.values())
+            chosen = min(s for s, v in accs.items() if v == best)  # ties: fewer steps
+            cells_ = [f"{accs[s]:.3f} ({accs[s] - t['base']:+.3f})" if s in accs else "—" for s in width]
+            print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | " + " | ".join(cells_) + f" | {chosen} |")
+        print()
 
 
 def metrics_of(run: Path) -> dict:
