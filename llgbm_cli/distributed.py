@@ -10,6 +10,8 @@ the group themselves (``ablate``: a trainer, an eval): the processes meet only a
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 from datetime import timedelta
 
@@ -18,9 +20,8 @@ from datetime import timedelta
 # minutes with NCCL, 30 with gloo).
 MEET_TIMEOUT_S = 7 * 24 * 3600
 
-_LEAVE_REGISTERED = False
 
-
+@functools.cache  # one exit handler per process, however many groups it joins
 def leave_group_at_exit() -> None:
     """Destroy the default process group when the interpreter exits, once per process.
 
@@ -28,13 +29,7 @@ def leave_group_at_exit() -> None:
     without an active exception", SIGABRT) when its worker threads are destroyed unjoined; the
     launcher then reports the whole launch as failed after the work was done and written. Every
     place that joins a group (:class:`ProcessGroup`, a trainer's Accelerator) calls this."""
-    global _LEAVE_REGISTERED
-    if _LEAVE_REGISTERED:
-        return
-    import atexit
-
     atexit.register(_leave_group)
-    _LEAVE_REGISTERED = True
 
 
 def _leave_group() -> None:

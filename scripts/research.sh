@@ -7,8 +7,8 @@
 #   bash scripts/research.sh               # everything
 #   STEPS="zoo score deltas" bash scripts/research.sh   # only some steps, in this order
 #
-# Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3), zoo, score, deltas, separation, mtval
-# (multitask settings chosen on held-out training tasks), cv, levers, b1.
+# Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3), zoo,
+# score, deltas, separation, mtval (multitask settings chosen on held-out training tasks), cv, levers, b1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
@@ -29,27 +29,26 @@ step() {  # step NAME COMMAND...: run it, record its wall time
     "$(date -u +%FT%TZ)" "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$W/timings.jsonl"
 }
 
+sweep_at() {  # sweep_at NAME LR TASKS: one 192-step trajectory (run 0, checkpoints at 48/96/144/192) of
+              # each task at learning rate LR, scored on up to 200 records of the train split it never saw
+  local name=$1 lr=$2 tasks=$3
+  local sw=(--set "zoo.path=sweep/zoo-lr$lr" --set "zoo.learning_rate=$lr" --set zoo.runs=1 --set zoo.steps=192
+            --set zoo.warmup_steps=0 --set zoo.checkpoints=4 --set "zoo.per_task={}")
+  mkdir -p "$W/sweep"
+  step "$name" llgbm zoo build --tasks "$tasks" "${sw[@]}"
+  step "$name-score" llgbm --json zoo score --split heldout --test-sample 200 --tasks "$tasks" "${sw[@]}" \
+    > "$W/sweep/heldout-lr$lr.json"
+}
+
 for s in $STEPS; do
   case $s in
     # Teacher settings chosen without a test question: one 192-step trajectory (run 0, checkpoints at
     # 48/96/144/192) of each task that did not clearly learn at 48 steps, scored on the half of its
     # train split it never saw; [zoo.per_task.NAME] in the profile takes each task's best step count.
-    sweep)
-      SW=(--set zoo.path=sweep/zoo-lr1e-3 --set zoo.runs=1 --set zoo.steps=192 --set zoo.warmup_steps=0
-          --set zoo.checkpoints=4 --set "zoo.per_task={}")
-      mkdir -p "$W/sweep"
-      step sweep llgbm zoo build --tasks "$SWEEP_TASKS" "${SW[@]}"
-      step sweep-score llgbm --json zoo score --split heldout --test-sample 200 --tasks "$SWEEP_TASKS" "${SW[@]}" \
-        > "$W/sweep/heldout-lr1e-3.json" ;;
+    sweep) sweep_at sweep 1e-3 "$SWEEP_TASKS" ;;
     # The same trajectory at lr 3e-3, for the tasks still below base + 2 SE on the test table; the same
     # held-out train records (the split depends on the seed and run, not the rate).
-    sweep-lr)
-      SW=(--set zoo.path=sweep/zoo-lr3e-3 --set zoo.learning_rate=3e-3 --set zoo.runs=1 --set zoo.steps=192
-          --set zoo.warmup_steps=0 --set zoo.checkpoints=4 --set "zoo.per_task={}")
-      mkdir -p "$W/sweep"
-      step sweep-lr llgbm zoo build --tasks "$SWEEP_LR_TASKS" "${SW[@]}"
-      step sweep-lr-score llgbm --json zoo score --split heldout --test-sample 200 --tasks "$SWEEP_LR_TASKS" "${SW[@]}" \
-        > "$W/sweep/heldout-lr3e-3.json" ;;
+    sweep-lr) sweep_at sweep-lr 3e-3 "$SWEEP_LR_TASKS" ;;
     # After a task's [zoo.per_task.NAME] table changes, `zoo build` refuses and names the task:
     # rebuild it alone with `llgbm -p profiles/research.toml zoo build --tasks NAME --force`.
     zoo) step zoo llgbm config validate && step zoo llgbm zoo build ;;
