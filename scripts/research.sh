@@ -7,7 +7,9 @@
 #   bash scripts/research.sh               # everything
 #   STEPS="zoo score deltas" bash scripts/research.sh   # only some steps, in this order
 #
-# Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3), zoo,
+# Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3),
+# sweep-layout (two other LoRA layouts on the same records), layout-test (the chosen one on test
+# questions), zoo,
 # score, deltas, separation, mtval (multitask settings chosen on held-out training tasks), cv, levers, b1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,26 +31,50 @@ step() {  # step NAME COMMAND...: run it, record its wall time
     "$(date -u +%FT%TZ)" "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$W/timings.jsonl"
 }
 
-sweep_at() {  # sweep_at NAME LR TASKS: one 192-step trajectory (run 0, checkpoints at 48/96/144/192) of
-              # each task at learning rate LR, scored on up to 200 records of the train split it never saw
-  local name=$1 lr=$2 tasks=$3
-  local sw=(--set "zoo.path=sweep/zoo-lr$lr" --set "zoo.learning_rate=$lr" --set zoo.runs=1 --set zoo.steps=192
-            --set zoo.warmup_steps=0 --set zoo.checkpoints=4 --set "zoo.per_task={}")
-  mkdir -p "$W/sweep"
-  step "$name" llgbm zoo build --tasks "$tasks" "${sw[@]}"
-  step "$name-score" llgbm --json zoo score --split heldout --test-sample 200 --tasks "$tasks" "${sw[@]}" \
-    > "$W/sweep/heldout-lr$lr.json"
+sweep_sets() {  # sweep_sets OUT STEPS: into the array SW, the settings of a sweep (one trajectory, run 0,
+                # with checkpoints every 48 steps, in its own zoo folder sweep/zoo-OUT)
+  SW=(--set "zoo.path=sweep/zoo-$1" --set zoo.runs=1 --set "zoo.steps=$2" --set zoo.warmup_steps=0
+      --set "zoo.checkpoints=$(( $2 / 48 ))" --set "zoo.per_task={}")
 }
+
+sweep_at() {  # sweep_at NAME OUT TASKS STEPS [--set KEY=VALUE...]: the sweep of each task with the given
+              # settings, scored on up to 200 records of the train split it never saw (the split depends
+              # on the seed and the run, not on the settings)
+  local name=$1 out=$2 tasks=$3 steps=$4; shift 4
+  sweep_sets "$out" "$steps"
+  mkdir -p "$W/sweep"
+  step "$name" llgbm zoo build --tasks "$tasks" "${SW[@]}" "$@"
+  step "$name-score" llgbm --json zoo score --split heldout --test-sample 200 --tasks "$tasks" "${SW[@]}" "$@" \
+    > "$W/sweep/heldout-$out.json"
+}
+
+# The two LoRA layouts of the sweep-layout step, beside the profile's rank-8 q/v on the last 8 layers.
+LAYOUT_ALL_LAYERS=(--set lora.last_layers=30)
+LAYOUT_ATTN_MLP=(--set 'lora.target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]')
 
 for s in $STEPS; do
   case $s in
     # Teacher settings chosen without a test question: one 192-step trajectory (run 0, checkpoints at
     # 48/96/144/192) of each task that did not clearly learn at 48 steps, scored on the half of its
     # train split it never saw; [zoo.per_task.NAME] in the profile takes each task's best step count.
-    sweep) sweep_at sweep 1e-3 "$SWEEP_TASKS" ;;
+    sweep) sweep_at sweep lr1e-3 "$SWEEP_TASKS" 192 --set zoo.learning_rate=1e-3 ;;
     # The same trajectory at lr 3e-3, for the tasks still below base + 2 SE on the test table; the same
     # held-out train records (the split depends on the seed and run, not the rate).
-    sweep-lr) sweep_at sweep-lr 3e-3 "$SWEEP_LR_TASKS" ;;
+    sweep-lr) sweep_at sweep-lr lr3e-3 "$SWEEP_LR_TASKS" 192 --set zoo.learning_rate=3e-3 ;;
+    # The LoRA layout (one setting for the whole zoo: the generators' output shape), on the same
+    # tasks and held-out records, 96 steps at lr 1e-3: rank-8 q/v on all 30 layers instead of the
+    # last 8, and every linear module (attention and MLP) of the last 8 layers.
+    sweep-layout)
+      sweep_at sweep-layout-all layout-all-layers "$SWEEP_LR_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}"
+      sweep_at sweep-layout-mlp layout-attn-mlp "$SWEEP_LR_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ATTN_MLP[@]}" ;;
+    # The layout the held-out records chose (all layers), its sweep checkpoints on the same tasks' test
+    # questions (up to 500, as the score step): research_tables.py takes each task's step count from the
+    # held-out file. For the decision to rebuild the zoo with it; the zoo and the cross-validation
+    # are not rebuilt by this step.
+    layout-test)
+      sweep_sets layout-all-layers 96
+      step layout-test llgbm --json zoo score --test-sample 500 --tasks "$SWEEP_LR_TASKS" "${SW[@]}" \
+        --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}" > "$W/sweep/test-layout-all-layers.json" ;;
     # After a task's [zoo.per_task.NAME] table changes, `zoo build` refuses and names the task:
     # rebuild it alone with `llgbm -p profiles/research.toml zoo build --tasks NAME --force`.
     zoo) step zoo llgbm config validate && step zoo llgbm zoo build ;;
@@ -122,7 +148,7 @@ for s in $STEPS; do
         --set train.delta_only.epochs=2 --out "$W/cv-b1-lr1e-4"
       step b1-lr1e-4-relational llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-4 \
         --set train.delta_only.epochs=2 --set train.delta_only.relational_weight=10 --out "$W/cv-b1-lr1e-4-relational" ;;
-    *) echo "unknown step $s (steps: sweep sweep-lr zoo score deltas separation mtval cv levers b1)" >&2; exit 2 ;;
+    *) echo "unknown step $s (steps: sweep sweep-lr sweep-layout layout-test zoo score deltas separation mtval cv levers b1)" >&2; exit 2 ;;
   esac
 done
 echo "results: $W/cv/results.md   lever cells: $W/cv-*/results.md"

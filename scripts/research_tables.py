@@ -3,7 +3,8 @@
     python scripts/research_tables.py [WORKDIR]      # default: the research profile's workdir
 
 Sections whose files are missing are skipped with a note, so it can be run after any step:
-the teacher-steps sweep on held-out train records (`sweep` step), the teachers against base (`score` step), the
+the teacher sweeps on held-out train records (`sweep`, `sweep-lr`, `sweep-layout` steps) and the chosen
+layout's checkpoints on test questions (`layout-test`), the teachers against base (`score` step), the
 multitask settings on held-out training tasks (`mtval` step), the cross-validation over every fold with its
 oracle-best reference (`cv` step), multitask against λ = 0 over every fold, the lever cells and B1 beside the main
 cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
@@ -61,11 +62,11 @@ def teachers(w: Path) -> None:
 
 
 def sweep(w: Path) -> None:
-    """Run 0's checkpoints of each sweep (one file per learning rate: the `sweep` and `sweep-lr` steps)
-    on the train records it never saw, and the step count that does best at that rate."""
-    files = sorted(p for p in (w / "sweep").glob("heldout-lr*.json") if p.stat().st_size > 0)
+    """Run 0's checkpoints of each sweep (one file per setting: the `sweep`, `sweep-lr` and
+    `sweep-layout` steps) on the train records it never saw, and the step count that does best."""
+    files = sorted(p for p in (w / "sweep").glob("heldout-*.json") if p.stat().st_size > 0)
     if not files:
-        print(f"(no {w / 'sweep'}/heldout-lr*.json: run `STEPS=sweep bash scripts/research.sh`)\n")
+        print(f"(no {w / 'sweep'}/heldout-*.json: run `STEPS=sweep bash scripts/research.sh`)\n")
         return
     for p in files:
         d = json.loads(p.read_text())
@@ -85,6 +86,34 @@ def sweep(w: Path) -> None:
             cells_ = [f"{accs[s]:.3f} ({accs[s] - t['base']:+.3f})" if s in accs else "—" for s in width]
             print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | " + " | ".join(cells_) + f" | {chosen} |")
         print()
+
+
+def layout_test(w: Path) -> None:
+    """A sweep's checkpoints on the test questions (the `layout-test` step), each task at the step
+    count its held-out train records chose (ties: fewer steps), against base like the zoo's table."""
+    for p in sorted((w / "sweep").glob("test-*.json")):
+        held = p.with_name("heldout-" + p.name[len("test-"):])
+        if p.stat().st_size == 0 or not held.exists():
+            continue
+        d, h = json.loads(p.read_text()), json.loads(held.read_text())
+        print(f"Test questions of {p.name} (up to {d['test_sample']} per task, paired SE), each task at the step "
+              f"count chosen on its held-out train records ({held.name}):\n")
+        print("| task | metric | steps | n | base | teacher | teacher − base | SE | z | ≥ 2 SE | base / teacher acc_norm |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        met = 0
+        for name, t in d["tasks"].items():
+            accs = h["tasks"][name]["adapters"]
+            best = max(accs.values())
+            chosen = min((a for a, v in accs.items() if v == best), key=lambda a: int(a.rsplit("-s", 1)[1]))
+            vs = t["vs_base"][chosen]
+            met += bool(vs["beats_base_2se"])
+            norm = ""
+            if "acc_norm" in t["metrics"].get("base", {}):
+                norm = f"{t['metrics']['base']['acc_norm']:.3f} / {t['metrics'][chosen]['acc_norm']:.3f}"
+            print(f"| {name} | {t['metric']} | {int(chosen.rsplit('-s', 1)[1])} | {t['n']} | {t['base']:.3f} | "
+                  f"{t['adapters'][chosen]:.3f} | {vs['diff']:+.3f} | {vs['se']:.3f} | {f(vs['z'], '{:.2f}')} | "
+                  f"{'yes' if vs['beats_base_2se'] else 'no'} | {norm} |")
+        print(f"\nTeachers ≥ base + 2 SE: {met} of {len(d['tasks'])}.\n")
 
 
 def metrics_of(run: Path) -> dict:
@@ -293,6 +322,7 @@ def main() -> None:
         w = Path(subprocess.run(["llgbm", "-p", str(REPO / "profiles" / "research.toml"), "config", "workdir"],
                                 capture_output=True, text=True, check=True).stdout.strip())
     sweep(w)
+    layout_test(w)
     teachers(w)
     mtval(w)
     cv(w)

@@ -111,6 +111,35 @@ def tiny_project(tmp_path):
     return p
 
 
+def launch(tail: list, processes: int, *, env: dict, cwd, timeout: int):
+    """Run ``python -m <tail>`` (tail[0] is "llgbm_cli") as ``processes`` gloo processes under
+    ``accelerate launch``, or, for one process, in this interpreter on one thread (what
+    OMP_NUM_THREADS=1 gives the launched processes, so that float results can be compared bit for
+    bit) without paying a fresh interpreter's imports. Returns (returncode, stdout, stderr)."""
+    import subprocess
+
+    if processes > 1:
+        r = subprocess.run(launch_cmd(tail, processes), capture_output=True, text=True, env=env, cwd=cwd,
+                           timeout=timeout)
+        return r.returncode, r.stdout, r.stderr
+    assert tail[0] == "llgbm_cli", tail
+    import contextlib
+
+    import torch
+    from typer.testing import CliRunner
+
+    from llgbm_cli.app import app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.chdir(cwd):
+            r = CliRunner().invoke(app, [str(a) for a in tail[1:]], catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
+    return r.exit_code, r.stdout, r.stderr
+
+
 def launch_cmd(tail: list, processes: int) -> list:
     """``python -m <tail>`` as one process, or under ``accelerate launch`` as ``processes`` gloo
     processes on the CPU (accelerate's --cpu starts one process unless MPI is set up; --multi_gpu

@@ -154,9 +154,8 @@ def test_two_accelerate_processes_run_the_cells_as_one(tmp_path, tiny):
     """Two gloo processes, a cell each (trained and evaluated alone), give the one-process summary,
     cell results and generators; a second run skips both cells."""
     import os
-    import subprocess
 
-    from conftest import launch_cmd
+    from conftest import launch
 
     project = make_world(tmp_path / "w", tiny[0])
     project.write_text(project.read_text() + ABLATE_TOML)
@@ -166,10 +165,9 @@ def test_two_accelerate_processes_run_the_cells_as_one(tmp_path, tiny):
 
     def ablate(n: int) -> dict:
         tail = ["llgbm_cli", "-p", project, "--quiet", "--json", "ablate", "--cell", cells[0], "--cell", cells[1]]
-        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=project.parent,
-                           timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        rc, stdout, stderr = launch(tail, n, env=env, cwd=project.parent, timeout=600)
+        assert rc == 0, stderr[-3000:]
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
         assert len(lines) == 1  # only the main process reports
         rep = json.loads(lines[0])
         assert rep["processes"] == n

@@ -49,15 +49,15 @@ def cv_one(cv_world, tmp_path_factory):
     """One process's cross-validation of two folds: (its --out, its JSON report). Run as the
     processes of the launch test run (one thread each), so that their float results can be equal."""
     import os
-    import subprocess
-    import sys
+
+    from conftest import launch
 
     out = tmp_path_factory.mktemp("cvone") / "cv"
-    r = subprocess.run([sys.executable, "-m", "llgbm_cli", "--project", str(cv_world), "--quiet", "--json", "eval",
-                        *FOLDS_ARGS, "--out", str(out)], capture_output=True, text=True, cwd=cv_world.parent,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, json.loads(r.stdout)
+    rc, stdout, stderr = launch(["llgbm_cli", "--project", cv_world, "--quiet", "--json", "eval", *FOLDS_ARGS,
+                                 "--out", out], 1, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+                                cwd=cv_world.parent, timeout=600)
+    assert rc == 0, stderr[-3000:]
+    return out, json.loads(stdout)
 
 
 def test_folds_train_evaluate_compare_and_resume(cli, cv_world, cv_one):

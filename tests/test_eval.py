@@ -156,9 +156,8 @@ def test_two_accelerate_processes_evaluate_as_one(world):
     """The scoring cells and delta batches dealt to two gloo processes give the one-process results
     (every row, bit for bit), written once by the main process."""
     import os
-    import subprocess
 
-    from conftest import launch_cmd
+    from conftest import launch
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = world.parent / "runs" / "eval-procs"
@@ -166,9 +165,9 @@ def test_two_accelerate_processes_evaluate_as_one(world):
     for n in (1, 2):
         tail = ["llgbm_cli", "-p", world, "--quiet", "--json", "eval", "-m", "base", "-m", "teacher", "-m", "mean-delta",
                 "-m", "merge:linear", "--out", out, "--force"]
-        r = subprocess.run(launch_cmd(tail, n), capture_output=True, text=True, env=env, cwd=world.parent, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        rc, stdout, stderr = launch(tail, n, env=env, cwd=world.parent, timeout=300)
+        assert rc == 0, stderr[-3000:]
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
         assert len(lines) == 1  # only the main process reports
         assert json.loads(lines[0])["rows"]
         assert json.loads((out / "llgbm.json").read_text())["processes"] == n

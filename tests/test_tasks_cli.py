@@ -70,7 +70,7 @@ description = "Add one to a number."
 
 
 @pytest.mark.slow
-def test_project_tasks_run_the_whole_chain(tmp_path):
+def test_project_tasks_run_the_whole_chain(cli, tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     (data / "mine.json").write_text(json.dumps(LA_ROWS))
@@ -82,11 +82,13 @@ def test_project_tasks_run_the_whole_chain(tmp_path):
     project.write_text(TOML)
     exe = Path(sys.executable).parent / "llgbm"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(k, "1")
+    monkeypatch.chdir(tmp_path)
 
-    def run(*args):
-        r = subprocess.run([str(exe), "-p", str(project), "--quiet", "--json", *args], capture_output=True, text=True,
-                           env=env, cwd=tmp_path, timeout=600)
-        assert r.returncode == 0, (args, r.stderr[-3000:])
+    def run(*args):  # in-process: the subprocess contract of the same chain is test_demo_fast's
+        r = cli("-p", project, "--quiet", "--json", *args)
+        assert r.exit_code == 0, (args, r.stderr[-3000:])
         return json.loads(r.stdout)
 
     listed = {t["name"]: t for t in run("data", "list")["tasks"]}

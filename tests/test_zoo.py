@@ -6,8 +6,6 @@ import copy
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -288,19 +286,9 @@ def test_rows_left_by_other_processes_are_adopted_on_resume(built, tiny, tmp_pat
     assert not list((zdir / ".state").glob("*.row.json"))
 
 
-def _zoo_build_cmd(project: Path, processes: int) -> list[str]:
-    tail = ["-m", "llgbm_cli", "-p", str(project), "--quiet", "--json", "zoo", "build",
-            "--tasks", "arc-easy,boolq,piqa"]
-    if processes == 1:
-        return [sys.executable, *tail]
-    # accelerate's --cpu starts one process unless MPI is set up; --multi_gpu with no CUDA gives gloo processes.
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *tail]
-
-
 @pytest.mark.slow
 def test_two_accelerate_processes_build_the_same_zoo_as_one(tmp_path):
-    from conftest import TINY_TOML
+    from conftest import TINY_TOML, launch
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     zoos = {}
@@ -308,10 +296,10 @@ def test_two_accelerate_processes_build_the_same_zoo_as_one(tmp_path):
         root = tmp_path / f"p{n}"
         root.mkdir()
         (root / "llgbm.toml").write_text(TINY_TOML)
-        r = subprocess.run(_zoo_build_cmd(root / "llgbm.toml", n), capture_output=True, text=True, env=env,
-                           cwd=root, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        tail = ["llgbm_cli", "-p", root / "llgbm.toml", "--quiet", "--json", "zoo", "build", "--tasks", "arc-easy,boolq,piqa"]
+        rc, stdout, stderr = launch(tail, n, env=env, cwd=root, timeout=300)
+        assert rc == 0, stderr[-3000:]
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
         assert len(lines) == 1  # only the main process reports
         rep = json.loads(lines[0])
         assert rep["processes"] == n and rep["built"] == 6
