@@ -21,6 +21,9 @@ STEPS=${STEPS:-"sweep zoo score deltas separation mtval cv levers b1"}
 SWEEP_TASKS=arc-easy,openbookqa,piqa,arc-challenge,addsub,mathqa,aqua
 # the tasks whose teachers stayed below base + 2 SE after the step sweep and were still learning (or flat) at 1e-3
 SWEEP_LR_TASKS=${SWEEP_LR_TASKS:-piqa,openbookqa,addsub,arc-challenge}
+# every task whose teacher stayed below base + 2 SE (the layout chosen on the first four: AQuA and MathQA
+# were added to the all-layer sweep after that choice)
+LAYOUT_TASKS=${LAYOUT_TASKS:-$SWEEP_LR_TASKS,aqua,mathqa}
 TASKS=$(command llgbm -p "$PROJECT" --json config show | python -c 'import json,sys; print(",".join(json.load(sys.stdin)["values"]["zoo.tasks"]))')
 
 step() {  # step NAME COMMAND...: run it, record its wall time
@@ -65,7 +68,7 @@ for s in $STEPS; do
     # tasks and held-out records, 96 steps at lr 1e-3: rank-8 q/v on all 30 layers instead of the
     # last 8, and every linear module (attention and MLP) of the last 8 layers.
     sweep-layout)
-      sweep_at sweep-layout-all layout-all-layers "$SWEEP_LR_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}"
+      sweep_at sweep-layout-all layout-all-layers "$LAYOUT_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}"
       sweep_at sweep-layout-mlp layout-attn-mlp "$SWEEP_LR_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ATTN_MLP[@]}" ;;
     # The layout the held-out records chose (all layers), its sweep checkpoints on the same tasks' test
     # questions (up to 500, as the score step): research_tables.py takes each task's step count from the
@@ -73,7 +76,7 @@ for s in $STEPS; do
     # are not rebuilt by this step.
     layout-test)
       sweep_sets layout-all-layers 96
-      step layout-test llgbm --json zoo score --test-sample 500 --tasks "$SWEEP_LR_TASKS" "${SW[@]}" \
+      step layout-test llgbm --json zoo score --test-sample 500 --tasks "$LAYOUT_TASKS" "${SW[@]}" \
         --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}" > "$W/sweep/test-layout-all-layers.json" ;;
     # After a task's [zoo.per_task.NAME] table changes, `zoo build` refuses and names the task:
     # rebuild it alone with `llgbm -p profiles/research.toml zoo build --tasks NAME --force`.

@@ -38,6 +38,18 @@ def f(x, fmt="{:.3f}") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def teacher_row(t: dict, adapter: str) -> tuple[str, bool]:
+    """One task's base, teacher, difference, SE, z, ≥ 2 SE and acc_norm cells of a `zoo score` report
+    for one of its adapters; and whether it beats base by 2 SE."""
+    vs = t["vs_base"][adapter]
+    norm = ""
+    if "acc_norm" in t["metrics"].get("base", {}):
+        norm = f"{t['metrics']['base']['acc_norm']:.3f} / {t['metrics'][adapter]['acc_norm']:.3f}"
+    passed = bool(vs["beats_base_2se"])
+    return (f"{t['base']:.3f} | {t['adapters'][adapter]:.3f} | {vs['diff']:+.3f} | {vs['se']:.3f} | "
+            f"{f(vs['z'], '{:.2f}')} | {'yes' if passed else 'no'} | {norm}"), passed
+
+
 def teachers(w: Path) -> None:
     p = w / "zoo-score.json"
     if not p.exists() or p.stat().st_size == 0:
@@ -49,15 +61,9 @@ def teachers(w: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     met = 0
     for name, t in d["tasks"].items():
-        last = t["last"]
-        vs = t["vs_base"][last]
-        met += bool(vs["beats_base_2se"])
-        norm = ""
-        if "acc_norm" in t["metrics"].get("base", {}):
-            norm = f"{t['metrics']['base']['acc_norm']:.3f} / {t['metrics'][last]['acc_norm']:.3f}"
-        print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | {t['adapters'][last]:.3f} | "
-              f"{vs['diff']:+.3f} | {vs['se']:.3f} | {f(vs['z'], '{:.2f}')} | {'yes' if vs['beats_base_2se'] else 'no'} | "
-              f"{norm} |")
+        row, passed = teacher_row(t, t["last"])
+        met += passed
+        print(f"| {name} | {t['metric']} | {t['n']} | {row} |")
     print(f"\nTeachers ≥ base + 2 SE: {met} of {len(d['tasks'])}.\n")
 
 
@@ -105,14 +111,9 @@ def layout_test(w: Path) -> None:
             accs = h["tasks"][name]["adapters"]
             best = max(accs.values())
             chosen = min((a for a, v in accs.items() if v == best), key=lambda a: int(a.rsplit("-s", 1)[1]))
-            vs = t["vs_base"][chosen]
-            met += bool(vs["beats_base_2se"])
-            norm = ""
-            if "acc_norm" in t["metrics"].get("base", {}):
-                norm = f"{t['metrics']['base']['acc_norm']:.3f} / {t['metrics'][chosen]['acc_norm']:.3f}"
-            print(f"| {name} | {t['metric']} | {int(chosen.rsplit('-s', 1)[1])} | {t['n']} | {t['base']:.3f} | "
-                  f"{t['adapters'][chosen]:.3f} | {vs['diff']:+.3f} | {vs['se']:.3f} | {f(vs['z'], '{:.2f}')} | "
-                  f"{'yes' if vs['beats_base_2se'] else 'no'} | {norm} |")
+            row, passed = teacher_row(t, chosen)
+            met += passed
+            print(f"| {name} | {t['metric']} | {int(chosen.rsplit('-s', 1)[1])} | {t['n']} | {row} |")
         print(f"\nTeachers ≥ base + 2 SE: {met} of {len(d['tasks'])}.\n")
 
 
