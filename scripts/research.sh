@@ -51,9 +51,10 @@ sweep_at() {  # sweep_at NAME OUT TASKS STEPS [--set KEY=VALUE...]: the sweep of
     > "$W/sweep/heldout-$out.json"
 }
 
-# The two LoRA layouts of the sweep-layout step, beside the profile's rank-8 q/v on the last 8 layers.
-LAYOUT_ALL_LAYERS=(--set lora.last_layers=30)
-LAYOUT_ATTN_MLP=(--set 'lora.target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]')
+# The two LoRA layouts of the sweep-layout step (at lr 1e-3), beside the profile's rank-8 q/v on the last 8 layers.
+LAYOUT_ALL_LAYERS=(--set zoo.learning_rate=1e-3 --set lora.last_layers=30)
+LAYOUT_ATTN_MLP=(--set zoo.learning_rate=1e-3
+                 --set 'lora.target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]')
 
 for s in $STEPS; do
   case $s in
@@ -68,8 +69,8 @@ for s in $STEPS; do
     # tasks and held-out records, 96 steps at lr 1e-3: rank-8 q/v on all 30 layers instead of the
     # last 8, and every linear module (attention and MLP) of the last 8 layers.
     sweep-layout)
-      sweep_at sweep-layout-all layout-all-layers "$LAYOUT_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}"
-      sweep_at sweep-layout-mlp layout-attn-mlp "$SWEEP_LR_TASKS" 96 --set zoo.learning_rate=1e-3 "${LAYOUT_ATTN_MLP[@]}" ;;
+      sweep_at sweep-layout-all layout-all-layers "$LAYOUT_TASKS" 96 "${LAYOUT_ALL_LAYERS[@]}"
+      sweep_at sweep-layout-mlp layout-attn-mlp "$SWEEP_LR_TASKS" 96 "${LAYOUT_ATTN_MLP[@]}" ;;
     # The layout the held-out records chose (all layers), its sweep checkpoints on the same tasks' test
     # questions (up to 500, as the score step): research_tables.py takes each task's step count from the
     # held-out file. For the decision to rebuild the zoo with it; the zoo and the cross-validation
@@ -77,7 +78,7 @@ for s in $STEPS; do
     layout-test)
       sweep_sets layout-all-layers 96
       step layout-test llgbm --json zoo score --test-sample 500 --tasks "$LAYOUT_TASKS" "${SW[@]}" \
-        --set zoo.learning_rate=1e-3 "${LAYOUT_ALL_LAYERS[@]}" > "$W/sweep/test-layout-all-layers.json" ;;
+        "${LAYOUT_ALL_LAYERS[@]}" > "$W/sweep/test-layout-all-layers.json" ;;
     # After a task's [zoo.per_task.NAME] table changes, `zoo build` refuses and names the task:
     # rebuild it alone with `llgbm -p profiles/research.toml zoo build --tasks NAME --force`.
     zoo) step zoo llgbm config validate && step zoo llgbm zoo build ;;

@@ -38,6 +38,17 @@ def f(x, fmt="{:.3f}") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def step_of(adapter_id: str) -> int:
+    """The training step of a zoo checkpoint id (``task[-rK]-sNNNNN``)."""
+    return int(adapter_id.rsplit("-s", 1)[1])
+
+
+def chosen_checkpoint(accs: dict[str, float]) -> str:
+    """The checkpoint with the best held-out score; ties go to fewer steps."""
+    best = max(accs.values())
+    return min((a for a, v in accs.items() if v == best), key=step_of)
+
+
 def teacher_row(t: dict, adapter: str) -> tuple[str, bool]:
     """One task's base, teacher, difference, SE, z, ≥ 2 SE and acc_norm cells of a `zoo score` report
     for one of its adapters; and whether it beats base by 2 SE."""
@@ -78,7 +89,7 @@ def sweep(w: Path) -> None:
         d = json.loads(p.read_text())
         rows = []
         for name, t in d["tasks"].items():
-            steps = {int(a.rsplit("-s", 1)[1]): a for a in t["adapters"]}
+            steps = {step_of(a): a for a in t["adapters"]}
             rows.append((name, t, steps))
         width = sorted({s for _, _, st in rows for s in st})
         print(f"Teacher steps on held-out train records ({p.name}; run 0's checkpoints, up to {d['test_sample']} "
@@ -87,8 +98,7 @@ def sweep(w: Path) -> None:
         print("|---|---|---|---|" + "---|" * len(width) + "---|")
         for name, t, st in rows:
             accs = {s: t["adapters"][a] for s, a in st.items()}
-            best = max(accs.values())
-            chosen = min(s for s, v in accs.items() if v == best)  # ties: fewer steps
+            chosen = step_of(chosen_checkpoint(t["adapters"]))
             cells_ = [f"{accs[s]:.3f} ({accs[s] - t['base']:+.3f})" if s in accs else "—" for s in width]
             print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | " + " | ".join(cells_) + f" | {chosen} |")
         print()
@@ -108,12 +118,10 @@ def layout_test(w: Path) -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         met = 0
         for name, t in d["tasks"].items():
-            accs = h["tasks"][name]["adapters"]
-            best = max(accs.values())
-            chosen = min((a for a, v in accs.items() if v == best), key=lambda a: int(a.rsplit("-s", 1)[1]))
+            chosen = chosen_checkpoint(h["tasks"][name]["adapters"])
             row, passed = teacher_row(t, chosen)
             met += passed
-            print(f"| {name} | {t['metric']} | {int(chosen.rsplit('-s', 1)[1])} | {t['n']} | {row} |")
+            print(f"| {name} | {t['metric']} | {step_of(chosen)} | {t['n']} | {row} |")
         print(f"\nTeachers ≥ base + 2 SE: {met} of {len(d['tasks'])}.\n")
 
 

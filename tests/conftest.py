@@ -54,18 +54,18 @@ def smollm2():
     return load_base_model("smollm2-135m-instruct", device="cpu")
 
 
-@pytest.fixture
-def cli():
-    """Invoke the llgbm app in-process: cli(args...) -> click Result (stdout and stderr separate)."""
+def invoke(*args, **kw):
+    """Invoke the llgbm app in-process: invoke(args...) -> click Result (stdout and stderr separate)."""
     from typer.testing import CliRunner
 
     from llgbm_cli.app import app
 
-    runner = CliRunner()
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
 
-    def invoke(*args: str, **kw):
-        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
 
+@pytest.fixture
+def cli():
+    """The in-process llgbm app as a fixture: cli(args...) -> click Result."""
     return invoke
 
 
@@ -126,15 +126,12 @@ def launch(tail: list, processes: int, *, env: dict, cwd, timeout: int):
     import contextlib
 
     import torch
-    from typer.testing import CliRunner
-
-    from llgbm_cli.app import app
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with contextlib.chdir(cwd):
-            r = CliRunner().invoke(app, [str(a) for a in tail[1:]], catch_exceptions=False)
+            r = invoke(*tail[1:])
     finally:
         torch.set_num_threads(threads)
     return r.exit_code, r.stdout, r.stderr
