@@ -41,11 +41,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
+# The suite runs on one pytest-xdist worker per core (TEST_WORKERS=0: in this process), a test file
+# per worker at a time; tests/conftest.py gives each worker its share of torch's threads.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,6 +19,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core), each worker gets its share of the
+    cores for torch's threads, so that the workers do not oversubscribe them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 def file_tree(root: Path) -> dict[str, str]:
     """Every file and folder under ``root`` (hidden ones too), files with their sha256: two equal
     trees mean nothing was lost, changed or left behind."""
