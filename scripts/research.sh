@@ -6,6 +6,7 @@
 #
 #   bash scripts/research.sh               # everything
 #   STEPS="zoo score deltas" bash scripts/research.sh   # only some steps, in this order
+#   LLGBM_PROJECT=profiles/research-l30.toml bash scripts/research.sh   # the all-layer world (own workdir)
 #
 # Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3),
 # sweep-layout (two other LoRA layouts on the same records), layout-test (the chosen one on test
