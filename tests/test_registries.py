@@ -48,6 +48,22 @@ def test_validate_accepts_the_shipped_profiles(cli):
         assert r.exit_code == 0, (p, r.stderr)
 
 
+def test_the_all_layer_profile_differs_from_the_research_profile_only_in_its_layout():
+    """profiles/research-l30.toml is a copy of profiles/research.toml (the config has no include):
+    only its workdir, the layers it adapts and the per-task steps chosen at that layout may differ, so
+    that the two worlds' tables compare one setting."""
+    from pathlib import Path
+
+    from llgbm_cli.config import read_toml
+
+    profiles = Path(__file__).resolve().parents[1] / "profiles"
+    research, all_layers = read_toml(profiles / "research.toml"), read_toml(profiles / "research-l30.toml")
+    assert all_layers["lora"]["last_layers"] == 30 and research["lora"]["last_layers"] == 8
+    for d in (research, all_layers):
+        del d["project"]["workdir"], d["lora"]["last_layers"], d["zoo"]["per_task"]
+    assert research == all_layers
+
+
 def test_generator_errors_name_the_trainers_section():
     with pytest.raises(InputError, match=r"^train.delta_only.generator_options: unknown option\(s\) depht"):
         check_generator("delta_only", "hyperconv", {"depht": 1})
