@@ -488,7 +488,8 @@ class ResolvedConfig:
     root: Path  # folder that relative paths in the config are resolved against
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> default | file | flag
     labels: dict[str, str] = field(default_factory=dict)  # dotted key -> how the user gave it, where not the file
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the project file's data as it was read
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the project file's data as read (and extended)
+    files: dict[str, Path] = field(default_factory=dict, repr=False)  # dotted key -> the file that set it
 
     def with_overrides(self, overrides: dict[str, Any]) -> "ResolvedConfig":
         """The same project with ``overrides`` (dotted key -> value, the whole set, as ``load_config``
@@ -496,7 +497,7 @@ class ResolvedConfig:
         a command that resolves many variants (folds, ablation cells) sees one version of it even if
         it is edited meanwhile."""
         where = self.path or (self.root / DEFAULT_PROJECT_FILE)
-        return _resolve(self.raw, self.path, where, overrides)
+        return _resolve(self.raw, self.path, where, overrides, files=self.files)
 
     def origin(self, key: str) -> str:
         """How the value of ``key`` was given, as the user would look for it: its flag (``--density``),
@@ -505,7 +506,7 @@ class ResolvedConfig:
             return self.labels[key]
         src = self.sources.get(key)
         if src == "file" and self.path is not None:
-            return f"{self.path.name}: {key}"
+            return f"{self.files.get(key, self.path).name}: {key}"
         return key if src != "default" else f"{key} (default)"
 
     @property
@@ -643,15 +644,71 @@ def load_config(
     p = Path(path) if path is not None else Path(DEFAULT_PROJECT_FILE)
     raw: dict[str, Any] = {}
     used_path: Optional[Path] = None
+    files: dict[str, Path] = {}
     if p.exists() or explicit or path is not None:
-        raw = read_toml(p)
+        raw, files = read_project(p)
         used_path = p.resolve()
-    return _resolve(raw, used_path, p, overrides, flags)
+    return _resolve(raw, used_path, p, overrides, flags, files)
+
+
+EXTENDS = "extends"
+MAX_EXTENDS = 8
+
+
+def read_project(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A project file's data with the files it ``extends`` merged under it, and the file that set
+    each dotted key. ``extends = "other.toml"`` (a path relative to the file that names it) takes
+    every value of that file; this file's tables then merge into it key by key, and any other value
+    (an array included) replaces the inherited one. A base file may itself extend another."""
+    chain: list[Path] = []
+    layers: list[tuple[Path, dict[str, Any]]] = []
+    cur = Path(path)
+    while True:
+        here = cur.resolve() if cur.exists() else cur
+        if here in chain:
+            loop = " -> ".join(f.name for f in chain + [here])
+            raise ConfigError([f"extends: {loop} is a cycle; remove `extends` from one of them"], source=str(chain[-1]))
+        if len(chain) > MAX_EXTENDS:
+            raise ConfigError([f"extends: more than {MAX_EXTENDS} files deep; flatten some of them into one"],
+                              source=str(chain[0]))
+        data = read_toml(cur)
+        chain.append(here)
+        base = data.pop(EXTENDS, None)
+        layers.append((here, data))
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError([f"extends: expected the path of another project file (a string, relative to "
+                               f"this file), got {base!r}"], source=str(cur))
+        nxt = here.parent / Path(base).expanduser()
+        if not nxt.is_file():
+            raise ConfigError([f"extends: {base!r}: no such file ({nxt}); give a path relative to this file"],
+                              source=str(cur))
+        cur = nxt
+    merged: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    for where, data in reversed(layers):  # the deepest base first, the named file last
+        merged = _merge_tables(merged, data)
+        for k in _flatten(data):
+            files[k] = where
+    return merged, files
+
+
+def _merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: tables merge key by key, every other value replaces."""
+    out = _deep_copy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge_tables(out[k], v)
+        else:
+            out[k] = _deep_copy(v)
+    return out
 
 
 def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides: Optional[dict[str, Any]],
-             flags: Optional[dict[str, str]] = None) -> ResolvedConfig:
-    """Validate the file's data ``raw`` with ``overrides`` (see ``load_config``)."""
+             flags: Optional[dict[str, str]] = None, files: Optional[dict[str, Path]] = None) -> ResolvedConfig:
+    """Validate the file's data ``raw`` with ``overrides`` (see ``load_config``); ``files`` names the
+    file that set each key of ``raw`` (see ``read_project``)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     file_keys = set(_flatten(raw))
     data = _deep_copy(raw)
@@ -677,8 +734,9 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
     labels = {k: (flags or {}).get(k) or f"--set {k}={_toml_value(v)}" for k, v in overrides.items()}
+    inherited = {k: f.name for k, f in (files or {}).items() if used_path is not None and f != used_path}
     if problems:
-        raise _config_error(problems, labels, str(used_path or p))
+        raise _config_error(problems, labels, str(used_path or p), inherited)
     sources = {}
     for k in all_keys():
         if k in overrides:
@@ -692,20 +750,24 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
             sources[k] = "flag"
     root = used_path.parent if used_path else Path.cwd().resolve()
     return ResolvedConfig(config=cfg, path=used_path, root=root, sources=sources, labels=labels,
-                          raw=_deep_copy(raw))
+                          raw=_deep_copy(raw), files=dict(files or {}))
 
 
 def _toml_value(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _config_error(problems: list[str], labels: dict[str, str], source: str) -> ConfigError:
-    """Name each problem by where its value came from: a flag, ``--set``, or the file."""
+def _config_error(problems: list[str], labels: dict[str, str], source: str,
+                  inherited: Optional[dict[str, str]] = None) -> ConfigError:
+    """Name each problem by where its value came from: a flag, ``--set``, the file, or the file it
+    extends (``inherited``: dotted key -> that file's name)."""
     from_flags, from_file = [], []
     for prob in problems:
         key, _, msg = prob.partition(": ")
         if key in labels:
             from_flags.append(f"{labels[key]}: {msg}")
+        elif key in (inherited or {}):
+            from_file.append(f"{key} (set in {inherited[key]}, which this file extends): {msg}")
         else:
             from_file.append(prob)
     if not from_file:

@@ -112,3 +112,86 @@ def test_variants_are_resolved_from_the_data_read_at_load_time(tmp_path):
     assert again.config.project.seed == 3 and again.config.train.multitask.learning_rate == 3e-5
     with pytest.raises(ConfigError, match="warmup_steps"):  # a variant is validated like the file
         resolved.with_overrides({"train.multitask.total_steps": 3})
+
+
+def _extends_world(tmp_path):
+    """base.toml <- mid.toml <- top.toml, each in its own folder level."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.toml").write_text(
+        '[project]\nname = "base"\nworkdir = "runs-base"\nseed = 5\n'
+        '[zoo]\ntasks = ["arc-easy", "boolq", "piqa"]\nsteps = 40\nwarmup_steps = 20\n'
+        '[zoo.per_task.piqa]\nsteps = 80\nwarmup_steps = 40\n'
+        '[train.multitask]\ntotal_steps = 30\nwarmup_steps = 3\n')
+    (tmp_path / "mid.toml").write_text(
+        'extends = "shared/base.toml"\n[zoo]\ntasks = ["arc-easy", "boolq"]\n'
+        '[zoo.per_task.boolq]\nsteps = 60\nwarmup_steps = 30\n')
+    top = tmp_path / "top.toml"
+    top.write_text('extends = "mid.toml"\n[project]\nworkdir = "runs-top"\n[zoo.per_task.piqa]\nsteps = 120\n')
+    return top
+
+
+def test_a_profile_extends_another_key_by_key(tmp_path):
+    top = _extends_world(tmp_path)
+    r = load_config(top)
+    c = r.config
+    # tables merge key by key through the chain; an array replaces the inherited one whole
+    assert (c.project.name, c.project.workdir, c.project.seed) == ("base", "runs-top", 5)
+    assert c.zoo.tasks == ["arc-easy", "boolq"] and c.zoo.steps == 40
+    assert (c.zoo.per_task["piqa"].steps, c.zoo.per_task["piqa"].warmup_steps) == (120, 40)
+    assert c.zoo.per_task["boolq"].steps == 60 and c.train.multitask.total_steps == 30
+    # relative paths are the named file's folder's; every value the chain sets counts as the file's
+    assert r.workdir == (tmp_path / "runs-top").resolve() and r.path == top.resolve()
+    assert r.sources["project.seed"] == "file" and r.sources["zoo.steps"] == "file"
+    assert r.sources["train.multitask.learning_rate"] == "default"
+    assert r.origin("project.seed") == "base.toml: project.seed"
+    assert r.origin("zoo.tasks") == "mid.toml: zoo.tasks" and r.origin("project.workdir") == "top.toml: project.workdir"
+    # variants (folds, cells) are resolved from the merged data, edits of any file ignored
+    (tmp_path / "shared" / "base.toml").write_text("[project]\nseed = 99\n")
+    v = r.with_overrides({"eval.test_sample": 7})
+    assert v.config.project.seed == 5 and v.origin("project.seed") == "base.toml: project.seed"
+
+
+def test_config_show_names_the_file_each_inherited_value_came_from(tmp_path, cli):
+    import json
+
+    top = _extends_world(tmp_path)
+    r = cli("-p", top, "--json", "config", "show")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    assert shown["sources"]["project.seed"] == "file"
+    assert shown["inherited"]["project.seed"] == str((tmp_path / "shared" / "base.toml").resolve())
+    assert shown["inherited"]["zoo.tasks"] == str((tmp_path / "mid.toml").resolve())
+    assert "project.workdir" not in shown["inherited"] and "zoo.batch_size" not in shown["inherited"]
+    plain = cli("-p", top, "config", "show")
+    assert plain.exit_code == 0 and "file (base.toml)" in plain.stdout
+
+
+def test_bad_extends_are_one_line_usage_errors(tmp_path, cli):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('extends = "b.toml"\n')
+    b.write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match=r"extends: a\.toml -> b\.toml -> a\.toml is a cycle"):
+        load_config(a)
+    r = cli("-p", a, "config", "validate")
+    assert r.exit_code == 2 and "is a cycle" in r.stderr and "Traceback" not in r.stderr
+    a.write_text('extends = "nope.toml"\n')
+    with pytest.raises(ConfigError, match=r"a\.toml: extends: 'nope\.toml': no such file"):
+        load_config(a)
+    a.write_text('extends = 3\n')
+    with pytest.raises(ConfigError, match="extends: expected the path of another project file"):
+        load_config(a)
+    a.write_text('extends = "a.toml"\n')  # itself
+    with pytest.raises(ConfigError, match="is a cycle"):
+        load_config(a)
+
+
+def test_a_bad_inherited_value_names_the_file_that_set_it(tmp_path):
+    (tmp_path / "base.toml").write_text("[lora]\nrank = 'eight'\n")
+    top = tmp_path / "top.toml"
+    top.write_text('extends = "base.toml"\n[zoo]\nsteps = -1\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(top)
+    msg = e.value.message
+    assert msg.startswith(f"{top.resolve()}: 2 problems")
+    assert "lora.rank (set in base.toml, which this file extends):" in msg
+    assert "\n  zoo.steps:" in msg

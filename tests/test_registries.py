@@ -49,16 +49,18 @@ def test_validate_accepts_the_shipped_profiles(cli):
 
 
 def test_the_all_layer_profile_differs_from_the_research_profile_only_in_its_layout():
-    """profiles/research-l30.toml is a copy of profiles/research.toml (the config has no include):
-    only its workdir, the layers it adapts and the per-task steps chosen at that layout may differ, so
-    that the two worlds' tables compare one setting."""
+    """profiles/research-l30.toml extends profiles/research.toml: resolved, only its workdir, the
+    layers it adapts and the per-task steps chosen at that layout differ, so that the two worlds'
+    tables compare one setting."""
     from pathlib import Path
 
-    from llgbm_cli.config import read_toml
+    from llgbm_cli.config import load_config, read_toml
 
     profiles = Path(__file__).resolve().parents[1] / "profiles"
-    research, all_layers = read_toml(profiles / "research.toml"), read_toml(profiles / "research-l30.toml")
+    assert read_toml(profiles / "research-l30.toml")["extends"] == "research.toml"
+    research, all_layers = (load_config(profiles / n).to_dict() for n in ("research.toml", "research-l30.toml"))
     assert all_layers["lora"]["last_layers"] == 30 and research["lora"]["last_layers"] == 8
+    assert research["zoo"]["per_task"]["piqa"]["steps"] == 96 and all_layers["zoo"]["per_task"]["piqa"]["steps"] == 48
     for d in (research, all_layers):
         del d["project"]["workdir"], d["lora"]["last_layers"], d["zoo"]["per_task"]
     assert research == all_layers

@@ -300,7 +300,7 @@ def test_zoo_refuses_teachers_trained_on_another_form(cli, tiny_project):
     assert r.exit_code == 0 and json.loads(r.stdout)["built"] == 1
 
 
-def test_config_docs_task_examples_are_valid():
+def test_config_docs_task_examples_are_valid(tmp_path):
     import re
     import tomllib
 
@@ -310,9 +310,17 @@ def test_config_docs_task_examples_are_valid():
     blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
     from llgbm_cli.config import LlgbmConfig
 
-    kinds, others = set(), 0
+    from llgbm_cli.config import load_config
+
+    kinds, others, extending = set(), 0, 0
     for b in blocks:
         data = tomllib.loads(b)
+        if "extends" in data:  # the `extends` example: its start, written beside the file it extends
+            (tmp_path / "example.toml").write_text(b)
+            (tmp_path / data["extends"]).write_text((REPO / "profiles" / data["extends"]).read_text())
+            load_config(tmp_path / "example.toml")
+            extending += 1
+            continue
         if "tasks" not in data:  # another section's example (per-task teacher settings): a valid config
             cfg = LlgbmConfig.model_validate(data)
             others += bool(cfg.zoo.per_task)
@@ -320,7 +328,7 @@ def test_config_docs_task_examples_are_valid():
         for name, table in data["tasks"].items():
             t = TaskRegistry({name: TaskSpec(**table)}).get(name)
             kinds.add(t.kind)
-    assert kinds == {"multiple_choice", "generate"} and others == 1
+    assert kinds == {"multiple_choice", "generate"} and others == 1 and extending == 1
 
 
 def test_arithmetic_family_ships_with_seeded_splits():

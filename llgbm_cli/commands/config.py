@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -33,7 +34,7 @@ def show_cmd(
     ctx: typer.Context,
     set_: Optional[List[str]] = set_option(),
 ) -> None:
-    """Print the resolved config and where each value came from (default, file or flag)."""
+    """Print the resolved config and where each value came from (default, file, the file it extends, or flag)."""
     from ..services.config import show
 
     st = state(ctx)
@@ -49,7 +50,8 @@ def show_cmd(
         for k, v in s.values.items():
             src = s.sources[k]
             style = {"flag": "bold magenta", "file": "cyan"}.get(src, "dim")
-            t.add_row(k, repr(v), f"[{style}]{src}[/]")
+            shown_src = f"file ({Path(s.inherited[k]).name})" if k in s.inherited else src
+            t.add_row(k, repr(v), f"[{style}]{shown_src}[/]")
         c = console()
         c.print(t)
         h = Table(title="held-out tasks")

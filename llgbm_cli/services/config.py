@@ -21,10 +21,11 @@ class ShownConfig:
     sources: dict[str, str]  # dotted key -> default | file | flag
     holdout: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {tasks, means}
     holdout_notes: list[str] = field(default_factory=list)
+    inherited: dict[str, str] = field(default_factory=dict)  # key (source "file") -> the extended file that set it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "values": self.values, "sources": self.sources, "holdout": self.holdout,
-                "holdout_notes": self.holdout_notes}
+        return {"path": self.path, "values": self.values, "sources": self.sources, "inherited": self.inherited,
+                "holdout": self.holdout, "holdout_notes": self.holdout_notes}
 
 
 def _dotted(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -138,10 +139,13 @@ def show(resolved: ResolvedConfig) -> ShownConfig:
             key = f"zoo.per_task.{name}.{k}"
             shown_values[key] = v
             sources[key] = resolved.sources.get(key, "file")
+    inherited = {k: str(resolved.files[k]) for k in shown_values
+                 if sources.get(k) == "file" and k in resolved.files and resolved.files[k] != resolved.path}
     return ShownConfig(
         path=str(resolved.path) if resolved.path else None,
         values=shown_values,
         sources=sources,
+        inherited=inherited,
         holdout=where_held_out(resolved.config),
         holdout_notes=disagreements(resolved.config),
     )
