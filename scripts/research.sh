@@ -11,7 +11,8 @@
 # Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3),
 # sweep-layout (two other LoRA layouts on the same records), layout-test (the chosen one on test
 # questions), zoo,
-# score, deltas, separation, mtval (multitask settings chosen on held-out training tasks), cv, levers, b1.
+# score, deltas, separation, mtval (multitask settings chosen on held-out training tasks), cv, oracle (the
+# oracle-best reference on every fold), levers, b1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
@@ -121,6 +122,11 @@ for s in $STEPS; do
       mt const-lam10-lr3e-3 --set train.multitask.learning_rate=3e-3 ;;
     # Leave-one-task-out over every task: what each method needs is trained without fold k's task.
     cv) step cv llgbm eval --folds all --out "$W/cv" ;;
+    # The oracle-best reference on every fold (ORACLE_FOLDS: some of them): each other task's last
+    # teachers (24) scored on the held-out task's test questions, the same ones as cv's, and the best
+    # kept. It reads test labels, so it is a reference, never a method; off in the profile for its cost.
+    oracle) step oracle llgbm eval --folds "${ORACLE_FOLDS:-all}" -m base --set eval.oracle_candidates=last \
+      --out "$W/cv-oracle" ;;
     # Lever cells: the same cross-validation, multitask only, on two folds (one multiple-choice,
     # one generative) with one setting changed; compare with the matching folds of cv.
     levers)
@@ -153,7 +159,7 @@ for s in $STEPS; do
         --set train.delta_only.epochs=2 --out "$W/cv-b1-lr1e-4"
       step b1-lr1e-4-relational llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-4 \
         --set train.delta_only.epochs=2 --set train.delta_only.relational_weight=10 --out "$W/cv-b1-lr1e-4-relational" ;;
-    *) echo "unknown step $s (steps: sweep sweep-lr sweep-layout layout-test zoo score deltas separation mtval cv levers b1)" >&2; exit 2 ;;
+    *) echo "unknown step $s (steps: sweep sweep-lr sweep-layout layout-test zoo score deltas separation mtval cv oracle levers b1)" >&2; exit 2 ;;
   esac
 done
 echo "results: $W/cv/results.md   lever cells: $W/cv-*/results.md"

@@ -6,7 +6,7 @@ Sections whose files are missing are skipped with a note, so it can be run after
 the teacher sweeps on held-out train records (`sweep`, `sweep-lr`, `sweep-layout` steps) and the chosen
 layout's checkpoints on test questions (`layout-test`), the teachers against base (`score` step), the
 multitask settings on held-out training tasks (`mtval` step), the cross-validation over every fold with its
-oracle-best reference (`cv` step), multitask against λ = 0 over every fold, the lever cells and B1 beside the main
+oracle-best reference (`cv` step, and `oracle` for every fold), multitask against λ = 0 over every fold, the lever cells and B1 beside the main
 cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
 """
 
@@ -244,6 +244,56 @@ def cv(w: Path) -> None:
     print()
 
 
+def oracle(w: Path) -> None:
+    """The oracle-best reference on the folds of the `oracle` step (<workdir>/cv-oracle): per held-out
+    task the single training adapter with the best test accuracy, against base on the same questions,
+    and, where the main cross-validation (<workdir>/cv) scored the same questions, each method's gap to it."""
+    p = w / "cv-oracle" / "results.json"
+    if not p.exists():
+        print("(no oracle-best run yet: `STEPS=oracle bash scripts/research.sh`)\n")
+        return
+    d = json.loads(p.read_text())
+    base = {r["fold"]: r for r in d["rows"] if r["method"] == "base"}
+    main_cv = w / "cv" / "results.json"
+    cvd = json.loads(main_cv.read_text()) if main_cv.exists() else None
+    cv_rows = {(r["fold"], r["method"]): r for r in cvd["rows"]} if cvd else {}
+    gen = [m for m in (cvd["methods"] if cvd else []) if m in ("mean-delta", "multitask", "b1", "b2")]
+    print(f"Oracle-best reference ({d['command']}): on each held-out task, the best of the other tasks' "
+          "last teachers on its test questions (chosen with the test labels: a reference, never a method)"
+          + ("; gap = method − oracle-best, methods from the main cross-validation" if cvd else "")
+          + ":\n")
+    print("| Fold (metric) | n | base | oracle-best | oracle − base | adapter (task) | candidates | "
+          + " | ".join(f"{m} − oracle" for m in gen) + ("|" if gen else "") + "")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(gen))
+    gaps: dict[str, list[float]] = {m: [] for m in gen}
+    over = []
+    for o in d["oracle"]:
+        k = o["fold"]
+        b = base.get(k, {})
+        if o.get("accuracy") is None:
+            continue
+        diff = o["accuracy"] - b["accuracy"]
+        over.append(diff)
+        same = (k, "base") in cv_rows and cv_rows[(k, "base")]["n_questions"] == b["n_questions"] \
+            and abs(cv_rows[(k, "base")]["accuracy"] - b["accuracy"]) < 1e-9
+        cells = []
+        for m in gen:
+            r = cv_rows.get((k, m))
+            if r is None or not same:
+                cells.append("—")
+                continue
+            gaps[m].append(r["accuracy"] - o["accuracy"])
+            cells.append(f"{gaps[m][-1]:+.2f}")
+        print(f"| {k} ({b.get('metric', '?')}) | {b.get('n_questions', '?')} | {b['accuracy']:.2f} | "
+              f"{o['accuracy']:.2f} | {diff:+.2f} | {o['adapter']} ({o['adapter_task']}) | {o['candidates']} |"
+              + "".join(f" {c} |" for c in cells))
+    if over:
+        print(f"\noracle-best above base on {sum(x > 0 for x in over)} of {len(over)} folds, mean "
+              f"{sum(over) / len(over):+.3f}" + "".join(
+                  f"; {m} mean gap {sum(g) / len(g):+.3f} over {len(g)} folds" for m, g in gaps.items() if g))
+    print()
+
+
 # (run folder under <workdir>/mtval, the setting) of the `mtval` step, in the order it runs them
 MTVAL = [
     ("base", "linear warm-up and decay, λ = 1 (the earlier profile)"),
@@ -335,6 +385,7 @@ def main() -> None:
     teachers(w)
     mtval(w)
     cv(w)
+    oracle(w)
     lambda0(w)
     cells(w)
     timings(w)
