@@ -262,8 +262,9 @@ def oracle(w: Path) -> None:
           "last teachers on its test questions (chosen with the test labels: a reference, never a method)"
           + ("; gap = method − oracle-best, methods from the main cross-validation" if cvd else "")
           + ":\n")
-    print("| Fold (metric) | n | base | oracle-best | oracle − base | adapter (task) | candidates | "
-          + " | ".join(f"{m} − oracle" for m in gen) + ("|" if gen else "") + "")
+    cols = ["Fold (metric)", "n", "base", "oracle-best", "oracle − base", "adapter (task)", "candidates",
+            *(f"{m} − oracle" for m in gen)]
+    print("| " + " | ".join(cols) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(gen))
     gaps: dict[str, list[float]] = {m: [] for m in gen}
     over = []
