@@ -7,6 +7,7 @@
 #   bash scripts/research.sh               # everything
 #   STEPS="zoo score deltas" bash scripts/research.sh   # only some steps, in this order
 #   LLGBM_PROJECT=profiles/research-l30.toml bash scripts/research.sh   # the all-layer world (own workdir)
+#   PROCS=2 STEPS="cv oracle" bash scripts/research.sh   # the folds dealt to 2 processes (accelerate launch)
 #
 # Steps: sweep (teacher steps chosen on held-out train records), sweep-lr (the same at lr 3e-3),
 # sweep-layout (two other LoRA layouts on the same records), layout-test (the chosen one on test
@@ -17,6 +18,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${LLGBM_PROJECT:-profiles/research.toml}
 llgbm() { command llgbm -p "$PROJECT" "$@"; }
+# PROCS=N runs the whole-fold steps (cv, oracle) as N processes under `accelerate launch` (folds
+# dealt round robin, the same rows as one process; docs/scaling.md), each with cores / N threads.
+# On the 2-core CPU one process with two threads was the faster: two one-thread processes scored a
+# multiple-choice adapter in 48 s each (28 s alone with two threads) and a MAWPS one in about 2 min.
+PROCS=${PROCS:-1}
+llgbm_folds() {
+  if (( PROCS > 1 )); then
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / PROCS > 0 ? $(nproc) / PROCS : 1 ))} \
+      accelerate launch --multi_gpu --num_processes "$PROCS" -m llgbm_cli -p "$PROJECT" "$@"
+  else
+    llgbm "$@"
+  fi
+}
 W=$(command llgbm -p "$PROJECT" config workdir)
 mkdir -p "$W"
 STEPS=${STEPS:-"sweep zoo score deltas separation mtval cv levers b1"}
@@ -121,11 +135,11 @@ for s in $STEPS; do
       mt const-lam10                                                # the profile now
       mt const-lam10-lr3e-3 --set train.multitask.learning_rate=3e-3 ;;
     # Leave-one-task-out over every task: what each method needs is trained without fold k's task.
-    cv) step cv llgbm eval --folds all --out "$W/cv" ;;
+    cv) step cv llgbm_folds eval --folds all --out "$W/cv" ;;
     # The oracle-best reference on every fold (ORACLE_FOLDS: some of them): each other task's last
     # teachers (24) scored on the held-out task's test questions, the same ones as cv's, and the best
     # kept. It reads test labels, so it is a reference, never a method; off in the profile for its cost.
-    oracle) step oracle llgbm eval --folds "${ORACLE_FOLDS:-all}" -m base --set eval.oracle_candidates=last \
+    oracle) step oracle llgbm_folds eval --folds "${ORACLE_FOLDS:-all}" -m base --set eval.oracle_candidates=last \
       --out "$W/cv-oracle" ;;
     # Lever cells: the same cross-validation, multitask only, on two folds (one multiple-choice,
     # one generative) with one setting changed; compare with the matching folds of cv.

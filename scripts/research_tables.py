@@ -247,20 +247,23 @@ def cv(w: Path) -> None:
 def oracle(w: Path) -> None:
     """The oracle-best reference on the folds of the `oracle` step (<workdir>/cv-oracle): per held-out
     task the single training adapter with the best test accuracy, against base on the same questions,
-    and, where the main cross-validation (<workdir>/cv) scored the same questions, each method's gap to it."""
+    `mean-delta`'s gap to it (the run evaluates base and `mean-delta` too) and, where the main
+    cross-validation (<workdir>/cv) scored the same questions, each other method's gap to it."""
     p = w / "cv-oracle" / "results.json"
     if not p.exists():
         print("(no oracle-best run yet: `STEPS=oracle bash scripts/research.sh`)\n")
         return
     d = json.loads(p.read_text())
     base = {r["fold"]: r for r in d["rows"] if r["method"] == "base"}
+    own = {(r["fold"], r["method"]): r for r in d["rows"]}  # base and mean-delta, on the same questions
     main_cv = w / "cv" / "results.json"
     cvd = json.loads(main_cv.read_text()) if main_cv.exists() else None
     cv_rows = {(r["fold"], r["method"]): r for r in cvd["rows"]} if cvd else {}
-    gen = [m for m in (cvd["methods"] if cvd else []) if m in ("mean-delta", "multitask", "b1", "b2")]
+    gen = ["mean-delta"] + [m for m in (cvd["methods"] if cvd else []) if m in ("multitask", "b1", "b2")]
     print(f"Oracle-best reference ({d['command']}): on each held-out task, the best of the other tasks' "
           "last teachers on its test questions (chosen with the test labels: a reference, never a method)"
-          + ("; gap = method − oracle-best, methods from the main cross-validation" if cvd else "")
+          + "; gap = method − oracle-best on the same questions (`mean-delta` from this run"
+          + (", the other methods from the main cross-validation)" if cvd else ")")
           + ":\n")
     cols = ["Fold (metric)", "n", "base", "oracle-best", "oracle − base", "adapter (task)", "candidates",
             *(f"{m} − oracle" for m in gen)]
@@ -279,8 +282,8 @@ def oracle(w: Path) -> None:
             and abs(cv_rows[(k, "base")]["accuracy"] - b["accuracy"]) < 1e-9
         cells = []
         for m in gen:
-            r = cv_rows.get((k, m))
-            if r is None or not same:
+            r = own.get((k, m)) or (cv_rows.get((k, m)) if same else None)
+            if r is None:
                 cells.append("—")
                 continue
             gaps[m].append(r["accuracy"] - o["accuracy"])

@@ -118,3 +118,41 @@ def test_paired_difference_against_a_hand_computation():
     assert paired_difference(a, a)["z"] is None
     with pytest.raises(ValueError):
         paired_difference([1], [1, 0])
+
+
+@pytest.mark.parametrize("last_layers", [1, None])
+def test_many_adapters_share_the_base_layers_below_them_and_score_as_each_alone(tiny, tmp_path, last_layers):
+    from llgbm_cli.adapters import random_adapter
+    from llgbm_cli.tasks.prompts import PromptForm
+    from llgbm_cli.tasks.registry import TaskRegistry
+    from llgbm_cli.tasks.scoring import score_multiple_choice_adapters
+
+    import llgbm_cli.tasks.scoring as scoring
+    from llgbm_cli.deltas.compute import lowest_adapted_layer
+
+    model, tok = tiny
+    ads = [random_adapter(model, r=4, seed=s, std=0.3, last_layers=last_layers) for s in range(3)]
+    start = lowest_adapted_layer(model, ads[0].modules)
+    assert (start > 0) == (last_layers is not None)
+    recs = _records()
+    forms = [None, PromptForm.of(TaskRegistry().get("arc-easy"), scoring="choice")]  # one-token labels; option texts
+    assert max(len(o) for q in recs for o in forms[1].encode(tok, q).options) > 1  # the tail pass runs too
+    calls = []
+    real = scoring.record_prompt
+    for form in forms:
+        scoring.record_prompt = lambda *a, **k: calls.append(1) or real(*a, **k)
+        try:
+            many = score_multiple_choice_adapters(model, tok, ads, recs, batch_size=4, form=form)
+        finally:
+            scoring.record_prompt = real
+        assert len(many) == 3
+        for ad, got in zip(ads, many):
+            alone = score_adapter(model, tok, ad, recs, batch_size=4, form=form)
+            assert [q.pred for q in got.per_question] == [q.pred for q in alone.per_question]
+            torch.testing.assert_close(torch.tensor([s for q in got.per_question for s in q.scores]),
+                                       torch.tensor([s for q in alone.per_question for s in q.scores]),
+                                       rtol=0, atol=1e-4)
+            assert got.acc_norm == alone.acc_norm
+        # the adapters score differently, so no block of work was shared that should not have been
+        assert len({tuple(s for q in r.per_question for s in q.scores) for r in many}) == 3
+    assert bool(calls) == (start > 0)  # the base layers below the adapters ran once per batch, not per adapter

@@ -277,6 +277,51 @@ def test_batched_greedy_decoding_matches_per_question_generate(tiny_model_copy, 
     assert cut[0] == batched[1][: batched[1].index(stop_at)].strip()
 
 
+@pytest.mark.parametrize("last_layers", [1, None])
+def test_many_adapters_decode_as_each_alone_with_the_base_layers_below_them_shared(tiny_model_copy, tiny,
+                                                                                    last_layers):
+    import llgbm_cli.tasks.generation as generation
+    from llgbm_cli.adapters import random_adapter
+    from llgbm_cli.deltas.compute import lowest_adapted_layer
+    from llgbm_cli.lora.patch import patch_adapters
+    from llgbm_cli.tasks.generation import (greedy_generate, greedy_generate_adapters, score_generative,
+                                            score_generative_adapters)
+
+    model, tok = tiny_model_copy, tiny[1]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a sharper head than the random init, so greedy outputs vary
+        model.get_output_embeddings().weight.add_(torch.randn(model.get_output_embeddings().weight.shape, generator=g) * 0.5)
+    texts = ["Tom has 3 apples.", "A much longer question about how many marbles are left in the bag after lunch?",
+             "Two.", "Count the birds on the wire please", "Five cats"]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    adapters = [random_adapter(model, seed=s, std=0.5, last_layers=last_layers) for s in range(3)]
+    start = lowest_adapted_layer(model, adapters[0].modules)
+    assert (start > 0) == (last_layers is not None)
+    alone = []
+    for ad in adapters:
+        with patch_adapters(model, [ad]):
+            alone.append(greedy_generate(model, tok, prompts, max_new_tokens=8, batch_size=2))
+    recorded = []
+    real = generation._decode_batch
+    generation._decode_batch = lambda *a, **k: recorded.append(k.get("lower")) or real(*a, **k)
+    try:
+        shared = greedy_generate_adapters(model, tok, adapters, prompts, max_new_tokens=8, batch_size=2)
+    finally:
+        generation._decode_batch = real
+    assert shared == alone
+    assert len({tuple(x) for x in alone}) == 3  # the adapters decode differently
+    assert all((lo is not None) == (start > 0) for lo in recorded) and recorded  # shared only when possible
+    assert greedy_generate_adapters(model, tok, [], prompts) == []
+    t = TaskRegistry().get("mawps")
+    form = PromptForm.of(t)
+    recs = t.sample("test", 3, seed=0)
+    many = score_generative_adapters(model, tok, adapters, recs, form, batch_size=2)
+    for ad, got in zip(adapters, many):
+        with patch_adapters(model, [ad]):
+            ref = score_generative(model, tok, recs, form, batch_size=2)
+        assert got.outputs == ref.outputs and got.accuracy == ref.accuracy
+
+
 def test_generative_scoring_reports_the_metric(tiny):
     from llgbm_cli.tasks.evaluate import score_records
 

@@ -16,9 +16,11 @@ with the best test accuracy on ``k``; it reads test labels to choose.
 
 Adapter x task scores are cached under ``<out>/scores`` (keyed by the adapter's sha256, the task,
 its prompt form, the base model and the question ids), so base and zoo adapters are scored once
-across folds and reruns. A finished fold leaves ``done.json`` and is skipped on the next run; a
-finished training run (its ``final`` checkpoint and marker) of the same config and zoo (every
-adapter's id and weights hash) is reused; an interrupted one resumes from its latest checkpoint.
+across folds and reruns. The oracle's candidates are scored together: the base layers below the
+adapters run once per batch for all of them (``ScoreCache.score_many``). A finished fold leaves
+``done.json`` and is skipped on the next run; a finished training run (its ``final`` checkpoint and
+marker) of the same config and zoo (every adapter's id and weights hash) is reused; an interrupted
+one resumes from its latest checkpoint.
 
 Under ``accelerate launch`` the folds are dealt round robin to the processes, each fold run by its
 process alone (see docs/scaling.md); the main process gathers the rows and writes the summary.
@@ -202,6 +204,18 @@ class ScoreCache:
                 "base_model": cfg.model.base, "dtype": cfg.model.dtype, "max_length": cfg.data.max_length,
                 "questions": [r.id for r in recs]}
 
+    def _cached(self, key: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The cached score of ``key``; None when missing or unreadable (it is scored again and rewritten)."""
+        path = self.folder / f"{fingerprint(key)}.json"
+        try:
+            got = json.loads(path.read_text()) if path.exists() else None
+        except (OSError, ValueError):
+            return None
+        if got is None or got.get("key") != key:
+            return None
+        self.hits += 1
+        return got["score"]
+
     def score(self, adapter_folder: Optional[Path], task: str, zoo_sha: Optional[str] = None) -> dict[str, Any]:
         """``{"accuracy", "values", "question_ids", "metric"}`` of an adapter folder (None: the base model)."""
         from ..adapters import load_adapter
@@ -211,14 +225,9 @@ class ScoreCache:
         sha = None if adapter_folder is None else adapter_sha256(adapter_folder, zoo_sha)
         key = self.key(sha, task)
         path = self.folder / f"{fingerprint(key)}.json"
-        if path.exists():
-            try:
-                got = json.loads(path.read_text())
-                if got.get("key") == key:
-                    self.hits += 1
-                    return got["score"]
-            except (OSError, ValueError):
-                pass  # unreadable: scored again and rewritten
+        got = self._cached(key)
+        if got is not None:
+            return got
         cfg = self.resolved.config
         form, recs = self.task(task)
         ad = None if adapter_folder is None else load_adapter(adapter_folder)
@@ -230,6 +239,45 @@ class ScoreCache:
         atomic_write_json(path, {"key": key, "adapter_folder": None if adapter_folder is None else str(adapter_folder),
                                  "score": out})
         self.misses += 1
+        return out
+
+    def score_many(self, items: Sequence[tuple[Path, Optional[str]]], task: str, group: int = 8) -> list[dict[str, Any]]:
+        """:meth:`score` of each ``(adapter_folder, zoo_sha)`` on ``task``. The ones not cached are
+        scored together, ``group`` at a time (each group's scores are cached when it ends, so an
+        interrupted run loses at most one group): each batch runs the base layers below the adapters
+        once for the whole group (:mod:`llgbm_cli.tasks.lower`)."""
+        from ..adapters import load_adapter
+        from ..io import atomic_write_json
+        from ..tasks.evaluate import TaskScore
+        from ..tasks.generation import score_generative_adapters
+        from ..tasks.scoring import score_multiple_choice_adapters
+
+        form, recs = self.task(task)
+        keys = [self.key(adapter_sha256(f, z), task) for f, z in items]
+        out = [self._cached(key) for key in keys]
+        todo = [i for i in range(len(items)) if out[i] is None]
+        if len(todo) < 2:
+            for i in todo:
+                out[i] = self.score(items[i][0], task, items[i][1])
+            return out
+        cfg = self.resolved.config
+        model, tok = self.base_model()
+        for g in range(0, len(todo), max(1, group)):
+            part = todo[g : g + max(1, group)]
+            ads = [load_adapter(items[i][0]) for i in part]
+            if form.kind == "generate":
+                results = score_generative_adapters(model, tok, ads, recs, form, max_length=cfg.data.max_length,
+                                                    batch_size=cfg.data.generate_batch_size)
+            else:
+                results = score_multiple_choice_adapters(model, tok, ads, recs, batch_size=cfg.eval.batch_size,
+                                                         max_length=cfg.data.max_length, form=form)
+            for i, res in zip(part, results):
+                s = TaskScore(form, res)
+                out[i] = {"accuracy": s.accuracy, "values": [float(v) for v in s.values()],
+                          "question_ids": [r.id for r in recs], "metric": form.metric}
+                atomic_write_json(self.folder / f"{fingerprint(keys[i])}.json",
+                                  {"key": keys[i], "adapter_folder": str(items[i][0]), "score": out[i]})
+                self.misses += 1
         return out
 
 
@@ -455,8 +503,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     if cfg.eval.oracle_candidates != "none":
         cands = oracle_candidates(zoo, k, cfg.eval.oracle_candidates)
         best = None
-        for e in cands:
-            s = scores.score(zoo.path_of(e), k, e.sha256)
+        for e, s in zip(cands, scores.score_many([(zoo.path_of(e), e.sha256) for e in cands], k)):
             if best is None or s["accuracy"] > best[1]["accuracy"]:
                 best = (e, s)
         if best is not None:

@@ -57,7 +57,8 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_n
     return out
 
 
-def _decode_batch(model, tokenizer, chunk, max_new, stop, ends, pad_id, device) -> list[str]:
+def _left_pad(chunk, pad_id, device):
+    """(ids, mask, position ids) of left-padded prompts: every prompt ends at the last position."""
     import torch
 
     B, L = len(chunk), max(len(p) for p in chunk)
@@ -67,9 +68,24 @@ def _decode_batch(model, tokenizer, chunk, max_new, stop, ends, pad_id, device) 
         ids[b, L - len(p):] = torch.tensor(list(p))
         mask[b, L - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
+
+
+def _decode_batch(model, tokenizer, chunk, max_new, stop, ends, pad_id, device, lower=None) -> list[str]:
+    """Greedy continuations of one batch. With ``lower`` (the base model's prompt pass below
+    ``lower.start``, :mod:`llgbm_cli.tasks.lower`) the prompt runs only from layer ``start`` up;
+    every decoding step runs the whole model."""
+    import torch
+
+    from .lower import fill_cache, skipping
+
+    B = len(chunk)
+    ids, mask, pos = _left_pad(chunk, pad_id, device)
+    with skipping(model, lower, "prompt_state"):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
+    if lower is not None:
+        fill_cache(cache, lower.prompt_kv)
     nxt = out.logits[:, -1].argmax(-1)
     gen: list[list[int]] = [[] for _ in range(B)]
     texts = [""] * B
@@ -103,6 +119,51 @@ def _decode_batch(model, tokenizer, chunk, max_new, stop, ends, pad_id, device) 
     return result
 
 
+def greedy_generate_adapters(model, tokenizer, adapters: Sequence[Any], prompts: Sequence[Sequence[int]], *,
+                             max_new_tokens: int = 64, stop: Sequence[str] = (), batch_size: int = 16,
+                             progress=None, progress_task=None) -> list[list[str]]:
+    """:func:`greedy_generate` of the same ``prompts`` under each of ``adapters`` (loaded LoRA
+    adapters), one list of texts per adapter. The prompt pass of the decoder layers below the lowest
+    one any adapter touches runs once per batch, with the base model, for all of them
+    (:mod:`llgbm_cli.tasks.lower`); each adapter runs the prompt from there up and decodes as alone.
+    ``progress`` advances once per question and adapter."""
+    import torch
+
+    from ..lora.patch import patch_adapters
+    from .lower import LowerLayers, record_prompt, shared_start
+
+    adapters = list(adapters)
+    start = shared_start(model, adapters)
+    if start <= 0 or len(adapters) < 2:
+        out = []
+        for a in adapters:
+            with patch_adapters(model, [a]):
+                out.append(greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop,
+                                           batch_size=batch_size, progress=progress, progress_task=progress_task))
+        return out
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ends = stop_ids(tokenizer)
+    texts: list[list[str]] = [[] for _ in adapters]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), max(1, batch_size)):
+                chunk = prompts[i : i + max(1, batch_size)]
+                lower = LowerLayers(start)
+                record_prompt(model, lower, *_left_pad(chunk, pad_id, device))
+                for a, ad in enumerate(adapters):
+                    with patch_adapters(model, [ad]):
+                        texts[a].extend(_decode_batch(model, tokenizer, chunk, max_new_tokens, stop, ends, pad_id,
+                                                      device, lower=lower))
+                    if progress is not None and progress_task is not None:
+                        progress.advance(progress_task, len(chunk))
+    finally:
+        model.train(was_training)
+    return texts
+
+
 @dataclass
 class GenerationScore:
     """The metric over the scored records plus every question's output."""
@@ -126,11 +187,27 @@ class GenerationScore:
 def score_generative(model, tokenizer, records, form: "PromptForm", *, batch_size: int = 16,
                      max_length: Optional[int] = None, progress=None, progress_task=None) -> GenerationScore:
     """Decode every record's answer and apply the form's metric (``exact_match`` or ``number``)."""
-    from .metrics import score_text
-
     prompts = [form.prompt_ids(tokenizer, r, max_length=max_length) for r in records]
     texts = greedy_generate(model, tokenizer, prompts, max_new_tokens=form.max_new_tokens, stop=form.stop,
                             batch_size=batch_size, progress=progress, progress_task=progress_task)
+    return _score_texts(records, texts, form)
+
+
+def score_generative_adapters(model, tokenizer, adapters: Sequence[Any], records, form: "PromptForm", *,
+                              batch_size: int = 16, max_length: Optional[int] = None, progress=None,
+                              progress_task=None) -> list[GenerationScore]:
+    """:func:`score_generative` under each of ``adapters``, sharing the base layers below them
+    (:func:`greedy_generate_adapters`); one score per adapter."""
+    prompts = [form.prompt_ids(tokenizer, r, max_length=max_length) for r in records]
+    texts = greedy_generate_adapters(model, tokenizer, adapters, prompts, max_new_tokens=form.max_new_tokens,
+                                     stop=form.stop, batch_size=batch_size, progress=progress,
+                                     progress_task=progress_task)
+    return [_score_texts(records, t, form) for t in texts]
+
+
+def _score_texts(records, texts, form: "PromptForm") -> GenerationScore:
+    from .metrics import score_text
+
     rows = []
     for r, t in zip(records, texts):
         rows.append({"id": r.id, "output": t, "reference": r.gold,
@@ -140,4 +217,5 @@ def score_generative(model, tokenizer, records, form: "PromptForm", *, batch_siz
     return GenerationScore(form.metric, acc, n, rows)
 
 
-__all__ = ["GenerationScore", "greedy_generate", "score_generative", "asdict"]
+__all__ = ["GenerationScore", "greedy_generate", "greedy_generate_adapters", "score_generative",
+           "score_generative_adapters", "asdict"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from .lower import LowerLayers, cache_of, fill_cache, lower_forward, record_prompt, shared_start, skipping
 from .prompts import EncodedQuestion, encode_question
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,6 +100,10 @@ def score_multiple_choice(
                     progress.advance(progress_task, len(chunk))
     finally:
         model.train(was_training)
+    return _result(records, encoded, scores)
+
+
+def _result(records, encoded, scores) -> ScoreResult:
     per_q = []
     for rec, q, s in zip(records, encoded, scores):
         pred = max(range(len(s)), key=lambda k: s[k])  # first best on ties: deterministic
@@ -135,7 +140,11 @@ def _score_naive(model, q: EncodedQuestion, device) -> list[float]:
     return out
 
 
-def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device) -> list[list[float]]:
+def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device, lower: Optional["LowerLayers"] = None,
+                 record: Optional["LowerLayers"] = None) -> list[list[float]]:
+    """The option scores of one batch. With ``lower`` (the base model's layers below ``lower.start``
+    for this batch, from a ``record`` pass) those layers are not computed again: their hidden state
+    enters layer ``start`` and their keys and values are put in the cache."""
     import torch
 
     B = len(chunk)
@@ -147,19 +156,26 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device) -
         mask[b, L - len(q.prefix) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
+    if record is not None:  # the base model's layers below record.start only: states and keys/values
+        record_prompt(model, record, ids, mask, pos)
+    else:
+        with skipping(model, lower, "prompt_state"):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        if lower is not None:  # the skipped layers' keys and values, the base model's
+            fill_cache(out.past_key_values, lower.prompt_kv)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
 
     pairs = [(b, k) for b, q in enumerate(chunk) for k in range(len(q.options))]
     conts = [chunk[b].options[k] for b, k in pairs]
-    totals = [float(first[b, c[0]]) for (b, _), c in zip(pairs, conts)]
+    totals = [] if record is not None else [float(first[b, c[0]]) for (b, _), c in zip(pairs, conts)]
     M = max(len(c) for c in conts)
     if M > 1:
         # The rest of each label runs over the prompt's cache, repeated once per option.
         P = len(pairs)
         rows = torch.tensor([b for b, _ in pairs], device=device)
-        cache = out.past_key_values
-        cache.reorder_cache(rows)
+        cache = None if record is not None else out.past_key_values
+        if cache is not None:
+            cache.reorder_cache(rows)
         tail = torch.full((P, M - 1), pad_id, dtype=torch.long)
         tmask = torch.zeros((P, M - 1), dtype=torch.long)
         for p, c in enumerate(conts):
@@ -169,13 +185,79 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device) -
         tail, tmask = tail.to(device), tmask.to(device)
         full_mask = torch.cat([mask[rows], torch.ones_like(tmask)], dim=1)
         tpos = mask[rows].sum(1, keepdim=True) + torch.arange(M - 1, device=device).unsqueeze(0)
-        logits = model(input_ids=tail, attention_mask=full_mask, position_ids=tpos,
-                       past_key_values=cache, use_cache=True).logits.float()
+        if record is not None:
+            rcache = cache_of(model, [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in record.prompt_kv])
+            record.tail_state, _ = lower_forward(model, record, tail, full_mask, tpos, rcache)
+            return []
+        with skipping(model, lower, "tail_state"):
+            logits = model(input_ids=tail, attention_mask=full_mask, position_ids=tpos,
+                           past_key_values=cache, use_cache=True).logits.float()
         logp = torch.log_softmax(logits, dim=-1)  # [P, M-1, V]
         for p, c in enumerate(conts):
             for j in range(1, len(c)):
                 totals[p] += float(logp[p, j - 1, c[j]])
+    if record is not None:
+        return []
     result: list[list[float]] = [[] for _ in chunk]
     for (b, _), s in zip(pairs, totals):
         result[b].append(s)
     return result
+
+
+# --------------------------------------------------------------------------- many adapters, one base pass
+
+def score_multiple_choice_adapters(
+    model,
+    tokenizer,
+    adapters: Sequence["LoraAdapter"],
+    records: Sequence["MCRecord"],
+    *,
+    batch_size: int = 16,
+    chat_template: bool = True,
+    max_length: Optional[int] = None,
+    form=None,
+    progress=None,
+    progress_task: Optional[int] = None,
+) -> list[ScoreResult]:
+    """:func:`score_adapter` of the same ``records`` under each of ``adapters``, one result per adapter.
+
+    Every decoder layer below the lowest one any adapter touches computes the same thing for every
+    adapter, so each batch runs those layers once, with the base model, and keeps the hidden state
+    that enters the first adapted layer and the keys and values below it; each adapter then runs only
+    the layers from there up (and the head). The scores equal scoring each adapter alone to float
+    tolerance (tested); with adapters on every layer this is that loop. ``progress`` advances once per
+    question and adapter."""
+    import torch
+
+    from ..lora.patch import patch_adapters
+
+    adapters = list(adapters)
+    start = shared_start(model, adapters)
+    if start <= 0 or len(adapters) < 2:
+        kw = dict(batch_size=batch_size, chat_template=chat_template, max_length=max_length, form=form,
+                  progress=progress, progress_task=progress_task)
+        return [score_adapter(model, tokenizer, a, records, **kw) for a in adapters]
+    if form is not None:
+        encoded = [form.encode(tokenizer, r, max_length=max_length) for r in records]
+    else:
+        encoded = [encode_question(tokenizer, r, chat_template=chat_template, max_length=max_length) for r in records]
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores: list[list[list[float]]] = [[] for _ in adapters]
+    step = max(1, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(encoded), step):
+                chunk = encoded[i : i + step]
+                lower = LowerLayers(start)
+                _score_batch(model, chunk, pad_id, device, record=lower)
+                for a, ad in enumerate(adapters):
+                    with patch_adapters(model, [ad]):
+                        scores[a].extend(_score_batch(model, chunk, pad_id, device, lower=lower))
+                    if progress is not None and progress_task is not None:
+                        progress.advance(progress_task, len(chunk))
+    finally:
+        model.train(was_training)
+    return [_result(records, encoded, s) for s in scores]
