@@ -41,10 +41,10 @@ def shipped_last_layers() -> int:
 def forward_flops(model, probes, spec, n_forwards: int, pack: bool = True, start: int = 0) -> float:
     """FLOPs of llgbm's forwards as executed: linear layers from ``start`` up to the deepest read
     layer + attention."""
-    from llgbm_cli.deltas.compute import _backbone, pack_probes, resolve_layers
+    from llgbm_cli.deltas.compute import backbone, pack_probes, resolve_layers
 
     cfg = model.config
-    bb = _backbone(model)
+    bb = backbone(model)
     depth = min(max(resolve_layers(model, spec)), len(bb.layers)) - start
     per_layer = sum(m.weight.numel() for m in bb.layers[0].modules() if isinstance(m, torch.nn.Linear))
     S = pack_probes(probes).input_ids.shape[1] if pack else probes.input_ids.numel()

@@ -91,7 +91,7 @@ class DeltaSpec:
 # --------------------------------------------------------------------------- the backbone forward
 
 
-def _backbone(model):
+def backbone(model):
     """The decoder stack (embeddings, layers, final norm) of a causal LM, or the model itself."""
     for cand in (getattr(model, getattr(model, "base_model_prefix", "model"), None), getattr(model, "model", None), model):
         if cand is not None and all(hasattr(cand, a) for a in ("embed_tokens", "layers", "norm")):
@@ -109,7 +109,7 @@ def _layer_pattern(model) -> "re.Pattern":
     """Regex matching a module name inside decoder layer i (group 1 = i), e.g. ``model.layers.7.``."""
     pat = _LAYER_PATTERNS.get(model)
     if pat is None:
-        layers = _backbone(model).layers
+        layers = backbone(model).layers
         prefix = next(name for name, mod in model.named_modules() if mod is layers)
         pat = re.compile((re.escape(prefix) + r"\." if prefix else "") + r"(\d+)(?:\.|$)")
         _LAYER_PATTERNS[model] = pat
@@ -124,7 +124,7 @@ def lowest_adapted_layer(model, modules: Iterable[str]) -> int:
     adapter whose lowest layer is k. A module outside the decoder layers counts as layer 0.
     """
     pat = _layer_pattern(model)
-    low = len(_backbone(model).layers)
+    low = len(backbone(model).layers)
     for name in modules:
         m = pat.match(name)
         if m is None:
@@ -135,7 +135,7 @@ def lowest_adapted_layer(model, modules: Iterable[str]) -> int:
 
 def resolve_layers(model, spec: DeltaSpec) -> list[int]:
     """The spec's layers as hidden-state indices in [0, num_layers]."""
-    L = len(_backbone(model).layers)
+    L = len(backbone(model).layers)
     out = []
     for x in spec.layers:
         i = x if x >= 0 else L + 1 + x
@@ -153,7 +153,7 @@ _MISSING = object()
 
 
 @contextlib.contextmanager
-def _skip_layers(bb, start: int, state, as_tuple: bool):
+def skip_layers(bb, start: int, state, as_tuple: bool):
     """While active, decoder layers ``0..start-1`` are not computed: each returns ``state`` (the
     hidden state entering layer ``start``), so the backbone's own forward (masks, positions,
     rotary embeddings, per-layer attention kinds) runs unchanged from layer ``start`` on."""
@@ -189,7 +189,7 @@ def _forward_states(
     ([B, T, H], the hidden state of index ``start``) enters layer ``start``; every index must then
     be above ``start``. ``info["tuple"]`` records whether decoder layers return tuples.
     """
-    bb = _backbone(model)
+    bb = backbone(model)
     L = len(bb.layers)
     deepest = max(idxs)
     if start > 0 and min(idxs) <= start:
@@ -211,7 +211,7 @@ def _forward_states(
 
     handles = [module_of(i).register_forward_hook(make_hook(i)) for i in sorted(set(idxs))]
     try:
-        with _skip_layers(bb, start, start_state, layer_tuple):
+        with skip_layers(bb, start, start_state, layer_tuple):
             bb(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     except _Stop:
         pass
@@ -387,7 +387,7 @@ class BaseActivations:
         for i, h in zip(missing, got):
             self.states[i] = h.detach()
         self.forwards += 1
-        self.layers_run += min(missing[-1], len(_backbone(model).layers)) - src
+        self.layers_run += min(missing[-1], len(backbone(model).layers)) - src
 
     def pooled(self, model, spec: DeltaSpec) -> "torch.Tensor":
         """The base model's pooled states ``[D]`` for ``spec`` (float32), from these activations."""
@@ -664,4 +664,4 @@ def compute_delta_share(
     return rows
 
 
-backbone = _backbone  # the public name, for modules that run the decoder stack themselves
+backbone = backbone  # the public name, for modules that run the decoder stack themselves

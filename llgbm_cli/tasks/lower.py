@@ -39,9 +39,9 @@ def lower_forward(model, lower: LowerLayers, ids, mask, pos, cache):
     return (the hidden state entering layer ``start``, the cache)."""
     from transformers import DynamicCache
 
-    from ..deltas.compute import _backbone
+    from ..deltas.compute import backbone
 
-    bb = _backbone(model)
+    bb = backbone(model)
     cache = cache if cache is not None else DynamicCache()
     got = {}
 
@@ -87,9 +87,9 @@ def skipping(model, lower: Optional[LowerLayers], which: str):
     ``lower`` is None)."""
     if lower is None:
         return contextlib.nullcontext()
-    from ..deltas.compute import _backbone, _skip_layers
+    from ..deltas.compute import backbone, skip_layers
 
-    return _skip_layers(_backbone(model), lower.start, getattr(lower, which), lower.layer_tuple)
+    return skip_layers(backbone(model), lower.start, getattr(lower, which), lower.layer_tuple)
 
 
 def shared_start(model, adapters) -> int:

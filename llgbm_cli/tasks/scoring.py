@@ -78,10 +78,7 @@ def score_multiple_choice(
     without it the label form with ``chat_template``."""
     import torch
 
-    if form is not None:
-        encoded = [form.encode(tokenizer, r, max_length=max_length) for r in records]
-    else:
-        encoded = [encode_question(tokenizer, r, chat_template=chat_template, max_length=max_length) for r in records]
+    encoded = _encode(tokenizer, records, form, chat_template, max_length)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: list[list[float]] = []
@@ -101,6 +98,13 @@ def score_multiple_choice(
     finally:
         model.train(was_training)
     return _result(records, encoded, scores)
+
+
+def _encode(tokenizer, records, form, chat_template: bool, max_length: Optional[int]) -> list[EncodedQuestion]:
+    """Each record's prompt and option continuations: the ``form``'s, else the label form."""
+    if form is not None:
+        return [form.encode(tokenizer, r, max_length=max_length) for r in records]
+    return [encode_question(tokenizer, r, chat_template=chat_template, max_length=max_length) for r in records]
 
 
 def _result(records, encoded, scores) -> ScoreResult:
@@ -237,10 +241,7 @@ def score_multiple_choice_adapters(
         kw = dict(batch_size=batch_size, chat_template=chat_template, max_length=max_length, form=form,
                   progress=progress, progress_task=progress_task)
         return [score_adapter(model, tokenizer, a, records, **kw) for a in adapters]
-    if form is not None:
-        encoded = [form.encode(tokenizer, r, max_length=max_length) for r in records]
-    else:
-        encoded = [encode_question(tokenizer, r, chat_template=chat_template, max_length=max_length) for r in records]
+    encoded = _encode(tokenizer, records, form, chat_template, max_length)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: list[list[list[float]]] = [[] for _ in adapters]
