@@ -663,5 +663,3 @@ def compute_delta_share(
             progress(len(batch))
     return rows
 
-
-backbone = backbone  # the public name, for modules that run the decoder stack themselves

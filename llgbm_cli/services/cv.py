@@ -219,12 +219,10 @@ class ScoreCache:
     def score(self, adapter_folder: Optional[Path], task: str, zoo_sha: Optional[str] = None) -> dict[str, Any]:
         """``{"accuracy", "values", "question_ids", "metric"}`` of an adapter folder (None: the base model)."""
         from ..adapters import load_adapter
-        from ..io import atomic_write_json
         from ..tasks.evaluate import score_records_with
 
         sha = None if adapter_folder is None else adapter_sha256(adapter_folder, zoo_sha)
         key = self.key(sha, task)
-        path = self.folder / f"{fingerprint(key)}.json"
         got = self._cached(key)
         if got is not None:
             return got
@@ -234,10 +232,17 @@ class ScoreCache:
         model, tok = self.base_model()
         s = score_records_with(model, tok, ad, form, recs, batch_size=cfg.eval.batch_size,
                                generate_batch_size=cfg.data.generate_batch_size, max_length=cfg.data.max_length)
+        return self._store(key, adapter_folder, s, recs)
+
+    def _store(self, key: dict[str, Any], adapter_folder: Optional[Path], s, recs) -> dict[str, Any]:
+        """Cache the TaskScore ``s`` of ``recs`` under ``key``; return the cached form."""
+        from ..io import atomic_write_json
+
         out = {"accuracy": s.accuracy, "values": [float(v) for v in s.values()], "question_ids": [r.id for r in recs],
-               "metric": form.metric}
-        atomic_write_json(path, {"key": key, "adapter_folder": None if adapter_folder is None else str(adapter_folder),
-                                 "score": out})
+               "metric": s.form.metric}
+        atomic_write_json(self.folder / f"{fingerprint(key)}.json",
+                          {"key": key, "adapter_folder": None if adapter_folder is None else str(adapter_folder),
+                           "score": out})
         self.misses += 1
         return out
 
@@ -247,7 +252,6 @@ class ScoreCache:
         interrupted run loses at most one group): each batch runs the base layers below the adapters
         once for the whole group (:mod:`llgbm_cli.tasks.lower`)."""
         from ..adapters import load_adapter
-        from ..io import atomic_write_json
         from ..tasks.evaluate import TaskScore
         from ..tasks.generation import score_generative_adapters
         from ..tasks.scoring import score_multiple_choice_adapters
@@ -272,12 +276,7 @@ class ScoreCache:
                 results = score_multiple_choice_adapters(model, tok, ads, recs, batch_size=cfg.eval.batch_size,
                                                          max_length=cfg.data.max_length, form=form)
             for i, res in zip(part, results):
-                s = TaskScore(form, res)
-                out[i] = {"accuracy": s.accuracy, "values": [float(v) for v in s.values()],
-                          "question_ids": [r.id for r in recs], "metric": form.metric}
-                atomic_write_json(self.folder / f"{fingerprint(keys[i])}.json",
-                                  {"key": keys[i], "adapter_folder": str(items[i][0]), "score": out[i]})
-                self.misses += 1
+                out[i] = self._store(keys[i], items[i][0], TaskScore(form, res), recs)
         return out
 
 

@@ -66,7 +66,7 @@ def record_prompt(model, lower: LowerLayers, ids, mask, pos):
     lower.prompt_kv = [(layer.keys, layer.values) for layer in cache.layers[: lower.start]]
 
 
-def cache_of(model, kv):
+def cache_of(kv):
     """A cache holding ``kv`` (a list of (keys, values), one per layer from layer 0)."""
     from transformers import DynamicCache
 

@@ -190,7 +190,7 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device, l
         full_mask = torch.cat([mask[rows], torch.ones_like(tmask)], dim=1)
         tpos = mask[rows].sum(1, keepdim=True) + torch.arange(M - 1, device=device).unsqueeze(0)
         if record is not None:
-            rcache = cache_of(model, [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in record.prompt_kv])
+            rcache = cache_of([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in record.prompt_kv])
             record.tail_state, _ = lower_forward(model, record, tail, full_mask, tpos, rcache)
             return []
         with skipping(model, lower, "tail_state"):
