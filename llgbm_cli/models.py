@@ -217,6 +217,29 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def cache_arg(model, cache) -> dict:
+    """``{name: cache}``: the key/value cache as ``model``'s forward takes it, ``cache`` in recent
+    transformers, ``past_key_values`` in older ones (newer releases warn on the old name and will
+    drop it)."""
+    import inspect
+
+    kind = type(model)
+    name = _CACHE_ARG.get(kind)
+    if name is None:
+        params = inspect.signature(kind.forward).parameters
+        name = _CACHE_ARG[kind] = "cache" if "cache" in params else "past_key_values"
+    return {name: cache}
+
+
+def returned_cache(out):
+    """The key/value cache a forward pass returned (``cache``, or ``past_key_values`` in older transformers)."""
+    got = getattr(out, "cache", None)
+    return got if got is not None else out.past_key_values
+
+
+_CACHE_ARG: dict = {}
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0] if s else type(e).__name__

@@ -56,3 +56,31 @@ def test_minilm_paraphrase_closer_than_unrelated():
     v = enc.encode(["A man is playing a guitar.", "Someone plays the guitar.", "Stock prices fell sharply today."])
     sim = v @ v.T
     assert sim[0, 1] > 0.6 > sim[0, 2] + 0.3
+
+
+def test_cache_is_passed_by_the_name_the_model_takes(tiny):
+    import inspect
+    import warnings
+
+    from types import SimpleNamespace
+
+    from llgbm_cli.models import cache_arg, returned_cache
+
+    model, _ = tiny
+    params = inspect.signature(type(model).forward).parameters
+    assert list(cache_arg(model, 7)) == ["cache" if "cache" in params else "past_key_values"]
+
+    class Older:
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            pass
+
+    assert cache_arg(Older(), 7) == {"past_key_values": 7}
+    assert returned_cache(SimpleNamespace(cache=1, past_key_values=2)) == 1
+    assert returned_cache(SimpleNamespace(past_key_values=2)) == 2
+    ids = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings():  # the name the model takes: no deprecation warning
+        warnings.simplefilter("error")
+        first = model(input_ids=ids, use_cache=True)
+        nxt = model(input_ids=torch.tensor([[4]]), use_cache=True, **cache_arg(model, returned_cache(first)))
+    whole = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits[:, -1]
+    torch.testing.assert_close(nxt.logits[:, -1], whole, rtol=0, atol=1e-5)

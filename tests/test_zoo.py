@@ -215,8 +215,8 @@ def test_zoo_score_reuses_what_it_scored_before(built, tiny, tmp_path, monkeypat
     first = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny)
     assert first.reused == 0
     calls = []
-    real = ev.score_records_with
-    monkeypatch.setattr(ev, "score_records_with", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = ev.score_records_many
+    monkeypatch.setattr(ev, "score_records_many", lambda *a, **k: calls.extend(a[2]) or real(*a, **k))
     # Nothing changed: every score comes from scores.json and the base model is not even loaded.
     again = score_zoo(resolved, test_sample=6, model_and_tokenizer=None)
     assert again.reused == 6 and calls == [] and again.to_dict() == {**first.to_dict(), "reused": 6}
@@ -234,6 +234,32 @@ def test_zoo_score_reuses_what_it_scored_before(built, tiny, tmp_path, monkeypat
     assert fourth.reused == 0 and len(calls) == 3
     saved = json.loads((root / "runs/zoo/scores.json").read_text())["tasks"]
     assert saved["arc-easy"]["n"] == 5 and saved["boolq"]["n"] == 6  # the task not scored now is kept
+
+
+def test_zoo_score_scores_a_tasks_checkpoints_together_as_each_alone(built, tiny, tmp_path, monkeypatch):
+    import llgbm_cli.services.zoo as zoo_service
+    import llgbm_cli.tasks.scoring as scoring
+
+    root = _copy_project(built, tmp_path)
+    resolved = load_config(root / "llgbm.toml")
+    zoo = Zoo.load(root / "runs/zoo")
+    for e in zoo.entries:  # teachers on the upper layer only, so the layer below is shared
+        ad = load_adapter(zoo.path_of(e))
+        save_adapter(zoo.path_of(e), {n: m for n, m in ad.modules.items() if ".layers.1." in n},
+                     alpha=8.0, base_model="tiny-llama", force=True)
+        e.sha256 = weights_sha256(zoo.path_of(e))
+    zoo.save()
+    calls = []
+    real = scoring.record_prompt
+    monkeypatch.setattr(scoring, "record_prompt", lambda *a, **k: calls.append(1) or real(*a, **k))
+    together = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny).to_dict()
+    assert calls  # the base layer ran once per batch for both checkpoints of a task
+    (root / "runs/zoo/scores.json").unlink()
+    calls.clear()
+    monkeypatch.setattr(zoo_service, "SCORE_GROUP", 1)
+    alone = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny).to_dict()
+    assert not calls and alone == together
+    assert {len(t["adapters"]) for t in alone["tasks"].values()} == {2}
 
 
 def test_heldout_split_scores_run_zero_on_the_train_records_it_did_not_see(built, tiny, tmp_path):

@@ -252,9 +252,7 @@ class ScoreCache:
         interrupted run loses at most one group): each batch runs the base layers below the adapters
         once for the whole group (:mod:`llgbm_cli.tasks.lower`)."""
         from ..adapters import load_adapter
-        from ..tasks.evaluate import TaskScore
-        from ..tasks.generation import score_generative_adapters
-        from ..tasks.scoring import score_multiple_choice_adapters
+        from ..tasks.evaluate import score_records_many
 
         form, recs = self.task(task)
         keys = [self.key(adapter_sha256(f, z), task) for f, z in items]
@@ -268,15 +266,11 @@ class ScoreCache:
         model, tok = self.base_model()
         for g in range(0, len(todo), max(1, group)):
             part = todo[g : g + max(1, group)]
-            ads = [load_adapter(items[i][0]) for i in part]
-            if form.kind == "generate":
-                results = score_generative_adapters(model, tok, ads, recs, form, max_length=cfg.data.max_length,
-                                                    batch_size=cfg.data.generate_batch_size)
-            else:
-                results = score_multiple_choice_adapters(model, tok, ads, recs, batch_size=cfg.eval.batch_size,
-                                                         max_length=cfg.data.max_length, form=form)
-            for i, res in zip(part, results):
-                out[i] = self._store(keys[i], items[i][0], TaskScore(form, res), recs)
+            scores = score_records_many(model, tok, [load_adapter(items[i][0]) for i in part], form, recs,
+                                        batch_size=cfg.eval.batch_size, generate_batch_size=cfg.data.generate_batch_size,
+                                        max_length=cfg.data.max_length)
+            for i, s in zip(part, scores):
+                out[i] = self._store(keys[i], items[i][0], s, recs)
         return out
 
 

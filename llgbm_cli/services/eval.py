@@ -348,7 +348,7 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     method x task on the same sampled test questions. The cells (each task's base model, then every
     method with an adapter) are dealt to the processes; their scores are gathered into ``scores``
     (``(None, task)``: the base model)."""
-    from ..tasks.evaluate import form_for, score_records, score_records_with
+    from ..tasks.evaluate import form_for, score_records, score_records_many
     from ..tasks.registry import registry_for
 
     cfg = world.resolved.config
@@ -368,13 +368,17 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
         chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
     cells = [c for t in tasks for c in [(None, t)] + [(m, t) for m in methods if b.adapters[m, t] is not None]]
     mine = []
-    for m, t in (dist.shard(cells) if dist is not None else cells):
-        if m is None:
-            sc = score_records(world.model, world.tok, forms[t], recs[t], **kw)
-        else:
-            sc = score_records_with(world.model, world.tok, b.adapters[m, t], forms[t], recs[t], **kw)
-        mine.append(((m, t), sc))
-        progress.advance(s_task, 1 + (sum(b.adapters[k, t] is None for k in methods) if m is None else 0))
+    dealt = dist.shard(cells) if dist is not None else cells
+    for t in dict.fromkeys(t for _, t in dealt):
+        # A task's methods are scored together: each batch runs the base layers below their adapters once.
+        ms = [m for m, u in dealt if u == t and m is not None]
+        if (None, t) in dealt:
+            mine.append(((None, t), score_records(world.model, world.tok, forms[t], recs[t], **kw)))
+            progress.advance(s_task, 1 + sum(b.adapters[k, t] is None for k in methods))
+        if ms:
+            got = score_records_many(world.model, world.tok, [b.adapters[m, t] for m in ms], forms[t], recs[t], **kw)
+            mine += [((m, t), sc) for m, sc in zip(ms, got)]
+            progress.advance(s_task, len(ms))
     got = dict(dist.gather(mine) if dist is not None else mine)
     if dist is not None and not dist.is_main:
         return None

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".state"
 SCORES_FILE = "scores.json"
 HELDOUT_SCORES_FILE = "scores-heldout.json"
+SCORE_GROUP = 8  # checkpoints of one task that `zoo score` scores together (tasks/lower.py)
 PENDING_SUFFIX = ".row.json"  # a finished checkpoint's manifest row, written by a non-main process
 
 
@@ -674,7 +675,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     from ..adapters import load_adapter, validate_against
     from ..progress import NULL_PROGRESS
     from ..evaluation.stats import paired_difference
-    from ..tasks.evaluate import form_for, score_records, score_records_with
+    from ..tasks.evaluate import form_for, score_records, score_records_many
     from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS
@@ -746,18 +747,27 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
             model, tok = base_model()
             sc = score_records(model, tok, form, recs, progress=progress, progress_task=bar, **kw)
             base_acc, metrics["base"], questions["base"] = sc.accuracy, sc.metrics, sc.values()
-        vs_base: dict[str, dict[str, Any]] = {}
+        todo = []
         for e in entries:
             shas[e.id] = e.sha256
             if e.sha256 is not None and (prev or {}).get("sha256", {}).get(e.id) == e.sha256 and take(e.id):
                 accs[e.id] = prev["adapters"][e.id]
                 reused += 1
             else:
-                model, tok = base_model()
-                ad = load_adapter(zoo.path_of(e))
+                todo.append(e)
+        # The checkpoints not reused are scored SCORE_GROUP at a time, sharing the base layers below them.
+        for g in range(0, len(todo), SCORE_GROUP):
+            model, tok = base_model()
+            part = todo[g : g + SCORE_GROUP]
+            ads = [load_adapter(zoo.path_of(e)) for e in part]
+            for ad in ads:
                 validate_against(ad, model)
-                sc = score_records_with(model, tok, ad, form, recs, progress=progress, progress_task=bar, **kw)
+            for e, sc in zip(part, score_records_many(model, tok, ads, form, recs, progress=progress,
+                                                      progress_task=bar, **kw)):
                 accs[e.id], metrics[e.id], questions[e.id] = sc.accuracy, sc.metrics, sc.values()
+        accs = {e.id: accs[e.id] for e in entries}  # entry order (the best of equal accuracies is the earliest)
+        vs_base: dict[str, dict[str, Any]] = {}
+        for e in entries:
             pd = paired_difference(questions[e.id], questions["base"])
             vs_base[e.id] = {**pd, "beats_base_2se": bool(pd["se"] > 0 and pd["diff"] >= 2 * pd["se"])}
         best = max(accs, key=lambda k: accs[k]) if accs else None

@@ -59,6 +59,27 @@ def score_records_with(model, tokenizer, adapter, form: PromptForm, records: Seq
         return score_records(model, tokenizer, form, records, **kw)
 
 
+def score_records_many(model, tokenizer, adapters: Sequence, form: PromptForm, records: Sequence, *,
+                       batch_size: int = 16, generate_batch_size: int = 16, max_length: Optional[int] = None,
+                       progress=None, progress_task=None) -> list[TaskScore]:
+    """:func:`score_records_with` of each of ``adapters`` (loaded LoRA adapters) on the same
+    ``records``, one score per adapter, in order. Each batch runs the base layers below the lowest
+    adapted layer once for all of them (:mod:`llgbm_cli.tasks.lower`); the scores equal scoring each
+    adapter alone (tested). ``progress`` advances once per question and adapter."""
+    if form.kind == "generate":
+        from .generation import score_generative_adapters
+
+        results = score_generative_adapters(model, tokenizer, adapters, records, form, batch_size=generate_batch_size,
+                                            max_length=max_length, progress=progress, progress_task=progress_task)
+    else:
+        from .scoring import score_multiple_choice_adapters
+
+        results = score_multiple_choice_adapters(model, tokenizer, adapters, records, batch_size=batch_size,
+                                                 max_length=max_length, form=form, progress=progress,
+                                                 progress_task=progress_task)
+    return [TaskScore(form, r) for r in results]
+
+
 def form_for(resolved, task, scoring: Optional[str] = None) -> PromptForm:
     """The prompt form of ``task`` (a Task) under a project's ``[data]`` settings."""
     data = resolved.config.data

@@ -77,13 +77,14 @@ def _decode_batch(model, tokenizer, chunk, max_new, stop, ends, pad_id, device, 
     every decoding step runs the whole model."""
     import torch
 
+    from ..models import cache_arg, returned_cache
     from .lower import fill_cache, skipping
 
     B = len(chunk)
     ids, mask, pos = _left_pad(chunk, pad_id, device)
     with skipping(model, lower, "prompt_state"):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = returned_cache(out)
     if lower is not None:
         fill_cache(cache, lower.prompt_kv)
     nxt = out.logits[:, -1].argmax(-1)
@@ -109,8 +110,9 @@ def _decode_batch(model, tokenizer, chunk, max_new, stop, ends, pad_id, device, 
         feed = torch.tensor([pad_id if done[b] else int(nxt[b]) for b in range(B)], device=device).unsqueeze(1)
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
-        out = model(input_ids=feed, attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=feed, attention_mask=mask, position_ids=last_pos, use_cache=True,
+                    **cache_arg(model, cache))
+        cache = returned_cache(out)
         nxt = out.logits[:, -1].argmax(-1)
     result = []
     for b in range(B):

@@ -40,6 +40,7 @@ def lower_forward(model, lower: LowerLayers, ids, mask, pos, cache):
     from transformers import DynamicCache
 
     from ..deltas.compute import backbone
+    from ..models import cache_arg
 
     bb = backbone(model)
     cache = cache if cache is not None else DynamicCache()
@@ -52,7 +53,7 @@ def lower_forward(model, lower: LowerLayers, ids, mask, pos, cache):
 
     h = bb.layers[lower.start - 1].register_forward_hook(hook)
     try:
-        bb(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        bb(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(bb, cache))
     except _StopAt:
         pass
     finally:

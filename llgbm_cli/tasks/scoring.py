@@ -151,6 +151,8 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device, l
     enters layer ``start`` and their keys and values are put in the cache."""
     import torch
 
+    from ..models import cache_arg, returned_cache
+
     B = len(chunk)
     L = max(len(q.prefix) for q in chunk)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -166,7 +168,7 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device, l
         with skipping(model, lower, "prompt_state"):
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         if lower is not None:  # the skipped layers' keys and values, the base model's
-            fill_cache(out.past_key_values, lower.prompt_kv)
+            fill_cache(returned_cache(out), lower.prompt_kv)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
 
     pairs = [(b, k) for b, q in enumerate(chunk) for k in range(len(q.options))]
@@ -177,7 +179,7 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device, l
         # The rest of each label runs over the prompt's cache, repeated once per option.
         P = len(pairs)
         rows = torch.tensor([b for b, _ in pairs], device=device)
-        cache = None if record is not None else out.past_key_values
+        cache = None if record is not None else returned_cache(out)
         if cache is not None:
             cache.reorder_cache(rows)
         tail = torch.full((P, M - 1), pad_id, dtype=torch.long)
@@ -195,7 +197,7 @@ def _score_batch(model, chunk: Sequence[EncodedQuestion], pad_id: int, device, l
             return []
         with skipping(model, lower, "tail_state"):
             logits = model(input_ids=tail, attention_mask=full_mask, position_ids=tpos,
-                           past_key_values=cache, use_cache=True).logits.float()
+                           use_cache=True, **cache_arg(model, cache)).logits.float()
         logp = torch.log_softmax(logits, dim=-1)  # [P, M-1, V]
         for p, c in enumerate(conts):
             for j in range(1, len(c)):
