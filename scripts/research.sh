@@ -165,8 +165,9 @@ for s in $STEPS; do
     # collapse checks on the training tasks (no test question scored); at the profile's lr 1e-4 and
     # 2 epochs the generated adapters collapse (docs/results.md). Given as --set so that the main
     # cross-validation's finished folds stay valid (a fold's fingerprint covers the whole config).
+    # B1_FOLDS: the folds of the chosen setting's cell (arc-easy,mawps unless set; finished folds are reused).
     b1)
-      step b1 llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-3 \
+      step b1 llgbm eval --folds "${B1_FOLDS:-arc-easy,mawps}" -m b1 --set train.delta_only.learning_rate=1e-3 \
         --set train.delta_only.epochs=5 --out "$W/cv-b1"
       # the first B1 setting (lr 1e-4, 2 epochs), plain and with the relational term
       step b1-lr1e-4 llgbm eval --folds arc-easy,mawps -m b1 --set train.delta_only.learning_rate=1e-4 \
