@@ -6,7 +6,8 @@ Sections whose files are missing are skipped with a note, so it can be run after
 the teacher sweeps on held-out train records (`sweep`, `sweep-lr`, `sweep-layout` steps) and the chosen
 layout's checkpoints on test questions (`layout-test`), the teachers against base (`score` step), the
 multitask settings on held-out training tasks (`mtval` step), the cross-validation over every fold with its
-oracle-best reference (`cv` step, and `oracle` for every fold), multitask against λ = 0 over every fold, the lever cells and B1 beside the main
+oracle-best reference (`cv` step, and `oracle` for every fold), B1's chosen setting over every fold it ran
+(`b1` step with `B1_FOLDS`), multitask against λ = 0 over every fold, the lever cells and B1 beside the main
 cross-validation on the same folds (`levers`, `b1` steps). Every number is read from those files.
 """
 
@@ -298,6 +299,60 @@ def oracle(w: Path) -> None:
     print()
 
 
+def b1_all(w: Path) -> None:
+    """B1 at the chosen setting over every fold it ran (<workdir>/cv-b1): accuracy against base and
+    `mean-delta` (same run, same questions), the gap to the oracle-best where the `oracle` step scored
+    the same questions, delta space, and B1's collapse checks on one generated adapter per training
+    task (the last evaluation of each fold's training run)."""
+    from llgbm_cli.evaluation.stats import t_interval
+
+    p = w / "cv-b1" / "results.json"
+    if not p.exists():
+        print("(no B1 cross-validation yet: run `STEPS=b1 bash scripts/research.sh`)\n")
+        return
+    d = json.loads(p.read_text())
+    row = {(r["fold"], r["method"]): r for r in d["rows"]}
+    q = w / "cv-oracle" / "results.json"
+    od = json.loads(q.read_text()) if q.exists() else {"rows": [], "oracle": []}
+    o_base = {r["fold"]: r for r in od["rows"] if r["method"] == "base"}
+    oracle_of = {o["fold"]: o for o in od["oracle"] if o.get("accuracy") is not None}
+    print(f"B1 over every fold ({d['command']}); `mean-delta` and base from the same run; the gap to the "
+          "oracle-best where the `oracle` step scored the same questions:\n")
+    print("| fold | accuracy | − base (p) | − mean-delta (p) | − oracle | centered cosine (mean-delta) | "
+          "delta cosine | norm ratio | ΔW norm ratio | pairwise ΔW cosine (teachers) | collapse |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    above, collapsed, gaps, cc, dacc = [], [], [], [], []
+    for k in d["folds"]:
+        r, md, b = row.get((k, "b1")), row.get((k, "mean-delta")), row.get((k, "base"))
+        if r is None:
+            continue
+        gap = "—"
+        ob, o = o_base.get(k), oracle_of.get(k)
+        if o and ob and b and ob["n_questions"] == b["n_questions"] and abs(ob["accuracy"] - b["accuracy"]) < 1e-9:
+            gaps.append(r["accuracy"] - o["accuracy"])
+            gap = f"{gaps[-1]:+.2f}"
+        ev = metrics_of(w / "cv-b1" / "folds" / k / "runs" / "b1")
+        coll = [n for n in ("norm", "diversity") if ev.get(f"degenerate_{n}")] if ev else ["?"]
+        collapsed += [k] if coll else []
+        if md and r["centered_cosine"] is not None and md["centered_cosine"] is not None:
+            above += [k] if r["centered_cosine"] > md["centered_cosine"] else []
+        cc.append(r["centered_cosine"])
+        dacc.append(r["accuracy_vs_base"])
+        pair = f"{ev['gen_pairwise_cosine']:.3f} ({ev['teacher_pairwise_cosine']:.3f})" if ev else "—"
+        print(f"| {k} | {r['accuracy']:.2f} | {r['accuracy_vs_base']:+.2f} ({r['vs_base_p']:.3f}) | "
+              f"{r['vs_mean_delta']:+.2f} ({r['vs_mean_delta_p']:.2f}) | {gap} | {f(r['centered_cosine'])} "
+              f"({f(md['centered_cosine'] if md else None)}) | {f(r['delta_cosine'])} | "
+              f"{f(r['norm_ratio'], '{:.2f}')} | {f(ev.get('lora_norm_ratio'), '{:.2f}')} | {pair} | "
+              f"{', '.join(coll) or 'none'} |")
+    rng = lambda t: f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"  # noqa: E731
+    n = len(cc)
+    print(f"\nB1 above `mean-delta` on centered cosine: {len(above)} of {n} folds; centered cosine across folds "
+          f"{rng(t_interval(cc))}; Δ accuracy vs base {rng(t_interval(dacc))}; collapse flagged on "
+          f"{len(collapsed)} of {n} folds" + (f" ({', '.join(collapsed)})" if collapsed else "")
+          + (f"; mean gap to the oracle-best {sum(gaps) / len(gaps):+.3f} over {len(gaps)} folds" if gaps else "")
+          + ".\n")
+
+
 # (run folder under <workdir>/mtval, the setting) of the `mtval` step, in the order it runs them
 MTVAL = [
     ("base", "linear warm-up and decay, λ = 1 (the earlier profile)"),
@@ -390,6 +445,7 @@ def main() -> None:
     mtval(w)
     cv(w)
     oracle(w)
+    b1_all(w)
     lambda0(w)
     cells(w)
     timings(w)
