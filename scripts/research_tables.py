@@ -350,7 +350,17 @@ def b1_all(w: Path) -> None:
           f"{rng(t_interval(cc))}; Δ accuracy vs base {rng(t_interval(dacc))}; collapse flagged on "
           f"{len(collapsed)} of {n} folds" + (f" ({', '.join(collapsed)})" if collapsed else "")
           + (f"; mean gap to the oracle-best {sum(gaps) / len(gaps):+.3f} over {len(gaps)} folds" if gaps else "")
-          + ".\n")
+          + ".")
+    main_cv = w / "cv" / "results.json"
+    if main_cv.exists():  # the same held-out teachers and probes per fold: B1 − multitask, fold by fold
+        mt = {r["fold"]: r for r in json.loads(main_cv.read_text())["rows"] if r["method"] == "multitask"}
+        diff = [row[(k, "b1")]["centered_cosine"] - mt[k]["centered_cosine"] for k in d["folds"]
+                if (k, "b1") in row and k in mt and row[(k, "b1")]["centered_cosine"] is not None
+                and mt[k]["centered_cosine"] is not None]
+        if diff:
+            print(f"B1 above the main run's multitask on centered cosine: {sum(x > 0 for x in diff)} of {len(diff)} "
+                  f"folds; B1 − multitask across folds {rng(t_interval(diff))}.")
+    print()
 
 
 # (run folder under <workdir>/mtval, the setting) of the `mtval` step, in the order it runs them
