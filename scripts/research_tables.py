@@ -17,6 +17,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,28 @@ CELLS = [
 
 def f(x, fmt="{:.3f}") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def span(t: dict) -> str:
+    """A t_interval as ``mean [low, high]`` (signed), or — where it is undefined."""
+    return f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"
+
+
+def same_questions(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Whether two runs' base rows of a fold scored the same questions (same count, same accuracy)."""
+    return bool(a and b) and a["n_questions"] == b["n_questions"] and abs(a["accuracy"] - b["accuracy"]) < 1e-9
+
+
+def collapse_of(ev: dict) -> list[str]:
+    """The collapses B1's checks flagged at a training run's last evaluation (``norm``, ``diversity``)."""
+    return [n for n in ("norm", "diversity") if ev.get(f"degenerate_{n}")]
+
+
+def check_cells(ev: dict) -> list[str]:
+    """The ΔW norm ratio, pairwise ΔW cosine (teachers') and collapse cells of B1's checks."""
+    return [f(ev.get("lora_norm_ratio"), "{:.2f}"),
+            f"{ev['gen_pairwise_cosine']:.3f} ({ev['teacher_pairwise_cosine']:.3f})",
+            ", ".join(collapse_of(ev)) or "none"]
 
 
 def step_of(adapter_id: str) -> int:
@@ -161,10 +184,7 @@ def cells(w: Path) -> None:
             if m == "b1":
                 ev = metrics_of(w / c / "folds" / k / "runs" / "b1")
                 if ev:
-                    coll = [n for n in ("norm", "diversity") if ev.get(f"degenerate_{n}")]
-                    extra = [f(ev.get("lora_norm_ratio"), "{:.2f}"),
-                             f"{ev['gen_pairwise_cosine']:.3f} ({ev['teacher_pairwise_cosine']:.3f})",
-                             ", ".join(coll) or "none"]
+                    extra = check_cells(ev)
             print(f"| {k} | {what} | {row['accuracy']:.2f} | {row['accuracy_vs_base']:+.2f} ({row['vs_base_p']:.2f}) | "
                   f"{row['vs_mean_delta']:+.2f} ({row['vs_mean_delta_p']:.2f}) | {f(row['centered_cosine'])} | "
                   f"{f(row['delta_cosine'])} | {f(row['norm_ratio'], '{:.3f}')} | " + " | ".join(extra) + " |")
@@ -279,8 +299,7 @@ def oracle(w: Path) -> None:
             continue
         diff = o["accuracy"] - b["accuracy"]
         over.append(diff)
-        same = (k, "base") in cv_rows and cv_rows[(k, "base")]["n_questions"] == b["n_questions"] \
-            and abs(cv_rows[(k, "base")]["accuracy"] - b["accuracy"]) < 1e-9
+        same = same_questions(cv_rows.get((k, "base")), b)
         cells = []
         for m in gen:
             r = own.get((k, m)) or (cv_rows.get((k, m)) if same else None)
@@ -328,26 +347,22 @@ def b1_all(w: Path) -> None:
             continue
         gap = "—"
         ob, o = o_base.get(k), oracle_of.get(k)
-        if o and ob and b and ob["n_questions"] == b["n_questions"] and abs(ob["accuracy"] - b["accuracy"]) < 1e-9:
+        if o and same_questions(ob, b):
             gaps.append(r["accuracy"] - o["accuracy"])
             gap = f"{gaps[-1]:+.2f}"
         ev = metrics_of(w / "cv-b1" / "folds" / k / "runs" / "b1")
-        coll = [n for n in ("norm", "diversity") if ev.get(f"degenerate_{n}")] if ev else ["?"]
-        collapsed += [k] if coll else []
+        collapsed += [k] if not ev or collapse_of(ev) else []
         if md and r["centered_cosine"] is not None and md["centered_cosine"] is not None:
             above += [k] if r["centered_cosine"] > md["centered_cosine"] else []
         cc.append(r["centered_cosine"])
         dacc.append(r["accuracy_vs_base"])
-        pair = f"{ev['gen_pairwise_cosine']:.3f} ({ev['teacher_pairwise_cosine']:.3f})" if ev else "—"
         print(f"| {k} | {r['accuracy']:.2f} | {r['accuracy_vs_base']:+.2f} ({r['vs_base_p']:.3f}) | "
               f"{r['vs_mean_delta']:+.2f} ({r['vs_mean_delta_p']:.2f}) | {gap} | {f(r['centered_cosine'])} "
               f"({f(md['centered_cosine'] if md else None)}) | {f(r['delta_cosine'])} | "
-              f"{f(r['norm_ratio'], '{:.2f}')} | {f(ev.get('lora_norm_ratio'), '{:.2f}')} | {pair} | "
-              f"{', '.join(coll) or 'none'} |")
-    rng = lambda t: f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"  # noqa: E731
+              f"{f(r['norm_ratio'], '{:.2f}')} | " + " | ".join(check_cells(ev) if ev else ["—", "—", "?"]) + " |")
     n = len(cc)
     print(f"\nB1 above `mean-delta` on centered cosine: {len(above)} of {n} folds; centered cosine across folds "
-          f"{rng(t_interval(cc))}; Δ accuracy vs base {rng(t_interval(dacc))}; collapse flagged on "
+          f"{span(t_interval(cc))}; Δ accuracy vs base {span(t_interval(dacc))}; collapse flagged on "
           f"{len(collapsed)} of {n} folds" + (f" ({', '.join(collapsed)})" if collapsed else "")
           + (f"; mean gap to the oracle-best {sum(gaps) / len(gaps):+.3f} over {len(gaps)} folds" if gaps else "")
           + ".")
@@ -359,7 +374,7 @@ def b1_all(w: Path) -> None:
                 and mt[k]["centered_cosine"] is not None]
         if diff:
             print(f"B1 above the main run's multitask on centered cosine: {sum(x > 0 for x in diff)} of {len(diff)} "
-                  f"folds; B1 − multitask across folds {rng(t_interval(diff))}.")
+                  f"folds; B1 − multitask across folds {span(t_interval(diff))}.")
     print()
 
 
@@ -422,9 +437,8 @@ def lambda0(w: Path) -> None:
     above = [k for k, (a, z) in cc.items() if a is not None and z is not None and a > z]
     d_cc = t_interval([a - z for a, z in cc.values() if a is not None and z is not None])
     d_acc = t_interval([main_rows[k]["accuracy"] - zero_rows[k]["accuracy"] for k in folds])
-    rng = lambda t: f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"  # noqa: E731
     print(f"\nAbove λ = 0 on centered cosine: {len(above)} of {len(folds)} folds; difference across folds "
-          f"{rng(d_cc)}; accuracy difference {rng(d_acc)}.\n")
+          f"{span(d_cc)}; accuracy difference {span(d_acc)}.\n")
 
 
 def timings(w: Path) -> None:
