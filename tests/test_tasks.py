@@ -229,7 +229,7 @@ def test_choice_scoring_equals_hand_computed_loglik(tiny, tmp_path):
         hand = [_hand_loglik(model, prefix, tok(" " + c, add_special_tokens=False)["input_ids"]) for c in rec.choices]
         assert q.scores == pytest.approx(hand, abs=1e-4)
         assert q.pred == max(range(3), key=lambda k: hand[k])
-        assert q.pred_norm == max(range(3), key=lambda k: hand[k] / len(" " + rec.choices[k]))
+        assert q.pred_norm == max(range(3), key=lambda k: hand[k] / len(rec.choices[k]))  # lm-eval: the option alone
     assert res.acc_norm is not None and set(res.metrics) == {"acc", "acc_norm"}
     naive = score_multiple_choice(model, tok, recs, form=form, batched=False)
     for a, b in zip(naive.per_question, res.per_question):

@@ -4,9 +4,11 @@ Three forms (:class:`PromptForm`, resolved from a task and the project's data se
 
 * ``label`` (multiple-choice, the LLM-Adapters convention, described below);
 * ``choice`` (multiple-choice): the task's ``template`` (default the cloze form
-  ``Question: {stem}\nAnswer:``, no chat template) followed by `` <option text>``; the summed
-  log-likelihood of the option text is ``acc``'s score, divided by its length in characters
-  ``acc_norm``'s (the lm-evaluation-harness definitions);
+  ``Question: {stem}\nAnswer:``, no chat template) as the context and `` <option text>`` (the
+  target delimiter ``" "`` and the option text) as the continuation, encoded as lm-evaluation-harness
+  (v0.4) does (see "Choice form" below); the summed log-likelihood of the continuation's tokens is
+  ``acc``'s score, and ``acc_norm``'s is that divided by the length in characters of the option text
+  alone (``len(option)``, without the delimiter), lm-evaluation-harness's definitions;
 * ``generate``: the task's ``template`` (chat-wrapped by default) and the target text teachers
   train on; answers are decoded greedily (:mod:`llgbm_cli.tasks.generation`).
 
@@ -18,6 +20,20 @@ of the assistant turn ``"the correct answer is"`` (the LLM-Adapters convention).
 (``" answer2"``, ``" true"``, ``" solution1"``) is the continuation that training teaches and that
 scoring measures. Prefix and continuation are tokenized separately and concatenated, so training
 and scoring see the very same token ids whatever the tokenizer's merge rules would do at the seam.
+
+Choice form:
+
+Context and continuation are encoded as lm-evaluation-harness's ``_encode_pair`` does
+(:func:`encode_pair`): whitespace at the end of the context is moved to the start of the
+continuation (a template ending in ``"Answer: "`` scores ``"  <option text>"`` after
+``"...Answer:"``); the context is tokenized alone, context and continuation are tokenized together
+as one string, and the continuation's ids are those of the whole string after the context's first
+``len(context ids)`` ids, so merges across the seam are whatever the tokenizer makes of the whole
+string. The context's ids are the same for every option, and a context that is empty once its
+trailing whitespace is moved becomes the beginning-of-text token, else the end-of-text token
+(lm-evaluation-harness's rule for an empty context). Training examples in this form go through the
+same encoding, so a teacher trains on exactly the ids that are scored. With ``max_length`` the
+context is cut from the left so that it and the longest continuation fit.
 """
 
 from __future__ import annotations
@@ -38,6 +54,29 @@ def prompt_text(tokenizer, instruction: str, *, chat_template: bool = True) -> s
     return f"{instruction}\n\n{ANSWER_PREFIX}"
 
 
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-evaluation-harness's ``_encode_pair`` makes them.
+
+    Trailing whitespace of ``context`` moves to the start of ``continuation``; the context is
+    tokenized alone and the two together, and the continuation's ids are the whole string's after the
+    context's length in ids. An empty context (after the move) is the tokenizer's beginning-of-text
+    token (its end-of-text token when it has none) and the continuation is then tokenized alone,
+    lm-evaluation-harness's rule for an empty context.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    if not context:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("an empty context needs the tokenizer's beginning- or end-of-text token")
+        return [int(start)], list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return list(ctx), list(whole[len(ctx):])
+
+
 def continuation_text(label: str) -> str:
     """The scored continuation for an option label; the leading space keeps BPE words whole."""
     return " " + label
@@ -50,7 +89,9 @@ class EncodedQuestion:
     prefix: list[int]
     options: list[list[int]]
     answer: int
-    norms: Optional[tuple[int, ...]] = None  # characters of each continuation (acc_norm); None in label form
+    # acc_norm's divisors: characters of each option text, without the target delimiter (choice
+    # form, lm-evaluation-harness's len(choice)); None in the label form
+    norms: Optional[tuple[int, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -107,15 +148,22 @@ class PromptForm:
         """Token ids of a multiple-choice record in this form."""
         if self.scoring == "label" and self.template == "{prompt}":
             return encode_question(tokenizer, record, chat_template=self.chat_template, max_length=max_length)
-        prefix = tokenizer(self.context(tokenizer, record), add_special_tokens=False)["input_ids"]
+        context = self.context(tokenizer, record)
         conts = self.continuations(record)
-        options = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]
+        norms = None
+        if self.scoring == "choice":
+            pairs = [encode_pair(tokenizer, context, c) for c in conts]
+            prefix = pairs[0][0]  # the context's ids do not depend on the continuation
+            options = [cont for _, cont in pairs]
+            norms = tuple(len(c) for c in record.choices)
+        else:
+            prefix = tokenizer(context, add_special_tokens=False)["input_ids"]
+            options = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]
         if any(len(o) == 0 for o in options):
             raise ValueError(f"{record.id}: an option tokenizes to nothing")
         if max_length is not None:
             keep = max(1, max_length - max(len(o) for o in options))
             prefix = prefix[-keep:]
-        norms = tuple(len(c) for c in conts) if self.scoring == "choice" else None
         return EncodedQuestion(list(prefix), [list(o) for o in options], int(record.answer), norms)
 
     def prompt_ids(self, tokenizer, record, max_length: Optional[int] = None) -> list[int]:

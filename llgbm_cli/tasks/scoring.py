@@ -3,7 +3,8 @@
 The score of an option is the summed log-probability of its continuation tokens given the prompt:
 the option label (``" answer2"``) in the ``label`` form, the option text in the ``choice`` form (see
 :mod:`llgbm_cli.tasks.prompts`); the prediction is the best-scoring option (``acc``). In the
-``choice`` form ``acc_norm`` also divides each score by the option's length in characters. Because
+``choice`` form ``acc_norm`` also divides each score by the option text's length in characters
+(:attr:`EncodedQuestion.norms`, without the leading space, as lm-evaluation-harness does). Because
 every option of a question shares the whole prompt, the prompt runs once: a batch of left-padded
 prompts goes through the model with the KV cache on, the first label token is read from the last
 prompt position, and only the remaining label tokens (usually one) run as a second, tiny forward
