@@ -92,6 +92,12 @@ class DataSection(Section):
         "(None: each task's own `scoring`; `zoo score --scoring` sets it)."
     )
     generate_batch_size: int = Field(16, ge=1, description="Questions decoded together for generative tasks.")
+    overlap_ngram: int = Field(
+        13, ge=1, description="Word n-gram length of the contamination check (`data overlap`, `eval`): a test "
+        "question shares n-grams of this length with a train split (13, as lm-evaluation-harness's decontamination).")
+    overlap_threshold: float = Field(
+        0.0, ge=0, lt=1, description="A test question is contaminated when more than this share of its n-grams occur "
+        "in a train split (0: any shared n-gram), or when its normalised text equals a train record's.")
 
 
 class ZooTaskSettings(Section):
@@ -128,8 +134,9 @@ class ZooSection(Section):
         1, ge=1, description="Independent trajectories per task, each with its own seed (initialisation, data order "
         "and data subset); run r > 0 names its checkpoints `<task>-r<r>-s<step>`.")
     data_fraction: float = Field(
-        1.0, gt=0, le=1, description="Share of the task's train split each trajectory trains on (a seeded subset "
-        "per run, so runs see different data; 1: all of it).")
+        1.0, gt=0, le=1, description="Share of the task's train split each trajectory trains on: run r takes block r "
+        "of one seeded permutation of the split, so the runs' records are disjoint while runs x data_fraction <= 1 "
+        "(above that the blocks wrap around and `zoo build` says how many records two runs share); 1: all of it.")
     per_task: dict[str, ZooTaskSettings] = Field(
         default_factory=dict, description="`[zoo.per_task.NAME]`: settings of one task's teachers that differ from "
         "these (steps, warmup_steps, checkpoints, learning_rate, batch_size, lr_warmup_steps, weight_decay, "
@@ -425,6 +432,12 @@ class EvalSection(Section):
         "last",
         description="Cross-validation (`eval --folds`): the training adapters the `oracle-best` reference picks from "
         "in each fold: each trajectory's last checkpoint, every zoo adapter of the other tasks, or none (no oracle).",
+    )
+    contamination: Literal["drop", "refuse", "allow"] = Field(
+        "drop",
+        description="Scored questions that occur in a train split of a task whose adapters, deltas or generators the "
+        "evaluation uses (`data overlap`'s rules): `drop` leaves them out and counts them in the results, `refuse` "
+        "stops with exit 2 naming the pair of tasks, `allow` scores them and flags the count.",
     )
 
 

@@ -17,6 +17,13 @@ note. Deterministic: the same source gives the same bytes.
   and MathQA as five-option multiple-choice sets (stem and option texts parsed from the
   instruction, answer letter A-E). Each is shuffled with a fixed seed and split: half of it, at most
   500 records, is the test split, the rest (at most 1000) the train split; the manifest records it.
+
+Decontamination, last (the rules of ``llgbm data overlap``, :mod:`llgbm_cli.tasks.overlap`): each
+split keeps one record per normalised text, then every train and validation record that equals
+some task's test question or shares a 13-word n-gram with one is removed (MAWPS, assembled from
+AddSub, MultiArith and SingleEq, loses most; the halves of a set shipped as one file lose the near
+copies of their test half). Test splits are never cut for it. The manifest lists, per dataset and
+split, how many records went and why.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llgbm_cli.tasks.formats import format_number, parse_llm_adapters_mc  # noqa: E402
+from llgbm_cli.tasks.overlap import NGRAM, SplitIndex, normalize, text_of  # noqa: E402
 
 SOURCES = {
     "arc-easy": "ARC-Easy",
@@ -82,10 +90,8 @@ def build_mawps(src: Path, manifest: dict) -> None:
         recs = json.loads((src / "mawps" / fname).read_text())
         rows.extend(mawps_record(r, split) for r in recs)
         counts[split] = len(recs)
-    data = _gz(rows)
-    (OUT / "mawps.jsonl.gz").write_bytes(data)
-    manifest["datasets"]["mawps"] = {"source_folder": "mawps", "kind": "generate", "counts": counts,
-                                     "sha256": hashlib.sha256(data).hexdigest()}
+    BUILT["mawps"] = rows
+    manifest["datasets"]["mawps"] = {"source_folder": "mawps", "kind": "generate", "counts": counts}
 
 
 _AQUA = re.compile(r"\(([A-E])\)\s*(.*?)\s*(?=\([A-E]\)|$)", re.DOTALL)
@@ -143,15 +149,56 @@ def build_arithmetic(src: Path, manifest: dict) -> None:
                 except (ValueError, KeyError, TypeError):
                     bad += 1
             counts[split] = n
-        data = _gz(rows)
-        (OUT / f"{name}.jsonl.gz").write_bytes(data)
+        BUILT[name] = rows
         note = (f"no train split in the source: its {len(idx)} test records were shuffled with seed {SEED} and "
                 f"split {len(parts['train'])} train / {len(parts['test'])} test"
                 + (f"; {bad} record(s) whose options or answer do not parse were left out" if bad else ""))
         manifest["datasets"][name] = {"source_folder": folder, "kind": kind, "counts": counts,
                                       **({"n_options": sorted({len(r["labels"]) for r in rows})}
                                          if kind == "multiple_choice" else {}),
-                                      "sha256": hashlib.sha256(data).hexdigest(), "note": note}
+                                      "note": note}
+
+
+BUILT: dict[str, list[dict]] = {}  # dataset -> its rows, every split, before decontamination
+
+
+def row_text(r: dict) -> str:
+    """The text a row is compared by (a multiple-choice row: its stem with its options)."""
+    if "labels" not in r:
+        return r["question"]
+    return text_of(r["instruction"], r.get("stem"), r.get("choices"))
+
+
+def decontaminate(manifest: dict) -> None:
+    """One record per normalised text in each split; then no train/validation record that is, or
+    shares a 13-gram with, any dataset's test question. Writes each dataset and its manifest entry."""
+    tests = SplitIndex.build("all", "test", ((f"{name}/{r['id']}", row_text(r)) for name, rows in BUILT.items()
+                                             for r in rows if r["split"] == "test"))
+    for name, rows in BUILT.items():
+        kept, seen = [], set()
+        removed: dict[str, dict] = {}
+        for r in rows:
+            norm = normalize(row_text(r))
+            why = None
+            if (r["split"], norm) in seen:
+                why = "duplicate"
+            elif r["split"] != "test":
+                m = tests.match(row_text(r))
+                if m is not None:
+                    why = "test:" + m[1].split("/")[0]
+            if why is None:
+                seen.add((r["split"], norm))
+                kept.append(r)
+                continue
+            d = removed.setdefault(r["split"], {})
+            d[why] = d.get(why, 0) + 1
+        info = manifest["datasets"][name]
+        info["counts"] = {s: sum(1 for r in kept if r["split"] == s) for s in info["counts"]}
+        if removed:
+            info["removed"] = {s: dict(sorted(v.items())) for s, v in removed.items()}
+        data = _gz(kept)
+        (OUT / f"{name}.jsonl.gz").write_bytes(data)
+        info["sha256"] = hashlib.sha256(data).hexdigest()
 
 
 def _gz(rows: list[dict]) -> bytes:
@@ -191,18 +238,21 @@ def main(src: Path) -> None:
                 r = parse(recs[i])
                 rows.append({"id": f"{name}-{split}-{i}", "split": split, **r})
             counts[split] = len(keep)
-        data = _gz(rows)
-        (OUT / f"{name}.jsonl.gz").write_bytes(data)
+        BUILT[name] = rows
         manifest["datasets"][name] = {
             "source_folder": folder,
             "kind": "multiple_choice",
             "counts": counts,
             "n_options": sorted({len(r["labels"]) for r in rows}),
-            "sha256": hashlib.sha256(data).hexdigest(),
             **({"note": note} if note else {}),
         }
     build_mawps(src, manifest)
     build_arithmetic(src, manifest)
+    decontaminate(manifest)
+    manifest["decontamination"] = (
+        f"each split keeps one record per normalised text; every train/validation record equal to some dataset's "
+        f"test question after normalisation, or sharing a {NGRAM}-word n-gram with one, is removed (counts under "
+        "`removed`: `duplicate`, or `test:<dataset>` whose test question it copies)")
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.copyfile(src / "DATA_LICENSE", OUT / "DATA_LICENSE")
     shutil.copyfile(src / "README.md", OUT / "SOURCE_README.md")

@@ -45,6 +45,12 @@ def span(t: dict) -> str:
     return f"{t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]" if t["low"] is not None else "—"
 
 
+def pp(r: dict, key: str, digits: str = "{:.3f}") -> str:
+    """A row's exact paired p-value (McNemar for 0/1 scores, Wilcoxon otherwise) with its Holm-adjusted
+    one (``—`` where the run's results predate it: rerun `llgbm eval --folds` on it to recompute)."""
+    return f"{f(r.get(key), digits)}, Holm {f(r.get(key + '_holm'), digits)}"
+
+
 def same_questions(a: Optional[dict], b: Optional[dict]) -> bool:
     """Whether two runs' base rows of a fold scored the same questions (same count, same accuracy)."""
     return bool(a and b) and a["n_questions"] == b["n_questions"] and abs(a["accuracy"] - b["accuracy"]) < 1e-9
@@ -169,9 +175,10 @@ def cells(w: Path) -> None:
         fs = json.loads((w / c / "results.json").read_text())["folds"]
         folds = fs if folds is None else [k for k in folds if k in fs]
     folds = folds or json.loads((w / have[0][0] / "results.json").read_text())["folds"]
-    print("Multitask and B1 settings on the same folds and questions (`accuracy − base` with its paired-bootstrap "
-          "p; the collapse columns are B1's checks on one generated adapter per training task):\n")
-    print("| fold | setting | accuracy | − base (p) | − mean-delta (p) | centered cosine | delta cosine | norm ratio "
+    print("Multitask and B1 settings on the same folds and questions (`accuracy − base` with its exact paired "
+          "p and the Holm-adjusted p over the run's comparisons; the collapse columns are B1's checks on one generated "
+          "adapter per training task):\n")
+    print("| fold | setting | accuracy | − base (p, Holm) | − mean-delta (p, Holm) | centered cosine | delta cosine | norm ratio "
           "| ΔW norm ratio | pairwise ΔW cosine (teachers) | collapse |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for k in folds:
@@ -185,8 +192,8 @@ def cells(w: Path) -> None:
                 ev = metrics_of(w / c / "folds" / k / "runs" / "b1")
                 if ev:
                     extra = check_cells(ev)
-            print(f"| {k} | {what} | {row['accuracy']:.2f} | {row['accuracy_vs_base']:+.2f} ({row['vs_base_p']:.2f}) | "
-                  f"{row['vs_mean_delta']:+.2f} ({row['vs_mean_delta_p']:.2f}) | {f(row['centered_cosine'])} | "
+            print(f"| {k} | {what} | {row['accuracy']:.2f} | {row['accuracy_vs_base']:+.2f} ({pp(row, 'vs_base_p', '{:.2f}')}) | "
+                  f"{row['vs_mean_delta']:+.2f} ({pp(row, 'vs_mean_delta_p', '{:.2f}')}) | {f(row['centered_cosine'])} | "
                   f"{f(row['delta_cosine'])} | {f(row['norm_ratio'], '{:.3f}')} | " + " | ".join(extra) + " |")
     print()
 
@@ -208,16 +215,17 @@ def cv(w: Path) -> None:
         if r is None:
             return "—"
         a = f"{r['accuracy']:.2f}"
-        return f"**{a}**" if r["method"] != "base" and (r.get("vs_base_p") or 1) < 0.05 else a
+        return f"**{a}**" if r["method"] != "base" and (r.get("vs_base_p_holm") or 1) < 0.05 else a
 
     def boot(r):
         return (f"{r['accuracy_vs_base']:+.2f} [{r['vs_base_low']:+.2f}, {r['vs_base_high']:+.2f}], "
-                f"{r['vs_base_p']:.3f}")
+                f"{pp(r, 'vs_base_p')}")
 
     print(f"Cross-validation ({d['command']}); {len(d['folds'])} folds; accuracy per fold (bold: different "
-          "from base with paired-bootstrap p < 0.05):\n")
+          "from base with a Holm-adjusted exact paired p < 0.05; McNemar for 0/1 scores, Wilcoxon otherwise; "
+          "the interval is the paired bootstrap's):\n")
     print("| Fold (metric) | n | " + " | ".join(ms) + " | oracle-best (adapter) | "
-          + " | ".join(f"{m} − base [95%], p" for m in gen) + " |")
+          + " | ".join(f"{m} − base [95%], p, Holm" for m in gen) + " |")
     print("|---|---|" + "---|" * (len(ms) + 1 + len(gen)))
     for k in d["folds"]:
         b = row.get((k, "base"), {})
@@ -241,7 +249,7 @@ def cv(w: Path) -> None:
         print(f"\n{m} above mean-delta on centered cosine: {len(above)} of {len(d['folds'])} folds"
               + (f" ({', '.join(above)})" if above else ""))
     print("\nSummary over folds (mean with a 95% Student-t interval across folds; wins/losses: folds with "
-          "p < 0.05):\n")
+          "a Holm-adjusted exact paired p < 0.05):\n")
     print("| Method | Folds | Accuracy | Δ vs base | Δ vs mean-delta | Gap to oracle-best | Centered cosine | "
           "Norm ratio | Wins/losses vs base | Wins/losses vs mean-delta |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -254,12 +262,17 @@ def cv(w: Path) -> None:
             return fm.format(s[key])
         return f"{fm.format(s[key])} [{fm.format(s[key + '_low'])}, {fm.format(s[key + '_high'])}]"
 
+    def wil(s, key):
+        """The mean with its t-interval and the Wilcoxon signed-rank p of the folds' values (where recorded)."""
+        p = s.get(f"{key}_wilcoxon_p")
+        return ci(s, key, sign=True) + ("" if p is None else f", Wilcoxon p {p:.3f}")
+
     for s in d["summary"]:
         if s.get("reference"):
             print(f"| {s['method']} (reference) | {s['folds']} | {ci(s, 'accuracy')} | | | | | | | |")
             continue
-        print(f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {ci(s, 'accuracy_vs_base', sign=True)} | "
-              f"{ci(s, 'vs_mean_delta', sign=True)} | {ci(s, 'gap_to_oracle', sign=True)} | "
+        print(f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {wil(s, 'accuracy_vs_base')} | "
+              f"{wil(s, 'vs_mean_delta')} | {ci(s, 'gap_to_oracle', sign=True)} | "
               f"{ci(s, 'centered_cosine')} | {ci(s, 'norm_ratio', '{:.2f}')} | "
               f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
     print()
@@ -337,7 +350,7 @@ def b1_all(w: Path) -> None:
     oracle_of = {o["fold"]: o for o in od["oracle"] if o.get("accuracy") is not None}
     print(f"B1 over every fold ({d['command']}); `mean-delta` and base from the same run; the gap to the "
           "oracle-best where the `oracle` step scored the same questions:\n")
-    print("| fold | accuracy | − base (p) | − mean-delta (p) | − oracle | centered cosine (mean-delta) | "
+    print("| fold | accuracy | − base (p, Holm) | − mean-delta (p, Holm) | − oracle | centered cosine (mean-delta) | "
           "delta cosine | norm ratio | ΔW norm ratio | pairwise ΔW cosine (teachers) | collapse |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     above, collapsed, gaps, cc, dacc = [], [], [], [], []
@@ -356,8 +369,8 @@ def b1_all(w: Path) -> None:
             above += [k] if r["centered_cosine"] > md["centered_cosine"] else []
         cc.append(r["centered_cosine"])
         dacc.append(r["accuracy_vs_base"])
-        print(f"| {k} | {r['accuracy']:.2f} | {r['accuracy_vs_base']:+.2f} ({r['vs_base_p']:.3f}) | "
-              f"{r['vs_mean_delta']:+.2f} ({r['vs_mean_delta_p']:.2f}) | {gap} | {f(r['centered_cosine'])} "
+        print(f"| {k} | {r['accuracy']:.2f} | {r['accuracy_vs_base']:+.2f} ({pp(r, 'vs_base_p')}) | "
+              f"{r['vs_mean_delta']:+.2f} ({pp(r, 'vs_mean_delta_p', '{:.2f}')}) | {gap} | {f(r['centered_cosine'])} "
               f"({f(md['centered_cosine'] if md else None)}) | {f(r['delta_cosine'])} | "
               f"{f(r['norm_ratio'], '{:.2f}')} | " + " | ".join(check_cells(ev) if ev else ["—", "—", "?"]) + " |")
     n = len(cc)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from scipy.stats import binomtest
 
 from test_eval import make_world
 
@@ -72,6 +73,9 @@ def test_folds_train_evaluate_compare_and_resume(cli, cv_world, cv_one):
         assert k not in meta["trained_on"] and set(meta["trained_on"]) == set(TASKS) - {k}
         ev = json.loads((out / "folds" / k / "eval" / "results.json").read_text())
         assert ev["holdout"] == [k] and ev["tasks"] == [k] and "--multitask-checkpoint" in ev["command"]
+        # eval's check that a generated adapter beats base tests the per-question scores
+        bb = next(c for c in ev["checks"] if c["name"] == "a generated or retrieved adapter beats base on a task")
+        assert "exact McNemar test vs base, Holm over 1 comparison" in bb["detail"] and bb["status"] == "fail"
         q = json.loads((out / "folds" / k / "questions.json").read_text())
         assert len(q["question_ids"]) == 5
         for m in ("base", "mean-delta", "multitask"):
@@ -84,7 +88,16 @@ def test_folds_train_evaluate_compare_and_resume(cli, cv_world, cv_one):
             assert row["vs_base_low"] <= row["accuracy_vs_base"] <= row["vs_base_high"]
             assert 0 < row["vs_base_p"] <= 1
             assert row["heldout"] is True and row["n_questions"] == 5
+            # the exact McNemar p of the questions only one of the two answered right
+            base = q["methods"]["base"]
+            mine, theirs = sum(x > y for x, y in zip(vals, base)), sum(x < y for x, y in zip(vals, base))
+            want = 1.0 if mine + theirs == 0 else binomtest(theirs, mine + theirs, 0.5).pvalue
+            assert row["vs_base_test"] == "mcnemar" and row["vs_base_p"] == pytest.approx(want)
+            assert row["vs_base_mde"] is None  # 5 questions: no difference is detectable
+            if m != "base":
+                assert row["vs_base_p"] <= row["vs_base_p_holm"] <= 1
         assert rows[k, "base"]["vs_base_p"] == 1.0 and rows[k, "mean-delta"]["vs_mean_delta_p"] == 1.0
+        assert rows[k, "base"]["vs_base_p_holm"] is None and rows[k, "mean-delta"]["vs_mean_delta_p_holm"] is None
         assert rows[k, "multitask"]["centered_cosine"] is not None
     # oracle-best: the best of the other tasks' last checkpoints, with every method's gap to it
     zoo = [json.loads(x) for x in (cv_world.parent / "runs" / "zoo" / "zoo.jsonl").read_text().splitlines() if x]
@@ -111,8 +124,18 @@ def test_folds_train_evaluate_compare_and_resume(cli, cv_world, cv_one):
     md = (out / "results.md").read_text()
     assert md.splitlines()[5].startswith("llgbm --project") and "--folds arc-easy,boolq" in md
     assert "oracle-best (reference" in md and "Student-t" in md and "paired bootstrap" in md
+    assert "McNemar" in md and "Wilcoxon" in md and "Holm's method over each family: the 4 comparisons with `base`" in md
+    assert "Wins / losses count only folds with a Holm-adjusted p < 0.05" in md and "(Holm " in md
+    assert ("were checked against" if res.get("contamination") else "were not checked against") in md
+    assert "was seen by no trained method" not in md
+    for m in ("base", "mean-delta", "multitask"):
+        assert "accuracy_vs_base_wilcoxon_p" in summ[m] and "vs_mean_delta_wilcoxon_p" in summ[m]
+        wins = sum(1 for k in ("arc-easy", "boolq") if (rows[k, m]["vs_base_p_holm"] or 1) < 0.05
+                   and rows[k, m]["accuracy_vs_base"] > 0)
+        assert summ[m]["wins_vs_base"] == wins
     with open(out / "results.csv") as fh:
         table = list(csv.DictReader(fh))
+    assert {"vs_base_p_holm", "vs_base_test", "vs_base_mde", "vs_mean_delta_p_holm"} <= set(table[0])
     assert len(table) == 8 and sum(x["method"] == "oracle-best" and x["reference"] == "True" for x in table) == 2
     for f in ("plots/folds.png", "plots/folds.pdf", "plots/folds.svg"):
         assert (out / f).stat().st_size > 0
@@ -135,6 +158,79 @@ def test_folds_train_evaluate_compare_and_resume(cli, cv_world, cv_one):
     cres = load_config(cv_world, fold_overrides({"eval.test_sample": 5}, "boolq"))
     assert train_method(cres, "multitask", gen.parent.parent) is False
     assert gen.stat().st_mtime_ns == stamp[gen]
+
+
+def test_reused_fold_recomputes_its_statistics(cli, cv_world, cv_one, tmp_path):
+    """A finished fold is not rerun, but its rows' statistics are recomputed from its per-question
+    scores: edited scores (or rows written by an older version) change the rows, no model loads."""
+    import shutil
+    from unittest import mock
+
+    out = tmp_path / "cv"
+    shutil.copytree(cv_one[0], out)
+    qpath = out / "folds" / "boolq" / "questions.json"
+    q = json.loads(qpath.read_text())
+    base = q["methods"]["base"]
+    q["methods"]["multitask"] = [1.0] * len(base)  # right wherever base is wrong
+    qpath.write_text(json.dumps(q))
+    done = out / "folds" / "arc-easy" / "done.json"
+    d = json.loads(done.read_text())
+    for r in d["rows"]:  # an older version's rows: another p-value, fields missing
+        r["vs_base_p"] = 0.0005
+        r.pop("vs_base_test", None)
+    done.write_text(json.dumps(d))
+    with mock.patch("llgbm_cli.models.load_base_model", side_effect=AssertionError("a finished fold loads no model")):
+        r = _run(cli, cv_world, *FOLDS_ARGS, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["ran"] == [] and res["skipped"] == ["arc-easy", "boolq"]
+    rows = {(x["fold"], x["method"]): x for x in res["rows"]}
+    old = {(x["fold"], x["method"]): x for x in cv_one[1]["rows"]}
+    mt = rows["boolq", "multitask"]
+    wrong = sum(1 for v in base if v == 0)
+    assert mt["accuracy"] == 1.0 and mt["accuracy_vs_base"] == pytest.approx(wrong / len(base))
+    assert mt["vs_base_p"] == pytest.approx(1.0 if not wrong else binomtest(0, wrong, 0.5).pvalue)
+    assert mt["eval_accuracy"] == old["boolq", "multitask"]["eval_accuracy"]  # eval's own record is kept
+    for m in ("base", "mean-delta", "multitask"):
+        assert rows["arc-easy", m]["vs_base_p"] == old["arc-easy", m]["vs_base_p"]
+        assert rows["arc-easy", m]["vs_base_test"] == "mcnemar"
+    # the recomputed rows are kept, and the next run reads them unchanged
+    stored = {x["method"]: x for x in json.loads((out / "folds" / "boolq" / "done.json").read_text())["rows"]}
+    assert stored["multitask"]["accuracy"] == 1.0
+    assert json.loads((out / "results.json").read_text())["rows"] == res["rows"]
+
+
+def test_summary_counts_holm_adjusted_wins_only():
+    """Wins need a Holm-adjusted p < 0.05 over the family (folds × methods other than the reference)."""
+    from llgbm_cli.services.cv import holm_family, results_md, summarize
+
+    def row(fold, method, diff, p):
+        return {"fold": fold, "method": method, "accuracy": 0.5 + diff, "accuracy_vs_base": diff, "vs_base_p": p,
+                "vs_base_low": diff - 0.1, "vs_base_high": diff + 0.1, "vs_mean_delta": 0.0, "vs_mean_delta_p": 1.0,
+                "vs_mean_delta_low": 0.0, "vs_mean_delta_high": 0.0, "vs_base_mde": 0.12, "n_questions": 100}
+
+    rows = []
+    for k, (p_mt, p_b1) in {"a": (0.01, 0.03), "b": (0.02, 0.5), "c": (0.004, 0.04)}.items():
+        rows += [row(k, "base", 0.0, 1.0), row(k, "mean-delta", 0.01, 0.8), row(k, "multitask", 0.1, p_mt),
+                 row(k, "b1", 0.1, p_b1)]
+    sizes = holm_family(rows)
+    assert sizes == {"vs_base": 9, "vs_mean_delta": 9}
+    got = {(r["fold"], r["method"]): r["vs_base_p_holm"] for r in rows}
+    assert got["c", "multitask"] == pytest.approx(9 * 0.004) and got["a", "multitask"] == pytest.approx(8 * 0.01)
+    assert got["b", "multitask"] == pytest.approx(0.14) and got["a", "base"] is None
+    summ = {s["method"]: s for s in summarize(rows, [], ["base", "mean-delta", "multitask", "b1"])}
+    # raw p < 0.05 on all three folds; after Holm only fold c (0.036) stays below 0.05
+    assert summ["multitask"]["wins_vs_base"] == 1 and summ["b1"]["wins_vs_base"] == 0
+    assert summ["multitask"]["accuracy_vs_base_wilcoxon_p"] == pytest.approx(0.25)
+    assert summ["base"]["accuracy_vs_base_wilcoxon_p"] == 1.0
+    md = results_md({"command": "llgbm eval", "base_model": "m", "folds": ["a", "b", "c"], "test_sample": 100,
+                     "seed": 0, "level": 0.95, "resamples": 2000, "oracle_candidates": "last", "summary": list(summ.values()),
+                     "rows": rows, "oracle": [],
+                     "contamination": {"policy": "drop", "checked": ["x", "y"], "dropped": {"a": 2, "b": 0}}})
+    assert "+0.1000 [+0.0000, +0.2000] p=4.00e-03 (Holm 0.036)" in md
+    assert "the 9 comparisons with `base`" in md and "| 0.120 |" in md
+    assert "checked against the train splits of x, y (policy `drop`): 2 dropped in fold a." in md
+    assert "+0.1000 [+0.1000, +0.1000] p=0.250" in md  # the summary: mean, t-interval, Wilcoxon p
 
 
 def test_folds_bad_input(cli, cv_world, tmp_path):

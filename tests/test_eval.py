@@ -307,8 +307,9 @@ def test_eval_checks_and_degenerate():
 
     rows = [{"method": "multitask", "task": "a", "accuracy_vs_base": -0.1},
             {"method": "multitask", "task": "b", "accuracy_vs_base": 0.05}]
-    assert beats_base(rows)["status"] == "pass"
-    assert beats_base([dict(r, accuracy_vs_base=-0.1) for r in rows])["status"] == "fail"
+    # a raw difference alone shows nothing: without per-question scores the check cannot pass
+    no_scores = beats_base(rows)
+    assert no_scores["status"] == "skip" and "untested" in no_scores["detail"]
     assert beats_base([{"method": "teacher", "task": "a", "accuracy_vs_base": 0.5}])["status"] == "skip"
     v = torch.ones(8)
     assert not_degenerate("b1", {"a": v, "b": v * 2}, {"a": 1.0, "b": 1.0})["status"] == "fail"
@@ -319,6 +320,60 @@ def test_eval_checks_and_degenerate():
             {"method": "multitask", "accuracy": 0.5, "delta_cosine": 0.6}]
     assert retrieval_floor(summ, 0.05)["status"] == "fail"
     assert retrieval_floor(summ, 0.2)["status"] == "pass"
+
+
+BASE = [0.0] * 20 + [1.0] * 20 + [1.0, 0.0] * 10  # base's 0/1 scores on one task's 60 questions
+
+
+def _scores(wins, losses):
+    """A method's 0/1 scores on BASE's questions: right on ``wins`` questions base gets wrong, wrong on
+    ``losses`` questions base gets right, the same elsewhere."""
+    mine = list(BASE)
+    for i in range(wins):
+        mine[i] = 1.0
+    for i in range(losses):
+        mine[20 + i] = 0.0
+    return mine
+
+
+def test_beats_base_needs_a_holm_adjusted_exact_test():
+    from llgbm_cli.evaluation.checks import beats_base
+
+    def run(cells):
+        """cells: (method, task) -> (wins, losses) against base on that task."""
+        rows, scores = [], {}
+        for (m, t), (w, l) in cells.items():
+            scores[m, t], scores[None, t] = _scores(w, l), BASE
+            rows.append({"method": m, "task": t, "accuracy_vs_base": (w - l) / len(BASE)})
+        return beats_base(rows, scores)
+
+    # 7 discordant questions, all won: exact McNemar p = 2 / 2**7 = 0.0156 < 0.05 with one comparison
+    shown = run({("b2", "openbookqa"): (7, 0)})
+    assert shown["status"] == "pass"
+    assert shown["detail"].startswith("shown: b2 on openbookqa +0.12 (p = 0.016, Holm-adjusted 0.016)")
+    assert "exact McNemar" in shown["detail"] and shown["values"]["p"] == pytest.approx(0.015625)
+    # 5 of 5 won: p = 0.0625, just above the threshold; a larger raw gain is not enough
+    near = run({("b2", "openbookqa"): (5, 0)})
+    assert near["status"] == "fail"
+    assert near["detail"].startswith("not shown: best b2 on openbookqa +0.08 (p = 0.062, Holm-adjusted 0.062)")
+    # Holm over the comparisons considered: 0.0156 on one task of four is 0.0625 adjusted
+    four = run({("b2", "openbookqa"): (7, 0), ("b2", "boolq"): (1, 1), ("multitask", "openbookqa"): (0, 2),
+                ("multitask", "boolq"): (2, 2)})
+    assert four["status"] == "fail" and four["values"]["comparisons"] == 4
+    assert "best b2 on openbookqa +0.12 (p = 0.016, Holm-adjusted 0.062)" in four["detail"]
+    # a method without an adapter of its own scores as base (no difference)
+    rows = [{"method": "b2", "task": "x", "accuracy_vs_base": 0.0}]
+    flat = beats_base(rows, {(None, "x"): BASE})
+    assert flat["status"] == "fail" and "p = 1" in flat["detail"]
+    # a significant loss is not a win
+    assert run({("b1", "boolq"): (0, 9)})["status"] == "fail"
+    # eval hands over TaskScore objects: their .values() are the per-question scores
+    from types import SimpleNamespace
+
+    rows = [{"method": "multitask", "task": "x", "accuracy_vs_base": 7 / 60}]
+    got = beats_base(rows, {(None, "x"): SimpleNamespace(values=lambda: BASE),
+                            ("multitask", "x"): SimpleNamespace(values=lambda: _scores(7, 0))})
+    assert got["status"] == "pass" and got["values"]["p_holm"] == pytest.approx(0.015625)
 
 
 def test_b1_training_degeneracy_flags_are_a_check():

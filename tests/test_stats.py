@@ -1,21 +1,36 @@
-"""Statistics of cross-validation: the t-interval across folds and the paired bootstrap within one."""
+"""Statistics of cross-validation: the t-interval and Wilcoxon test across folds, the exact paired
+tests (McNemar, Wilcoxon), the detectable difference, Holm's adjustment and the paired bootstrap."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
+from scipy import stats
 
 
 def test_t_quantile_matches_the_tables():
-    from llgbm_cli.evaluation.stats import t_cdf, t_quantile
+    from llgbm_cli.evaluation.stats import t_quantile
 
     # two-sided 95% quantiles of Student's t (printed tables)
     for df, q in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (200, 1.9719)):
         assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
     assert t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
-    assert t_cdf(0.0, 5) == pytest.approx(0.5)
-    assert t_cdf(2.7764451, 4) == pytest.approx(0.975, abs=1e-6)
+    with pytest.raises(ValueError):
+        t_quantile(1.0, 4)
+
+
+def test_t_interval_equals_scipy():
+    import numpy as np
+
+    from llgbm_cli.evaluation.stats import t_interval
+
+    for v in ([0.5, 0.6, 0.55, 0.7, 0.65], [0.01, -0.03], [0.2, 0.1, 0.4, -0.1, 0.0, 0.3, 0.25]):
+        for level in (0.9, 0.95):
+            r = t_interval(v, level)
+            lo, hi = stats.t.interval(level, len(v) - 1, loc=np.mean(v), scale=stats.sem(v))
+            assert r["low"] == pytest.approx(lo, abs=1e-12) and r["high"] == pytest.approx(hi, abs=1e-12)
 
 
 def test_t_interval_by_hand():
@@ -85,3 +100,115 @@ def test_bootstrap_bad_input():
         paired_bootstrap([1, 0], [1, 0, 1])
     with pytest.raises(ValueError):
         paired_bootstrap([], [])
+
+
+# --------------------------------------------------------------------------- exact tests
+
+
+def _discordant(a_only, b_only, same=10):
+    """0/1 scores: ``a_only`` questions right for a alone, ``b_only`` for b alone, ``same`` agreeing."""
+    a = [1] * a_only + [0] * b_only + [1, 0] * (same // 2)
+    b = [0] * a_only + [1] * b_only + [1, 0] * (same // 2)
+    return a, b
+
+
+def test_mcnemar_exact_known_values_and_scipy():
+    from llgbm_cli.evaluation.stats import mcnemar_exact
+
+    r = mcnemar_exact(*_discordant(5, 0))
+    assert r["p"] == pytest.approx(0.0625) and r["a_only"] == 5 and r["b_only"] == 0 and r["n"] == 15
+    assert r["diff"] == pytest.approx(5 / 15)
+    assert mcnemar_exact(*_discordant(6, 0))["p"] == pytest.approx(0.03125)
+    for a_only, b_only in ((7, 0), (3, 9), (12, 11), (0, 4), (20, 8)):
+        a, b = _discordant(a_only, b_only)
+        r = mcnemar_exact(a, b)
+        assert r["p"] == stats.binomtest(b_only, a_only + b_only, 0.5).pvalue
+        # symmetric: swapping the methods flips the difference, not the p-value
+        back = mcnemar_exact(b, a)
+        assert back["p"] == r["p"] and back["diff"] == pytest.approx(-r["diff"])
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1])["p"] == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact([0.5, 1], [1, 0])
+
+
+def test_paired_test_picks_the_exact_test():
+    import numpy as np
+
+    from llgbm_cli.evaluation.stats import paired_bootstrap, paired_test
+
+    a, b = _discordant(7, 1, same=40)
+    r = paired_test(a, b, resamples=500, seed=2)
+    boot = paired_bootstrap(a, b, resamples=500, seed=2)
+    assert r["test"] == "mcnemar" and r["p"] == stats.binomtest(1, 8, 0.5).pvalue
+    assert (r["low"], r["high"], r["diff"]) == (boot["low"], boot["high"], boot["diff"])
+    assert r["a_only"] == 7 and r["b_only"] == 1 and r["n"] == 48
+    # not 0/1 scores (e.g. a token F1): the Wilcoxon signed-rank test of the per-question differences
+    rng = np.random.default_rng(4)
+    x = rng.random(30)
+    y = x - 0.1 * rng.random(30)
+    w = paired_test(x, y, resamples=200)
+    assert w["test"] == "wilcoxon" and w["p"] == pytest.approx(stats.wilcoxon(x - y).pvalue) and w["mde"] is None
+    assert w["a_only"] is None
+    assert paired_test([0.5, 0.2], [0.5, 0.2], resamples=50)["p"] == 1.0
+    assert paired_test([1, 0, 1], [1, 0, 1], resamples=50)["p"] == 1.0
+
+
+def test_mde_matches_the_power_definition_and_falls_with_n():
+    from llgbm_cli.evaluation.stats import mcnemar_mde
+
+    # rejection: the exact two-sided binomial test below 0.05; power at the returned share q of a-wins
+    n, d = 200, 40
+    mde = mcnemar_mde(n, d)
+    q = (mde * n / d + 1) / 2
+    reject = [k for k in range(d + 1) if stats.binomtest(k, d, 0.5).pvalue < 0.05]
+    power = sum(stats.binom.pmf(k, d, q) for k in reject)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    assert sum(stats.binom.pmf(k, d, q - 1e-3) for k in reject) < 0.8
+    # at the same rate of disagreement more questions detect a smaller difference
+    got = [mcnemar_mde(n, round(0.25 * n)) for n in (40, 80, 160, 320, 500)]
+    assert all(x is not None for x in got) and got == sorted(got, reverse=True) and len(set(got)) == len(got)
+    # too few discordant questions for any rejection at 0.05 (5 vs 0 gives p = 0.0625)
+    assert mcnemar_mde(100, 5) is None and mcnemar_mde(100, 0) is None
+    assert mcnemar_mde(100, 6) == pytest.approx(0.06 * (2 * 0.8 ** (1 / 6) - 1) / 1, rel=1e-2)
+
+
+def test_holm_textbook_and_brute_force():
+    import numpy as np
+
+    from llgbm_cli.evaluation.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([]) == [] and holm([None]) == [None]
+    got = holm([0.2, None, 0.01, float("nan"), 0.9])
+    assert got[1] is None and got[3] is None and got[0] == pytest.approx(0.4) and got[2] == pytest.approx(0.03)
+    assert got[4] == pytest.approx(0.9)
+
+    def brute(p):
+        # the definition: the adjusted p of test i is the smallest alpha at which the step-down
+        # procedure rejects it, max over the tests ranked no later of (m - rank) * p, capped at 1
+        m = len(p)
+        order = sorted(range(m), key=lambda i: p[i])
+        out = [0.0] * m
+        for r, i in enumerate(order):
+            out[i] = min(1.0, max((m - s) * p[order[s]] for s in range(r + 1)))
+        return out
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = list(rng.random(int(rng.integers(1, 9))) ** 3)
+        adj = holm(p)
+        assert adj == pytest.approx(brute(p))
+        assert all(0 <= x <= 1 for x in adj) and all(x >= y for x, y in zip(adj, p))
+        ranked = sorted(zip(p, adj))
+        assert all(a[1] <= b[1] for a, b in itertools.pairwise(ranked))  # monotone in p
+
+
+def test_wilcoxon_across_folds_equals_scipy():
+    from llgbm_cli.evaluation.stats import wilcoxon_across
+
+    v = [0.05, -0.01, 0.08, 0.03, 0.02, -0.02, 0.04]
+    assert wilcoxon_across(v) == pytest.approx(stats.wilcoxon(v).pvalue)
+    assert wilcoxon_across([0.1, None, float("nan"), 0.2, 0.3]) == pytest.approx(stats.wilcoxon([0.1, 0.2, 0.3]).pvalue)
+    assert wilcoxon_across([0.0, 0.0, 0.0]) == 1.0
+    assert wilcoxon_across([0.1]) is None and wilcoxon_across([]) is None
+    assert not math.isnan(wilcoxon_across([0.1, 0.0]))

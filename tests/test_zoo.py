@@ -283,11 +283,28 @@ def test_heldout_split_scores_run_zero_on_the_train_records_it_did_not_see(built
     assert rep.to_dict()["split"] == "heldout" and sorted(t["adapters"]) == ["boolq-s00004", "boolq-s00006"]
     train = registry_for(resolved).get("boolq").records("train")
     seen = {train[i].id for i in trajectory_subset(len(train), 0.5, run_seed(0, "boolq", 0))}
-    assert len(seen) == round(len(train) / 2)
+    assert len(seen) == len(train) // 2
     assert set(t["question_ids"]) == {r.id for r in train} - seen  # exactly the half run 0 never saw
     assert not (root / "runs/zoo/scores.json").exists()  # the test-split report is not overwritten
     some = score_zoo(resolved, split="heldout", test_sample=3, model_and_tokenizer=tiny).tasks["boolq"]
     assert len(some["question_ids"]) == 3 and set(some["question_ids"]) < set(t["question_ids"])
+
+
+def test_trajectories_train_on_disjoint_blocks_while_runs_times_fraction_is_at_most_one():
+    from llgbm_cli.services.zoo import trajectory_overlap, trajectory_subset
+
+    for n in (7, 100, 1001):
+        halves = [set(trajectory_subset(n, 0.5, 123, r)) for r in range(2)]
+        assert not halves[0] & halves[1] and len(halves[0]) == n // 2
+        thirds = [set(trajectory_subset(n, 0.3, 9, r)) for r in range(3)]
+        assert all(not a & b for i, a in enumerate(thirds) for b in thirds[i + 1:])
+        assert trajectory_overlap(n, 0.5, 2) is None and trajectory_overlap(n, 0.3, 3) is None
+    # run 0 is the first block of the permutation: the records an earlier single-run build trained on
+    assert trajectory_subset(10, 0.5, 5, 0) == trajectory_subset(10, 0.5, 5)
+    # above 1 the blocks wrap around, and the overlap is stated
+    a, b = (set(trajectory_subset(100, 0.6, 1, r)) for r in range(2))
+    assert len(a & b) == 20
+    assert "share up to 20 of their 60" in trajectory_overlap(100, 0.6, 2)
 
 
 def test_rows_left_by_other_processes_are_adopted_on_resume(built, tiny, tmp_path):

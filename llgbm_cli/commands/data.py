@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from .common import console, emit, state
@@ -86,6 +88,46 @@ def check_cmd(ctx: typer.Context, name: str = typer.Argument(..., help="Task nam
 
     emit(ctx, res, render)
     if res["bad"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@data_app.command("overlap")
+def overlap_cmd(
+    ctx: typer.Context,
+    names: Optional[list[str]] = typer.Argument(None, metavar="[TASK]...", help="Tasks to compare (default: the "
+                                                "project's zoo tasks, [data] datasets, probe tasks and [tasks.*])."),
+    examples: int = typer.Option(3, "--examples", min=0, help="Examples shown per pair of tasks."),
+) -> None:
+    """Find test questions that also occur in a train or validation split: every test split of the
+    tasks against every train split of every one of them, exact after normalisation and by shared
+    word n-grams ([data] overlap_ngram, overlap_threshold). Exit 1 when anything overlaps."""
+    from ..errors import EXIT_FAILED
+    from ..services.data import overlap
+
+    res = overlap(state(ctx).load_config(), names or None, examples)
+
+    def render(r):
+        from rich.table import Table
+
+        if r["pairs"]:
+            t = Table(title=f"test questions found in a train split ({r['ngram']}-grams, threshold {r['threshold']:g})")
+            for c in ("test task", "train task", "questions", "of", "exact", "n-gram"):
+                t.add_column(c, overflow="fold")
+            for p in r["pairs"]:
+                t.add_row(p["test_task"], p["train_task"], str(p["questions"]), str(p["of"]), str(p["exact"]),
+                          str(p["ngram"]))
+            console().print(t)
+            for p in r["pairs"]:
+                for e in p["examples"]:
+                    how = "exact" if e["kind"] == "exact" else f"{e['share']:.0%} of its n-grams"
+                    console().print(f"{p['test_task']} {e['test_id']} ~ {p['train_task']} {e['train_id']} ({how}): "
+                                    f"{e['test_text']}", markup=False, highlight=False)
+        n = sum(v["of"] for v in r["per_task"].values())
+        console().print(f"{r['contaminated']} of {n} test questions of {len(r['tasks'])} tasks occur in a train split",
+                        markup=False)
+
+    emit(ctx, res, render)
+    if res["contaminated"]:
         raise typer.Exit(EXIT_FAILED)
 
 

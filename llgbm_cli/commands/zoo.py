@@ -54,6 +54,8 @@ def build_cmd(
                             f"{resumed} ({t['steps_run']} steps in {t['seconds']:.1f} s{sps})")
         procs = f", {d['processes']} processes" if d["processes"] > 1 else ""
         console().print(f"zoo: {d['zoo']} ({d['built']} built, {d['skipped']} skipped, {d['seconds']:.1f} s{procs})")
+        for note in d["notes"]:
+            console().print(f"note: {note}", markup=False, highlight=False)
 
     emit(ctx, result, render)
 

@@ -3,7 +3,9 @@
 Each check returns a dict ``{name, status, detail, values}`` with status ``pass``, ``fail`` or
 ``skip`` (the run it needs was not part of this evaluation). Training checks read a run's
 ``metrics.jsonl`` (and the λ schedule from the run's provenance); the others read the evaluation's
-own rows. ``eval --strict`` turns a ``fail`` into exit code 1.
+own rows, and the check that a method beats base its per-question scores: it passes only on an
+exact paired test, Holm-adjusted over the comparisons it considers. ``eval --strict`` turns a
+``fail`` into exit code 1.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 GENERATED = ("multitask", "b1", "b2")  # methods whose adapters are generated or retrieved
@@ -174,15 +176,58 @@ def b2_prediction(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return check(name, None, "no delta-cosine metric in the B2 run's metrics.jsonl")
 
 
-def beats_base(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _values(sc: Any) -> Optional[list[float]]:
+    """Per-question scores of a TaskScore (``.values()``) or of a plain list; None when missing."""
+    if sc is None:
+        return None
+    v = sc.values() if callable(getattr(sc, "values", None)) else sc
+    return [float(x) for x in v]
+
+
+def beats_base(rows: list[dict[str, Any]], scores: Optional[Mapping[tuple[Optional[str], str], Any]] = None,
+               alpha: float = 0.05) -> dict[str, Any]:
+    """A generated or retrieved adapter (multitask, b1, b2) beats base on a task, shown by an exact
+    paired test on the task's questions: McNemar's for 0/1 scores, Wilcoxon signed-rank otherwise
+    (:func:`llgbm_cli.evaluation.stats.paired_test`). The p-values are Holm-adjusted over every
+    comparison considered (tasks × those methods); it passes when one with a positive difference
+    has an adjusted p below ``alpha``. ``scores``: per-question scores by ``(method, task)`` (a
+    TaskScore or a list; ``(None, task)``: the base model, which a method without an adapter scores
+    as). Without them nothing can be tested and the check is skipped."""
+    from .stats import holm, paired_test
+
     name = "a generated or retrieved adapter beats base on a task"
     cand = [r for r in rows if r["method"] in GENERATED and r.get("accuracy_vs_base") is not None]
     if not cand:
         return check(name, None, "no multitask, b1 or b2 method evaluated")
-    best = max(cand, key=lambda r: r["accuracy_vs_base"])
-    return check(name, best["accuracy_vs_base"] > 0,
-                 f"best: {best['method']} on {best['task']}, {best['accuracy_vs_base']:+.4f} vs base",
-                 method=best["method"], task=best["task"], gain=best["accuracy_vs_base"])
+    tested = []
+    for r in cand:
+        if scores is None:
+            break
+        base = _values(scores.get((None, r["task"])))
+        mine = _values(scores.get((r["method"], r["task"]))) or base
+        if base is None or mine is None or len(base) != len(mine) or not base:
+            continue
+        t = paired_test(mine, base)
+        tested.append({"method": r["method"], "task": r["task"], "diff": t["diff"], "p": t["p"], "test": t["test"]})
+    if not tested:
+        best = max(cand, key=lambda r: r["accuracy_vs_base"])
+        return check(name, None, f"no per-question scores to test: best {best['method']} on {best['task']} "
+                     f"{best['accuracy_vs_base']:+.4f} vs base, untested", method=best["method"], task=best["task"],
+                     gain=best["accuracy_vs_base"])
+    for t, adj in zip(tested, holm([t["p"] for t in tested])):
+        t["p_holm"] = adj
+    shown = [t for t in tested if t["diff"] > 0 and t["p_holm"] < alpha]
+    if shown:
+        best = min(shown, key=lambda t: (t["p_holm"], -t["diff"]))
+    else:
+        best = max(tested, key=lambda t: (t["diff"], -t["p"]))
+    word = "shown" if shown else "not shown"
+    test = "exact McNemar" if best["test"] == "mcnemar" else "Wilcoxon signed-rank"
+    detail = (f"{word}: {'' if shown else 'best '}{best['method']} on {best['task']} {best['diff']:+.2f} "
+              f"(p = {best['p']:.2g}, Holm-adjusted {best['p_holm']:.2g}); {test} test vs base, Holm over "
+              f"{len(tested)} comparison{'s' if len(tested) != 1 else ''}")
+    return check(name, bool(shown), detail, method=best["method"], task=best["task"], gain=best["diff"],
+                 p=best["p"], p_holm=best["p_holm"], test=best["test"], comparisons=len(tested))
 
 
 def retrieval_floor(summary: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:

@@ -92,6 +92,8 @@ def checks_md(checks: list[dict[str, Any]]) -> str:
 
 
 def results_md(result: dict[str, Any]) -> str:
+    from ..tasks.overlap import summary_line
+
     held = result.get("holdout") or []
     lines = [
         "# llgbm evaluation",
@@ -104,8 +106,11 @@ def results_md(result: dict[str, Any]) -> str:
         "",
         f"Base model `{result['base_model']}`; tasks: {', '.join(result['tasks'])}; "
         f"{result['test_sample']} test questions per task (seed {result['seed']}).",
-        ("Leave-one-out: held-out tasks " + ", ".join(held) + " (no evaluated generator or index saw them)."
-         if held else "No --holdout: tasks marked `Held out = no` were seen in training by that method."),
+        ("Leave-one-out: held-out tasks " + ", ".join(held) + " (no evaluated generator, index or mean was trained "
+         "on their teachers)." if held else "No --holdout: tasks marked `Held out = no` were seen in training by that "
+         "method."),
+        "",
+        summary_line(result.get("contamination") or []),
         "",
         "Centered cosine subtracts the mean delta of the training adapters from both deltas; Task ID is the "
         "share of tasks whose delta is nearest to their own teacher among all teachers. A method is called "

@@ -7,18 +7,23 @@ then the normal evaluation runs on ``k`` alone, held out, into ``<out>/folds/<k>
 and ``mean-delta`` are always evaluated: they are the references every method is compared with.
 
 Per fold, every method's score on each test question is kept (``questions.json``, one list per
-method in the order of ``question_ids``) so the statistics can be recomputed: the accuracy
-difference to ``base`` and to ``mean-delta`` with a paired bootstrap over those questions
-(:mod:`llgbm_cli.evaluation.stats`). Across folds each method's mean comes with a Student-t
-interval. ``oracle-best`` is a reference, never a method: the single training adapter (zoo
-adapters of the other tasks; by default each trajectory's last checkpoint, ``eval.oracle_candidates``)
-with the best test accuracy on ``k``; it reads test labels to choose.
+method in the order of ``question_ids``), and the statistics are computed from them (and
+recomputed from them when a finished fold is reused, so a change of the statistics never needs the
+models rerun): the accuracy difference to ``base`` and to ``mean-delta`` with an exact paired test
+(McNemar for 0/1 scores, Wilcoxon signed-rank otherwise), a paired bootstrap percentile interval and
+the smallest difference detectable with 80% power (:mod:`llgbm_cli.evaluation.stats`). The p-values
+are Holm-adjusted over the run's family of comparisons with each reference, and wins / losses count
+only adjusted p < 0.05. Across folds each method's mean comes with a Student-t interval and a
+Wilcoxon signed-rank p-value. ``oracle-best`` is a reference, never a method: the single training
+adapter (zoo adapters of the other tasks; by default each trajectory's last checkpoint,
+``eval.oracle_candidates``) with the best test accuracy on ``k``; it reads test labels to choose.
 
 Adapter x task scores are cached under ``<out>/scores`` (keyed by the adapter's sha256, the task,
 its prompt form, the base model and the question ids), so base and zoo adapters are scored once
 across folds and reruns. The oracle's candidates are scored together: the base layers below the
 adapters run once per batch for all of them (``ScoreCache.score_many``). A finished fold leaves
-``done.json`` and is skipped on the next run; a finished training run (its ``final`` checkpoint and
+``done.json`` and is skipped on the next run (its rows' statistics recomputed from its
+``questions.json``; without that file it runs again); a finished training run (its ``final`` checkpoint and
 marker) of the same config and zoo (every adapter's id and weights hash) is reused; an interrupted
 one resumes from its latest checkpoint.
 
@@ -50,10 +55,12 @@ TRAINED = {"multitask": "multitask", "b1": "delta_only", "b2": "delta_only"}  # 
 INDEX = "b2-index"  # the fold's retrieval index (without the fold's task), beside the b2 predictor
 FOLD_FIELDS = [
     "fold", "method", "accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p",
-    "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high", "vs_mean_delta_p", "gap_to_oracle",
+    "vs_base_p_holm", "vs_base_test", "vs_base_mde", "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high",
+    "vs_mean_delta_p", "vs_mean_delta_p_holm", "vs_mean_delta_test", "vs_mean_delta_mde", "gap_to_oracle",
     "delta_mse", "delta_cosine", "centered_cosine", "norm_ratio", "identified", "n_questions", "metric",
     "reference", "adapter",
 ]
+SIGNIFICANCE = 0.05  # family-wise level of the Holm-adjusted tests that count as wins / losses
 SUMMARY_KEYS = ("accuracy", "accuracy_vs_base", "vs_mean_delta", "gap_to_oracle", "centered_cosine",
                 "delta_cosine", "delta_mse", "norm_ratio")
 
@@ -80,6 +87,8 @@ class CVResult:
     plots: list[str] = field(default_factory=list)
     processes: int = 1
     is_main: bool = True  # under accelerate launch only the main process's result is complete
+    # what the folds' scored questions were checked against, and how many each dropped (None: unchecked)
+    contamination: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         from ..evaluation.reports import clean
@@ -175,6 +184,7 @@ class ScoreCache:
         self.resolved, self.folder, self.model, self.tok = resolved, Path(folder), model, tok
         self.hits = 0
         self.misses = 0
+        self.contamination: dict[str, dict[str, Any]] = {}  # task -> what its scored questions were checked against
         self._tasks: dict[str, tuple[Any, Any, list]] = {}
 
     def base_model(self):
@@ -189,12 +199,15 @@ class ScoreCache:
     def task(self, name: str):
         """(form, records) of a task's sampled test questions (eval's sample: same seed, same size)."""
         from ..tasks.evaluate import form_for
+        from ..tasks.overlap import scored_sample, used_tasks
         from ..tasks.registry import registry_for
 
         if name not in self._tasks:
             cfg = self.resolved.config
             t = registry_for(self.resolved).get(name)
-            self._tasks[name] = (form_for(self.resolved, t), t.sample("test", cfg.eval.test_sample, seed=cfg.project.seed))
+            # eval's questions: the same seeded sample, checked for contamination with the same policy
+            recs, self.contamination[name] = scored_sample(self.resolved, t, used_tasks(self.resolved, [name]))
+            self._tasks[name] = (form_for(self.resolved, t), recs)
         return self._tasks[name]
 
     def key(self, adapter_sha: Optional[str], task: str) -> dict[str, Any]:
@@ -359,24 +372,35 @@ def run_cv(
             done = fdir / DONE
             if done.exists():
                 prev = json.loads(done.read_text())
-                if prev.get("fingerprint") == fp:
+                # the statistics are recomputed from the fold's per-question scores; without them the fold runs again
+                rows = restat_rows(fdir, prev, ms, cres.config.project.seed) if prev.get("fingerprint") == fp else None
+                if rows is not None:
+                    if rows != prev["rows"]:
+                        atomic_write_json(done, {**prev, "rows": rows})
                     progress.advance(bar)
-                    return {"fold": k, "rows": prev["rows"], "oracle": prev["oracle"], "ran": False, "trained": []}
+                    return {"fold": k, "rows": rows, "oracle": prev["oracle"], "ran": False, "trained": [],
+                            "contamination": prev.get("contamination")}
             progress.update(bar, description=f"cross-validation: fold {k}")
             trained: list[str] = []
             rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, trained, progress)
-            atomic_write_json(done, {"fold": k, "fingerprint": fp, "rows": rows, "oracle": oracle})
+            checked = scores.contamination.get(k)
+            atomic_write_json(done, {"fold": k, "fingerprint": fp, "rows": rows, "oracle": oracle,
+                                     "contamination": checked})
             progress.advance(bar)
-            return {"fold": k, "rows": rows, "oracle": oracle, "ran": True, "trained": trained}
+            return {"fold": k, "rows": rows, "oracle": oracle, "ran": True, "trained": trained,
+                    "contamination": checked}
 
+        checked: list[Optional[dict[str, Any]]] = []
         for f in procs.each(fold_names, fold):
             result.rows.extend(f["rows"])
             result.oracle.append(f["oracle"])
             (result.ran if f["ran"] else result.skipped).append(f["fold"])
             result.trained.extend(f["trained"])
+            checked.append(f.get("contamination"))
         if not procs.is_main:
             return result
         result.summary = summarize(result.rows, result.oracle, ms)
+        result.contamination = contamination_summary(checked)
         _write_files(out, result)
     return result
 
@@ -455,7 +479,6 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=N
 def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache,
               trained: list[str], progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
-    from ..evaluation.stats import paired_bootstrap
     from ..io import atomic_write_json
     from ..workdir import FINAL
     from .eval import load_world, run_eval
@@ -506,25 +529,70 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     atomic_write_json(fdir / QUESTIONS, {"fold": k, "metric": metric, "question_ids": qids, "methods": values,
                                          "oracle_adapter": oracle["adapter"]})
 
-    seed = cfg.project.seed
     rows = []
     for m in methods:
         r = by_method[m]
-        acc = sum(values[m]) / len(values[m]) if values[m] else None
-        vb = paired_bootstrap(values[m], values["base"], resamples=RESAMPLES, seed=seed, level=LEVEL)
-        vm = paired_bootstrap(values[m], values["mean-delta"], resamples=RESAMPLES, seed=seed, level=LEVEL)
         rows.append({
-            "fold": k, "method": m, "accuracy": acc, "eval_accuracy": r["accuracy"],
-            "accuracy_vs_base": vb["diff"], "vs_base_low": vb["low"], "vs_base_high": vb["high"], "vs_base_p": vb["p"],
-            "vs_mean_delta": vm["diff"], "vs_mean_delta_low": vm["low"], "vs_mean_delta_high": vm["high"],
-            "vs_mean_delta_p": vm["p"],
-            "gap_to_oracle": None if oracle["accuracy"] is None or acc is None else acc - oracle["accuracy"],
+            "fold": k, "method": m, "eval_accuracy": r["accuracy"],
             "delta_mse": r["delta_mse"], "delta_cosine": r["delta_cosine"], "centered_cosine": r["centered_cosine"],
             "norm_ratio": r["norm_ratio"], "identified": r["identified"], "heldout": r["heldout"],
-            "n_questions": len(values[m]), "metric": metric, "adapter": r.get("adapter"),
-            "eval": str(Path(ev.out) / "results.md"),
+            "metric": metric, "adapter": r.get("adapter"), "eval": str(Path(ev.out) / "results.md"),
         })
-    return rows, oracle
+    return fold_rows(rows, values, oracle["accuracy"], cfg.project.seed), oracle
+
+
+STAT_FIELDS = ("accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p", "vs_base_test",
+               "vs_base_mde", "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high", "vs_mean_delta_p",
+               "vs_mean_delta_test", "vs_mean_delta_mde", "gap_to_oracle", "n_questions")
+
+
+def row_stats(values: dict[str, list[float]], method: str, oracle_accuracy: Optional[float],
+              seed: int) -> dict[str, Any]:
+    """The statistical fields of one method's row in a fold (:data:`STAT_FIELDS`), from the fold's
+    per-question scores ``values`` (one list per method, ``base`` and ``mean-delta`` included): its
+    accuracy, and against each reference the difference with its exact paired p-value, the test
+    used, the bootstrap interval and the smallest difference detectable with 80% power."""
+    from ..evaluation.stats import paired_test
+
+    v = values[method]
+    acc = sum(v) / len(v) if v else None
+    out: dict[str, Any] = {"accuracy": acc}
+    for ref, key in (("base", "vs_base"), ("mean-delta", "vs_mean_delta")):
+        t = paired_test(v, values[ref], resamples=RESAMPLES, seed=seed, level=LEVEL)
+        out.update({"accuracy_vs_base" if ref == "base" else key: t["diff"], f"{key}_low": t["low"],
+                    f"{key}_high": t["high"], f"{key}_p": t["p"], f"{key}_test": t["test"], f"{key}_mde": t["mde"]})
+    out["gap_to_oracle"] = None if oracle_accuracy is None or acc is None else acc - oracle_accuracy
+    out["n_questions"] = len(v)
+    return out
+
+
+def fold_rows(rows: list[dict[str, Any]], values: dict[str, list[float]], oracle_accuracy: Optional[float],
+              seed: int) -> list[dict[str, Any]]:
+    """``rows`` (one per method of a fold) with their statistical fields (re)computed from ``values``."""
+    out = []
+    for r in rows:
+        stats = row_stats(values, r["method"], oracle_accuracy, seed)
+        out.append({"fold": r["fold"], "method": r["method"], **stats,
+                    **{k: v for k, v in r.items() if k not in stats and k not in ("fold", "method")}})
+    return out
+
+
+def restat_rows(fdir: Path, done: dict[str, Any], methods: Sequence[str], seed: int) -> Optional[list[dict[str, Any]]]:
+    """The rows of a finished fold (its ``done.json``, read as ``done``) with the statistics
+    recomputed from its ``questions.json``; None when those scores are missing, unreadable or lack
+    a method (the fold is then run again)."""
+    try:
+        q = json.loads((fdir / QUESTIONS).read_text())
+        values = {m: [float(x) for x in v] for m, v in q["methods"].items()}
+        rows = done["rows"]
+        need = {r["method"] for r in rows} | set(REFERENCES)
+        if not set(methods) <= {r["method"] for r in rows} or not need <= set(values):
+            return None
+        if len({len(values[m]) for m in need}) != 1:
+            return None
+        return fold_rows(rows, values, (done.get("oracle") or {}).get("accuracy"), seed)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _zoo_sha(zoo, folder: Optional[Path]) -> Optional[str]:
@@ -539,12 +607,34 @@ def _zoo_sha(zoo, folder: Optional[Path]) -> Optional[str]:
 # --------------------------------------------------------------------------- across folds
 
 
+def holm_family(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Set ``vs_base_p_holm`` and ``vs_mean_delta_p_holm`` on every row: the Holm-adjusted p-values
+    over the run's two families, every (fold × method) test against ``base`` of the methods other
+    than ``base``, and every test against ``mean-delta`` of the methods other than
+    ``mean-delta`` (None on a reference's row against itself, or where no p-value exists).
+    Returns the size of each family (``{"vs_base": n, "vs_mean_delta": n}``)."""
+    from ..evaluation.stats import holm
+
+    sizes = {}
+    for ref, key in (("base", "vs_base"), ("mean-delta", "vs_mean_delta")):
+        fam = [r for r in rows if r["method"] != ref and r.get(f"{key}_p") is not None]
+        for r in rows:
+            r[f"{key}_p_holm"] = None
+        for r, p in zip(fam, holm([r[f"{key}_p"] for r in fam])):
+            r[f"{key}_p_holm"] = p
+        sizes[key] = len(fam)
+    return sizes
+
+
 def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     """Per method the mean over folds of each measure with its Student-t interval (``<key>``,
-    ``<key>_low``, ``<key>_high``), and how many folds it beats or loses to base and mean-delta
-    (bootstrap p < 0.05); last the ``oracle-best`` reference."""
-    from ..evaluation.stats import t_interval
+    ``<key>_low``, ``<key>_high``), the Wilcoxon signed-rank p-value of its per-fold differences to
+    base and to mean-delta (``accuracy_vs_base_wilcoxon_p``, ``vs_mean_delta_wilcoxon_p``), and how
+    many folds it beats or loses to base and mean-delta (Holm-adjusted exact p < 0.05, adjusted by
+    :func:`holm_family`, which this sets on the rows); last the ``oracle-best`` reference."""
+    from ..evaluation.stats import t_interval, wilcoxon_across
 
+    holm_family(rows)
     out = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
@@ -552,11 +642,18 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
         for key in SUMMARY_KEYS:
             ti = t_interval([r.get(key) for r in rs], LEVEL)
             s[key], s[f"{key}_low"], s[f"{key}_high"] = ti["mean"], ti["low"], ti["high"]
+        for key in ("accuracy_vs_base", "vs_mean_delta"):
+            s[f"{key}_wilcoxon_p"] = wilcoxon_across([r.get(key) for r in rs])
         s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
         for ref, p in (("base", "vs_base"), ("mean_delta", "vs_mean_delta")):
             diff = "accuracy_vs_base" if ref == "base" else "vs_mean_delta"
-            s[f"wins_vs_{ref}"] = sum(1 for r in rs if (r.get(f"{p}_p") or 1) < 0.05 and (r.get(diff) or 0) > 0)
-            s[f"losses_vs_{ref}"] = sum(1 for r in rs if (r.get(f"{p}_p") or 1) < 0.05 and (r.get(diff) or 0) < 0)
+
+            def shown(r):
+                adj = r.get(f"{p}_p_holm")
+                return adj is not None and adj < SIGNIFICANCE
+
+            s[f"wins_vs_{ref}"] = sum(1 for r in rs if shown(r) and (r.get(diff) or 0) > 0)
+            s[f"losses_vs_{ref}"] = sum(1 for r in rs if shown(r) and (r.get(diff) or 0) < 0)
         out.append(s)
     scored = [o for o in oracle if o.get("accuracy") is not None]
     if scored:
@@ -580,24 +677,43 @@ def results_md(r: dict[str, Any]) -> str:
     def boot(row, key, p):
         if row.get(key) is None:
             return "—"
-        return f"{signed(row[key])} [{signed(row[f'{p}_low'])}, {signed(row[f'{p}_high'])}] p={fmt(row[f'{p}_p'], 3)}"
+        cell = f"{signed(row[key])} [{signed(row[f'{p}_low'])}, {signed(row[f'{p}_high'])}] p={fmt(row[f'{p}_p'], 3)}"
+        if row.get(f"{p}_p_holm") is not None:
+            cell += f" (Holm {fmt(row[f'{p}_p_holm'], 3)})"
+        return cell
 
+    def wil(s, key):
+        p = s.get(f"{key}_wilcoxon_p")
+        return ci(s, key, True) + ("" if p is None else f" p={fmt(p, 3)}")
+
+    rows = r["rows"]
+    n_base = sum(1 for x in rows if x["method"] != "base" and x.get("vs_base_p") is not None)
+    n_md = sum(1 for x in rows if x["method"] != "mean-delta" and x.get("vs_mean_delta_p") is not None)
+    pct = int(r["level"] * 100)
     lines = [
         "# llgbm cross-validation", "", "Reproduce with:", "", "```bash", r["command"], "```", "",
         f"Base model `{r['base_model']}`; leave-one-task-out over {len(r['folds'])} folds ({', '.join(r['folds'])}); "
-        f"{r['test_sample']} test questions per task (seed {r['seed']}). In each fold the held-out task was seen "
-        "by no trained method, index or mean.", "",
-        f"Across folds: the mean over folds with a two-sided {int(r['level'] * 100)}% Student-t interval "
+        f"{r['test_sample']} test questions per task (seed {r['seed']}). {_contamination_md(r.get('contamination'))}", "",
+        f"Across folds: the mean over folds with a two-sided {pct}% Student-t interval "
         "(mean ± t(n-1) · sd / √n over the folds' values; it describes the spread across tasks, not the "
-        "precision of one fold). Within a fold: the accuracy difference to `base` and to `mean-delta` on the "
-        f"same questions, with a paired bootstrap over questions ({r['resamples']} resamples, seed {r['seed']}): "
-        f"the {int(r['level'] * 100)}% percentile interval and a two-sided p-value. Wins / losses count folds "
-        "where that difference is significant (p < 0.05).", "",
+        "precision of one fold), and the two-sided Wilcoxon signed-rank p-value of the folds' differences "
+        "against 0. Within a fold: the accuracy difference to `base` and to `mean-delta` on the same questions. "
+        "Its p-value comes from an exact paired test: McNemar's test (a two-sided binomial test of the questions "
+        "that only one of the two answered right) when every score is 0 or 1, the Wilcoxon signed-rank test of "
+        f"the per-question differences otherwise. Its interval is the {pct}% percentile interval of a paired "
+        f"bootstrap over questions ({r['resamples']} resamples, seed {r['seed']}). The p-values are adjusted with "
+        f"Holm's method over each family: the {n_base} comparisons with `base` (every fold and method other than "
+        f"base) and the {n_md} comparisons with `mean-delta` (every fold and method other than mean-delta). "
+        "Wins / losses count only folds with a Holm-adjusted p < 0.05. Detectable Δ: the smallest difference to "
+        "`base` that the exact McNemar test (two-sided, α = 0.05) detects with 80% power, for the fold's number of "
+        "questions and of questions where the two disagree (— where none is detectable or the scores are not 0/1).",
+        "",
         f"`{ORACLE}` is a reference, not a method: per fold the single training adapter (candidates: "
         f"{r['oracle_candidates']}) with the best test accuracy on the held-out task; choosing it reads the "
         "test labels. Gap to oracle = method accuracy − oracle-best accuracy.", "",
         "## Summary (mean over folds)", "",
-        "| Method | Folds | Task Accuracy | Δ vs base | Δ vs mean-delta | Gap to oracle | Centered Cosine | "
+        "| Method | Folds | Task Accuracy | Δ vs base (Wilcoxon p) | Δ vs mean-delta (Wilcoxon p) | Gap to oracle | "
+        "Centered Cosine | "
         "Delta Cosine | Task ID | Wins/losses vs base | Wins/losses vs mean-delta |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -607,26 +723,57 @@ def results_md(r: dict[str, Any]) -> str:
                          "| — | — |")
             continue
         lines.append(
-            f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {ci(s, 'accuracy_vs_base', True)} | "
-            f"{ci(s, 'vs_mean_delta', True)} | {ci(s, 'gap_to_oracle', True)} | {ci(s, 'centered_cosine')} | "
+            f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {wil(s, 'accuracy_vs_base')} | "
+            f"{wil(s, 'vs_mean_delta')} | {ci(s, 'gap_to_oracle', True)} | {ci(s, 'centered_cosine')} | "
             f"{fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
             f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
     lines += ["", "## Per fold", "",
-              "| Fold | Method | Task Accuracy | Δ vs base [95%] p | Δ vs mean-delta [95%] p | Gap to oracle | "
-              "Centered Cosine | Delta MSE | Questions |", "|---|---|---|---|---|---|---|---|---|"]
+              f"| Fold | Method | Task Accuracy | Δ vs base [{pct}%] p (Holm) | Δ vs mean-delta [{pct}%] p (Holm) | "
+              "Detectable Δ vs base (80% power) | Gap to oracle | Centered Cosine | Delta MSE | Questions |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     oracle = {o["fold"]: o for o in r["oracle"]}
     for k in r["folds"]:
-        for row in (x for x in r["rows"] if x["fold"] == k):
+        for row in (x for x in rows if x["fold"] == k):
             lines.append(f"| {k} | {row['method']} | {fmt(row['accuracy'])} | {boot(row, 'accuracy_vs_base', 'vs_base')}"
-                         f" | {boot(row, 'vs_mean_delta', 'vs_mean_delta')} | {signed(row.get('gap_to_oracle'))} | "
+                         f" | {boot(row, 'vs_mean_delta', 'vs_mean_delta')} | {fmt(row.get('vs_base_mde'), 3)} | "
+                         f"{signed(row.get('gap_to_oracle'))} | "
                          f"{fmt(row.get('centered_cosine'))} | {fmt(row.get('delta_mse'), 6)} | {row['n_questions']} |")
         o = oracle.get(k) or {}
         if o.get("accuracy") is not None:
             lines.append(f"| {k} | {ORACLE} (reference: {o['adapter']}, of {o['candidates']}) | {fmt(o['accuracy'])} "
-                         "| — | — | — | — | — | — |")
+                         "| — | — | — | — | — | — | — |")
     lines += ["", "Per-question scores: `folds/<fold>/questions.json`; each fold's full evaluation: "
               "`folds/<fold>/eval/results.md`.", ""]
     return "\n".join(lines)
+
+
+def contamination_summary(folds: Sequence[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    """The folds' contamination records (``tasks.overlap.scored_sample``) as one: the policy, every task
+    checked against, and per fold the count dropped (``drop``) or found (``allow``); None when a fold
+    was scored before questions were checked."""
+    if not folds or any(f is None for f in folds):
+        return None
+    return {"policy": folds[0]["policy"], "checked": sorted({t for f in folds for t in f["checked"]}),
+            "dropped": {f["task"]: f["contaminated"] for f in folds}}
+
+
+def _contamination_md(c: Optional[dict[str, Any]]) -> str:
+    """The sentence on what the held-out task's scored questions could have been seen in."""
+    held = ("In each fold the held-out task's own train split and teachers were excluded from every trained "
+            "method, index and mean.")
+    if not c:
+        return held + " The scored questions were not checked against the other tasks' train splits."
+    checked = list(c.get("checked") or [])
+    found = {k: int(n) for k, n in (c.get("dropped") or {}).items()}
+    policy = c.get("policy")
+    what = ", ".join(checked) if checked else "no task"
+    out = f"{held} The scored questions were checked against the train splits of {what}"
+    out += f" (policy `{policy}`): " if policy else ": "
+    hits = {k: n for k, n in found.items() if n}
+    if not hits:
+        return out + "none found."
+    verb = "dropped" if policy == "drop" else "found"
+    return out + "; ".join(f"{n} {verb} in fold {k}" for k, n in hits.items()) + "."
 
 
 def _write_files(out: Path, result: CVResult) -> None:

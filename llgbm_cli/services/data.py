@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import InputError
 
@@ -51,6 +51,39 @@ def check_task(resolved, name: str) -> dict[str, Any]:
     from ..tasks.registry import registry_for
 
     return registry_for(resolved).get(name).check()
+
+
+def project_tasks(resolved) -> list[str]:
+    """The tasks a project uses: its zoo's tasks, `[data] datasets`, the tasks its probes are drawn
+    from and its own `[tasks.NAME]` tables, each once, in that order."""
+    from ..deltas.probes import TASK_PREFIX
+    from ..tasks.registry import registry_for
+
+    cfg = resolved.config
+    reg = registry_for(resolved)
+    names = list(cfg.zoo.tasks) + list(cfg.data.datasets)
+    src = cfg.probes.source
+    if src.startswith(TASK_PREFIX):
+        names += [n.strip() for n in src[len(TASK_PREFIX):].split(",") if n.strip()]
+    names += list(getattr(cfg, "tasks", None) or {})
+    return list(dict.fromkeys(reg.check(n) for n in names))
+
+
+def overlap(resolved, tasks: Optional[list[str]] = None, examples: int = 3) -> dict[str, Any]:
+    """Every test split of ``tasks`` (default: :func:`project_tasks`) against every train/validation
+    split of every one of them, by the rules of :mod:`llgbm_cli.tasks.overlap` with the project's
+    `[data] overlap_ngram` and `overlap_threshold`."""
+    from ..tasks.overlap import overlap_report
+    from ..tasks.registry import registry_for
+
+    reg = registry_for(resolved)
+    names = list(dict.fromkeys(reg.check(t) for t in tasks)) if tasks else project_tasks(resolved)
+    if not names:
+        raise InputError("data overlap: no task to compare; name some (llgbm data overlap TASK...) or set "
+                         "[zoo] tasks / [data] datasets")
+    d = resolved.config.data
+    return overlap_report([reg.get(n) for n in names], n=d.overlap_ngram, threshold=d.overlap_threshold,
+                          examples=examples)
 
 
 class _Plain:

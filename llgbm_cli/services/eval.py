@@ -55,6 +55,8 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # per task: what the scored questions were checked against and what was found (tasks/overlap.py)
+    contamination: list[dict[str, Any]] = field(default_factory=list)
     # method x task -> TaskScore (per-question scores included; (None, task): the base model); not in the files
     scores: dict[tuple[Optional[str], str], Any] = field(default_factory=dict, repr=False)
     processes: int = 1  # not in the files either: the results do not depend on it
@@ -242,19 +244,23 @@ def run_eval(
     command = reproduce_command(resolved, methods, tasks, holdout, out, ec.test_sample, overrides, checkpoints)
     result = EvalResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, methods, tasks, holdout,
                         processes=dist.world, is_main=dist.is_main)
+    samples = scored_samples(resolved, tasks)  # before any work: `refuse` stops here
+    result.contamination = [info for _, info in samples.values()]
+    samples = {t: recs for t, (recs, _) in samples.items()}
     dist.barrier()  # every process has judged the output folder before the main one writes
 
     if not dist.is_main:  # the shared work, then back without writing anything
         built = _Built(adapters=_received_adapters(dist))
         _deltas_phase(world, built, progress, dist)
-        _scoring_phase(world, built, methods, tasks, progress, dist)
+        _scoring_phase(world, built, methods, tasks, samples, progress, dist)
         result.seconds = time.perf_counter() - t0
         return result
     with atomic_dir(out, force=force) as tmp:
         built = _shared_adapters_phase(dist, _BuildContext(world, checkpoints, out, tmp), methods, tasks, result,
                                        progress)
         method_delta = _deltas_phase(world, built, progress, dist)
-        acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, progress, dist, result.scores)
+        acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, samples, progress, dist,
+                                                   result.scores)
         _rows_phase(world, built, method_delta, acc, base_acc, nq, chance, methods, tasks, result)
         curves = _checks_phase(resolved, built, method_delta, methods, tasks, checkpoints, result)
         _files_phase(tmp, out, curves, result, t0)
@@ -342,12 +348,24 @@ def _deltas_phase(world: World, b: _Built, progress, dist=None) -> dict[tuple[st
     return {k: rows[i] for i, k in enumerate(keys) if i in rows}
 
 
-def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str], progress, dist=None,
-                   scores: Optional[dict] = None):
+def scored_samples(resolved, tasks: Sequence[str]) -> dict[str, tuple[list, dict[str, Any]]]:
+    """Per task the test questions an evaluation scores (the seeded sample of ``eval.test_sample``)
+    and its contamination record: checked against the train splits of the zoo's tasks, the probes'
+    tasks and the evaluated tasks, with ``eval.contamination``'s policy (:func:`tasks.overlap.scored_sample`)."""
+    from ..tasks.overlap import scored_sample, used_tasks
+    from ..tasks.registry import registry_for
+
+    reg = registry_for(resolved)
+    used = used_tasks(resolved, tasks)
+    return {t: scored_sample(resolved, reg.get(t), used) for t in tasks}
+
+
+def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str], samples: dict[str, list],
+                   progress, dist=None, scores: Optional[dict] = None):
     """3. each task's metric (its registry definition: acc, acc_norm, exact_match or number) for every
-    method x task on the same sampled test questions. The cells (each task's base model, then every
-    method with an adapter) are dealt to the processes; their scores are gathered into ``scores``
-    (``(None, task)``: the base model)."""
+    method x task on the same test questions (``samples``: the checked sample of each task). The
+    cells (each task's base model, then every method with an adapter) are dealt to the processes;
+    their scores are gathered into ``scores`` (``(None, task)``: the base model)."""
     from ..tasks.evaluate import form_for, score_records, score_records_many
     from ..tasks.registry import registry_for
 
@@ -361,7 +379,7 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     for t in tasks:
         task_def = reg.get(t)
         forms[t] = form = form_for(world.resolved, task_def)
-        recs[t] = task_def.sample("test", ec.test_sample, seed=cfg.project.seed)
+        recs[t] = samples[t]
         nq[t], b.metric[t] = len(recs[t]), form.metric
         # chance accuracy of a multiple-choice task: mean of 1 / number of options (none for generation)
         opts = [len(r.options) for r in recs[t]]
@@ -436,7 +454,7 @@ def _checks_phase(resolved, b: _Built, method_delta, methods, tasks, checkpoints
                               ** 0.5) for t in tasks}
             if len(tasks) > 1:
                 result.checks.append(C.not_degenerate(m, gen_d, norms))
-    result.checks.append(C.beats_base(result.rows))
+    result.checks.append(C.beats_base(result.rows, result.scores))  # tested on the per-question scores
     result.checks.append(C.retrieval_floor(result.summary, resolved.config.eval.floor_tolerance))
     result.checks = [c for c in result.checks if c is not None]
     return curves

@@ -84,14 +84,31 @@ def run_seed(seed: int, task: str, run: int = 0) -> int:
     return task_seed(seed, task if run == 0 else f"{task}#r{run}")
 
 
-def trajectory_subset(n: int, fraction: float, seed: int) -> list[int]:
-    """The indices (ascending) of the train records a trajectory of this seed trains on."""
+def trajectory_subset(n: int, fraction: float, seed: int, run: int = 0) -> list[int]:
+    """The indices (ascending) of the train records trajectory ``run`` of a task trains on: block
+    ``run`` of one permutation of the split seeded by ``seed`` (the task's own seed, shared by its
+    runs), each block ``floor(fraction * n)`` records long (at least one). While ``runs * fraction <= 1`` the runs'
+    blocks are disjoint; past the end the blocks wrap around (:func:`trajectory_overlap` says by how much)."""
     import torch
 
     if fraction >= 1.0:
         return list(range(n))
-    keep = max(1, round(fraction * n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep].sort().values.tolist()
+    keep = max(1, int(fraction * n + 1e-9))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted({perm[(run * keep + i) % n] for i in range(keep)})
+
+
+def trajectory_overlap(n: int, fraction: float, runs: int) -> Optional[str]:
+    """None when the ``runs`` trajectories of an ``n``-record split train on disjoint records, else a
+    sentence saying how many records two of them share at most."""
+    if runs < 2:
+        return None
+    blocks = [set(trajectory_subset(n, fraction, 0, r)) for r in range(runs)]
+    shared = max(len(a & b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
+    if not shared:
+        return None
+    return (f"{runs} runs x data_fraction {fraction:g} > 1: trajectories share up to {shared} of their "
+            f"{len(blocks[0])} train records (disjoint only while zoo.runs x zoo.data_fraction <= 1)")
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,8 @@ def build_spec(resolved, task: Optional[str] = None) -> dict[str, Any]:
         zoo.pop(k, None)
     if zoo.get("data_fraction") == 1.0:  # the default: zoos built before the key existed match
         zoo.pop("data_fraction")
+    else:  # runs train on blocks of one permutation (teachers of the earlier independent draws differ)
+        zoo["subsets"] = "blocks"
     return {
         "base": c.model.base,
         "seed": c.project.seed,
@@ -184,12 +203,14 @@ class BuildResult:
     seconds: float
     processes: int = 1
     is_main: bool = True
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "zoo": self.zoo,
             "seconds": round(self.seconds, 2),
             "processes": self.processes,
+            "notes": self.notes,
             "built": sum(len(t.built) for t in self.tasks),
             "skipped": sum(len(t.skipped) for t in self.tasks),
             "tasks": [
@@ -217,8 +238,12 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
     cfg = resolved.config
     reg = registry_for(resolved)
     tasks = list(dict.fromkeys(reg.check(t, "--tasks") for t in (tasks or cfg.zoo.tasks)))  # a task trains once
+    notes = []
     for t in tasks:  # read every task's data before any training: a bad file fails in seconds
-        reg.get(t).records("train")
+        n = len(reg.get(t).records("train"))
+        zc = cfg.zoo.for_task(t)
+        if zc.data_fraction < 1.0 and (note := trajectory_overlap(n, zc.data_fraction, cfg.zoo.runs)):
+            notes.append(f"{t}: {note}")
     folder = zoo_dir(resolved)
     specs = {t: build_spec(resolved, t) for t in dict.fromkeys([*tasks, *cfg.zoo.tasks])}
     dist = ProcessGroup(cfg.model.device)
@@ -290,7 +315,8 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
                 zoo.upsert(rows[aid])
         zoo.save()
         _drop_pending(folder / STATE_DIR, [a for r in reports.values() for a in r.built])
-    return BuildResult(str(folder), [reports[u] for u in units], time.perf_counter() - t_start, dist.world, True)
+    return BuildResult(str(folder), [reports[u] for u in units], time.perf_counter() - t_start, dist.world, True,
+                       notes)
 
 
 def _write_pending(state_dir: Path, entry: ZooEntry, spec: dict) -> None:
@@ -460,8 +486,9 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
 
     # Teachers train on the target the task is scored on (label, option text or answer text).
     train = task_def.records("train")
-    if zc.data_fraction < 1.0:  # a seeded subset per trajectory (order kept)
-        train = [train[i] for i in trajectory_subset(len(train), zc.data_fraction, seed)]
+    if zc.data_fraction < 1.0:  # the run's block of the task's seeded permutation (order kept)
+        train = [train[i] for i in trajectory_subset(len(train), zc.data_fraction,
+                                                     run_seed(cfg.project.seed, task, 0), unit.run)]
     examples = [form.training_example(tok, r, max_length=cfg.data.max_length) for r in train]
     N, bs = len(examples), zc.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -676,6 +703,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     from ..progress import NULL_PROGRESS
     from ..evaluation.stats import paired_difference
     from ..tasks.evaluate import form_for, score_records, score_records_many
+    from ..tasks.overlap import scored_sample
     from ..tasks.registry import registry_for
 
     progress = progress or NULL_PROGRESS
@@ -720,8 +748,11 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
             entries = ([built[-1]] if built else []) + [e for e in entries if e.step is None]
         task_def = reg.get(task)
         form = form_for(resolved, task_def)
-        recs = (task_def.sample("test", n, seed=cfg.project.seed) if split == "test"
-                else _heldout_sample(task_def, fractions[task], entries, n, cfg.project.seed))
+        contamination = None
+        if split == "test":  # the teachers trained on the task's own train split: no scored question may be in it
+            recs, contamination = scored_sample(resolved, task_def, [task], n)
+        else:
+            recs = _heldout_sample(task_def, fractions[task], entries, n, cfg.project.seed)
         qids = [r.id for r in recs]
         # What a score depends on besides the adapter: an earlier score with the same key is reused.
         key = {"form": repr(form), "base_model": cfg.model.base, "dtype": cfg.model.dtype,
@@ -776,7 +807,8 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
                      "base": base_acc, "adapters": accs, "best": best,
                      "best_accuracy": accs[best] if best else None,
                      "last": entries[-1].id if entries else None, "metrics": metrics, "vs_base": vs_base,
-                     "question_ids": qids, "questions": questions, "sha256": shas, "score_key": key}
+                     "question_ids": qids, "questions": questions, "sha256": shas, "score_key": key,
+                     **({"contamination": contamination} if contamination else {})}
     report = ScoreReport(str(folder), n, cfg.project.seed, out, split, reused)
     # The file keeps the tasks scored earlier and not now, so a later run on other tasks reuses them too.
     kept = ScoreReport(str(folder), n, cfg.project.seed, {**{t: r for t, r in earlier.items() if t not in out}, **out},
