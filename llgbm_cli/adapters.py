@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from .errors import InputError
-from .io import atomic_dir, atomic_write_json, sha256_file, write_provenance
+from .io import atomic_dir, atomic_write_json, save_safetensors, sha256_file, write_provenance
+from .models import base_model_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -192,7 +193,7 @@ def load_adapter(path: str | Path, *, device: str = "cpu") -> LoraAdapter:
         alpha=float(cfg["lora_alpha"]),
         target_modules=sorted(targets),
         use_rslora=rslora,
-        base_model=cfg.get("base_model_name_or_path"),
+        base_model=base_model_name(cfg.get("base_model_name_or_path")),
         path=path,
         config=cfg,
     )
@@ -231,11 +232,17 @@ def peft_config_dict(
     *,
     use_rslora: bool = False,
     layers_to_transform: Optional[list[int]] = None,
+    layers_pattern: Optional[str] = None,
     rank_pattern: Optional[dict] = None,
     alpha_pattern: Optional[dict] = None,
 ) -> dict[str, Any]:
-    """adapter_config.json contents, produced by PEFT's own LoraConfig so PEFT reads it back."""
+    """adapter_config.json contents, produced by PEFT's own LoraConfig so PEFT reads it back.
+
+    ``base_model`` is recorded as a reference PEFT can load by itself (see
+    :func:`~llgbm_cli.models.base_model_reference`)."""
     from peft import LoraConfig
+
+    from .models import base_model_reference
 
     cfg = LoraConfig(
         r=int(r),
@@ -246,11 +253,34 @@ def peft_config_dict(
         lora_dropout=0.0,
         use_rslora=use_rslora,
         layers_to_transform=layers_to_transform,
+        layers_pattern=layers_pattern if layers_to_transform is not None else None,
         rank_pattern=rank_pattern or {},
         alpha_pattern=alpha_pattern or {},
-        base_model_name_or_path=base_model,
+        base_model_name_or_path=base_model_reference(base_model),
     ).to_dict()
     return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+
+
+def adapted_layers(modules: dict[str, Any], base_model: Optional[str] = None) -> tuple[Optional[list[int]], Optional[str]]:
+    """``(layers_to_transform, layers_pattern)`` for an adapter of these modules: the decoder layers
+    it adapts, unless it adapts every layer of its base model (``(None, None)``), so that PEFT adds
+    LoRA to those layers only. When the base model's layer count cannot be read, the layers are
+    written whenever the modules carry layer numbers (always right for PEFT)."""
+    from .models import base_model_layers, base_model_reference
+
+    found = [_layer_match(n) for n in modules]
+    if not found or any(f is None for f in found) or len({f[0] for f in found}) != 1:
+        return None, None
+    layers = sorted({f[1] for f in found})
+    n = base_model_layers(base_model_reference(base_model))
+    if n is not None and layers == list(range(n)):
+        return None, None
+    return layers, found[0][0]
+
+
+def _layer_match(name: str) -> Optional[tuple[str, int]]:
+    m = re.search(r"(?:^|\.)(layers|h|blocks|block|layer)\.(\d+)\.", name)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 def save_adapter(
@@ -269,7 +299,6 @@ def save_adapter(
     scaling of every module is preserved exactly through ``alpha`` / ``alpha_pattern``.
     """
     import torch
-    from safetensors.torch import save_file
 
     if isinstance(modules, LoraAdapter):
         ad = modules
@@ -290,8 +319,9 @@ def save_adapter(
         if not math.isclose(want, m.scaling, rel_tol=1e-6):
             alpha_pattern[name] = m.scaling * (math.sqrt(m.rank) if use_rslora else m.rank)
     targets = sorted({n.rsplit(".", 1)[-1] for n in modules})
-    cfg = peft_config_dict(r, alpha, targets, base_model, use_rslora=use_rslora,
-                           rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+    layers, pattern = adapted_layers(modules, base_model)
+    cfg = peft_config_dict(r, alpha, targets, base_model, use_rslora=use_rslora, layers_to_transform=layers,
+                           layers_pattern=pattern, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     tensors = {}
     for name, m in modules.items():
         if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all()):
@@ -300,7 +330,7 @@ def save_adapter(
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = m.B.detach().float().contiguous().cpu()
     out = Path(out)
     with atomic_dir(out, force=force) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_safetensors(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         atomic_write_json(tmp / CONFIG_FILE, cfg)
         if provenance is not None:
             write_provenance(tmp, provenance)
@@ -315,6 +345,9 @@ def target_linears(model, target_modules: Iterable[str], last_layers: Optional[i
     found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets}
     if last_layers is not None:
         n_layers = int(model.config.num_hidden_layers)
+        if last_layers > n_layers:
+            raise InputError(f"lora.last_layers: {last_layers} is more than the base model's {n_layers} layers; "
+                             f"set at most {n_layers} (or leave it unset: every layer)")
         keep = set(range(max(0, n_layers - last_layers), n_layers))
         found = {n: m for n, m in found.items() if _layer_index(n) in keep}
     return found

@@ -52,29 +52,48 @@ class LlgbmGroup(TyperGroup):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_globals(list(args)))
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Run the CLI; a usage error (unknown command or option, missing argument) is one
+        ``error:`` line, a ``hint:`` line and, under ``--json``, the error object, exit 2."""
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        argv = list(args) if args is not None else sys.argv[1:]
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except Exception as e:
+            kinds = _cli_kinds(e)
+            if "NoArgsIsHelpError" in kinds:  # bare `llgbm`: the help text
+                e.show()
+                sys.exit(e.exit_code)
+            if "ClickException" in kinds:
+                message, hint = _usage_message(e)
+                _print_error(message, hint, e.exit_code, _ArgvState(argv))
+                sys.exit(e.exit_code)
+            if "Abort" in kinds:
+                sys.stderr.write("error: aborted\n")
+                sys.exit(EXIT_FAILED)
+            raise
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
     def invoke(self, ctx) -> Any:
-        state = None
         try:
             return super().invoke(ctx)
         except LlgbmError as e:
-            state = ctx.obj if isinstance(ctx.obj, State) else None
-            if state is not None and state.verbose:
-                raise
+            state = _state(ctx)
+            _traceback_if_verbose(state)
             _print_error(e.message, e.hint, e.exit_code, state)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            state = ctx.obj if isinstance(ctx.obj, State) else None
+            state = _state(ctx)
             _print_error("interrupted; finished outputs were kept and half-written ones removed", None, 130, state)
             ctx.exit(130)
         except Exception as e:  # an internal error: one line, traceback with -v
-            state = ctx.obj if isinstance(ctx.obj, State) else None
-            if _is_cli_control(e):  # exit, abort, usage errors: the CLI framework handles them
-                if state is not None and state.json and isinstance(getattr(e, "exit_code", None), int) \
-                        and e.exit_code != 0 and hasattr(e, "format_message"):
-                    _print_json_error(e.format_message(), "see --help", e.exit_code)
+            if _is_cli_control(e):  # exit, abort, usage errors: main() prints them
                 raise
-            if state is not None and state.verbose:
-                raise
+            state = _state(ctx)
+            _traceback_if_verbose(state)
             known = as_input_error(e)
             if known is not None:
                 _print_error(known.message, known.hint, known.exit_code, state)
@@ -84,9 +103,47 @@ class LlgbmGroup(TyperGroup):
             ctx.exit(EXIT_FAILED)
 
 
+def _state(ctx) -> Optional["State"]:
+    """The global options; before the root callback ran (a usage error), read from the parsed flags."""
+    if isinstance(ctx.obj, State):
+        return ctx.obj
+    p = ctx.params or {}
+    return State(p.get("project"), bool(p.get("verbose")), bool(p.get("quiet")), bool(p.get("json_out")))
+
+
+def _traceback_if_verbose(state: Optional["State"]) -> None:
+    """-v adds the traceback above the error line; the exit code stays the same."""
+    if state is not None and state.verbose:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+class _ArgvState:
+    """What :func:`_print_error` needs to know when the command line did not parse."""
+
+    def __init__(self, argv: list[str]):
+        head = argv[: argv.index("--")] if "--" in argv else argv
+        self.json = "--json" in head
+        self.emitted = False
+
+
+def _usage_message(e) -> tuple[str, str]:
+    """A click usage error as (one line naming the command, hint)."""
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "llgbm"
+    message = " ".join(str(e.format_message()).split())
+    return f"{path}: {message}", f"see `{path} --help`"
+
+
 def _is_cli_control(e: BaseException) -> bool:
-    # Typer may use click or its own vendored copy: recognise their exceptions by module.
-    return any(c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
+    return bool(_cli_kinds(e))
+
+
+def _cli_kinds(e: BaseException) -> set[str]:
+    """The CLI framework's exception classes ``e`` is an instance of (by name; typer may use click or
+    its own vendored copy, so they are recognised by module)."""
+    return {c.__name__ for c in type(e).__mro__ if c.__module__.split(".")[0] in ("click", "typer")}
 
 
 def _print_error(message: str, hint: Optional[str] = None, exit_code: int = EXIT_FAILED,

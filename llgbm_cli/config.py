@@ -29,7 +29,8 @@ DEFAULT_TASKS = ["arc-easy", "arc-challenge", "boolq", "openbookqa", "piqa"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused in every number (a learning rate of inf would pass `gt=0`).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- sections
@@ -746,6 +747,7 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
     problems.extend(_merge_checks(data))
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
+        problems.extend(_ablation_checks(cfg))
     labels = {k: (flags or {}).get(k) or f"--set {k}={_toml_value(v)}" for k, v in overrides.items()}
     inherited = {k: f.name for k, f in (files or {}).items() if used_path is not None and f != used_path}
     if problems:
@@ -853,6 +855,13 @@ def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
         problems.append(
             f"train.multitask.warmup_steps: {mt.warmup_steps} must be below total_steps {mt.total_steps}"
         )
+    if cfg.lora.last_layers is not None:  # against the base model's config.json, where it is on disk already
+        from .models import base_model_layers, base_model_reference
+
+        n = base_model_layers(base_model_reference(cfg.model.base))
+        if n is not None and cfg.lora.last_layers > n:
+            problems.append(f"lora.last_layers: {cfg.lora.last_layers} is more than the base model's {n} layers "
+                            f"({cfg.model.base}); set at most {n} (or leave it unset: every layer)")
     for task in [None, *cfg.zoo.per_task]:
         z = cfg.zoo if task is None else cfg.zoo.for_task(task)
         where = "zoo." if task is None else f"zoo.per_task.{task}: zoo."
@@ -862,6 +871,43 @@ def _semantic_checks(cfg: LlgbmConfig) -> list[str]:
             problems.append(f"{where}checkpoints: {z.checkpoints} checkpoints do not fit in the "
                             f"{z.steps - z.warmup_steps} steps after warm-up (zoo.steps {z.steps} - "
                             f"zoo.warmup_steps {z.warmup_steps}); lower it or raise zoo.steps")
+    return problems
+
+
+# Each `[ablation]` list -> the setting its values take in a cell (section path, key).
+ABLATION_TARGETS: dict[str, tuple[str, str]] = {
+    "lambda_delta": ("train.multitask", "lambda_delta"),
+    "delta_loss_type": ("train.multitask", "delta_loss_type"),
+    "probe_count": ("probes", "count"),
+    "lambda_schedule": ("train.multitask", "lambda_schedule"),
+    "interaction_lambda": ("train.multitask", "lambda_delta"),
+    "interaction_loss": ("train.multitask", "delta_loss_type"),
+    "loss_balance": ("train.multitask", "loss_balance"),
+    "delta_centered": ("train.multitask", "delta_centered"),
+    "task_weight": ("train.multitask", "task_weight"),
+}
+
+
+def _ablation_checks(cfg: LlgbmConfig) -> list[str]:
+    """Every `[ablation]` value checked by the rule of the setting it takes in its cell, when the
+    project loads (not when the cell runs, hours into the grid)."""
+    problems = []
+    ab = cfg.ablation
+    for key, (where, name) in ABLATION_TARGETS.items():
+        section: Section = cfg
+        for part in where.split("."):
+            section = getattr(section, part)
+        base = section.model_dump()
+        for value in getattr(ab, key):
+            try:
+                type(section).model_validate({**base, name: value})
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"]
+                problems.append(f"ablation.{key}: {value!r} is not a valid {where}.{name} ({msg})")
+    mt = cfg.train.multitask
+    if ab.total_steps is not None and mt.warmup_steps >= ab.total_steps:
+        problems.append(f"ablation.total_steps: {ab.total_steps} must be above train.multitask.warmup_steps "
+                        f"{mt.warmup_steps}")
     return problems
 
 

@@ -436,12 +436,25 @@ class DeltaIndex:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except (json.JSONDecodeError, RuntimeError) as e:
             raise InputError(f"{folder}: corrupt index ({str(e).splitlines()[0][:120]}); rebuild it with `{made_by('index')} --force`")
-        ids = list(ids_doc["ids"])
-        if index.ntotal != len(ids) or index.d != int(meta.get("dim", -1)):
+        ids_path = folder / IDS_FILE
+        ids = ids_doc.get("ids") if isinstance(ids_doc, dict) else None
+        tasks = ids_doc.get("tasks") if isinstance(ids_doc, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise InputError(f"{ids_path}: malformed (expected an object whose `ids` is a list of adapter ids); "
+                             f"rebuild the index with `{made_by('index')} --force`")
+        if tasks is not None and (not isinstance(tasks, list) or len(tasks) != len(ids)
+                                  or not all(t is None or isinstance(t, str) for t in tasks)):
+            raise InputError(f"{ids_path}: malformed `tasks` (expected one task name or null per id); "
+                             f"rebuild the index with `{made_by('index')} --force`")
+        if not isinstance(meta, dict):
+            raise InputError(f"{folder / META_FILE}: malformed (expected a JSON object); "
+                             f"rebuild the index with `{made_by('index')} --force`")
+        dim = meta.get("dim", -1)
+        if isinstance(dim, bool) or not isinstance(dim, int) or index.ntotal != len(ids) or index.d != dim:
             raise InputError(f"{folder}: index.faiss ({index.ntotal}×{index.d}) does not match ids.json/index.json; "
                              f"rebuild it with `{made_by('index')} --force`")
         get_kind(meta.get("kind", "flat"), flag=f"{folder / META_FILE}: kind")
-        tasks = list(ids_doc.get("tasks") or [None] * len(ids))
+        tasks = list(tasks or [None] * len(ids))
         out = cls(index, ids, tasks, meta, "cpu")
         get_kind(out.kind).tune(index, meta.get("params") or {})
         if device == "cuda":

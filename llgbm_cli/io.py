@@ -63,10 +63,105 @@ def _respect_umask(path: Path, mode: int) -> None:
         os.chmod(path, mode & ~_umask())
 
 
+# --------------------------------------------------------------------------- set-aside and temporary names
+#
+# A write in progress lives beside its target as ``.<name>.<pid>.<random>.tmp``; a folder being
+# replaced is set aside as ``.<name>.old-<pid>``. A process killed outright (SIGKILL, power loss)
+# cannot clean up, so the next writer of the same target does: the pid in the name tells a dead
+# writer's leftovers from a live one's.
+
+
+def temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def set_aside_name(target: Path, pid: Optional[int] = None) -> Path:
+    return target.parent / f".{target.name}.old-{os.getpid() if pid is None else pid}"
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _leftovers(target: Path) -> tuple[list[Path], list[Path]]:
+    """(temporary entries, set-aside folders) of ``target`` left by writers that are no longer running."""
+    import re
+
+    parent = target.parent
+    if not parent.is_dir():
+        return [], []
+    esc = re.escape(target.name)
+    tmp_re = re.compile(rf"\.{esc}\.(\d+)\.[^/]*\.tmp")
+    old_re = re.compile(rf"\.{esc}\.old-(\d+)")
+    temps, olds = [], []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return [], []
+    for p in entries:
+        m = tmp_re.fullmatch(p.name)
+        if m and not pid_alive(int(m.group(1))):
+            temps.append(p)
+            continue
+        m = old_re.fullmatch(p.name)
+        if m and not pid_alive(int(m.group(1))):
+            olds.append(p)
+    return temps, sorted(olds, key=lambda p: p.name)
+
+
+def recover_leftovers(target: str | Path, finished=None) -> list[str]:
+    """Clean up after writers of ``target`` that were killed; returns what was done, one line each.
+
+    Their temporary files and folders go. A folder one of them set aside comes back when ``target``
+    is not a finished output (``finished(target)``; default: it exists), replacing the unfinished
+    one; when ``target`` is finished, the set-aside folder (whose removal the killed writer did not
+    reach) goes. Of several set-aside folders (a writer killed more than once), a finished one is put
+    back and unfinished ones go; any other finished one is left where it is and named."""
+    target = Path(target)
+    finished = finished or (lambda p: p.exists())
+    temps, olds = _leftovers(target)
+    done = []
+    for p in temps:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        done.append(f"removed {p.name}, left by a killed writer")
+    if not olds:
+        return done
+    if finished(target):
+        back = None
+    else:
+        done_olds = [o for o in olds if finished(o)]
+        back = done_olds[0] if done_olds else olds[-1]
+    for old in olds:
+        if old is back:
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            os.replace(old, target)
+            done.append(f"restored from {old.name}: the run replacing it was killed before it finished")
+        elif finished(old) and back is not None:
+            done.append(f"another earlier output is kept at {old} (set aside by a killed writer); move it back "
+                        "yourself if you want it")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name}: set aside by a killed writer, and not needed")
+    return done
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     _mkdir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -78,6 +173,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file`` with the mode a plain open gives (the library creates 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    _respect_umask(Path(path), 0o666)
+
+
+def respect_umask_tree(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode a plain open would (for folders written by libraries
+    that create their files 0600, e.g. transformers' safetensors shards)."""
+    for dirpath, _, filenames in os.walk(folder):
+        for f in filenames:
+            _respect_umask(Path(dirpath) / f, 0o666)
 
 
 def _mkdir(folder: Path) -> None:
@@ -98,25 +209,57 @@ OUTPUT_MARKERS: dict[str, tuple[str, ...]] = {
     "delta cache": ("manifest.json",),
     "delta index": ("index.faiss", "index.json"),
     "evaluation": ("results.json",),
-    "training run": ("checkpoints", "metrics.jsonl", "final"),
+    "multitask run": ("checkpoints", "metrics.jsonl", "final"),
+    "B1 run": ("checkpoints", "metrics.jsonl", "final"),
     "delta predictor": ("predictor.json",),
     "cross-validation": ("cv.json",),
 }
 
-# The command whose provenance record (llgbm.json, written first) also marks a folder as an output
-# of that kind: a build interrupted before its first marker file is written stays resumable.
-OUTPUT_COMMANDS: dict[str, str] = {"zoo": "zoo build"}
+# The commands whose provenance record (llgbm.json, written first) marks a folder as an output of
+# that kind: a build interrupted before its first marker file is written stays resumable, and a
+# folder that another command wrote is never taken for this kind, whatever files the two share
+# (a B2 predictor's metrics.jsonl does not make it a training run). Kinds not listed here are
+# recognised by their marker files alone.
+OUTPUT_COMMANDS: dict[str, tuple[str, ...]] = {
+    "zoo": ("zoo build",),
+    "delta cache": ("cache-deltas",),
+    "delta index": ("index build",),
+    "evaluation": ("eval", "eval --folds"),
+    "cross-validation": ("eval --folds", "eval"),
+    "multitask run": ("train multitask",),
+    "B1 run": ("train delta-only --variant b1",),
+    "delta predictor": ("train delta-only --variant b2",),
+}
 
 
-def _written_by(folder: Path, kind: str) -> bool:
-    command = OUTPUT_COMMANDS.get(kind)
-    if command is None:
-        return False
+def _record_command(folder: Path) -> Optional[str]:
+    """The command of ``folder``'s provenance record; None when there is none or it is unreadable."""
     try:
         record = read_provenance(folder)
     except (InputError, OSError, UnicodeDecodeError):  # an unreadable record marks nothing
-        return False
-    return isinstance(record, dict) and record.get("command") == command
+        return None
+    command = record.get("command") if isinstance(record, dict) else None
+    return command if isinstance(command, str) else None
+
+
+def _written_by(folder: Path, kind: str) -> bool:
+    return _record_command(folder) in OUTPUT_COMMANDS.get(kind, ())
+
+
+def _kind_of_command(command: str) -> str:
+    kinds = [k for k, cmds in OUTPUT_COMMANDS.items() if cmds and cmds[0] == command]
+    return f"a {kinds[0]}" if kinds else "an output"
+
+
+def _foreign(folder: Path, kind: str) -> Optional[str]:
+    """Why ``folder`` (non-empty) is an output of another kind than ``kind``, or None."""
+    own = OUTPUT_COMMANDS.get(kind)
+    if own is None:
+        return None
+    command = _record_command(folder)
+    if command is not None and command not in own and any(command in c for c in OUTPUT_COMMANDS.values()):
+        return f"is {_kind_of_command(command)} (written by `llgbm {command}`), not a {kind}"
+    return None
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -140,7 +283,7 @@ def check_output(
     (the project's work folder and project folder); an existing, non-empty folder that does not
     hold the marker files of ``kind`` (:data:`OUTPUT_MARKERS`) nor a provenance record of the
     command that writes ``kind`` (:data:`OUTPUT_COMMANDS`), i.e. is not an earlier output of this
-    kind. Refused without ``--force``: an existing output of this kind, unless the command
+    kind; a folder whose provenance record names the command of another kind. Refused without ``--force``: an existing output of this kind, unless the command
     updates its output in place (``incremental``, e.g. the delta cache). Returns the absolute path.
     """
     raw = Path(target).expanduser()
@@ -164,6 +307,10 @@ def check_output(
     if out.is_dir():
         entries = [p.name for p in out.iterdir()]
         if entries:
+            foreign = _foreign(out, kind)
+            if foreign is not None:
+                raise InputError(f"{name}: {foreign}; it is never replaced, even with --force: choose another "
+                                 "folder, or remove it yourself")
             markers = OUTPUT_MARKERS.get(kind, ())
             if markers and not any((out / m).exists() for m in markers) and not _written_by(out, kind):
                 shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
@@ -181,16 +328,19 @@ def atomic_dir(target: str | Path, *, force: bool = False, flag: str = "--force"
     """Yield a temporary folder; on success it replaces ``target`` in one rename.
 
     Refuses an existing target unless ``force``. On failure or interruption (even during the
-    final swap) the temporary folder is removed and the previous ``target`` is back in place.
+    final swap) the temporary folder is removed and the previous ``target`` is back in place; what a
+    writer killed outright left (its temporary folder, a set-aside ``target``) is cleaned up, or put
+    back, by the next call for the same target (:func:`recover_leftovers`).
     """
     target = Path(target)
+    recover_leftovers(target)  # what a killed earlier writer of this target left
     if target.exists() and not force:
         raise InputError(f"{target}: already exists; pass {flag} to overwrite it")
     if target.exists() and not target.is_dir():
         raise InputError(f"{target}: is a file, not a folder; a file is never replaced, choose a folder path")
     _mkdir(target.parent)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     except PermissionError:
         raise InputError(f"{target.parent}: permission denied; choose a folder you can write to")
     _respect_umask(tmp, 0o777)
@@ -202,7 +352,7 @@ def atomic_dir(target: str | Path, *, force: bool = False, flag: str = "--force"
     old = None
     try:
         if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            old = set_aside_name(target)
             os.replace(target, old)
         os.replace(tmp, target)
     except BaseException as e:
@@ -219,7 +369,10 @@ def atomic_dir(target: str | Path, *, force: bool = False, flag: str = "--force"
 class FileLock:
     """An exclusive, non-blocking lock on ``path`` (fcntl on POSIX).
 
-    A second writer fails at once with a clear message instead of waiting or corrupting.
+    A second writer fails at once with a clear message instead of waiting or corrupting. The lock
+    file is removed on release (while still locked), and a lock taken on a file that was removed
+    meanwhile is taken again on the new one, so that no lock file is left behind and two writers
+    never both hold one.
     """
 
     def __init__(self, path: str | Path, what: str = "this folder"):
@@ -229,24 +382,28 @@ class FileLock:
 
     def __enter__(self) -> "FileLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
-        try:
-            if sys.platform == "win32":  # pragma: no cover
-                import msvcrt
+        while True:
+            fh = open(self.path, "a+")
+            try:
+                if sys.platform == "win32":  # pragma: no cover
+                    import msvcrt
 
-                msvcrt.locking(self._fh.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                else:
+                    import fcntl
 
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
-            self._fh = None
-            raise LlgbmError(
-                f"{self.path}: another llgbm process is writing {self.what}; wait for it to finish "
-                f"(or remove the lock file if no such process exists)",
-                exit_code=1,
-            )
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise LlgbmError(
+                    f"{self.path}: another llgbm process is writing {self.what}; wait for it to finish "
+                    f"(or remove the lock file if no such process exists)",
+                    exit_code=1,
+                )
+            if sys.platform == "win32" or _same_file(fh, self.path):  # pragma: no branch
+                break
+            fh.close()  # its holder removed it on release: lock the file that is there now
+        self._fh = fh
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(str(os.getpid()))
@@ -258,9 +415,26 @@ class FileLock:
             if sys.platform != "win32":
                 import fcntl
 
+                with contextlib.suppress(OSError):
+                    if _same_file(self._fh, self.path):
+                        self.path.unlink()
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+def output_lock(out: str | Path, what: str) -> FileLock:
+    """The lock of an output folder: ``.<name>.lock`` beside it, held by the one command writing it."""
+    out = Path(out)
+    return FileLock(out.parent / f".{out.name}.lock", what=what)
+
+
+def _same_file(fh, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fh.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def provenance(command: str, config: Optional[dict] = None, **extra: Any) -> dict[str, Any]:

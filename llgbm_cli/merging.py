@@ -351,6 +351,11 @@ def _few(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "")
 
 
+#: Summed weights below this in magnitude are not divided by (mergekit's threshold): ties and
+#: dare_ties leave such an entry's sum as it is, linear with normalize refuses the weights.
+NORMALIZE_EPS = 1e-8
+
+
 def resolve_weights(opts: MergeOptions, n: int) -> list[float]:
     """Per-adapter coefficients as applied: with ``normalize`` and no sign election, divided by their sum."""
     if opts.weights is None:
@@ -362,7 +367,7 @@ def resolve_weights(opts: MergeOptions, n: int) -> list[float]:
                              "give one weight per adapter")
     if opts.normalized and opts.spec.consensus == "none":
         total = sum(w)
-        if abs(total) < 1e-12:
+        if abs(total) < NORMALIZE_EPS:
             raise InputError(f"{opts.source('weights')} {w} sum to 0; `{opts.strategy}` with normalize divides "
                              "by their sum (use task_arithmetic or --no-normalize)")
         w = [x / total for x in w]
@@ -434,7 +439,8 @@ def general_merge(tensors: Sequence["torch.Tensor"], weights: Sequence[float], o
     ``weights`` are applied as given (see :func:`resolve_weights` for the normalized ones). With sign
     consensus the elected sign of an entry is that of its weighted sum (``+`` when the sum is 0, as
     in the references); entries of the other sign, and zeros, are left out; with ``normalize`` the
-    sum of the agreeing entries is divided by the agreeing weights' sum (left as is where that is 0).
+    sum of the agreeing entries is divided by the agreeing weights' sum (left as is where that is
+    below :data:`NORMALIZE_EPS` in magnitude).
     """
     import torch
 
@@ -454,9 +460,9 @@ def general_merge(tensors: Sequence["torch.Tensor"], weights: Sequence[float], o
         elected = torch.where(x.sum(0) >= 0, 1.0, -1.0).to(x.dtype)
         agree = torch.sign(x) == elected
         merged = (x * agree).sum(0)
-        if opts.normalized:
+        if opts.normalized:  # as mergekit: a divisor below NORMALIZE_EPS in magnitude counts as 1
             div = (w * agree).sum(0)
-            merged = merged / torch.where(div != 0, div, torch.ones_like(div))
+            merged = merged / torch.where(div.abs() >= NORMALIZE_EPS, div, torch.ones_like(div))
         return merged
     return x.sum(0)
 
@@ -757,7 +763,7 @@ def write_merged_model(base: Path, adapter: "LoraAdapter", out: Path,
     import shutil
 
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from .io import save_safetensors as save_file
 
     from .io import write_provenance
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import InputError
-from .io import atomic_dir
+from .io import atomic_dir, respect_umask_tree
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -147,6 +147,7 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
         with atomic_dir(out, force=True) as tmp:
             fresh.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
+            respect_umask_tree(tmp)
             (tmp / "llgbm_source.json").write_text(json.dumps({"gguf": str(folder / gguf_file)}) + "\n")
     except OSError:
         if not (out / "config.json").exists():  # another process won the race: its folder is as good
@@ -176,10 +177,49 @@ def _tiny_folder() -> Path:
         with atomic_dir(out, force=True) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
+            respect_umask_tree(tmp)
     except OSError:
         if not (out / "config.json").exists():
             raise
     return out
+
+
+def base_model_reference(name: Optional[str]) -> Optional[str]:
+    """What an adapter records as ``base_model_name_or_path`` for the base model ``name``: something
+    PEFT and transformers load by themselves (``AutoPeftModel``): a built-in's converted folder
+    under ``$LLGBM_HOME/models``, the hub id of ``hf:org/name``, a local folder's absolute path."""
+    if not name:
+        return None
+    if name.startswith(HUB_PREFIX):
+        return name[len(HUB_PREFIX):]
+    if name in BUILTIN_BASE:
+        return str(llgbm_home() / "models" / name)
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def base_model_name(reference: Optional[str]) -> Optional[str]:
+    """The inverse of :func:`base_model_reference` for a built-in (its converted folder, on any
+    machine, gives its name back); any other reference is returned as is."""
+    if not reference:
+        return reference
+    p = Path(reference)
+    if p.is_absolute() and p.name in BUILTIN_BASE and p.parent.name == "models":
+        return p.name
+    return reference
+
+
+def base_model_layers(reference: Optional[str]) -> Optional[int]:
+    """The number of decoder layers of a base model given by its reference, read from its local
+    ``config.json`` (None when it is not a local folder or does not say)."""
+    if not reference:
+        return None
+    cfg = Path(reference).expanduser() / "config.json"
+    try:
+        n = json.loads(cfg.read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def load_base_model(name: str, dtype: str = "float32", device: str = "auto"):

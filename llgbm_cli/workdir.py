@@ -19,16 +19,19 @@ class Output:
     what: str  # a few words for messages: "the delta cache"
     command: str  # the command that makes it
     location: Callable[[object], str]  # config -> folder, relative to the work folder (or absolute)
+    kind: Optional[str] = None  # its kind in the output-folder policy (io.OUTPUT_MARKERS)
 
 
 OUTPUTS: dict[str, Output] = {o.key: o for o in (
-    Output("zoo", "the adapter zoo", "llgbm zoo build", lambda c: c.zoo.path),
-    Output("deltas", "the delta cache", "llgbm cache-deltas", lambda c: c.delta.cache),
-    Output("index", "the delta index", "llgbm index build", lambda c: c.index.path),
-    Output("multitask", "the multitask generator run", "llgbm train multitask", lambda c: "train/multitask"),
-    Output("b1", "the B1 generator run", "llgbm train delta-only --variant b1", lambda c: "train/b1"),
-    Output("b2", "the B2 delta predictor", "llgbm train delta-only --variant b2", lambda c: "train/b2"),
-    Output("eval", "the evaluation", "llgbm eval", lambda c: c.eval.out),
+    Output("zoo", "the adapter zoo", "llgbm zoo build", lambda c: c.zoo.path, "zoo"),
+    Output("deltas", "the delta cache", "llgbm cache-deltas", lambda c: c.delta.cache, "delta cache"),
+    Output("index", "the delta index", "llgbm index build", lambda c: c.index.path, "delta index"),
+    Output("multitask", "the multitask generator run", "llgbm train multitask", lambda c: "train/multitask",
+           "multitask run"),
+    Output("b1", "the B1 generator run", "llgbm train delta-only --variant b1", lambda c: "train/b1", "B1 run"),
+    Output("b2", "the B2 delta predictor", "llgbm train delta-only --variant b2", lambda c: "train/b2",
+           "delta predictor"),
+    Output("eval", "the evaluation", "llgbm eval", lambda c: c.eval.out, "evaluation"),
     Output("ablation", "the ablation grid", "llgbm ablate", lambda c: c.ablation.out),
     Output("merges", "merged adapters", "llgbm merge --out / llgbm retrieve --merge", lambda c: "merges"),
 )}
@@ -53,6 +56,14 @@ def path(resolved, key: str) -> Path:
 def relative(key: str, config) -> str:
     """The configured location of ``key`` as written (relative to the work folder unless absolute)."""
     return str(_output(key).location(config))
+
+
+def kind(key: str) -> str:
+    """The kind of output ``key`` in the output-folder policy (what ``io.check_output`` is told)."""
+    k = _output(key).kind
+    if k is None:
+        raise KeyError(f"work-folder output {key!r} has no output kind")
+    return k
 
 
 def made_by(key: str) -> str:

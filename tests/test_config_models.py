@@ -12,7 +12,9 @@ def _problems(**ov):
 
 def test_builtin_names_are_known_without_loading():
     assert _problems() == []
-    assert _problems(**{"model.base": "tiny-llama", "lora.target_modules": ["q_proj", "down_proj"]}) == []
+    # the project file's last_layers (8) is more than the tiny model's 2 layers: refused at load
+    assert _problems(**{"model.base": "tiny-llama", "lora.target_modules": ["q_proj", "down_proj"],
+                        "lora.last_layers": 2}) == []
     (bad,) = _problems(**{"lora.target_modules": ["q_proj", "c_attn"]})
     assert bad.startswith("lora.target_modules: 'c_attn' not in the base model smollm2-135m-instruct")
 
@@ -42,7 +44,8 @@ def test_folder_modules_come_from_config_json(tmp_path):
 
     LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2).save_pretrained(tmp_path / "llama")
-    assert _problems(**{"model.base": str(tmp_path / "llama"), "lora.target_modules": ["q_proj", "up_proj"]}) == []
+    assert _problems(**{"model.base": str(tmp_path / "llama"), "lora.target_modules": ["q_proj", "up_proj"],
+                        "lora.last_layers": 3}) == []
 
 
 def test_validate_command_exit_code(cli, tmp_path):

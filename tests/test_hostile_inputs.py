@@ -46,9 +46,22 @@ def world(tmp_path_factory, tiny):
     zoo.save()
     (w / "train").mkdir()
     (w / "train" / "notes.txt").write_text("a run folder the user keeps notes in\n")
+    # a trained B2 delta predictor: its metrics.jsonl does not make it a training run
+    (w / "train" / "b2").mkdir()
+    for name, text in (("predictor.json", "{}"), ("metrics.jsonl", '{"epoch": 1}\n'),
+                       ("llgbm.json", json.dumps({"command": "train delta-only --variant b2"}))):
+        (w / "train" / "b2" / name).write_text(text)
     bad = root / "bad"
     good = random_adapter(model, r=4, alpha=8.0, seed=99, std=0.05)
     save_adapter(bad / "good", good, base_model="tiny-llama")
+    save_adapter(bad / "good2", random_adapter(model, r=4, alpha=8.0, seed=98, std=0.05), base_model="tiny-llama")
+    # a project whose task name is a path out of the work folder
+    (root / "VICTIM").mkdir()
+    (root / "VICTIM" / "keep.txt").write_text("an unrelated folder\n")
+    (bad / "t.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n' * 4)
+    (root / "evil.toml").write_text(toml.replace('tasks = ["arc-easy", "boolq", "openbookqa"]',
+                                                 'tasks = ["../../../../VICTIM"]')
+                                    + f'\n[tasks."../../../../VICTIM"]\npath = "{bad}/t.jsonl"\n')
     # save_adapter refuses NaN: write a NaN into a copy of the good adapter's weights directly
     ts = load_file(str(bad / "good" / "adapter_model.safetensors"))
     key = next(k for k in ts if "lora_B" in k)
@@ -106,17 +119,17 @@ CASES = [
                              "--out", "{root}/gen1"], 2, "binary.txt", None),
     ("corrupt-generator-checkpoint", ["generate", "Q?", "--checkpoint", "{bad}/corrupt", "--out", "{root}/gen2"],
      2, "generator.json", None),
-    ("out-is-a-file", ["merge", "{bad}/good", "{bad}/good", "--out", "{bad}/a-file"], 2, "is a file", None),
-    ("force-over-a-file", ["merge", "{bad}/good", "{bad}/good", "--out", "{bad}/a-file", "--force"], 2, "is a file",
+    ("out-is-a-file", ["merge", "{bad}/good", "{bad}/good2", "--out", "{bad}/a-file"], 2, "is a file", None),
+    ("force-over-a-file", ["merge", "{bad}/good", "{bad}/good2", "--out", "{bad}/a-file", "--force"], 2, "is a file",
      None),
     ("merge-nan-adapter", ["merge", "{bad}/nan", "{bad}/good", "--out", "{root}/m1"], 2, "NaN", None),
-    ("drop-rate-1", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m2", "--strategy", "dare_linear",
+    ("drop-rate-1", ["merge", "{bad}/good", "{bad}/good2", "--out", "{root}/m2", "--strategy", "dare_linear",
                      "--drop-rate", "1.0"], 2, "--drop-rate", None),
-    ("drop-rate-by-set", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m2", "--set", "merge.drop_rate=1.0"],
+    ("drop-rate-by-set", ["merge", "{bad}/good", "{bad}/good2", "--out", "{root}/m2", "--set", "merge.drop_rate=1.0"],
      2, "--set merge.drop_rate=1.0: 1 drops every entry", None),
-    ("rank-above-module", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m3", "--rank", "4096"], 2, "--rank",
+    ("rank-above-module", ["merge", "{bad}/good", "{bad}/good2", "--out", "{root}/m3", "--rank", "4096"], 2, "--rank",
      None),
-    ("density-from-file", ["-p", "{root}/dense.toml", "merge", "{bad}/good", "{bad}/good", "--out", "{root}/m4"], 2,
+    ("density-from-file", ["-p", "{root}/dense.toml", "merge", "{bad}/good", "{bad}/good2", "--out", "{root}/m4"], 2,
      "dense.toml: merge.density", None),
     ("zoo-checkpoints-too-many", ["zoo", "build", "--checkpoints", "50"], 2, "--checkpoints: 50 checkpoints do not fit", None),
     ("adapter-check-each", ["adapter", "check", "--no-base", "{bad}/nan", "{bad}/good", "{bad}/rank"], 2,
@@ -129,6 +142,38 @@ CASES = [
      "trainer_state.pt", "pwned"),
     ("json-error-object", ["--json", "merge", "{bad}/good", "--out", "{root}/m5", "--density", "2"], 2, "--density: 2 must be",
      "json"),
+    # names that are paths never leave their folder
+    ("task-name-is-a-path", ["-p", "{root}/evil.toml", "zoo", "build", "--tasks", "../../../../VICTIM"], 2,
+     "is not a valid name", None),
+    ("eval-task-is-a-path", ["eval", "--task", "../../X"], 2, "../../X", None),
+    ("zoo-add-hidden-id", ["zoo", "add", "{bad}/.hidden", "--task", "arc-easy"], 2, "is not a valid name", None),
+    # another kind of output is never replaced by a training run
+    ("b1-over-b2-predictor", ["train", "delta-only", "--variant", "b1", "--out", "{w}/train/b2", "--force"], 2,
+     "is a delta predictor", None),
+    ("multitask-over-b2-predictor", ["train", "multitask", "--out", "{w}/train/b2", "--force"], 2,
+     "is a delta predictor", None),
+    # one input, or one input twice
+    ("merge-one-adapter", ["merge", "{bad}/good", "--out", "{root}/m6"], 2, "at least 2 different adapters", None),
+    ("merge-same-adapter-twice", ["merge", "{bad}/good", "{bad}/good", "--out", "{root}/m6"], 2,
+     "named more than once", None),
+    ("zoo-add-same-adapter-twice", ["zoo", "add", "{bad}/good", "{bad}/good", "--task", "arc-easy"], 2, "also that of",
+     None),
+    # values checked when the project loads
+    ("learning-rate-inf", ["train", "multitask", "--set", "train.multitask.learning_rate=inf"], 2,
+     "train.multitask.learning_rate=inf: Input should be a finite number", None),
+    ("ablation-lambda-negative", ["ablate", "--dry-run", "--set", "ablation.lambda_delta=[-1.0]"], 2,
+     "-1.0 is not a valid train.multitask.lambda_delta", None),
+    ("ablation-probe-count-0", ["ablate", "--dry-run", "--set", "ablation.probe_count=[0]"], 2,
+     "0 is not a valid probes.count", None),
+    ("last-layers-beyond-the-model", ["zoo", "build", "--set", "lora.last_layers=50"], 2,
+     "lora.last_layers=50: 50 is more than the base model's 2 layers", None),
+    # usage errors: one line, and the error object under --json
+    ("unknown-command", ["nosuchcommand"], 2, "No such command 'nosuchcommand'", None),
+    ("unknown-command-json", ["--json", "nosuchcommand"], 2, "No such command", "json"),
+    ("unknown-option-json", ["--json", "merge", "--bogus"], 2, "No such option: --bogus", "json"),
+    # -v adds the traceback only: same exit code, same error line, same error object
+    ("verbose-bad-input", ["-v", "--json", "merge", "{bad}/nan", "{bad}/good", "--out", "{root}/m1"], 2, "NaN",
+     "verbose"),
 ]
 
 
@@ -145,7 +190,11 @@ def test_hostile_input(world, name, args, code, text, extra):
     r = subprocess.run([LLGBM, *argv], cwd=root, capture_output=True, text=True, env=env, timeout=300)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == code, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+    if extra == "verbose":  # the traceback, then the same lines as without -v
+        assert "Traceback" in r.stderr
+        lines = lines[next(i for i, l in enumerate(lines) if l.startswith("error: ")):]
+        extra = "json"
+    assert "Traceback" not in "\n".join(lines)
     assert lines and lines[0].startswith("error: "), r.stderr[-2000:]
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), r.stderr[-2000:]
     assert text in lines[0], lines[0]

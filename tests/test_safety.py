@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import file_tree
+from conftest import TINY_TOML, file_tree
 from llgbm_cli.errors import InputError
 
 
@@ -400,3 +400,524 @@ def test_corrupt_predictor_checkpoint_names_its_file(tmp_path):
     (tmp_path / "p" / "predictor.safetensors").write_bytes(b"garbage")
     with pytest.raises(InputError, match="predictor.safetensors"):
         load_predictor(tmp_path / "p")
+
+
+# --------------------------------------------------------------------------- exit codes and usage errors
+
+
+def _lines(text: str) -> list[str]:
+    return [l for l in text.splitlines() if l.strip()]
+
+
+@pytest.mark.parametrize("args,code", [
+    (["config", "show", "-p", "{tmp}/nope.toml"], 2),  # bad input
+    (["merge", "{tmp}/a", "{tmp}/b", "--out", "{tmp}/m"], 2),
+])
+def test_verbose_adds_the_traceback_and_keeps_the_exit_code_and_error_line(cli, tmp_path, args, code):
+    argv = [a.format(tmp=tmp_path) for a in args]
+    quiet = cli(*argv)
+    loud = cli("-v", *argv)
+    assert quiet.exit_code == loud.exit_code == code
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+    assert _lines(quiet.stderr)[0].startswith("error: ") and _lines(quiet.stderr)[0] in _lines(loud.stderr)
+    doc = json.loads(cli("-v", "--json", *argv).stdout)
+    assert doc["exit_code"] == code and doc["error"] == _lines(quiet.stderr)[0][len("error: "):]
+
+
+@pytest.mark.parametrize("args,text", [
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["merge", "--bogus", "x"], "No such option: --bogus"),
+    (["config", "validate", "a", "b"], "Got unexpected extra argument"),
+    (["zoo", "add", "--task", "boolq"], "Missing argument"),
+])
+def test_usage_errors_are_one_error_line_and_a_json_object(cli, args, text):
+    r = cli(*args)
+    lines = _lines(r.stderr)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert len(lines) == 2 and lines[0].startswith("error: ") and text in lines[0] and lines[1].startswith("hint: ")
+    j = cli("--json", *args)
+    assert j.exit_code == 2
+    assert json.loads(j.stdout) == {"error": lines[0][len("error: "):], "hint": lines[1][len("hint: "):],
+                                    "exit_code": 2}
+
+
+def test_malformed_index_ids_file_names_the_file(tmp_path):
+    import numpy as np
+
+    from llgbm_cli.index import DeltaIndex
+
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    DeltaIndex.build(x, [f"a{i}" for i in range(6)]).save(tmp_path / "ix")
+    for bad in ([1, 2], {"ids": 3}, {"ids": [1, 2, 3, 4, 5, 6]}, {"ids": [f"a{i}" for i in range(6)], "tasks": 5}):
+        (tmp_path / "ix" / "ids.json").write_text(json.dumps(bad))
+        with pytest.raises(InputError, match="ids.json: malformed"):
+            DeltaIndex.load(tmp_path / "ix")
+
+
+@pytest.mark.parametrize("key,value,text", [
+    ("train.multitask.learning_rate", float("inf"), "finite number"),
+    ("zoo.learning_rate", float("nan"), "finite number"),
+    ("merge.energy", float("inf"), "finite number"),
+    ("ablation.lambda_delta", [-1.0], "-1.0 is not a valid train.multitask.lambda_delta"),
+    ("ablation.probe_count", [0], "0 is not a valid probes.count"),
+    ("ablation.interaction_loss", ["l3"], "'l3' is not a valid train.multitask.delta_loss_type"),
+    ("ablation.total_steps", 2, "must be above train.multitask.warmup_steps"),  # 100 by default
+])
+def test_config_refuses_non_finite_numbers_and_impossible_ablation_values_at_load(tmp_path, key, value, text):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import ConfigError
+
+    (tmp_path / "llgbm.toml").write_text("")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "llgbm.toml", {key: value})
+    assert key in e.value.message and text in e.value.message, e.value.message
+
+
+def test_last_layers_beyond_the_model_is_refused_naming_the_key(tiny):
+    from llgbm_cli.adapters import target_linears
+    from llgbm_cli.lora.tokenizer import LoraTokenizer
+
+    assert len(target_linears(tiny[0], ["q_proj"], 2)) == 2
+    with pytest.raises(InputError, match="lora.last_layers: 50 is more than the base model's 2 layers"):
+        LoraTokenizer.from_model(tiny[0], ["q_proj", "v_proj"], 4, 50)
+
+
+def test_data_check_reports_an_empty_task_file(cli, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "llgbm.toml").write_text('[tasks.emp]\npath = "empty.jsonl"\nkind = "multiple_choice"\n')
+    r = cli("-p", tmp_path / "llgbm.toml", "data", "check", "emp")
+    assert r.exit_code == 1
+    assert "the train split has no records" in r.stdout and "the test split has no records" in r.stdout
+
+
+# --------------------------------------------------------------------------- one writer, nothing left behind
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_writers_temporary_folders_go_and_its_set_aside_folder_comes_back(tmp_path):
+    from llgbm_cli.io import atomic_dir
+
+    dead = _dead_pid()
+    out = tmp_path / "evref"
+    _folder(tmp_path / f".evref.{dead}.abc123.tmp", {"results.json": "half"})
+    _folder(tmp_path / f".evref.{dead}.def456.tmp", {})
+    _folder(tmp_path / f".evref.old-{dead}", {"adapter_config.json": "the earlier output"})
+    live = _folder(tmp_path / f".evref.{os.getpid()}.keep.tmp", {})  # a live writer's: untouched
+    with pytest.raises(InputError, match="already exists"):  # the earlier output is back, so not replaced
+        with atomic_dir(out):
+            pass
+    assert (out / "adapter_config.json").read_text() == "the earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["evref", live.name])
+    # a set-aside folder whose replacement did finish is removed instead
+    _folder(tmp_path / f".evref.old-{dead}", {"adapter_config.json": "older"})
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "adapter_config.json").write_text("new")
+    assert (out / "adapter_config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["evref", live.name])
+
+
+def test_every_safetensors_file_follows_the_umask(tmp_path, tiny):
+    from llgbm_cli.adapters import random_adapter, save_adapter
+    from llgbm_cli.generators.predictor import DeltaPredictor, save_predictor
+
+    old = os.umask(0o022)
+    try:
+        save_adapter(tmp_path / "ad", random_adapter(tiny[0], r=2, seed=0))
+        (tmp_path / "p").mkdir()
+        save_predictor(tmp_path / "p", DeltaPredictor(4, 3, hidden=8), {})
+    finally:
+        os.umask(old)
+    files = list(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 2 and all(f.stat().st_mode & 0o777 == 0o644 for f in files), files
+
+
+# --------------------------------------------------------------------------- names never become paths
+
+
+def test_child_paths_stay_inside_their_parent(tmp_path):
+    from llgbm_cli.names import check_name, child
+
+    (tmp_path / "zoo").mkdir()
+    assert child(tmp_path / "zoo", "boolq-s00004") == tmp_path / "zoo" / "boolq-s00004"
+    (tmp_path / "zoo" / "link").symlink_to(tmp_path)
+    for bad in ("../x", "../../../../VICTIM", "/etc", "link/escape", ".", ""):
+        with pytest.raises(InputError, match="leads outside"):
+            child(tmp_path / "zoo", bad)
+    for bad in ("../x", "a/b", ".hidden", "-flag", "a b", "", "x" * 200, None):
+        with pytest.raises(InputError, match="not a valid name"):
+            check_name(bad, "tasks.x")
+    assert check_name("lambda_delta=0.1+delta_loss_type=mse", "cell")
+
+
+@pytest.mark.parametrize("name", ["../../../../VICTIM", "a/b", ".hidden"])
+def test_a_task_name_that_is_a_path_is_refused_where_it_enters(cli, tmp_path, name):
+    (tmp_path / "VICTIM").mkdir()
+    (tmp_path / "VICTIM" / "keep.txt").write_text("an unrelated folder\n")
+    proj = tmp_path / "p" / "q" / "r" / "s"
+    proj.mkdir(parents=True)
+    (proj / "t.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n' * 4)
+    (proj / "llgbm.toml").write_text(TINY_TOML.replace('tasks = ["arc-easy", "boolq"]', f'tasks = ["{name}"]')
+                                     + f'\n[tasks."{name}"]\npath = "t.jsonl"\n')
+    before = file_tree(tmp_path)
+    for args in (["zoo", "build", "--tasks", name], ["config", "validate"], ["eval", "--task", name]):
+        r = cli("-p", proj / "llgbm.toml", *args)
+        assert r.exit_code == 2, r.stderr
+        assert f"tasks.{name}: {name!r} is not a valid name" in r.stderr
+    assert file_tree(tmp_path) == before
+
+
+def test_zoo_add_refuses_an_unsafe_id_and_the_same_adapter_twice(cli, tiny_project, tiny):
+    from llgbm_cli.adapters import random_adapter, save_adapter
+
+    root = tiny_project.parent
+    ad = random_adapter(tiny[0], r=4, alpha=8.0, seed=0)
+    save_adapter(root / "x" / "good", ad)
+    save_adapter(root / "y" / "good", ad)
+    save_adapter(root / "x" / "has space", ad)
+    before = file_tree(root)
+    for paths, text in (([root / "x" / "good", root / "x" / "good"], "also that of"),
+                        ([root / "x" / "good", root / "y" / "good"], "another folder"),
+                        ([root / "x" / "has space"], "is not a valid name")):
+        r = cli("-p", tiny_project, "zoo", "add", *paths, "--task", "boolq")
+        assert r.exit_code == 2 and text in r.stderr, r.stderr
+    assert file_tree(root) == before
+
+
+def test_merge_refuses_one_adapter_and_the_same_adapter_twice(cli, tiny_project, tiny):
+    from llgbm_cli.adapters import random_adapter, save_adapter
+
+    root = tiny_project.parent
+    a = save_adapter(root / "a", random_adapter(tiny[0], r=4, seed=0))
+    save_adapter(root / "b", random_adapter(tiny[0], r=4, seed=1))
+    (root / "alias").symlink_to(a)
+    before = file_tree(root)
+    for args, text in (([a], "at least 2 different adapters, 1 given"),
+                       ([a, a], "twice"),
+                       ([a, root / "alias", root / "b"], "the same adapter")):
+        r = cli("-p", tiny_project, "merge", *args, "--out", root / "m")
+        assert r.exit_code == 2 and text in r.stderr, r.stderr
+    assert file_tree(root) == before
+    from llgbm_cli.io import output_lock
+
+    with output_lock(root / "m", "a merged adapter"):  # another merge is writing it
+        r = cli("-p", tiny_project, "merge", a, root / "b", "--out", root / "m")
+    assert r.exit_code == 1 and "another llgbm process is writing" in r.stderr and not (root / "m").exists()
+    assert cli("-p", tiny_project, "merge", a, root / "b", "--out", root / "m").exit_code == 0
+    assert not list(root.glob(".m.*"))  # no lock or temporary file left
+
+
+# --------------------------------------------------------------------------- a one-task zoo, built once
+
+
+@pytest.fixture(scope="module")
+def zoo1(tiny, tmp_path_factory):
+    """A one-task zoo (boolq, 2 checkpoints) whose teachers adapt the last layer only."""
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.zoo import build_zoo
+
+    root = tmp_path_factory.mktemp("zoo1")
+    (root / "llgbm.toml").write_text(TINY_TOML.replace('tasks = ["arc-easy", "boolq"]', 'tasks = ["boolq"]')
+                                     .replace("[lora]\n", "[lora]\nlast_layers = 1\n"))
+    build_zoo(load_config(root / "llgbm.toml"), model_and_tokenizer=tiny)
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_pickle_that_runs_code_in_the_zoo_state_is_refused_naming_the_file(zoo1, cli, tmp_path):
+    import shutil
+
+    root = _copy(zoo1, tmp_path / "p")
+    zdir = root / "runs" / "zoo"
+    shutil.rmtree(zdir / "adapters" / "boolq-s00006")  # the next build resumes from the first checkpoint
+    state = zdir / ".state" / "boolq-s00004.pt"
+    torch.save({"A": _Payload(str(tmp_path / "pwned"))}, state)
+    r = cli("-p", root / "llgbm.toml", "zoo", "build")
+    assert r.exit_code == 2, r.stderr
+    assert "boolq-s00004.pt: refused to load" in r.stderr and "internal error" not in r.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_zoo_build_force_interrupted_keeps_the_tasks_earlier_build(zoo1, tiny, tmp_path, monkeypatch):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services import zoo as svc
+
+    root = _copy(zoo1, tmp_path / "p")
+    zdir = root / "runs" / "zoo"
+
+    def zoo_tree():
+        return {k: v for k, v in file_tree(zdir).items() if k != "llgbm.json" and not k.startswith(".zoo.lock")}
+
+    before = zoo_tree()
+    specs_before = json.loads((zdir / "llgbm.json").read_text())["task_build_specs"]
+    real = svc._build_task
+
+    def interrupted_after_one_checkpoint(resolved, zoo, base, unit, spec, done, progress, record):
+        def rec(entry):
+            record(entry)
+            raise KeyboardInterrupt
+
+        return real(resolved, zoo, base, unit, spec, done, progress, rec)
+
+    monkeypatch.setattr(svc, "_build_task", interrupted_after_one_checkpoint)
+    resolved = load_config(root / "llgbm.toml", {"zoo.learning_rate": 5e-3})
+    with pytest.raises(KeyboardInterrupt):
+        svc.build_zoo(resolved, tasks=["boolq"], force=True, model_and_tokenizer=tiny)
+    assert zoo_tree() == before  # rows, adapters and training states of the earlier build
+    assert json.loads((zdir / "llgbm.json").read_text())["task_build_specs"] == specs_before
+
+    # killed outright (no chance to put anything back): the next build does it
+    monkeypatch.setattr(svc, "_restore_built", lambda folder, aside: None)
+    with pytest.raises(KeyboardInterrupt):
+        svc.build_zoo(resolved, tasks=["boolq"], force=True, model_and_tokenizer=tiny)
+    assert [p.name for p in (zdir / ".state").glob("*.forced")]
+    monkeypatch.undo()
+    res = svc.build_zoo(load_config(root / "llgbm.toml"), model_and_tokenizer=None)
+    assert sum(len(t.built) for t in res.tasks) == 0  # the earlier build is back, complete
+    assert zoo_tree() == before
+
+
+def test_zoo_build_force_never_deletes_a_folder_outside_the_zoo(zoo1, tiny, tmp_path):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.zoo import build_zoo
+    from llgbm_cli.zoo import Zoo, ZooEntry
+
+    root = _copy(zoo1, tmp_path / "p")
+    outside = _folder(tmp_path / "mine", {"keep.txt": "not the zoo's"})
+    zoo = Zoo.load(root / "runs" / "zoo")
+    zoo.upsert(ZooEntry(id="boolq-s00099", path=str(outside), task="boolq", step=99))  # an edited manifest row
+    zoo.save()
+    build_zoo(load_config(root / "llgbm.toml"), tasks=["boolq"], force=True, model_and_tokenizer=tiny)
+    assert (outside / "keep.txt").read_text() == "not the zoo's"
+
+
+# --------------------------------------------------------------------------- PEFT-clean adapters
+
+
+def _peft_load_clean(model, folder: Path):
+    """PeftModel.from_pretrained with every warning and log record caught: (peft model, problems)."""
+    import copy
+    import logging
+    import warnings
+
+    from peft import PeftModel
+
+    records = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                records.append(record.getMessage())
+
+    handler = Catch()
+    loggers = [logging.getLogger(n) for n in ("peft", "transformers", "")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter("always")
+            pm = PeftModel.from_pretrained(copy.deepcopy(model), str(folder))
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    # transformers' own deprecation notices about itself are not about the adapter
+    problems = [str(w.message) for w in ws if not issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    return pm, problems + records
+
+
+def test_every_kind_of_llgbm_adapter_loads_in_peft_without_a_warning(zoo1, tiny, tmp_path):
+    from llgbm_cli.adapters import LoraModule, load_adapter, save_adapter
+    from llgbm_cli.generators import build_generator
+    from llgbm_cli.lora.tokenizer import LoraTokenizer
+    from llgbm_cli.models import base_model_reference
+    from llgbm_cli.services.merge import merge_to_folder
+    from llgbm_cli.zoo import Zoo
+
+    model = tiny[0]
+    zoo = Zoo.load(zoo1 / "runs" / "zoo")
+    teachers = [zoo.path_of(e) for e in zoo.entries]
+    # generated: a generator's output for one condition, saved as `llgbm generate` saves it
+    layout = LoraTokenizer.from_model(model, ["q_proj", "v_proj"], 4, 1)
+    gen = build_generator("hypernet", layout, 8, {"embed_dim": 8, "hidden": 16})
+    with torch.no_grad():
+        mods = gen(torch.randn(1, 4, 8)).adapter_modules(0)
+    save_adapter(tmp_path / "generated", mods, alpha=8.0, base_model="tiny-llama")
+    # merged with uneven ranks: one teacher at rank 2 beside the other at rank 4, and a TIES merge
+    t0 = load_adapter(teachers[0])
+    low = {n: LoraModule(m.A[:2], m.B[:, :2], m.scaling) for n, m in t0.modules.items()}
+    save_adapter(tmp_path / "rank2", low, alpha=4.0, base_model="tiny-llama")
+    res = merge_to_folder([teachers[1], tmp_path / "rank2"], tmp_path / "merged", "ties", energy=0.9999)
+    assert res.rank_range[0] < res.rank_range[1], res.rank_range  # modules of different ranks
+    kinds = {"teacher": teachers[0], "generated": tmp_path / "generated", "merged": tmp_path / "merged"}
+    for kind, folder in kinds.items():
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        assert cfg["layers_to_transform"] == [1] and cfg["layers_pattern"] == "layers", kind
+        assert cfg["base_model_name_or_path"] == base_model_reference("tiny-llama")
+        assert Path(cfg["base_model_name_or_path"], "config.json").exists()
+        ad = load_adapter(folder)
+        assert ad.base_model == "tiny-llama"  # llgbm still sees the built-in's name
+        pm, problems = _peft_load_clean(model, folder)
+        assert problems == [], (kind, problems)
+        lora = {n.split("base_model.model.", 1)[-1] for n, m in pm.named_modules() if hasattr(m, "lora_A")}
+        assert lora == set(ad.modules), kind  # LoRA on the adapted layers only
+        if kind == "merged":
+            ranks = {n: pm.get_submodule(f"base_model.model.{n}").lora_A["default"].weight.shape[0] for n in lora}
+            assert ranks == {n: m.rank for n, m in ad.modules.items()}
+    # an adapter saved before layers_to_transform was written still loads in llgbm
+    old = _copy(kinds["teacher"], tmp_path / "old")
+    cfg = json.loads((old / "adapter_config.json").read_text())
+    cfg.update(layers_to_transform=None, layers_pattern=None, base_model_name_or_path="tiny-llama")
+    (old / "adapter_config.json").write_text(json.dumps(cfg))
+    assert load_adapter(old).base_model == "tiny-llama" and set(load_adapter(old).modules) == set(load_adapter(teachers[0]).modules)
+
+
+def test_an_adapter_alone_loads_with_auto_peft_model(tiny, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    from llgbm_cli.adapters import random_adapter, save_adapter
+
+    save_adapter(tmp_path / "ad", random_adapter(tiny[0], r=2, seed=0, last_layers=1), base_model="tiny-llama")
+    pm = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "ad"))
+    assert sum(1 for n, _ in pm.named_modules() if n.endswith("lora_A")) == 2  # q and v of the last layer
+
+
+def test_adapter_config_is_deterministic(tiny, tmp_path):
+    from llgbm_cli.adapters import random_adapter, save_adapter
+
+    for d in ("a", "b"):
+        save_adapter(tmp_path / d, random_adapter(tiny[0], r=2, seed=0, last_layers=1), base_model="tiny-llama")
+    assert (tmp_path / "a" / "adapter_config.json").read_bytes() == (tmp_path / "b" / "adapter_config.json").read_bytes()
+
+
+# --------------------------------------------------------------------------- generator training runs
+
+
+@pytest.fixture
+def train_project(tmp_path, tiny):
+    """A project with a small zoo and a 4-step multitask run configuration (checkpoints at 2 and 4)."""
+    from test_train_multitask import TRAIN_TOML, make_tiny_zoo
+
+    p = tmp_path / "llgbm.toml"
+    p.write_text(TRAIN_TOML.replace("total_steps = 12", "total_steps = 4").replace("save_interval = 4", "save_interval = 2")
+                 .replace("delta_batch_size = 2", "delta_batch_size = 0"))
+    make_tiny_zoo(tmp_path, tiny[0], per_task=2)
+    return p
+
+
+def _run_folder(path: Path, *, finished: bool = True, command: str = "train multitask") -> Path:
+    files = {"llgbm.json": json.dumps({"command": command}), "metrics.jsonl": '{"step": 1}\n',
+             "checkpoints/step-000002/generator.json": "{}"}
+    if finished:
+        files["final/generator.json"] = "{}"
+    return _folder(path, files)
+
+
+def test_a_b2_predictor_folder_is_never_taken_for_a_training_run(cli, train_project):
+    from llgbm_cli.io import check_output
+
+    w = train_project.parent / "runs"
+    b2 = _folder(w / "train" / "b2", {"predictor.json": "{}", "predictor.safetensors": "w", "metrics.jsonl": "{}\n",
+                                      "llgbm.json": json.dumps({"command": "train delta-only --variant b2"})})
+    b1 = _run_folder(w / "train" / "b1", command="train delta-only --variant b1")
+    before = file_tree(w / "train")
+    assert check_output(b2, "delta predictor", force=True) == b2.resolve()
+    for args, text in ((["train", "multitask", "--out", b2, "--force"], "is a delta predictor"),
+                       (["train", "delta-only", "--variant", "b1", "--out", b2, "--force"], "is a delta predictor"),
+                       (["train", "multitask", "--out", b1, "--force"], "is a B1 run"),
+                       (["train", "delta-only", "--variant", "b2", "--out", b1, "--force"], "is a B1 run")):
+        r = cli("-p", train_project, *args)
+        assert r.exit_code == 2 and text in r.stderr and "even with --force" in r.stderr, r.stderr
+    assert file_tree(w / "train") == before
+
+
+def test_resume_never_overwrites_a_later_checkpoint(cli, train_project):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.train_multitask import train_multitask
+
+    assert cli("-p", train_project, "train", "multitask").exit_code == 0
+    run = train_project.parent / "runs" / "train" / "multitask"
+    before = file_tree(run)
+    r = cli("-p", train_project, "train", "multitask", "--resume", "--steps", "3")
+    assert r.exit_code == 2 and "step 4, past the 3 steps" in r.stderr, r.stderr
+    with pytest.raises(InputError, match="later checkpoints \\(step-000004\\)"):
+        train_multitask(load_config(train_project), resume=run / "checkpoints" / "step-000002")
+    assert file_tree(run) == before
+
+
+def test_a_second_run_into_a_run_being_written_is_refused(cli, train_project):
+    from llgbm_cli.io import FileLock
+
+    run = _run_folder(train_project.parent / "runs" / "train" / "multitask")
+    before = file_tree(run)
+    with FileLock(run.parent / ".multitask.lock", what="a training run"):  # the first run, training
+        r = cli("-p", train_project, "train", "multitask", "--force")
+    assert r.exit_code == 1 and "another llgbm process is writing" in r.stderr, r.stderr
+    assert file_tree(run) == before
+
+
+@pytest.mark.parametrize("killed_run_finished", [False, True])
+def test_a_run_killed_while_replacing_another_is_put_right_at_the_next_start(cli, train_project, killed_run_finished,
+                                                                            caplog):
+    train = train_project.parent / "runs" / "train"
+    earlier = _run_folder(train / "multitask")
+    earlier_tree = file_tree(earlier)
+    dead = _dead_pid()
+    os.replace(earlier, train / f".multitask.old-{dead}")  # what `--force` did before it was killed
+    _run_folder(train / "multitask", finished=killed_run_finished)
+    (train / "multitask" / "metrics.jsonl").write_text('{"step": 1, "new": true}\n')
+    killed_tree = file_tree(train / "multitask")
+    r = cli("-p", train_project, "train", "multitask")
+    assert r.exit_code == 2 and "a run is already there" in r.stderr, r.stderr
+    assert file_tree(train / "multitask") == (killed_tree if killed_run_finished else earlier_tree)
+    assert ("restored from .multitask.old-" in caplog.text) != killed_run_finished  # said on stderr
+    assert not [p for p in train.iterdir() if ".old-" in p.name]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_first_run_stopped_before_its_first_checkpoint_starts_again_without_force(cli, train_project, resume):
+    run = _folder(train_project.parent / "runs" / "train" / "multitask",
+                  {"llgbm.json": json.dumps({"command": "train multitask"}), "metrics.jsonl": '{"step": 1}\n',
+                   "tensorboard/events": "x"})
+    r = cli("-p", train_project, "train", "multitask", *(["--resume"] if resume else []))
+    assert r.exit_code == 0, r.stderr
+    assert (run / "final" / "generator.safetensors").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+# --------------------------------------------------------------------------- merge: where llgbm and mergekit differ
+
+
+def test_normalizing_by_a_summed_weight_below_1e_8_divides_by_1_as_mergekit_does():
+    from llgbm_cli.errors import InputError as Refused
+    from llgbm_cli.merging import MergeOptions, general_merge, resolve_weights
+
+    t = [torch.tensor([[1.0, -2.0]]), torch.tensor([[1.0, 3.0]])]
+    ties = MergeOptions(strategy="ties", density=1.0)
+    assert torch.allclose(general_merge(t, [2.0, 2.0], ties), torch.tensor([[1.0, 3.0]]))  # divided by Σw
+    tiny = general_merge(t, [5e-10, 5e-10], ties)  # Σw = 1e-9: left undivided
+    assert torch.allclose(tiny, torch.tensor([[1e-9, 1.5e-9]]), rtol=1e-5, atol=0)
+    with pytest.raises(Refused, match="sum to 0"):
+        resolve_weights(MergeOptions(strategy="linear", weights=[1.0, -1.0 + 5e-9]), 2)
+
+
+def test_the_merge_docs_state_each_difference_from_mergekit():
+    from conftest import REPO
+
+    text = " ".join((REPO / "docs" / "concepts.md").read_text().split())
+    assert "These are mergekit's registry defaults." not in text
+    for said in ("mergekit's `density` defaults to 1.0", "density 0.5 and drop rate 0.9 are llgbm's own",
+                 "(Σ wᵢ − 1)·W₀", "mergekit `density: d` is llgbm `--drop-rate 1−d`", "below 1e-8"):
+        assert said in text, said

@@ -105,7 +105,7 @@ def merge_cmd(
         base = resolve_model_path(resolved.config.model.base)
     with progress(ctx) as rep:
         result = merge_to_folder(adapters, out, opts, force=force, zoo=resolved.resolve_path(resolved.config.zoo.path),
-                                 config=resolved.to_dict(), full_model=base, progress=rep)
+                                 config=resolved.to_dict(), full_model=base, progress=rep, min_inputs=2)
 
     def render(r):
         c = console()

@@ -182,7 +182,7 @@ class DeltaCache:
 
     def save(self, provenance: Optional[dict[str, Any]] = None) -> None:
         """Commit both files atomically (temporary folder + rename)."""
-        from safetensors.torch import save_file
+        from ..io import save_safetensors as save_file
 
         self.header["dim"] = self._dim
         with atomic_dir(self.folder, force=True) as tmp:

@@ -123,7 +123,7 @@ def fit_prompts(embs: torch.Tensor, n: int, generator: Optional[torch.Generator]
 
 def save_generator(folder: str | Path, generator: LoraGenerator, meta: dict[str, Any]) -> None:
     """Write weights + ``generator.json`` into an existing (temporary) folder."""
-    from safetensors.torch import save_file
+    from ..io import save_safetensors as save_file
 
     from ..io import atomic_write_json
 

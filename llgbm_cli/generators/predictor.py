@@ -187,7 +187,7 @@ def fit_predictor(
 
 def save_predictor(folder: str | Path, model: DeltaPredictor, meta: dict[str, Any]) -> None:
     """Write weights + ``predictor.json`` into an existing (temporary) folder."""
-    from safetensors.torch import save_file
+    from ..io import save_safetensors as save_file
 
     from ..io import atomic_write_json
 

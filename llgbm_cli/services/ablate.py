@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence
 from ..progress import NULL_PROGRESS
 from .. import workdir
 from ..errors import InputError
+from ..names import child
 
 DONE = "done.json"
 SUMMARY_FIELDS = ["cell", "group", "lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule",
@@ -201,7 +202,7 @@ def run_ablate(
 
         def cell(c: Cell) -> tuple[str, dict[str, Any], bool]:
             """(cell, row, ran) of one cell of this process's share, run alone."""
-            cdir = out / c.name
+            cdir = child(out, c.name, what="cell")
             ov = cell_overrides(resolved, c, base_ov)
             done = cdir / DONE
             if done.exists():

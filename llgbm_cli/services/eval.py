@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 from ..progress import NULL_PROGRESS
 from .. import workdir
 from ..errors import InputError
+from ..names import child
 from . import eval_methods as M_
 
 
@@ -219,7 +220,7 @@ def run_eval(
     import time
 
     from ..distributed import ProcessGroup
-    from ..io import atomic_dir, check_output, provenance, write_provenance
+    from ..io import atomic_dir, check_output, output_lock, provenance, write_provenance
     from ..zoo import Zoo
 
     t0 = time.perf_counter()
@@ -255,7 +256,7 @@ def run_eval(
         _scoring_phase(world, built, methods, tasks, samples, progress, dist)
         result.seconds = time.perf_counter() - t0
         return result
-    with atomic_dir(out, force=force) as tmp:
+    with output_lock(out, f"the evaluation {out}"), atomic_dir(out, force=force) as tmp:
         built = _shared_adapters_phase(dist, _BuildContext(world, checkpoints, out, tmp), methods, tasks, result,
                                        progress)
         method_delta = _deltas_phase(world, built, progress, dist)
@@ -301,7 +302,7 @@ def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], re
             if ad is not None:
                 _check_fits(ctx.world, ad, m)
                 if (m, t) not in b.where:
-                    rel = Path("adapters") / method_slug(m) / t
+                    rel = child(Path("adapters"), method_slug(m), t, what="method and task")
                     save_adapter(ctx.tmp / rel, ad, base_model=resolved.config.model.base,
                                  provenance=provenance("eval", resolved.to_dict(), method=m, task=t))
                     b.where[m, t] = str(ctx.out / rel)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .. import workdir
 from ..errors import InputError
+from ..names import child
 
 MERGE_PREFIX = "merge:"
 FOLDER = "<adapter folder>"
@@ -295,6 +296,7 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
     rel = Path("adapters") / "b2"
     out, hits, where = {}, {}, {}
     for task in tasks:
+        child(ctx.tmp / rel, task, what="task")  # its folder stays inside the evaluation's
         texts = condition_texts(world, task, "prompts", 8)
         r = retrieve(resolved, prompts=texts, merge=(strategy, resolved.origin("retrieve.merge_strategy")),
                      out=ctx.tmp / rel / task, encoder=encoder, predictor=pfolder)

@@ -64,7 +64,7 @@ def generate_adapter(
     from .. import workdir
     from ..adapters import save_adapter
     from ..generators.base import load_generator
-    from ..io import check_output, provenance, sha256_file
+    from ..io import check_output, output_lock, provenance, sha256_file
 
     ckpt = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(resolved)
     if not ckpt.exists():
@@ -78,11 +78,12 @@ def generate_adapter(
     seed = resolved.config.project.seed if seed is None else seed
     modules = generate_modules(gen, meta, texts, seed=seed)
     lora = meta["lora"]
-    save_adapter(
-        out, modules, alpha=lora["alpha"], base_model=meta["base_model"], force=force,
-        provenance=provenance("generate", resolved.to_dict(), checkpoint=str(ckpt), generator=meta["generator"],
-                              generator_sha256=sha256_file(ckpt / "generator.safetensors"),
-                              condition_texts=len(texts), seed=seed),
-    )
+    with output_lock(out, f"the adapter {out}"):
+        save_adapter(
+            out, modules, alpha=lora["alpha"], base_model=meta["base_model"], force=force,
+            provenance=provenance("generate", resolved.to_dict(), checkpoint=str(ckpt), generator=meta["generator"],
+                                  generator_sha256=sha256_file(ckpt / "generator.safetensors"),
+                                  condition_texts=len(texts), seed=seed),
+        )
     return {"out": str(out), "checkpoint": str(ckpt), "generator": meta["generator"], "texts": len(texts),
             "rank": lora["rank"], "modules": len(modules), "base_model": meta["base_model"]}

@@ -92,6 +92,18 @@ def resolve_inputs(inputs: Sequence[str | Path], zoo: Any = None) -> list[tuple[
     return resolved
 
 
+def refuse_repeats(resolved: Sequence[tuple[str, Path]]) -> None:
+    """Refuse an adapter given twice: (label, folder) pairs, as :func:`resolve_inputs` returns them."""
+    seen: dict[Path, str] = {}
+    for label, folder in resolved:
+        key = Path(folder).resolve()
+        if key in seen:
+            same = f"{seen[key]} and {label}" if seen[key] != label else f"{label} twice"
+            raise InputError(f"{same}: the same adapter ({key}) is named more than once; name each adapter once "
+                             "(use --weights to weigh one more)")
+        seen[key] = label
+
+
 def merge_to_folder(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -103,6 +115,7 @@ def merge_to_folder(
     config: Optional[dict[str, Any]] = None,
     full_model: Optional[str | Path] = None,
     progress: Any = None,
+    min_inputs: int = 1,
     **fields: Any,
 ) -> MergeResult:
     """Merge adapter folders or zoo ids into a PEFT LoRA folder ``out`` (see merging.merge_with_report).
@@ -111,9 +124,11 @@ def merge_to_folder(
     strategy name completed by ``weights`` and ``fields``. ``full_model``: a base model folder
     whose weights, with the merge added, are also written to ``out/merged-model``.
     ``progress`` is an optional reporter with ``add(description, total)`` and ``advance(task)``.
+    An adapter named twice (the same folder, however written) is refused, and so are fewer than
+    ``min_inputs`` adapters (`llgbm merge` asks for two).
     """
     from ..adapters import load_adapter, save_adapter, weights_sha256
-    from ..io import check_output, provenance
+    from ..io import check_output, output_lock, provenance
     from ..merging import merge_with_report
 
     t0 = time.perf_counter()
@@ -124,6 +139,10 @@ def merge_to_folder(
         raise InputError(f"{opts.source('weights')}: {len(opts.weights)} value(s) for {len(inputs)} adapter(s); "
                          "give one weight per adapter")
     resolved = resolve_inputs(inputs, zoo)
+    refuse_repeats(resolved)
+    if len(resolved) < min_inputs:
+        raise InputError(f"{', '.join(label for label, _ in resolved)}: merging needs at least {min_inputs} "
+                         f"different adapters, {len(resolved)} given; name every adapter to merge")
     out = Path(out).expanduser()
     check_output(out, "adapter", force=force, inputs=[folder for _, folder in resolved])
     base_folder = None
@@ -149,16 +168,17 @@ def merge_to_folder(
                                                "weighting", "retained_energy", "truncation_error")}
     prov = provenance("merge", config, inputs=records, ranks=report.ranks, **summary)
     written_model = None
-    if base_folder is not None:
-        from ..io import atomic_dir
-        from ..merging import write_merged_model
+    with output_lock(out, f"the merged adapter {out}"):
+        if base_folder is not None:
+            from ..io import atomic_dir
+            from ..merging import write_merged_model
 
-        with atomic_dir(out, force=force) as tmp:
-            save_adapter(tmp, merged, provenance=prov, force=True)
-            written_model = str(out / "merged-model")
-            write_merged_model(base_folder, merged, tmp / "merged-model", provenance=prov)
-    else:
-        save_adapter(out, merged, provenance=prov, force=force)
+            with atomic_dir(out, force=force) as tmp:
+                save_adapter(tmp, merged, provenance=prov, force=True)
+                written_model = str(out / "merged-model")
+                write_merged_model(base_folder, merged, tmp / "merged-model", provenance=prov)
+        else:
+            save_adapter(out, merged, provenance=prov, force=force)
     return MergeResult(
         out=str(out),
         inputs=records,

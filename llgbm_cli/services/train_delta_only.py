@@ -18,7 +18,7 @@ from ..config import ResolvedConfig
 from ..errors import InputError
 from ..holdout import split_entries
 from ..progress import NULL_PROGRESS
-from ..training.trainer import TrainerResult, TrainerSpec, finish, prepare
+from ..training.trainer import TrainerResult, TrainerSpec, finish, prepare, trainer_call
 
 
 @dataclass
@@ -153,6 +153,7 @@ def b1_trainer_spec(resolved: ResolvedConfig) -> TrainerSpec:
         condition_mode="prompts", n_prompts=do.condition_prompts, init_from_teachers=do.init_from_teachers,
         generator_preset=do.generator_preset,
         not_compared=lambda k: k.startswith("predictor_"),  # B2's keys
+        steps_key="epochs",
     )
 
 
@@ -164,6 +165,7 @@ def b1_batch_sampling(do) -> str:
     return "tasks" if do.relational_weight > 0 else "uniform"
 
 
+@trainer_call
 def train_b1(
     resolved: ResolvedConfig,
     *,

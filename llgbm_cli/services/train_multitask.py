@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..training.trainer import TrainerResult, TrainerSpec, finish, prepare
+from ..training.trainer import TrainerResult, TrainerSpec, finish, prepare, trainer_call
 
 
 # Keys that may differ between a checkpoint's config and a resumed run's.
@@ -56,6 +56,7 @@ def trainer_spec(resolved) -> TrainerSpec:
     )
 
 
+@trainer_call
 def train_multitask(
     resolved,
     *,
@@ -195,7 +196,7 @@ def train_multitask(
     )
     extra: dict[str, Any] = {}
     if delta_mean is not None:
-        from safetensors.torch import save_file
+        from ..io import save_safetensors as save_file
 
         mean_cpu = delta_mean.detach().float().cpu().contiguous()
         about = {"file": DELTA_MEAN, "adapters": n_train, "dim": int(mean_cpu.numel()),

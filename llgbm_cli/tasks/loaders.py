@@ -316,6 +316,9 @@ def load_task_records(task: "Task", *, collect: bool = False):
         if not recs and not collect:
             raise InputError(f"tasks.{task.name}: the {split} split ({spec.path}) has no usable records"
                              + (f" ({len(skipped)} skipped)" if skipped else ""))
+        if not rows and collect:  # an empty source or split is as unusable as a bad record
+            bad.append(f"{spec.path}: the {split} split has no records; a task needs at least one train and one "
+                       "test record")
         out[split] = recs
     if skipped:
         log.warning("task %s: skipped %d bad record(s), first: %s", task.name, len(skipped), skipped[0])

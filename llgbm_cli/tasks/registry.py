@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import InputError
+from ..names import check_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import MCRecord
@@ -271,6 +272,8 @@ class TaskRegistry:
             self._tasks[name] = Task(name, TaskSpec(**d), "built-in", self.root)
         seen: dict[str, str] = {}
         for name, spec in (project or {}).items():
+            # A task name becomes folder and file names (adapters, training states, eval folders).
+            check_name(name, f"tasks.{name}", hint="rename the [tasks.NAME] table")
             c = _canon(name)
             if c in seen:
                 raise InputError(f"tasks.{name}: the task name is used twice (also as tasks.{seen[c]}); rename one")

@@ -115,7 +115,7 @@ def find_latest_checkpoint(out_dir: Path) -> Optional[Path]:
 def save_trainer_state(folder: Path, step: int, optimizer_state: dict, scheduler_state: dict,
                        rng_state: torch.Tensor) -> None:
     """Write the resumable state without pickle: tensors to safetensors, everything else to JSON."""
-    from safetensors.torch import save_file
+    from ..io import save_safetensors as save_file
 
     from ..io import atomic_write_json
 
@@ -308,7 +308,7 @@ def run_training(
 
     def save(folder: Path, step: int, force: bool) -> None:
         if main:
-            from safetensors.torch import save_file
+            from ..io import save_safetensors as save_file
 
             with atomic_dir(folder, force=force) as tmp:
                 sd = {k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()}

@@ -1,6 +1,7 @@
 """The generator-trainer skeleton shared by `train multitask` and `train delta-only --variant b1`.
 
-:func:`prepare` is the set-up (torchtune's *setup*): resume check with the trainer's resumable keys,
+:func:`prepare` is the set-up (torchtune's *setup*): the run folder's lock (one writer per run; what a
+run killed outright left is put right first), resume check with the trainer's resumable keys,
 holdout split, accelerator, run folder, base model and LoRA layout, teacher adapters, the delta
 context (probes, spec, base states, teacher deltas), the condition bank, and the generator built
 and initialized at the teachers' mean. :func:`finish` trains with the shared loop and closes the
@@ -10,12 +11,16 @@ supplies only its loss, its ``step_fn`` and its ``eval_fn``; both return :class:
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .. import holdout, workdir
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +40,7 @@ class TrainerSpec:
     init_from_teachers: bool = True
     generator_preset: str = "compact"
     not_compared: Callable[[str], bool] = lambda key: False  # section keys another variant owns
+    steps_key: str = "total_steps"  # the key of the section that decides where the run stops
 
 
 @dataclass
@@ -87,6 +93,13 @@ class Prepared:
     bank: Any
     gen: Any
     tokenizer: Any = None  # the base model's tokenizer
+    lock: Any = None  # the run folder's lock (main process), released by finish
+    resume_step: Optional[int] = None  # the step of resume_ckpt
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
 
     @property
     def entries(self) -> list:
@@ -134,10 +147,10 @@ def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
 
     if not is_checkpoint(ckpt):
         raise InputError(f"{ckpt}: not a training checkpoint (no trainer_state.json)")
-    load_trainer_state(ckpt)  # refused before anything is loaded or written if it is not plain data
+    step = int(load_trainer_state(ckpt)["step"])  # refused before anything is loaded or written if not plain data
     old = (read_provenance(ckpt) or {}).get("config")
     if not old:
-        return
+        return step
     new = resolved.to_dict()
     cfg = resolved.config
     # A key the checkpoint's config lacks (added to llgbm after that run started) counts as its
@@ -151,10 +164,99 @@ def check_resume(ckpt: Path, resolved, spec: TrainerSpec) -> None:
     if diffs:
         raise InputError(f"{ckpt}: cannot resume: the config differs from the checkpoint's in {', '.join(diffs)}; "
                          "restore those values or start afresh with --force")
+    return step
+
+
+def check_resume_steps(run: "Prepared", total_steps: int) -> None:
+    """Refuse a resume that would write over what the run already has: a checkpoint past the run's
+    last step (``--resume --steps 3`` after 6 steps would save the step-6 weights as step 3), or
+    later checkpoints than the one resumed from."""
+    from .loop import CHECKPOINTS
+
+    if run.resume_ckpt is None or run.resume_step is None:
+        return
+    done, key = run.resume_step, f"train.{run.spec.section}.{run.spec.steps_key}"
+    if done > total_steps:
+        raise InputError(f"{run.resume_ckpt}: the checkpoint is at step {done}, past the {total_steps} steps this run "
+                         f"trains ({key}); resuming would overwrite its checkpoints. Set {key} so the run reaches "
+                         f"step {done} or more, or start afresh with --force")
+    later = sorted(p.name for p in (run.out / CHECKPOINTS).glob("step-*")
+                   if p.name[5:].isdigit() and int(p.name[5:]) > done)
+    if later:
+        raise InputError(f"{run.resume_ckpt}: {run.out / CHECKPOINTS} holds later checkpoints ({', '.join(later)}); "
+                         "resuming from this one would overwrite them: resume from the latest with --resume, or "
+                         "start afresh with --force")
+
+
+# The runs prepared by the trainer calls in progress (see trainer_call).
+_RUNS: list = []
+
+
+def trainer_call(fn: Callable) -> Callable:
+    """Decorate a trainer (``train_multitask``, ``train_b1``): a run it prepared whose :func:`finish`
+    was not reached (a failure or Ctrl-C between the two) still has its replaced run put back and
+    its folder's lock released."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .world import restore_run_folder
+
+        depth = len(_RUNS)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for run in _RUNS[depth:]:
+                restore_run_folder(run.out, run.old)
+            raise
+        finally:
+            for run in _RUNS[depth:]:
+                run.release()
+            del _RUNS[depth:]
+
+    return wrapper
+
+
+def _launch_rank() -> int:
+    """This process's rank under `accelerate launch` before the accelerator exists (0 otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _finished(folder: Path) -> bool:
+    return (Path(folder) / workdir.FINAL).is_dir()
 
 
 def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progress) -> Prepared:
     """The set-up, in the order both trainers have always run it (so a seed gives the same run)."""
+    from ..io import check_output, output_lock, recover_leftovers
+
+    out = Path(out_dir) if out_dir is not None else workdir.path(resolved, spec.output)
+    kind = workdir.kind(spec.output)
+    # Another kind of output (a B2 predictor, an evaluation) is refused first, even with --force,
+    # before anything (the lock file included) is written.
+    check_output(out, kind, force=True, roots=[resolved.workdir, resolved.root],
+                 inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
+    # One writer per run folder: a second run into it (even with --force) is refused at once. The
+    # lock is the main process's; it is released by finish (or on any failure before).
+    lock = None
+    if _launch_rank() == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = output_lock(out, f"the {kind} {out}").__enter__()
+    try:
+        # A run killed during an earlier --force start left the run it replaced aside: it comes back
+        # (or goes, when the killed run had finished), before anything looks at the folder.
+        if lock is not None:
+            for line in recover_leftovers(out, finished=_finished):
+                log.warning("%s: %s", out, line)
+        return _prepare(resolved, spec, out, kind, lock, force=force, resume=resume, progress=progress)
+    except BaseException:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        raise
+
+
+def _prepare(resolved, spec: TrainerSpec, out: Path, kind: str, lock, *, force: bool, resume, progress) -> Prepared:
     import torch
 
     from ..deltas.context import DeltaContext
@@ -167,22 +269,30 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
     from ..registries import check_generator
     from ..zoo import Zoo
     from .loop import find_latest_checkpoint, make_accelerator
-    from ..io import check_output
     from .world import load_teacher_adapters, restore_run_folder, start_run_folder
 
     cfg = resolved.config
-    out = Path(out_dir) if out_dir is not None else workdir.path(resolved, spec.output)
     # Every process checks before any writes, so all of them agree under `accelerate launch`.
     resume_ckpt: Optional[Path] = None
+    resume_step: Optional[int] = None
+    occupied = out.is_dir() and any(out.iterdir())
+    latest = find_latest_checkpoint(out) if occupied else None
+    # A first run that stopped before its first checkpoint holds nothing to continue from: it is
+    # started again, with or without --resume, and without --force (what it wrote is replaced).
+    restart = occupied and not force and not _finished(out) and latest is None and isinstance(resume, bool)
+    if restart:
+        log.warning("%s: an earlier run stopped before its first checkpoint; starting it again", out)
+        force, resume = True, False
     if resume:
-        resume_ckpt = Path(resume) if not isinstance(resume, bool) else find_latest_checkpoint(out)
+        resume_ckpt = Path(resume) if not isinstance(resume, bool) else latest
         if resume_ckpt is None:
             raise InputError(f"{out}: no checkpoint to resume from; start a run without --resume")
-        check_resume(resume_ckpt, resolved, spec)
-    elif out.exists() and out.is_dir() and any(out.iterdir()) and not force:
+        resume_step = check_resume(resume_ckpt, resolved, spec)
+    elif occupied and not force:
+        if not _finished(out):
+            raise InputError(f"{out}: an interrupted run is there (latest checkpoint {latest.name}); pass --resume "
+                             "to continue it, or --force to start it again")
         raise InputError(f"{out}: a run is already there; pass --resume to continue it or --force to replace it")
-    check_output(out, "training run", force=True, roots=[resolved.workdir, resolved.root],
-                 inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
 
     # A bad generator name or option names this trainer's section, before anything is loaded.
     check_generator(spec.section, spec.generator, spec.generator_options)
@@ -227,8 +337,11 @@ def prepare(resolved, spec: TrainerSpec, *, force: bool, resume, out_dir, progre
         if resume_ckpt is None and spec.init_from_teachers:
             mean_ab = {k: (A[:n_train].mean(0), B[:n_train].mean(0)) for k, (A, B) in teacher_ab.items()}
             gen.init_output(teacher_tokens[:n_train].mean(0), mean_ab)
-        return Prepared(resolved, spec, out, acc, resume_ckpt, old, train_e, held_e, model, layout, adapters, scaling,
-                        teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen, tok)
+        run = Prepared(resolved, spec, out, acc, resume_ckpt, old, train_e, held_e, model, layout, adapters, scaling,
+                       teacher_ab, teacher_tokens, dctx, base, t_deltas, delta_src, bank, gen, tok, lock=lock,
+                       resume_step=resume_step)
+        _RUNS.append(run)
+        return run
     except BaseException:
         restore_run_folder(out, old)
         raise
@@ -256,6 +369,7 @@ def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: O
             save_extra(folder)
 
     try:
+        check_resume_steps(run, loop_cfg.total_steps)
         if run.main:
             write_provenance(run.out, provenance(run.spec.command, run.resolved.to_dict(),
                                                  teacher_deltas=run.delta_src,
@@ -268,7 +382,10 @@ def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: O
     except BaseException:  # interrupted or failed: the partial run goes, a replaced run comes back
         restore_run_folder(run.out, run.old)
         raise
-    drop_old_run(run.old)
+    else:
+        drop_old_run(run.old)
+    finally:
+        run.release()
     return TrainerResult(
         str(run.out), str(res.final_checkpoint), res.steps, res.resumed_from, run.spec.generator,
         run.gen.num_parameters(), run.n_train, len(run.held_e), run.delta_src, res.first, res.last, res.eval,

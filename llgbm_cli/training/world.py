@@ -15,9 +15,13 @@ def start_run_folder(out: Path, acc, *, force: bool, resume) -> Optional[Path]:
     """Create ``out`` for a new run. With ``force`` an existing run is moved aside (returned): the
     caller deletes it once the new run has finished (:func:`drop_old_run`), or puts it back if the
     new run fails or is interrupted (:func:`restore_run_folder`), so a failed run loses nothing."""
+    from ..io import set_aside_name
+
     old = None
     if acc.is_main_process and force and not resume and out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        # named with this process's id: if it is killed, the next start puts the run back
+        # (io.recover_leftovers)
+        old = set_aside_name(out)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
     acc.wait_for_everyone()
