@@ -198,6 +198,36 @@ def cells(w: Path) -> None:
     print()
 
 
+def teachers_cv(w: Path) -> None:
+    """Each fold's own teacher (the held-out task's, run 0's last checkpoint) against base on the
+    cross-validation's questions, exact paired p Holm-adjusted over the teachers' comparisons alone."""
+    from llgbm_cli.evaluation.stats import holm
+
+    p = w / "cv" / "results.json"
+    if not p.exists():
+        return
+    d = json.loads(p.read_text())
+    row = {(r["fold"], r["method"]): r for r in d["rows"]}
+    folds = [k for k in d["folds"] if (k, "teacher") in row]
+    if not folds:
+        return
+    adj = dict(zip(folds, holm([row[(k, "teacher")]["vs_base_p"] for k in folds])))
+    print("Teachers against base on the cross-validation's questions (each fold's own teacher; exact paired p, "
+          f"Holm over these {len(folds)} comparisons; detectable: the difference with 80% power):\n")
+    print("| task | metric | n | base | teacher | teacher − base [95%] | p | Holm | detectable |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in folds:
+        t, b = row[(k, "teacher")], row[(k, "base")]
+        win = t["accuracy_vs_base"] > 0 and adj[k] < 0.05
+        diff = f"{t['accuracy_vs_base']:+.2f} [{t['vs_base_low']:+.2f}, {t['vs_base_high']:+.2f}]"
+        print(f"| {k} | {t['metric']} | {t['n_questions']} | {b['accuracy']:.2f} | {t['accuracy']:.2f} | "
+              f"{'**' + diff + '**' if win else diff} | {f(t['vs_base_p'])} | {f(adj[k])} | "
+              f"{f(t.get('vs_base_mde'), '{:.2f}')} |")
+    won = [k for k in folds if row[(k, "teacher")]["accuracy_vs_base"] > 0 and adj[k] < 0.05]
+    print(f"\nTeachers above base at Holm-adjusted p < 0.05: {len(won)} of {len(folds)}"
+          + (f" ({', '.join(won)})" if won else "") + ".\n")
+
+
 def cv(w: Path) -> None:
     """The main cross-validation (`cv` step): accuracy per fold with the oracle-best reference, delta
     space per fold, and the summary over folds."""
@@ -480,6 +510,7 @@ def main() -> None:
     layout_test(w)
     teachers(w)
     mtval(w)
+    teachers_cv(w)
     cv(w)
     oracle(w)
     b1_all(w)

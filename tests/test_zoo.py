@@ -202,6 +202,15 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
             vb = t["vs_base"][aid]
             assert vb["diff"] == pytest.approx(acc - t["base"]) and vb["n"] == 6
             assert vb["beats_base_2se"] == (vb["se"] > 0 and vb["diff"] >= 2 * vb["se"])
+            from scipy.stats import binomtest
+
+            won = sum(x > y for x, y in zip(t["questions"][aid], t["questions"]["base"]))
+            lost = sum(x < y for x, y in zip(t["questions"][aid], t["questions"]["base"]))
+            assert vb["test"] == "mcnemar" and vb["p"] == pytest.approx(
+                binomtest(won, won + lost, 0.5).pvalue if won + lost else 1.0)
+    ex = rep["teacher_beats_base_exact"]
+    assert ex["of"] == len(saved["tasks"]) and set(ex["p_holm"]) == set(saved["tasks"])
+    assert all(ex["p_holm"][t] >= ex["p"][t] for t in ex["p"])  # the adjusted p is never smaller
     last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
     assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
     assert last.reused == 2  # base and the last checkpoint: the same questions, adapters and form as before

@@ -64,8 +64,10 @@ def eval_cmd(
     With --folds, cross-validate instead: one fold per task (leave-one-task-out); each fold trains
     multitask/b1 (b2: its predictor and index) without its task into <out>/folds/<task>/runs, evaluates the task held out, and keeps
     every question's score (questions.json). results.{md,json,csv} at <out> give per-fold rows with
-    paired-bootstrap differences to base and mean-delta, the mean over folds with a 95% t-interval and
-    the oracle-best reference (the best single training adapter on the task's test questions).
+    the differences to base and mean-delta (exact McNemar p, Holm-adjusted over the run, bootstrap
+    interval), the mean over folds with a 95% t-interval and a Wilcoxon p, and the oracle-best
+    reference (the best single training adapter on the task's test questions). Scored questions found
+    in a train split the evaluation depends on follow eval.contamination (drop, refuse or allow).
     Finished folds are skipped on a rerun; --force starts afresh.
 
     Runs sharded under `accelerate launch -m llgbm_cli eval ...`: the scoring cells and delta

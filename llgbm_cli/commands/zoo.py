@@ -132,6 +132,9 @@ def score_cmd(
         s = d["teacher_beats_base_2se"]
         console().print(f"the last checkpoint is ahead of base by >= 2 paired standard errors on {s['count']} of "
                         f"{s['of']} tasks" + (f": {', '.join(s['tasks'])}" if s["tasks"] else ""))
+        x = d["teacher_beats_base_exact"]
+        console().print(f"the last checkpoint beats base by the exact paired test (Holm-adjusted p < 0.05 over "
+                        f"{x['of']} tasks) on {x['count']}" + (f": {', '.join(x['tasks'])}" if x["tasks"] else ""))
 
     emit(ctx, report, render)
 

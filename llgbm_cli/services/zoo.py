@@ -10,7 +10,9 @@ LoRA layer when ``[lora] last_layers`` restricts it: the two things that make it
 Resumable: each checkpoint folder is written atomically, its optimizer state beside it under
 ``.state/``, and ``zoo.jsonl`` is rewritten (atomically, under a lock) after every checkpoint. A
 rerun keeps checkpoints whose folder and weights hash match the manifest, continues a task from
-its last finished checkpoint, and redoes anything half-written.
+its last finished checkpoint, and redoes anything half-written. ``--force`` sets the rebuilt tasks'
+earlier teachers (manifest rows, folders, training states) aside under ``.state/<pid>.forced/``
+until the rebuild finishes: interrupted, or killed and rerun, the earlier build is put back.
 
 Under ``accelerate launch`` the tasks with work left are dealt round robin to the processes; each
 trains whole trajectories on its own device, seeded per task, so the zoo does not depend on the
@@ -24,6 +26,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
+import pickle
 import re
 import shutil
 import time
@@ -34,6 +38,7 @@ from typing import Any, Optional
 
 from ..errors import InputError
 from ..io import atomic_write_bytes, atomic_write_json, check_output, provenance, read_provenance, write_provenance
+from ..names import check_name, child
 from ..zoo import Zoo, ZooEntry
 
 log = logging.getLogger(__name__)
@@ -255,68 +260,89 @@ def build_zoo(resolved, *, tasks: Optional[list[str]] = None, force: bool = Fals
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
     with zoo.lock() if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:  # a forced rebuild killed outright: its earlier build comes back first
+            _recover_forced(folder)
+        dist.barrier()
+        zoo = Zoo.load(folder, must_exist=False)
         recorded = _check_spec(folder, zoo, specs, force)  # every process: they refuse together, before any write
         ckpts = {t: _task_checkpoints(cfg, t) for t in tasks}
         units = [Unit(t, r) for t in tasks for r in range(cfg.zoo.runs)]
+        aside = None
         if dist.is_main:
             _clean_stale_temps(folder / "adapters")
             _clean_stale_temps(folder / STATE_DIR)
             _adopt_pending(zoo, specs)
             if force:  # the requested tasks are rebuilt as configured: no row of their earlier build stays
-                _drop_rows(zoo, tasks, {adapter_id(u.task, s, u.run) for u in units for s in ckpts[u.task]})
+                aside = _set_aside_built(zoo, tasks)
             write_provenance(folder, provenance("zoo build", resolved.to_dict(), build_spec=build_spec(resolved),
                                                 task_build_specs={**recorded, **{t: specs[t] for t in tasks}}))
-        dist.barrier()
-        zoo = Zoo.load(folder, must_exist=False)  # with the rows the main process adopted
-        snapshot = list(zoo.entries)
-        existing = {e.id: e for e in zoo.entries}
-        done = {u: [False if force else _complete(zoo, existing.get(adapter_id(u.task, s, u.run)))
-                    for s in ckpts[u.task]] for u in units}
-        for u in units:  # finished teachers of another task definition are refused, not silently kept
-            _check_task_definition(resolved, zoo, u.task, [adapter_id(u.task, s, u.run) for s in ckpts[u.task]],
-                                   done[u], existing)
-        todo = [u for u in units if not all(done[u])]
-        loaded = [model_and_tokenizer]
+        try:
+            result = _build_units(resolved, folder, zoo, dist, units, ckpts, specs, force, progress, t_start, notes,
+                                  model_and_tokenizer)
+        except BaseException:
+            if aside is not None:  # the earlier build of the forced tasks comes back
+                _restore_built(folder, aside)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    return result
 
-        def base():  # loaded only when some checkpoint is left to train
-            if loaded[0] is None:
-                from ..models import load_base_model
 
-                loaded[0] = load_base_model(cfg.model.base, dtype=cfg.model.dtype,
-                                            device=dist.device(cfg.model.device))
-            return loaded[0]
+def _build_units(resolved, folder: Path, zoo: Zoo, dist, units: list, ckpts: dict, specs: dict, force: bool,
+                 progress, t_start: float, notes: list[str], model_and_tokenizer) -> BuildResult:
+    """The training part of :func:`build_zoo`, under its lock."""
+    cfg = resolved.config
+    dist.barrier()
+    zoo = Zoo.load(folder, must_exist=False)  # with the rows the main process adopted
+    snapshot = list(zoo.entries)
+    existing = {e.id: e for e in zoo.entries}
+    done = {u: [False if force else _complete(zoo, existing.get(adapter_id(u.task, s, u.run)))
+                for s in ckpts[u.task]] for u in units}
+    for u in units:  # finished teachers of another task definition are refused, not silently kept
+        _check_task_definition(resolved, zoo, u.task, [adapter_id(u.task, s, u.run) for s in ckpts[u.task]],
+                               done[u], existing)
+    todo = [u for u in units if not all(done[u])]
+    loaded = [model_and_tokenizer]
 
-        new_rows: dict[str, ZooEntry] = {}
+    def base():  # loaded only when some checkpoint is left to train
+        if loaded[0] is None:
+            from ..models import load_base_model
 
-        def record(entry: ZooEntry) -> None:
-            new_rows[entry.id] = entry
-            if dist.is_main:
-                zoo.upsert(entry)
-                zoo.save()
-            else:  # kept on disk too, so an interruption before the gather loses nothing
-                _write_pending(folder / STATE_DIR, entry, specs[entry.task])
+            loaded[0] = load_base_model(cfg.model.base, dtype=cfg.model.dtype,
+                                        device=dist.device(cfg.model.device))
+        return loaded[0]
 
-        mine = {u: _build_task(resolved, zoo, base, u, specs[u.task], done[u], progress, record)
-                for u in dist.shard(todo)}
-        gathered = dist.gather([(u, r, [new_rows[a] for a in r.built]) for u, r in mine.items()])
-        if not dist.is_main:
-            return BuildResult(str(folder), list(mine.values()), time.perf_counter() - t_start, dist.world, False)
-        reports = {u: r for u, r, _ in gathered}
-        rows = {e.id: e for _, _, es in gathered for e in es}
-        for u in units:
-            if u not in reports:
-                reports[u] = TaskReport(task=u.task, seed=run_seed(cfg.project.seed, u.task, u.run), run=u.run,
-                                        skipped=[adapter_id(u.task, s, u.run) for s in ckpts[u.task]])
-        # The manifest as one process writes it: the rows found at the start, then every new row
-        # upserted in task, run and step order, whichever process trained it.
-        zoo.entries = snapshot
-        for u in units:
-            for aid in reports[u].built:
-                zoo.upsert(rows[aid])
-        zoo.save()
-        _drop_pending(folder / STATE_DIR, [a for r in reports.values() for a in r.built])
+    new_rows: dict[str, ZooEntry] = {}
+
+    def record(entry: ZooEntry) -> None:
+        new_rows[entry.id] = entry
+        if dist.is_main:
+            zoo.upsert(entry)
+            zoo.save()
+        else:  # kept on disk too, so an interruption before the gather loses nothing
+            _write_pending(folder / STATE_DIR, entry, specs[entry.task])
+
+    mine = {u: _build_task(resolved, zoo, base, u, specs[u.task], done[u], progress, record)
+            for u in dist.shard(todo)}
+    gathered = dist.gather([(u, r, [new_rows[a] for a in r.built]) for u, r in mine.items()])
+    if not dist.is_main:
+        return BuildResult(str(folder), list(mine.values()), time.perf_counter() - t_start, dist.world, False)
+    reports = {u: r for u, r, _ in gathered}
+    rows = {e.id: e for _, _, es in gathered for e in es}
+    for u in units:
+        if u not in reports:
+            reports[u] = TaskReport(task=u.task, seed=run_seed(cfg.project.seed, u.task, u.run), run=u.run,
+                                    skipped=[adapter_id(u.task, s, u.run) for s in ckpts[u.task]])
+    # The manifest as one process writes it: the rows found at the start, then every new row
+    # upserted in task, run and step order, whichever process trained it.
+    zoo.entries = snapshot
+    for u in units:
+        for aid in reports[u].built:
+            zoo.upsert(rows[aid])
+    zoo.save()
+    _drop_pending(folder / STATE_DIR, [a for r in reports.values() for a in r.built])
     return BuildResult(str(folder), [reports[u] for u in units], time.perf_counter() - t_start, dist.world, True,
-                       notes)
+                   notes)
 
 
 def _write_pending(state_dir: Path, entry: ZooEntry, spec: dict) -> None:
@@ -392,19 +418,111 @@ def _task_checkpoints(cfg, task: str) -> list[int]:
     return checkpoint_steps(z.steps, z.warmup_steps, z.checkpoints)
 
 
-def _drop_rows(zoo: Zoo, tasks: list[str], keep_folders: set[str]) -> None:
-    """Remove the built rows of ``tasks`` from the manifest (they are all retrained), and the folders
-    and training states of those this build does not write again (other steps, runs or settings)."""
+FORCED_SUFFIX = ".forced"  # .state/<pid>.forced/: a forced rebuild's earlier build, until it finishes
+
+
+def _set_aside_built(zoo: Zoo, tasks: list[str]) -> Optional[Path]:
+    """Move the built rows of ``tasks`` out of the manifest, with their folders and training states,
+    into ``.state/<pid>.forced/`` (they are all retrained). :func:`_restore_built` puts them back if
+    the rebuild does not finish (here on an error or Ctrl-C, at the next start after a kill); the
+    folder is removed once it has. Returns it (None when the tasks had no built rows)."""
     drop = [e for e in zoo.entries if e.source == "built" and e.task in tasks]
     if not drop:
-        return
+        return None
+    aside = zoo.folder / STATE_DIR / f"{os.getpid()}{FORCED_SUFFIX}"
+    shutil.rmtree(aside, ignore_errors=True)
+    (aside / "adapters").mkdir(parents=True)
+    (aside / "state").mkdir()
+    # What to put back is recorded before anything moves: a kill at any point leaves a restorable state.
+    atomic_write_json(aside / "rows.json", {"tasks": list(tasks), "order": [e.id for e in zoo.entries],
+                                            "rows": [asdict(e) for e in drop],
+                                            "provenance": read_provenance(zoo.folder)})
+    for e in drop:
+        folder, state = zoo.path_of(e), zoo.folder / STATE_DIR / f"{e.id}.pt"
+        if folder.exists() and zoo.folder.resolve() in folder.resolve().parents:
+            os.replace(folder, child(aside / "adapters", e.id, what="adapter id"))
+        if state.exists():
+            os.replace(state, child(aside / "state", f"{e.id}.pt", what="adapter id"))
     zoo.entries = [e for e in zoo.entries if e not in drop]
     zoo.save()
-    for e in drop:
-        if e.id not in keep_folders:
-            shutil.rmtree(zoo.path_of(e), ignore_errors=True)
-            (zoo.folder / STATE_DIR / f"{e.id}.pt").unlink(missing_ok=True)
-    log.info("%s: --force: %d checkpoint(s) of %s dropped before the rebuild", zoo.folder, len(drop), ", ".join(tasks))
+    log.info("%s: --force: %d checkpoint(s) of %s set aside until the rebuild finishes", zoo.folder, len(drop),
+             ", ".join(tasks))
+    return aside
+
+
+def _restore_built(folder: Path, aside: Path) -> None:
+    """Undo :func:`_set_aside_built` for a rebuild that did not finish: the rows, folders and training
+    states of the earlier build come back; what the rebuild wrote for those tasks goes."""
+    import json
+
+    try:
+        doc = json.loads((aside / "rows.json").read_text())
+    except (OSError, ValueError):  # killed before the record was written: nothing had moved yet
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    tasks = set(doc["tasks"])
+    rows = [ZooEntry(**r) for r in doc["rows"]]
+    zoo = Zoo.load(folder, must_exist=False)
+    state_dir = folder / STATE_DIR
+    for e in [e for e in zoo.entries if e.source == "built" and e.task in tasks]:
+        _remove_inside(folder, zoo.path_of(e))
+        (state_dir / f"{e.id}.pt").unlink(missing_ok=True)
+    for p in state_dir.glob(f"*{PENDING_SUFFIX}"):  # rows other processes finished in the rebuild
+        try:
+            pending_task = json.loads(p.read_text())["entry"]["task"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pending_task in tasks:
+            p.unlink(missing_ok=True)
+    for e in rows:
+        moved, home = aside / "adapters" / e.id, zoo.path_of(e)
+        if moved.exists():
+            _remove_inside(folder, home)
+            home.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(moved, home)
+        st = aside / "state" / f"{e.id}.pt"
+        if st.exists():
+            os.replace(st, state_dir / f"{e.id}.pt")
+    kept = [e for e in zoo.entries if not (e.source == "built" and e.task in tasks)]
+    rank = {aid: i for i, aid in enumerate(doc["order"])}
+    zoo.entries = sorted(kept + rows, key=lambda e: rank.get(e.id, len(rank)))  # stable: new rows keep their order
+    zoo.save()
+    old = doc.get("provenance")
+    if isinstance(old, dict):  # the tasks' recorded build settings are the earlier build's again
+        now = read_provenance(folder) or {}
+        specs = dict(now.get("task_build_specs") or {})
+        before = old.get("task_build_specs") or {}
+        for t in tasks:
+            if t in before:
+                specs[t] = before[t]
+            elif old.get("build_spec") is not None:
+                specs[t] = old["build_spec"]
+        write_provenance(folder, {**now, "task_build_specs": specs} if now else old)
+    shutil.rmtree(aside, ignore_errors=True)
+    log.warning("%s: a forced rebuild of %s did not finish; the earlier build of %s is back", folder,
+                ", ".join(sorted(tasks)), ", ".join(sorted(tasks)))
+
+
+def _recover_forced(folder: Path) -> None:
+    """Put back what forced rebuilds killed outright set aside (the zoo lock is held: any such folder
+    belongs to a process that is gone)."""
+    state_dir = folder / STATE_DIR
+    for aside in sorted(state_dir.glob(f"*{FORCED_SUFFIX}")) if state_dir.is_dir() else []:
+        if aside.is_dir():
+            _restore_built(folder, aside)
+
+
+def _remove_inside(parent: Path, path: Path) -> None:
+    """Remove ``path`` (folder or file) if it lies inside ``parent``; a manifest row pointing
+    elsewhere (an edited ``zoo.jsonl``) never makes the zoo delete anything outside it."""
+    root, target = parent.resolve(), path.resolve()
+    if root not in target.parents:
+        log.warning("%s: outside %s; left in place", path, parent)
+        return
+    if target.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -436,6 +554,9 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
     ids = [adapter_id(task, s, unit.run) for s in ckpts]
     rep = TaskReport(task=task, seed=seed, run=unit.run)
     state_dir = zoo.folder / STATE_DIR
+    for aid in ids:  # the adapter folders and training states stay inside the zoo, whatever the task name
+        child(zoo.folder / "adapters", aid, what="adapter id")
+        child(state_dir, f"{aid}.pt", what="adapter id")
 
     trained_on = _training_target(task_def, form)
     if all(done):
@@ -472,6 +593,14 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
         if sp.exists():
             try:
                 st = torch.load(sp, map_location=device, weights_only=True)
+            except pickle.UnpicklingError as e:  # code or objects: refused, never run
+                raise InputError(f"{sp}: refused to load (not plain tensors and numbers: "
+                                 f"{str(e).splitlines()[0][:120]}); it may run code when unpickled. Remove it "
+                                 f"to retrain {task} from its previous checkpoint")
+            except (KeyError, RuntimeError, ValueError, EOFError, OSError) as e:
+                log.warning("%s: unreadable training state (%s); retraining %s from its last good state", sp, e, task)
+                break
+            try:
                 with torch.no_grad():
                     for n in names:
                         params[n][0].copy_(st["A"][n])
@@ -611,6 +740,15 @@ def add_adapters(resolved, paths: list[str], task: str, *, force: bool = False, 
     cfg = resolved.config
     task_def = registry_for(resolved).get(task)
     task = task_def.name
+    named: dict[str, str] = {}
+    for p in paths:  # every id and every repeat refused before anything is read
+        path = Path(p).expanduser().resolve()
+        check_name(path.name, f"{p}: adapter id", hint="an adapter's id is its folder's name: rename the folder")
+        if path.name in named:
+            same = "the same folder" if Path(named[path.name]).expanduser().resolve() == path else "another folder"
+            raise InputError(f"{p}: adapter id {path.name!r} is also that of {named[path.name]} ({same}); "
+                             "name each adapter once, and rename folders that share a name")
+        named[path.name] = str(p)
     folder = zoo_dir(resolved)
     folder.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.load(folder, must_exist=False)
@@ -658,13 +796,23 @@ class ScoreReport:
         tasks = self.tasks if questions else {
             t: {k: v for k, v in r.items() if k not in ("questions", "question_ids", "score_key")}
             for t, r in self.tasks.items()}
+        from ..evaluation.stats import holm
+
         beats = [t for t, r in self.tasks.items() if r.get("best") is not None and r["best_accuracy"] > r["base"]]
         # The task's teacher (its last checkpoint) ahead of base by at least two paired standard errors.
         sig = [t for t, r in self.tasks.items()
                if r.get("last") and r.get("vs_base", {}).get(r["last"], {}).get("beats_base_2se")]
-        return {"zoo": self.zoo, "split": self.split, "reused": self.reused, "test_sample": self.test_sample, "seed": self.seed, "tasks": tasks,
+        # The same teacher against base by the exact paired test, Holm-adjusted over the tasks scored.
+        last = {t: r["vs_base"][r["last"]] for t, r in self.tasks.items()
+                if r.get("last") and "p" in r.get("vs_base", {}).get(r["last"], {})}
+        adj = dict(zip(last, holm([v["p"] for v in last.values()])))
+        exact = [t for t, v in last.items() if v["diff"] > 0 and adj[t] < 0.05]
+        return {"zoo": self.zoo, "split": self.split, "reused": self.reused, "test_sample": self.test_sample,
+                "seed": self.seed, "tasks": tasks,
                 "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)},
-                "teacher_beats_base_2se": {"tasks": sig, "count": len(sig), "of": len(self.tasks)}}
+                "teacher_beats_base_2se": {"tasks": sig, "count": len(sig), "of": len(self.tasks)},
+                "teacher_beats_base_exact": {"tasks": exact, "count": len(exact), "of": len(last),
+                                             "p": {t: v["p"] for t, v in last.items()}, "p_holm": adj}}
 
 
 def _heldout_sample(task_def, fraction: float, entries, n: int, seed: int) -> list:
@@ -701,7 +849,7 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
     """
     from ..adapters import load_adapter, validate_against
     from ..progress import NULL_PROGRESS
-    from ..evaluation.stats import paired_difference
+    from ..evaluation.stats import paired_difference, paired_test
     from ..tasks.evaluate import form_for, score_records, score_records_many
     from ..tasks.overlap import scored_sample
     from ..tasks.registry import registry_for
@@ -800,7 +948,9 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
         vs_base: dict[str, dict[str, Any]] = {}
         for e in entries:
             pd = paired_difference(questions[e.id], questions["base"])
-            vs_base[e.id] = {**pd, "beats_base_2se": bool(pd["se"] > 0 and pd["diff"] >= 2 * pd["se"])}
+            ex = paired_test(questions[e.id], questions["base"], seed=cfg.project.seed)
+            vs_base[e.id] = {**pd, "beats_base_2se": bool(pd["se"] > 0 and pd["diff"] >= 2 * pd["se"]),
+                             "p": ex["p"], "test": ex["test"]}
         best = max(accs, key=lambda k: accs[k]) if accs else None
         out[task] = {"n": len(recs), "kind": form.kind, "metric": form.metric,
                      **({"scoring": form.scoring} if form.scoring else {}),
