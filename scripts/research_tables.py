@@ -51,9 +51,22 @@ def pp(r: dict, key: str, digits: str = "{:.3f}") -> str:
     return f"{f(r.get(key), digits)}, Holm {f(r.get(key + '_holm'), digits)}"
 
 
-def same_questions(a: Optional[dict], b: Optional[dict]) -> bool:
-    """Whether two runs' base rows of a fold scored the same questions (same count, same accuracy)."""
-    return bool(a and b) and a["n_questions"] == b["n_questions"] and abs(a["accuracy"] - b["accuracy"]) < 1e-9
+def question_ids(run: Path, fold: str) -> Optional[list[str]]:
+    """The question ids a cross-validation run scored on ``fold`` (its questions.json), None if absent."""
+    p = run / "folds" / fold / "questions.json"
+    return json.loads(p.read_text())["question_ids"] if p.exists() else None
+
+
+def assert_same_ids(a: Path, b: Path, fold: str) -> bool:
+    """True when both runs scored ``fold`` on the very same question ids; stops with a message when
+    they scored it on different ones (their gaps would compare different questions); False when
+    either has not scored it."""
+    x, y = question_ids(a, fold), question_ids(b, fold)
+    if x is None or y is None:
+        return False
+    if x != y:
+        sys.exit(f"{a.name} and {b.name} scored fold {fold} on different questions: their gaps are not comparable")
+    return True
 
 
 def collapse_of(ev: dict) -> list[str]:
@@ -342,7 +355,7 @@ def oracle(w: Path) -> None:
             continue
         diff = o["accuracy"] - b["accuracy"]
         over.append(diff)
-        same = same_questions(cv_rows.get((k, "base")), b)
+        same = assert_same_ids(w / "cv", w / "cv-oracle", k)
         cells = []
         for m in gen:
             r = own.get((k, m)) or (cv_rows.get((k, m)) if same else None)
@@ -376,7 +389,6 @@ def b1_all(w: Path) -> None:
     row = {(r["fold"], r["method"]): r for r in d["rows"]}
     q = w / "cv-oracle" / "results.json"
     od = json.loads(q.read_text()) if q.exists() else {"rows": [], "oracle": []}
-    o_base = {r["fold"]: r for r in od["rows"] if r["method"] == "base"}
     oracle_of = {o["fold"]: o for o in od["oracle"] if o.get("accuracy") is not None}
     print(f"B1 over every fold ({d['command']}); `mean-delta` and base from the same run; the gap to the "
           "oracle-best where the `oracle` step scored the same questions:\n")
@@ -389,8 +401,8 @@ def b1_all(w: Path) -> None:
         if r is None:
             continue
         gap = "—"
-        ob, o = o_base.get(k), oracle_of.get(k)
-        if o and same_questions(ob, b):
+        o = oracle_of.get(k)
+        if o and assert_same_ids(w / "cv-b1", w / "cv-oracle", k):
             gaps.append(r["accuracy"] - o["accuracy"])
             gap = f"{gaps[-1]:+.2f}"
         ev = metrics_of(w / "cv-b1" / "folds" / k / "runs" / "b1")
