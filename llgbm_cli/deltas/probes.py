@@ -106,6 +106,14 @@ def probe_fingerprint(token_ids: list[list[int]]) -> str:
     return hashlib.sha256(json.dumps(token_ids, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def probe_task_names(source: str) -> list[str]:
+    """The task names of a ``task:<a>,<b>,...`` probe source (none for any other source)."""
+    source = str(source).strip()
+    if not source.startswith(TASK_PREFIX):
+        return []
+    return [n.strip() for n in source[len(TASK_PREFIX):].split(",") if n.strip()]
+
+
 def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0, tasks=None) -> list[str]:
     """The raw probe texts of a built-in set name, ``task:<name>`` (prompts of any task that
     ``tasks``, a TaskRegistry, knows; default the built-in presets), ``task:<a>,<b>,...`` (an equal
@@ -115,7 +123,7 @@ def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0,
         from ..tasks.registry import builtin_registry
 
         reg = tasks or builtin_registry()
-        names = [n.strip() for n in source[len(TASK_PREFIX):].split(",") if n.strip()]
+        names = probe_task_names(source)
         want = count or TASK_PROBES
         per_task = []
         for name in names:  # `task:a,b,c`: the tasks' prompts interleaved, an equal share each

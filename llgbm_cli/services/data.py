@@ -56,15 +56,13 @@ def check_task(resolved, name: str) -> dict[str, Any]:
 def project_tasks(resolved) -> list[str]:
     """The tasks a project uses: its zoo's tasks, `[data] datasets`, the tasks its probes are drawn
     from and its own `[tasks.NAME]` tables, each once, in that order."""
-    from ..deltas.probes import TASK_PREFIX
+    from ..deltas.probes import probe_task_names
     from ..tasks.registry import registry_for
 
     cfg = resolved.config
     reg = registry_for(resolved)
     names = list(cfg.zoo.tasks) + list(cfg.data.datasets)
-    src = cfg.probes.source
-    if src.startswith(TASK_PREFIX):
-        names += [n.strip() for n in src[len(TASK_PREFIX):].split(",") if n.strip()]
+    names += probe_task_names(cfg.probes.source)
     names += list(getattr(cfg, "tasks", None) or {})
     return list(dict.fromkeys(reg.check(n) for n in names))
 

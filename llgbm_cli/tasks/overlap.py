@@ -204,7 +204,7 @@ def used_tasks(resolved, tasks: Iterable[str]) -> list[str]:
     `mean-delta`, the retrieval index and the generators' targets come from them), the tasks the
     probes are drawn from, and ``tasks`` themselves (their own teachers and condition prompts)."""
     from .. import workdir
-    from ..deltas.probes import TASK_PREFIX
+    from ..deltas.probes import probe_task_names
     from ..zoo import Zoo
     from .registry import registry_for
 
@@ -212,9 +212,7 @@ def used_tasks(resolved, tasks: Iterable[str]) -> list[str]:
     reg = registry_for(resolved)
     zoo = Zoo.load(workdir.path(resolved, "zoo"), must_exist=False)
     names = list(zoo.tasks()) + list(tasks)
-    src = cfg.probes.source
-    if src.startswith(TASK_PREFIX):
-        names += [n.strip() for n in src[len(TASK_PREFIX):].split(",") if n.strip()]
+    names += probe_task_names(cfg.probes.source)
     known = set(reg.names())
     return [n for n in dict.fromkeys(names) if n in known]  # an imported adapter's unknown task: nothing to read
 
