@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from .errors import InputError, LlgbmError
+from .training.methods import TRAINED
 
 PROVENANCE_FILE = "llgbm.json"
 
@@ -209,11 +210,8 @@ OUTPUT_MARKERS: dict[str, tuple[str, ...]] = {
     "delta cache": ("manifest.json",),
     "delta index": ("index.faiss", "index.json"),
     "evaluation": ("results.json",),
-    "multitask run": ("checkpoints", "metrics.jsonl", "final"),
-    "B1 run": ("checkpoints", "metrics.jsonl", "final"),
-    "delta predictor": ("predictor.json",),
     "cross-validation": ("cv.json",),
-}
+}  # and each trained method's run kind (llgbm_cli.training.methods): output_markers()
 
 # The commands whose provenance record (llgbm.json, written first) marks a folder as an output of
 # that kind: a build interrupted before its first marker file is written stays resumable, and a
@@ -226,10 +224,17 @@ OUTPUT_COMMANDS: dict[str, tuple[str, ...]] = {
     "delta index": ("index build",),
     "evaluation": ("eval", "eval --folds"),
     "cross-validation": ("eval --folds", "eval"),
-    "multitask run": ("train multitask",),
-    "B1 run": ("train delta-only --variant b1",),
-    "delta predictor": ("train delta-only --variant b2",),
-}
+}  # and each trained method's run kind: output_commands()
+
+
+def output_markers() -> dict[str, tuple[str, ...]]:
+    """:data:`OUTPUT_MARKERS` and the run kind of every trained method."""
+    return {**OUTPUT_MARKERS, **{m.kind: m.markers for m in TRAINED.values()}}
+
+
+def output_commands() -> dict[str, tuple[str, ...]]:
+    """:data:`OUTPUT_COMMANDS` and the command of every trained method's run kind."""
+    return {**OUTPUT_COMMANDS, **{m.kind: (m.provenance_command,) for m in TRAINED.values()}}
 
 
 def _record_command(folder: Path) -> Optional[str]:
@@ -243,21 +248,22 @@ def _record_command(folder: Path) -> Optional[str]:
 
 
 def _written_by(folder: Path, kind: str) -> bool:
-    return _record_command(folder) in OUTPUT_COMMANDS.get(kind, ())
+    return _record_command(folder) in output_commands().get(kind, ())
 
 
 def _kind_of_command(command: str) -> str:
-    kinds = [k for k, cmds in OUTPUT_COMMANDS.items() if cmds and cmds[0] == command]
+    kinds = [k for k, cmds in output_commands().items() if cmds and cmds[0] == command]
     return f"a {kinds[0]}" if kinds else "an output"
 
 
 def _foreign(folder: Path, kind: str) -> Optional[str]:
     """Why ``folder`` (non-empty) is an output of another kind than ``kind``, or None."""
-    own = OUTPUT_COMMANDS.get(kind)
+    commands = output_commands()
+    own = commands.get(kind)
     if own is None:
         return None
     command = _record_command(folder)
-    if command is not None and command not in own and any(command in c for c in OUTPUT_COMMANDS.values()):
+    if command is not None and command not in own and any(command in c for c in commands.values()):
         return f"is {_kind_of_command(command)} (written by `llgbm {command}`), not a {kind}"
     return None
 
@@ -311,7 +317,7 @@ def check_output(
             if foreign is not None:
                 raise InputError(f"{name}: {foreign}; it is never replaced, even with --force: choose another "
                                  "folder, or remove it yourself")
-            markers = OUTPUT_MARKERS.get(kind, ())
+            markers = output_markers().get(kind, ())
             if markers and not any((out / m).exists() for m in markers) and not _written_by(out, kind):
                 shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
                 raise InputError(

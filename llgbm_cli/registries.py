@@ -13,8 +13,7 @@ import difflib
 from typing import Any, Optional
 
 from .errors import InputError
-
-GENERATOR_SECTIONS = ("multitask", "delta_only")
+from .training.methods import sections
 
 
 def _unknown(what: str, name: str, valid: list[str]) -> str:
@@ -55,7 +54,7 @@ def problems(config) -> list[str]:
     from .merging import STRATEGIES
 
     out: list[str] = []
-    for section in GENERATOR_SECTIONS:
+    for section in sections(generating=True):
         sec = getattr(config.train, section)
         if sec.generator not in generator_names():
             out.append(f"train.{section}.generator: " + _unknown("generator", sec.generator, generator_names()))

@@ -1,8 +1,9 @@
 """The work folder's layout: every output a command writes, where it lives and which command makes it.
 
-One table (:data:`OUTPUTS`) names each output; :func:`path` resolves it for a project (config paths
-such as ``zoo.path`` are taken relative to the work folder, absolute ones stay), :func:`made_by` gives
-the command that makes it and :func:`hint` the "run `…` first" line that errors end with. A new
+One table (:data:`OUTPUTS`) names each output, and every trained method's run is one more (from
+its descriptor, :mod:`llgbm_cli.training.methods`); :func:`path` resolves it for a project (config
+paths such as ``zoo.path`` are taken relative to the work folder, absolute ones stay), :func:`made_by`
+gives the command that makes it and :func:`hint` the "run `…` first" line that errors end with. A new
 output is one row here, so every message that points at it stays in step.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+from .training.methods import FINAL, TRAINED
 
 
 @dataclass(frozen=True)
@@ -26,25 +29,28 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("zoo", "the adapter zoo", "llgbm zoo build", lambda c: c.zoo.path, "zoo"),
     Output("deltas", "the delta cache", "llgbm cache-deltas", lambda c: c.delta.cache, "delta cache"),
     Output("index", "the delta index", "llgbm index build", lambda c: c.index.path, "delta index"),
-    Output("multitask", "the multitask generator run", "llgbm train multitask", lambda c: "train/multitask",
-           "multitask run"),
-    Output("b1", "the B1 generator run", "llgbm train delta-only --variant b1", lambda c: "train/b1", "B1 run"),
-    Output("b2", "the B2 delta predictor", "llgbm train delta-only --variant b2", lambda c: "train/b2",
-           "delta predictor"),
     Output("eval", "the evaluation", "llgbm eval", lambda c: c.eval.out, "evaluation"),
     Output("ablation", "the ablation grid", "llgbm ablate", lambda c: c.ablation.out),
     Output("merges", "merged adapters", "llgbm merge --out / llgbm retrieve --merge", lambda c: "merges"),
 )}
 
-# A trained generator's final checkpoint, inside its run folder (the training loop writes it).
-FINAL = "final"
+
+
+def outputs() -> dict[str, Output]:
+    """Every output, the trained methods' runs after the index (in the order ``config show`` lists them)."""
+    rows = list(OUTPUTS.items())
+    at = next(i for i, (k, _) in enumerate(rows) if k == "index") + 1
+    runs = [(m.name, Output(m.name, m.what, m.command, lambda c, loc=m.location: loc, m.kind))
+            for m in TRAINED.values() if m.name not in OUTPUTS]
+    return dict(rows[:at] + runs + rows[at:])
 
 
 def _output(key: str) -> Output:
+    known = outputs()
     try:
-        return OUTPUTS[key]
+        return known[key]
     except KeyError:
-        raise KeyError(f"no work-folder output {key!r}; known: {', '.join(OUTPUTS)}") from None
+        raise KeyError(f"no work-folder output {key!r}; known: {', '.join(known)}") from None
 
 
 def path(resolved, key: str) -> Path:
@@ -77,10 +83,10 @@ def hint(key: str, when: Optional[str] = "first") -> str:
 
 
 def final_checkpoint(resolved, key: str) -> Path:
-    """The final checkpoint of a generator run (``multitask`` or ``b1``)."""
-    return path(resolved, key) / FINAL
+    """The checkpoint eval reads from trained method ``key``'s run (a generator's ``final``)."""
+    return TRAINED[key].checkpoint(path(resolved, key))
 
 
 def layout(resolved) -> dict[str, dict[str, str]]:
     """Every output of this project: folder and the command that makes it (for ``config show``)."""
-    return {k: {"path": str(path(resolved, k)), "made_by": o.command} for k, o in OUTPUTS.items()}
+    return {k: {"path": str(path(resolved, k)), "made_by": o.command} for k, o in outputs().items()}

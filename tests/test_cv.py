@@ -487,3 +487,70 @@ def test_process_group_is_left_before_the_interpreter_exits(tmp_path):
     assert "terminate called" not in r.stderr
     for rank in (0, 1):
         assert (tmp_path / f"exit{rank}.txt").read_text() == "initialized=False"
+
+
+def test_a_trained_method_registered_in_one_place_runs_under_cross_validation(cli, cv_world, tmp_path):
+    """A trained method declared by one TrainedMethod alone (trainer, builder, checks here in the test)
+    is valid for eval, trained per fold without the fold's task, reused on a rerun, checked, and put
+    beside base and mean-delta with its exact test, with no other module touched."""
+    from llgbm_cli import workdir
+    from llgbm_cli.adapters import load_adapter, save_adapter
+    from llgbm_cli.evaluation.checks import check
+    from llgbm_cli.io import atomic_write_json
+    from llgbm_cli.merging import merge_adapters
+    from llgbm_cli.services.eval_methods import Built, check_methods, refuse_seen
+    from llgbm_cli.training import methods as TM
+    from llgbm_cli.zoo import Zoo
+
+    trained_runs = []
+
+    def train(resolved, *, out_dir, force, progress=None):
+        # the trained method: the linear mean of the teachers of every task it may see
+        held = resolved.config.train.delta_only.holdout_tasks
+        zoo = Zoo.load(workdir.path(resolved, "zoo"))
+        entries = [e for e in zoo.entries if e.task not in held]
+        save_adapter(out_dir, merge_adapters([load_adapter(zoo.path_of(e)) for e in entries], "linear"), force=force)
+        atomic_write_json(out_dir / "trained_on.json", sorted({e.task for e in entries}))
+        (out_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+        trained_runs.append(sorted(held))
+
+    def build(ctx, method, tasks):
+        folder = ctx.checkpoints[method]
+        seen = json.loads((folder / "trained_on.json").read_text())
+        refuse_seen(method, folder, seen, ctx.world.holdout, "delta_only")
+        ad = load_adapter(folder)
+        return Built({t: ad for t in tasks}, {t: t not in seen for t in tasks}, {t: str(folder) for t in tasks},
+                     {"checkpoint": str(folder), "trained_on": seen})
+
+    def checks(label, rows, provenance, checkpoint):
+        return [check(f"{label} saved its mean", (checkpoint / "trained_on.json").exists(), "trained_on.json")]
+
+    TM.register(TM.TrainedMethod(
+        "zoo-mean", "the mean of the seen tasks' teachers, made by a training run", section="delta_only",
+        what="the zoo-mean run", command="llgbm train zoo-mean", kind="zoo-mean run", markers=("trained_on.json",),
+        train=train, build=build, checks=checks, checkpoint_help="zoo-mean folder.", generates=False, final=False))
+    try:
+        assert check_methods(["zoo-mean"]) == ["zoo-mean"]
+        out = tmp_path / "cvx"
+        r = _run(cli, cv_world, "--folds", "boolq,arc-easy", "-m", "zoo-mean", "--test-sample", "4", "--out", out)
+        assert r.exit_code == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["methods"] == ["base", "mean-delta", "zoo-mean"]
+        assert res["trained"] == ["boolq/zoo-mean", "arc-easy/zoo-mean"] and trained_runs == [["boolq"], ["arc-easy"]]
+        for k in ("boolq", "arc-easy"):
+            run = out / "folds" / k / "runs" / "zoo-mean"
+            assert json.loads((run / "trained_on.json").read_text()) == sorted(set(TASKS) - {k})
+            row = next(x for x in res["rows"] if x["method"] == "zoo-mean" and x["fold"] == k)
+            assert row["heldout"] is True and row["n_questions"] == 4 and row["vs_base_test"] == "mcnemar"
+            ev = json.loads((out / "folds" / k / "eval" / "results.json").read_text())
+            assert "--zoo-mean-checkpoint" in ev["command"]
+            assert any(c["name"] == "zoo-mean saved its mean" and c["status"] == "pass" for c in ev["checks"])
+            assert any(c["name"].startswith("zoo-mean trains stably") for c in ev["checks"])
+        assert "zoo-mean" in (out / "results.md").read_text()
+        # a rerun reuses the finished folds and runs: nothing trained again
+        r = _run(cli, cv_world, "--folds", "boolq,arc-easy", "-m", "zoo-mean", "--test-sample", "4", "--out", out)
+        assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == ["boolq", "arc-easy"] and len(trained_runs) == 2
+    finally:
+        TM.unregister("zoo-mean")
+    r = _run(cli, cv_world, "--folds", "boolq", "-m", "zoo-mean", "--out", tmp_path / "gone")
+    assert r.exit_code == 2 and "unknown method" in r.stderr

@@ -12,8 +12,8 @@ def test_fixed_names_and_families():
     assert EM.fixed_names() == ["base", "teacher", "mean-delta", "multitask", "b1", "b2"]
     assert EM.method_of("merge:ties").name == EM.MERGE_PREFIX
     assert EM.method_of("/some/folder").name == EM.FOLDER
-    assert [m for m, meth in EM.METHODS.items() if meth.run] == ["multitask", "b1", "b2"]
-    assert {m: EM.METHODS[m].section for m in ("multitask", "b1", "b2")} == {
+    assert [m for m, meth in EM.methods().items() if meth.run] == ["multitask", "b1", "b2"]
+    assert {m: EM.methods()[m].section for m in ("multitask", "b1", "b2")} == {
         "multitask": "multitask", "b1": "delta_only", "b2": "delta_only"}
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import List, Optional
 
 import typer
 
+from ..services.eval_methods import fixed_names
+from ..training.methods import TRAINED
 from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
 
 
@@ -36,7 +39,7 @@ def eval_cmd(
     ctx: typer.Context,
     method: Optional[List[str]] = typer.Option(
         None, "--method", "-m",
-        help="Method (repeatable): base, teacher, mean-delta, multitask, b1, b2, merge:<strategy>, or an adapter "
+        help=f"Method (repeatable): {', '.join(fixed_names())}, merge:<strategy>, or an adapter "
         "folder. Default: [eval] methods.",
     ),
     task: Optional[List[str]] = typer.Option(None, "--task", "-t", help="Task to evaluate (repeatable; default: every zoo task)."),
@@ -45,9 +48,7 @@ def eval_cmd(
         help="Leave-one-out task (repeatable): evaluated as held out; generators or an index that saw it are refused.",
     ),
     test_sample: Optional[int] = typer.Option(None, "--test-sample", help="eval.test_sample: questions per task."),
-    multitask_checkpoint: Optional[str] = typer.Option(None, "--multitask-checkpoint", help="Generator checkpoint folder for `multitask`."),
-    b1_checkpoint: Optional[str] = typer.Option(None, "--b1-checkpoint", help="Generator checkpoint folder for `b1`."),
-    b2_checkpoint: Optional[str] = typer.Option(None, "--b2-checkpoint", help="Delta predictor folder for `b2`."),
+    # here: one --<method>-checkpoint per trained method (with_checkpoint_options)
     folds: Optional[str] = typer.Option(
         None, "--folds",
         help="Cross-validate: leave-one-task-out over `all` zoo tasks or comma-separated ones; each fold trains "
@@ -57,6 +58,7 @@ def eval_cmd(
     force: bool = force_option("Replace an existing output folder."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Exit 1 when an acceptance check fails (CI)."),
     set_: Optional[List[str]] = set_option(),
+    **checkpoints: Optional[str],
 ) -> None:
     """Evaluate methods per task: delta MSE / cosine / centered cosine / task identification against the
     teacher delta, and task accuracy vs base; writes results.{json,csv,md}, plots and acceptance checks.
@@ -78,17 +80,17 @@ def eval_cmd(
 
     ov = overrides_from(set_)
     ov.update(given({"eval.test_sample": test_sample, "eval.strict": strict or None}))
+    given_checkpoints = {m: checkpoints.get(_checkpoint_param(m)) for m in TRAINED}
     if folds is not None:
-        clash = [f for f, v in (("--holdout", holdout), ("--task", task), ("--multitask-checkpoint", multitask_checkpoint),
-                                ("--b1-checkpoint", b1_checkpoint), ("--b2-checkpoint", b2_checkpoint),
+        clash = [f for f, v in (("--holdout", holdout), ("--task", task),
+                                *((TRAINED[m].flag, v) for m, v in given_checkpoints.items()),
                                 ("--strict", strict)) if v]
         if clash:
             raise typer.BadParameter(f"cannot be combined with {', '.join(clash)} (each fold holds out its own task "
                                      "and trains its own checkpoints)", param_hint="--folds")
         return _cv(ctx, folds, method, out, force, ov)
     resolved = state(ctx).load_config(ov)
-    cks = {k: Path(v) for k, v in (("multitask", multitask_checkpoint), ("b1", b1_checkpoint), ("b2", b2_checkpoint))
-           if v}
+    cks = {m: Path(v) for m, v in given_checkpoints.items() if v}
     with progress(ctx) as rep:
         result = run_eval(resolved, methods=method, tasks=task, holdout=holdout, out=out, force=force,
                           checkpoints=cks, overrides=overrides_from(set_), progress=rep)
@@ -139,5 +141,27 @@ def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict) -> N
     emit(ctx, result.to_dict(), render_cv)
 
 
+def _checkpoint_param(method: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in method) + "_checkpoint"
+
+
+def with_checkpoint_options(fn):
+    """``fn`` with one ``--<method>-checkpoint`` option per trained method (its descriptor's flag and
+    help) in place of its ``**checkpoints``, after ``--test-sample``: what Typer reads."""
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = [p.name for p in params].index("test_sample") + 1
+    extra = [inspect.Parameter(_checkpoint_param(m.name), inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                               default=typer.Option(None, m.flag, help=m.checkpoint_help), annotation=Optional[str])
+             for m in TRAINED.values()]
+
+    def command(**kwargs):
+        return fn(**kwargs)
+
+    command.__signature__ = sig.replace(parameters=params[:at] + extra + params[at:])
+    command.__doc__, command.__name__ = fn.__doc__, fn.__name__
+    return command
+
+
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_cmd)
+    app.command("eval")(with_checkpoint_options(eval_cmd))

@@ -15,8 +15,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from ..training.methods import TRAINED, resolve
+
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-GENERATED = ("multitask", "b1", "b2")  # methods whose adapters are generated or retrieved
 
 
 def check(name: str, ok: Optional[bool], detail: str, **values: Any) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def _values(sc: Any) -> Optional[list[float]]:
 
 def beats_base(rows: list[dict[str, Any]], scores: Optional[Mapping[tuple[Optional[str], str], Any]] = None,
                alpha: float = 0.05) -> dict[str, Any]:
-    """A generated or retrieved adapter (multitask, b1, b2) beats base on a task, shown by an exact
+    """A trained method's adapter (generated or retrieved) beats base on a task, shown by an exact
     paired test on the task's questions: McNemar's for 0/1 scores, Wilcoxon signed-rank otherwise
     (:func:`llgbm_cli.evaluation.stats.paired_test`). The p-values are Holm-adjusted over every
     comparison considered (tasks × those methods); it passes when one with a positive difference
@@ -196,9 +197,11 @@ def beats_base(rows: list[dict[str, Any]], scores: Optional[Mapping[tuple[Option
     from .stats import holm, paired_test
 
     name = "a generated or retrieved adapter beats base on a task"
-    cand = [r for r in rows if r["method"] in GENERATED and r.get("accuracy_vs_base") is not None]
+    cand = [r for r in rows if r["method"] in TRAINED and r.get("accuracy_vs_base") is not None]
     if not cand:
-        return check(name, None, "no multitask, b1 or b2 method evaluated")
+        names = list(TRAINED)
+        return check(name, None, f"no {', '.join(names[:-1])} or {names[-1]} method evaluated" if len(names) > 1
+                     else f"no {names[0]} method evaluated")
     tested = []
     for r in cand:
         if scores is None:
@@ -247,23 +250,29 @@ def retrieval_floor(summary: list[dict[str, Any]], tolerance: float) -> dict[str
     return check(name, ok, f"b2 accuracy {b2['accuracy']:.4f}, base {base['accuracy']:.4f}{gap}")
 
 
+def multitask_run_checks(label: str, rows: list[dict[str, Any]], provenance: Optional[dict[str, Any]],
+                         checkpoint: Optional[Path]) -> list[Optional[dict[str, Any]]]:
+    mt = ((provenance or {}).get("config") or {}).get("train", {}).get("multitask")
+    return [lambda_ramps(rows, mt), decreases(label, rows, "loss_weights"), decreases(label, rows, "loss_delta"),
+            increases(label, rows, "delta_cosine_sim"), checkpoint_reloads(label, checkpoint)]
+
+
+def b1_run_checks(label: str, rows: list[dict[str, Any]], provenance: Optional[dict[str, Any]],
+                  checkpoint: Optional[Path]) -> list[Optional[dict[str, Any]]]:
+    key = "loss_delta" if any("loss_delta" in r for r in rows) else "loss_total"
+    return [decreases(label, rows, key), training_degeneracy(label, rows)]
+
+
+def b2_run_checks(label: str, rows: list[dict[str, Any]], provenance: Optional[dict[str, Any]],
+                  checkpoint: Optional[Path]) -> list[Optional[dict[str, Any]]]:
+    return [b2_prediction(rows)]
+
+
 def training_checks(label: str, rows: list[dict[str, Any]], provenance: Optional[dict[str, Any]],
-                    checkpoint: Optional[Path]) -> list[dict[str, Any]]:
-    """The plans' checks of one training run (``label``: multitask, b1 or b2)."""
-    out = [trains_stably(label, rows)]
-    if label == "multitask":
-        mt = ((provenance or {}).get("config") or {}).get("train", {}).get("multitask")
-        out.append(lambda_ramps(rows, mt))
-        out.append(decreases(label, rows, "loss_weights"))
-        out.append(decreases(label, rows, "loss_delta"))
-        out.append(increases(label, rows, "delta_cosine_sim"))
-        out.append(checkpoint_reloads(label, checkpoint))
-    elif label == "b1":
-        key = "loss_delta" if any("loss_delta" in r for r in rows) else "loss_total"
-        out.append(decreases(label, rows, key))
-    elif label == "b2":
-        out.append(b2_prediction(rows))
-    return out
+                    checkpoint: Optional[Path]) -> list[Optional[dict[str, Any]]]:
+    """The plans' checks of one training run of trained method ``label``: it trains stably, and its
+    descriptor's own checks (:class:`~llgbm_cli.training.methods.TrainedMethod` ``checks``)."""
+    return [trains_stably(label, rows), *resolve(TRAINED[label].checks)(label, rows, provenance, checkpoint)]
 
 
 def failed(checks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

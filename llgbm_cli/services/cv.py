@@ -1,8 +1,9 @@
 """`llgbm eval --folds`: leave-one-task-out cross-validation over the zoo's tasks.
 
-Each fold holds out one zoo task ``k``. What a method needs is trained without ``k`` (``multitask``
-and ``b1`` with ``train.<section>.holdout_tasks = [k]``; ``b2`` its delta predictor likewise and a
-retrieval index with ``index.exclude_tasks = [k]`` in ``runs/b2-index``) into ``<out>/folds/<k>/runs/<method>``,
+Each fold holds out one zoo task ``k``. What a trained method (:mod:`llgbm_cli.training.methods`)
+needs is trained without ``k`` (with ``train.<section>.holdout_tasks = [k]``, and the config keys its
+descriptor adds per fold: ``b2``'s retrieval index with ``index.exclude_tasks = [k]`` in
+``runs/b2-index``, beside its delta predictor) into ``<out>/folds/<k>/runs/<method>``,
 then the normal evaluation runs on ``k`` alone, held out, into ``<out>/folds/<k>/eval``. ``base``
 and ``mean-delta`` are always evaluated: they are the references every method is compared with.
 
@@ -43,6 +44,7 @@ from typing import Any, Iterable, Optional, Sequence
 from .. import workdir
 from ..errors import InputError
 from ..progress import NULL_PROGRESS
+from ..training.methods import FINAL, TRAINED, resolve, sections
 
 DONE = "done.json"
 QUESTIONS = "questions.json"
@@ -51,8 +53,6 @@ REFERENCES = ("base", "mean-delta")  # always evaluated: the comparisons of ever
 ORACLE = "oracle-best"
 RESAMPLES = 2000
 LEVEL = 0.95
-TRAINED = {"multitask": "multitask", "b1": "delta_only", "b2": "delta_only"}  # trained per fold -> config section
-INDEX = "b2-index"  # the fold's retrieval index (without the fold's task), beside the b2 predictor
 FOLD_FIELDS = [
     "fold", "method", "accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p",
     "vs_base_p_holm", "vs_base_test", "vs_base_mde", "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high",
@@ -143,14 +143,17 @@ def reproduce_command(resolved, folds_spec: str, methods: Sequence[str], out: Pa
     return shlex.join(parts)
 
 
-def fold_overrides(base: dict[str, Any], fold: str, index: Optional[Path] = None) -> dict[str, Any]:
-    """The config of fold ``fold``: every trainer and eval hold it out; with ``index`` (the fold's
-    retrieval index folder, for ``b2``) the index holds none of its adapters."""
+def fold_overrides(base: dict[str, Any], fold: str, methods: Sequence[str] = (),
+                   runs: Optional[Path] = None) -> dict[str, Any]:
+    """The config of fold ``fold``: every trainer's section and eval hold it out, and each trained
+    method among ``methods`` adds its own keys (``runs``: the fold's run folder; b2: its index)."""
     ov = {k: v for k, v in base.items() if v is not None}
-    ov.update({"train.multitask.holdout_tasks": [fold], "train.delta_only.holdout_tasks": [fold],
-               "eval.holdout": [fold], "eval.tasks": [fold]})
-    if index is not None:
-        ov.update({"index.exclude_tasks": [fold], "index.path": str(index)})
+    ov.update({f"train.{s}.holdout_tasks": [fold] for s in sections()})
+    ov.update({"eval.holdout": [fold], "eval.tasks": [fold]})
+    for m in methods:
+        tm = TRAINED.get(m)
+        if tm is not None and tm.fold_overrides is not None and runs is not None:
+            ov.update(tm.fold_overrides(fold, runs))
     return ov
 
 
@@ -366,7 +369,7 @@ def run_cv(
 
         def fold(k: str) -> dict[str, Any]:
             fdir = out / "folds" / k
-            ov = fold_overrides(base_ov, k, (fdir / "runs" / INDEX) if "b2" in ms else None)
+            ov = fold_overrides(base_ov, k, ms, fdir / "runs")
             cres = resolved.with_overrides(ov)
             fp = fingerprint({"config": cres.to_dict(), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
             done = fdir / DONE
@@ -419,16 +422,16 @@ MULTITASK_ONLY = frozenset({
 
 def run_fingerprint(cfg, method: str, zoo_entries: Iterable[Any] = ()) -> str:
     """What a trained method's run depends on: its section, the model, LoRA, probes, delta spec, zoo
-    settings, seed (the condition encoding of every generator lives in ``train.multitask``; its
-    multitask-only keys count for multitask alone) and the
+    settings, the other sections its descriptor says it reads, seed (the condition encoding of every
+    generator lives in ``train.multitask``; its multitask-only keys count for multitask alone) and the
     zoo's contents, each adapter's id and weights hash (``zoo_entries``): a teacher rebuilt with
     other settings under the same id makes the run stale."""
+    tm = TRAINED[method]
     return fingerprint({
-        "method": method, "section": getattr(cfg.train, TRAINED[method]).model_dump(mode="json"),
+        "method": method, "section": getattr(cfg.train, tm.section).model_dump(mode="json"),
         "multitask": {k: v for k, v in cfg.train.multitask.model_dump(mode="json").items()
-                      if method == "multitask" or k not in MULTITASK_ONLY},
-        **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo")},
-        **({"index": cfg.index.model_dump(mode="json")} if method == "b2" else {}),
+                      if tm.multitask_keys or k not in MULTITASK_ONLY},
+        **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo", *tm.reads)},
         "seed": cfg.project.seed,
         "zoo_entries": sorted((e.id, e.sha256 or "") for e in zoo_entries),
     })
@@ -436,42 +439,34 @@ def run_fingerprint(cfg, method: str, zoo_entries: Iterable[Any] = ()) -> str:
 
 def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=None) -> bool:
     """Train ``method`` into ``run_dir`` unless a finished run of this config and this zoo is there
-    (``<run_dir>.json`` records it); an interrupted generator run of them resumes from its latest
-    checkpoint, a run of another config or zoo is replaced. ``b2``: the delta predictor, then the
-    index at ``index.path``. ``zoo``: the loaded zoo (read from the workdir when not given). True
-    when it trained."""
+    (``<run_dir>.json`` records it); an interrupted run of them that keeps checkpoints resumes from
+    its latest one, a run of another config or zoo is replaced; its descriptor's ``after_train``
+    follows (b2: the index at ``index.path``). ``zoo``: the loaded zoo (read from the workdir when
+    not given). True when it trained."""
     from ..io import atomic_write_json
     from ..training.loop import find_latest_checkpoint
-    from ..workdir import FINAL
     from ..zoo import Zoo
 
+    tm = TRAINED[method]
     if zoo is None:
         zoo = Zoo.load(workdir.path(cres, "zoo"), must_exist=False)
     fp = run_fingerprint(cres.config, method, zoo.entries)
-    if method == "b2":
-        from .index import build_index
-        from .train_delta_only import train_b2
-
-        marker = run_dir.parent / f"{run_dir.name}.json"
-        prev = json.loads(marker.read_text()) if marker.exists() else {}
+    marker = run_dir.parent / f"{run_dir.name}.json"
+    prev = json.loads(marker.read_text()) if marker.exists() else {}
+    if tm.final:
+        if (run_dir / FINAL).exists() and prev.get("fingerprint") == fp:
+            return False
+        fresh = (run_dir / FINAL).exists() or (marker.exists() and prev.get("fingerprint") != fp)
+        ck = None if fresh or not run_dir.exists() else find_latest_checkpoint(run_dir)
+        args = {"resume": ck is not None, "force": ck is None and run_dir.exists()}
+    else:
         if prev.get("fingerprint") == fp and prev.get("finished") and run_dir.exists():
             return False
-        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
-        train_b2(cres, out_dir=run_dir, force=True, progress=progress)
-        build_index(cres, out=workdir.path(cres, "index"), force=True, progress=progress)
-        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": True})
-        return True
-    marker = run_dir.parent / f"{run_dir.name}.json"
-    if (run_dir / FINAL).exists() and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
-        return False
-    fresh = (run_dir / FINAL).exists() or (marker.exists() and json.loads(marker.read_text()).get("fingerprint") != fp)
-    ck = None if fresh or not run_dir.exists() else find_latest_checkpoint(run_dir)
-    if method == "multitask":
-        from .train_multitask import train_multitask as trainer
-    else:
-        from .train_delta_only import train_b1 as trainer
+        args = {"force": True}
     atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
-    trainer(cres, out_dir=run_dir, resume=ck is not None, force=ck is None and run_dir.exists(), progress=progress)
+    resolve(tm.train)(cres, out_dir=run_dir, progress=progress, **args)
+    if tm.after_train is not None:
+        resolve(tm.after_train)(cres, force=True, progress=progress)
     atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": True})
     return True
 
@@ -480,7 +475,6 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
               trained: list[str], progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
     from ..io import atomic_write_json
-    from ..workdir import FINAL
     from .eval import load_world, run_eval
 
     cfg = cres.config
@@ -490,7 +484,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
             run_dir = fdir / "runs" / m
             if train_method(cres, m, run_dir, progress, zoo):
                 trained.append(f"{k}/{m}")
-            checkpoints[m] = run_dir if m == "b2" else run_dir / FINAL
+            checkpoints[m] = TRAINED[m].checkpoint(run_dir)
     model, tok = scores.base_model()
     world = load_world(cres, [k], [k], model=model, tok=tok)
     ev = run_eval(cres, methods=methods, tasks=[k], holdout=[k], out=fdir / "eval", force=True,

@@ -35,6 +35,7 @@ from ..progress import NULL_PROGRESS
 from .. import workdir
 from ..errors import InputError
 from ..names import child
+from ..training.methods import TRAINED
 from . import eval_methods as M_
 
 
@@ -96,7 +97,7 @@ def reproduce_command(resolved, methods, tasks, holdout, out: Path, test_sample:
         parts += ["--holdout", t]
     parts += ["--test-sample", str(test_sample), "--out", str(out)]
     for m, ck in sorted((checkpoints or {}).items()):
-        parts += [f"--{m}-checkpoint", str(ck)]
+        parts += [TRAINED[m].flag, str(ck)]
     for k, v in sorted((overrides or {}).items()):
         if v is not None and not k.startswith("eval."):
             parts += ["--set", f"{k}={M_.toml_value(v)}"]
@@ -435,7 +436,7 @@ def _checks_phase(resolved, b: _Built, method_delta, methods, tasks, checkpoints
     from ..io import read_provenance
 
     curves: dict[str, list] = {}
-    for m, meth in M_.METHODS.items():
+    for m, meth in M_.methods().items():
         if meth.run is None:
             continue
         run = _run_folder(resolved, m, checkpoints.get(m), result.runs.get(m))
@@ -446,9 +447,7 @@ def _checks_phase(resolved, b: _Built, method_delta, methods, tasks, checkpoints
         if m in methods:
             ck = Path(result.runs[m]["checkpoint"]) if m in result.runs and "checkpoint" in result.runs[m] else None
             result.checks.extend(C.training_checks(m, rows, read_provenance(run), ck))
-            if meth.section == "delta_only" and meth.generator:
-                result.checks.append(C.training_degeneracy(m, rows))
-    for m in sorted(n for n, meth in M_.METHODS.items() if meth.generator):
+    for m in sorted(n for n, meth in M_.methods().items() if meth.generator):
         if m in methods:
             gen_d = {t: method_delta[m, t] for t in tasks if (m, t) in method_delta}
             norms = {t: float(sum(float(mod.delta_weight().norm()) ** 2 for mod in b.adapters[m, t].modules.values())
@@ -495,12 +494,15 @@ def enforce_checks(result: EvalResult) -> None:
 
 
 def _run_folder(resolved, method: str, given: Optional[Path], info: Optional[dict]) -> Optional[Path]:
+    """The run folder (with its metrics.jsonl) behind trained method ``method``'s checkpoint."""
+    tm = TRAINED[method]
     if info and info.get("checkpoint"):
-        p = Path(info["checkpoint"]).parent
+        ck = Path(info["checkpoint"])
     elif given is not None:
-        p = Path(given).parent
+        ck = Path(given)
     else:
-        p = workdir.path(resolved, M_.METHODS[method].run)
+        ck = tm.checkpoint(workdir.path(resolved, method))
+    p = ck.parent if tm.final else ck
     return p if (p / "metrics.jsonl").exists() else None
 
 

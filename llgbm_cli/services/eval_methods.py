@@ -8,7 +8,9 @@ trained on, and :func:`refuse_seen` (the leak guard) refuses one that saw a held
 
 Adding a method: write ``def build(ctx, method, tasks) -> Built`` and decorate it with
 ``@register("name", "one line of help")``. Its name is then valid for ``eval --method`` and
-``eval.methods``, listed in errors, and evaluated like every other.
+``eval.methods``, listed in errors, and evaluated like every other. A method made by a training run
+is declared instead as a :class:`~llgbm_cli.training.methods.TrainedMethod` (its builder, trainer,
+checks and checkpoint option together): :func:`methods` lists those from that table.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 from .. import workdir
 from ..errors import InputError
 from ..names import child
+from ..training.methods import TRAINED, resolve
 
 MERGE_PREFIX = "merge:"
 FOLDER = "<adapter folder>"
@@ -48,7 +51,7 @@ class EvalMethod:
     generator: bool = False  # generates adapters from text: checked for degenerate outputs
 
 
-METHODS: dict[str, EvalMethod] = {}
+METHODS: dict[str, EvalMethod] = {}  # the methods registered here; the trained ones come from TRAINED
 
 
 def register(name: str, help: str, *, run: Optional[str] = None, section: Optional[str] = None,
@@ -60,8 +63,22 @@ def register(name: str, help: str, *, run: Optional[str] = None, section: Option
     return deco
 
 
+def _trained(name: str) -> EvalMethod:
+    tm = TRAINED[name]
+    return EvalMethod(tm.name, tm.help, lambda ctx, method, tasks: resolve(tm.build)(ctx, method, tasks),
+                      run=tm.name, section=tm.section, generator=tm.generates)
+
+
+def methods() -> dict[str, EvalMethod]:
+    """Every method by name, in the order of the valid-name list: the fixed ones, the trained ones
+    (:data:`~llgbm_cli.training.methods.TRAINED`), then the families (merge:<strategy>, a folder)."""
+    fixed = {n: m for n, m in METHODS.items() if n not in (MERGE_PREFIX, FOLDER)}
+    return {**fixed, **{n: _trained(n) for n in TRAINED if n not in fixed},
+            **{n: METHODS[n] for n in (MERGE_PREFIX, FOLDER) if n in METHODS}}
+
+
 def fixed_names() -> list[str]:
-    return [n for n in METHODS if n not in (MERGE_PREFIX, FOLDER)]
+    return [n for n in methods() if n not in (MERGE_PREFIX, FOLDER)]
 
 
 def valid_methods() -> str:
@@ -72,6 +89,8 @@ def valid_methods() -> str:
 
 def method_of(name: str) -> EvalMethod:
     """The registered method a name stands for (``merge:<strategy>`` and folders are families)."""
+    if name in TRAINED and name not in METHODS:
+        return _trained(name)
     if name in METHODS and name not in (MERGE_PREFIX, FOLDER):
         return METHODS[name]
     if name.startswith(MERGE_PREFIX):
@@ -223,14 +242,14 @@ def _mean_delta(ctx, method: str, tasks: list[str]) -> Built:
 
 def _checkpoint(ctx, method: str) -> Path:
     given = ctx.checkpoints.get(method)
-    ckpt = Path(given) if given is not None else workdir.final_checkpoint(ctx.world.resolved, method)
+    ckpt = Path(given) if given is not None else TRAINED[method].checkpoint(workdir.path(ctx.world.resolved, method))
     if not ckpt.exists():
         raise InputError(f"method {method}: no checkpoint at {ckpt}; make it with `{workdir.made_by(method)}`")
     return ckpt
 
 
 def generator_adapters(ctx, method: str, tasks: list[str]) -> Built:
-    """Per task a generated LoraAdapter from a generator checkpoint (multitask or b1)."""
+    """Per task a generated LoraAdapter from a generator checkpoint (the builder of multitask and b1)."""
     from ..adapters import LoraAdapter, LoraModule
     from ..generators.base import load_generator
     from ..io import read_provenance
@@ -238,7 +257,7 @@ def generator_adapters(ctx, method: str, tasks: list[str]) -> Built:
     from .generate import generate_modules
 
     world = ctx.world
-    section = METHODS[method].section
+    section = TRAINED[method].section
     ckpt = _checkpoint(ctx, method)
     gen, meta = load_generator(ckpt, device=next(world.model.parameters()).device)
     if meta.get("base_model") not in (None, world.resolved.config.model.base):
@@ -262,16 +281,9 @@ def generator_adapters(ctx, method: str, tasks: list[str]) -> Built:
     return Built(out, {t: (seen is not None and t not in seen) for t in tasks}, info=info)
 
 
-register("multitask", "a multitask generator checkpoint turns the task's condition text into an adapter",
-         run="multitask", section="multitask", generator=True)(generator_adapters)
-register("b1", "the B1 generator (trained on the delta alone) turns the condition text into an adapter",
-         run="b1", section="delta_only", generator=True)(generator_adapters)
-
-
-@register("b2", "the B2 delta predictor + index retrieval + merge", run="b2", section="delta_only")
 def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
     """B2: the predictor's delta for the task's condition -> index top-k -> merge, written under the
-    eval folder (``adapters/b2/<task>``). The predictor folder is ``checkpoints["b2"]`` when given."""
+    eval folder (``adapters/<method>/<task>``). The predictor folder is ``checkpoints[method]`` when given."""
     from ..adapters import load_adapter
     from ..generators.predictor import load_predictor
     from ..models import load_encoder
@@ -279,10 +291,10 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
 
     world = ctx.world
     resolved = world.resolved
-    given = ctx.checkpoints.get("b2")
-    pfolder = Path(given) if given is not None else workdir.path(resolved, "b2")
+    given = ctx.checkpoints.get(method)
+    pfolder = Path(given) if given is not None else workdir.path(resolved, method)
     if not pfolder.exists():
-        raise InputError(f"method b2: no delta predictor at {pfolder}; make it with `{workdir.made_by('b2')}` "
+        raise InputError(f"method {method}: no delta predictor at {pfolder}; make it with `{workdir.made_by(method)}` "
                          f"and an index with `{workdir.made_by('index')}`")
     _, meta = load_predictor(pfolder)
     # Only the adapters it was fitted on count as seen: val_ids (the held-out tasks when
@@ -290,10 +302,10 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
     ids = list(meta.get("train_ids", []))
     by_id = {e.id: e.task for e in world.zoo.entries}
     seen = sorted({by_id[i] for i in ids if i in by_id}) if ids else None
-    refuse_seen("b2", pfolder, seen, world.holdout, "delta_only")
+    refuse_seen(method, pfolder, seen, world.holdout, TRAINED[method].section)
     strategy = resolved.config.retrieve.merge_strategy
     encoder = load_encoder(meta.get("encoder", resolved.config.model.encoder), "cpu")
-    rel = Path("adapters") / "b2"
+    rel = Path("adapters") / method
     out, hits, where = {}, {}, {}
     for task in tasks:
         child(ctx.tmp / rel, task, what="task")  # its folder stays inside the evaluation's
@@ -302,7 +314,7 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
                      out=ctx.tmp / rel / task, encoder=encoder, predictor=pfolder)
         leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
         if leaked:
-            raise InputError(f"method b2: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
+            raise InputError(f"method {method}: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
                              f"index without the held-out tasks' adapters (`{workdir.made_by('index')}`)")
         hits[task] = [{"id": h["id"], "task": h.get("task"), "score": h.get("score")} for h in r.hits]
         out[task] = load_adapter(ctx.tmp / rel / task)

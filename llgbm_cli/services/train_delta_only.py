@@ -80,7 +80,7 @@ def train_b2(
     cfg = resolved.config
     do = cfg.train.delta_only
     out = Path(out_dir) if out_dir is not None else workdir.path(resolved, "b2")
-    check_output(out, "delta predictor", force=force, roots=[resolved.workdir, resolved.root],
+    check_output(out, workdir.kind("b2"), force=force, roots=[resolved.workdir, resolved.root],
                  inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
     zoo, cache, entries, notes = _pairs(resolved)
     train, val = split_entries(entries, list(do.holdout_tasks), do.predictor_val_fraction, cfg.project.seed)
