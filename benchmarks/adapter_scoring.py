@@ -45,7 +45,7 @@ def main() -> None:
     import torch
 
     from llgbm_cli.adapters import load_adapter, random_adapter
-    from llgbm_cli.deltas.compute import lowest_adapted_layer
+    from llgbm_cli.anatomy import lowest_adapted_layer
     from llgbm_cli.models import load_base_model
     from llgbm_cli.tasks.prompts import PromptForm
     from llgbm_cli.tasks.registry import builtin_registry

@@ -41,7 +41,8 @@ def shipped_last_layers() -> int:
 def forward_flops(model, probes, spec, n_forwards: int, pack: bool = True, start: int = 0) -> float:
     """FLOPs of llgbm's forwards as executed: linear layers from ``start`` up to the deepest read
     layer + attention."""
-    from llgbm_cli.deltas.compute import backbone, pack_probes, resolve_layers
+    from llgbm_cli.anatomy import backbone
+    from llgbm_cli.deltas.compute import pack_probes, resolve_layers
 
     cfg = model.config
     bb = backbone(model)
@@ -97,7 +98,8 @@ def main() -> None:
     from peft import PeftModel
 
     from llgbm_cli.adapters import load_adapter
-    from llgbm_cli.deltas.compute import base_activations, base_states, compute_deltas, lowest_adapted_layer
+    from llgbm_cli.anatomy import lowest_adapted_layer
+    from llgbm_cli.deltas.compute import base_activations, base_states, compute_deltas
 
     # The machine may be shared: naive, llgbm and a reference matmul are interleaved per adapter
     # batch, so load changes hit all three alike and the ratios stay meaningful.

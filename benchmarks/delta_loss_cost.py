@@ -69,15 +69,15 @@ def main() -> None:
     torch.manual_seed(0)
 
     from llgbm_cli.adapters import random_adapter
-    from llgbm_cli.deltas.compute import (
-        DeltaSpec, base_activations, base_states, delta_for_stacked, lowest_adapted_layer, pooled_states,
-    )
+    from llgbm_cli.anatomy import lowest_adapted_layer
+    from llgbm_cli.deltas.compute import DeltaSpec, base_activations, base_states, delta_for_stacked, pooled_states
     from llgbm_cli.deltas.probes import load_probes
     from llgbm_cli.generators import build_generator
     from llgbm_cli.losses import DeltaLoss, masked_token_mse
     from llgbm_cli.lora.patch import stack_adapters
     from llgbm_cli.lora.tokenizer import LoraTokenizer
     from llgbm_cli.models import load_base_model
+    from llgbm_cli.tasks.registry import builtin_registry
 
     last = shipped_last_layers() if args.last_layers is None else args.last_layers
     last_layers = last or None
@@ -85,7 +85,7 @@ def main() -> None:
     model, tok = load_base_model(args.base, device="cpu")
     assert not any(p.requires_grad for p in model.parameters())
     n_layers = int(model.config.num_hidden_layers)
-    probes = load_probes(args.probes, tok, count=args.probe_count)
+    probes = load_probes(args.probes, tok, count=args.probe_count, tasks=builtin_registry())
     spec = DeltaSpec()
     acts = base_activations(model, probes)
     base = base_states(model, probes, spec, acts=acts)

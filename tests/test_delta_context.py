@@ -11,6 +11,7 @@ from llgbm_cli.deltas.compute import compute_deltas
 from llgbm_cli.deltas.context import DeltaContext
 from llgbm_cli.errors import InputError
 from llgbm_cli.services.cache_deltas import run_cache_deltas
+from llgbm_cli.tasks.registry import registry_for
 from llgbm_cli.zoo import Zoo, ZooEntry
 
 
@@ -18,7 +19,7 @@ def test_bad_layers_fail_with_the_valid_range(tiny, tiny_project):
     model, tok = tiny
     resolved = load_config(tiny_project, {"delta.layers": [7]}, explicit=True)
     with pytest.raises(InputError, match="layer"):
-        DeltaContext.build(resolved, model, tok)
+        DeltaContext.build(resolved, model, tok, tasks=registry_for(resolved))
 
 
 def test_teacher_deltas_from_the_cache_or_computed(tiny, tiny_project):
@@ -31,7 +32,7 @@ def test_teacher_deltas_from_the_cache_or_computed(tiny, tiny_project):
     zoo = Zoo(zoo_dir, entries)
     zoo.save()
     resolved = load_config(tiny_project, {"delta.flush_seconds": 0}, explicit=True)
-    ctx = DeltaContext.build(resolved, model, tok)
+    ctx = DeltaContext.build(resolved, model, tok, tasks=registry_for(resolved))
     adapters = [load_adapter(zoo.path_of(e)) for e in entries]
     # No cache yet: computed here, with the cache's own function.
     d, src = ctx.teacher_deltas(entries, adapters)
@@ -42,6 +43,7 @@ def test_teacher_deltas_from_the_cache_or_computed(tiny, tiny_project):
     d2, src2 = ctx.teacher_deltas(entries, adapters)
     assert src2.startswith("cache ") and torch.allclose(d2, ref, atol=1e-5)
     # A context with another probe set refuses the cache, naming what differs and the fix.
-    other = DeltaContext.build(load_config(tiny_project, {"probes.count": 2}, explicit=True), model, tok)
+    other_cfg = load_config(tiny_project, {"probes.count": 2}, explicit=True)
+    other = DeltaContext.build(other_cfg, model, tok, tasks=registry_for(other_cfg))
     with pytest.raises(InputError, match=r"the delta cache was built with another probe set .* --rebuild"):
         other.open_cache()

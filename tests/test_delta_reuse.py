@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from llgbm_cli.adapters import random_adapter, save_adapter
+from llgbm_cli.anatomy import lowest_adapted_layer
 from llgbm_cli.deltas.compute import (
     BaseActivations, DeltaSpec, base_activations, base_states, compute_deltas, delta_for_stacked,
-    lowest_adapted_layer,
 )
 from llgbm_cli.deltas.probes import load_probes
 from llgbm_cli.lora.patch import LoraPatch, stack_adapters

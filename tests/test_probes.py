@@ -4,6 +4,7 @@ import pytest
 
 from llgbm_cli.deltas.probes import list_probe_sets, load_probes, read_probe_texts
 from llgbm_cli.errors import InputError
+from llgbm_cli.tasks.registry import builtin_registry
 
 
 def test_generic_set_is_varied_and_templated(tiny):
@@ -29,10 +30,15 @@ def test_fingerprint_tracks_final_tokens(tiny):
 
 def test_task_sets_and_listing(tiny):
     _, tok = tiny
-    names = list_probe_sets()
+    reg = builtin_registry()
+    names = list_probe_sets(reg)
     assert "generic" in names and "task:arc-easy" in names and "task:piqa" in names
-    ps = load_probes("task:boolq", tok, count=3)
-    assert len(ps) == 3 and ps.texts == read_probe_texts("task:boolq", count=3)
+    ps = load_probes("task:boolq", tok, count=3, tasks=reg)
+    assert len(ps) == 3 and ps.texts == read_probe_texts("task:boolq", count=3, tasks=reg)
+    # The task sets come from the registry the caller passes: without one there are none.
+    assert "generic" in list_probe_sets() and not any(n.startswith("task:") for n in list_probe_sets())
+    with pytest.raises(InputError, match="unknown probe set 'task:boolq'; valid: generic, or a"):
+        read_probe_texts("task:boolq")
 
 
 def test_user_files(tiny, tmp_path):
@@ -57,10 +63,11 @@ def test_bad_files(tmp_path, content, match):
 
 
 def test_unknown_names_list_valid_ones():
+    reg = builtin_registry()
     with pytest.raises(InputError, match="valid: generic, task:arc-easy"):
-        read_probe_texts("generik")
+        read_probe_texts("generik", tasks=reg)
     with pytest.raises(InputError, match="unknown probe set 'task:nope'"):
-        read_probe_texts("task:nope")
+        read_probe_texts("task:nope", tasks=reg)
     with pytest.raises(InputError, match="not found"):
         read_probe_texts("missing/probes.txt")
 
@@ -69,9 +76,10 @@ def test_several_tasks_share_a_probe_set():
     from llgbm_cli.deltas.probes import read_probe_texts
     from llgbm_cli.errors import InputError
 
-    one = read_probe_texts("task:arc-easy", count=6)
-    two = read_probe_texts("task:arc-easy,gsm8k", count=6)
-    assert len(two) == 6 and two[0::2] == read_probe_texts("task:arc-easy", count=3)
-    assert two[1::2] == read_probe_texts("task:gsm8k", count=3) and len(one) == 6
+    reg = builtin_registry()
+    one = read_probe_texts("task:arc-easy", count=6, tasks=reg)
+    two = read_probe_texts("task:arc-easy,gsm8k", count=6, tasks=reg)
+    assert len(two) == 6 and two[0::2] == read_probe_texts("task:arc-easy", count=3, tasks=reg)
+    assert two[1::2] == read_probe_texts("task:gsm8k", count=3, tasks=reg) and len(one) == 6
     with pytest.raises(InputError, match="task:nope"):
-        read_probe_texts("task:arc-easy,nope")
+        read_probe_texts("task:arc-easy,nope", tasks=reg)

@@ -128,7 +128,7 @@ def test_many_adapters_share_the_base_layers_below_them_and_score_as_each_alone(
     from llgbm_cli.tasks.scoring import score_multiple_choice_adapters
 
     import llgbm_cli.tasks.scoring as scoring
-    from llgbm_cli.deltas.compute import lowest_adapted_layer
+    from llgbm_cli.anatomy import lowest_adapted_layer
 
     model, tok = tiny
     ads = [random_adapter(model, r=4, seed=s, std=0.3, last_layers=last_layers) for s in range(3)]

@@ -282,7 +282,7 @@ def test_many_adapters_decode_as_each_alone_with_the_base_layers_below_them_shar
                                                                                     last_layers):
     import llgbm_cli.tasks.generation as generation
     from llgbm_cli.adapters import random_adapter
-    from llgbm_cli.deltas.compute import lowest_adapted_layer
+    from llgbm_cli.anatomy import lowest_adapted_layer
     from llgbm_cli.lora.patch import patch_adapters
     from llgbm_cli.tasks.generation import (greedy_generate, greedy_generate_adapters, score_generative,
                                             score_generative_adapters)

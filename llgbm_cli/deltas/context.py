@@ -61,17 +61,18 @@ class DeltaContext:
     header: dict[str, Any]
 
     @classmethod
-    def build(cls, resolved, model, tokenizer, *, device=None) -> "DeltaContext":
-        """Spec (layers checked), probes (on ``device``, default the model's) and cache header."""
+    def build(cls, resolved, model, tokenizer, *, tasks, device=None) -> "DeltaContext":
+        """Spec (layers checked), probes (on ``device``, default the model's) and cache header.
+        ``tasks`` is the project's TaskRegistry (``registry_for(resolved)``): the tasks a
+        ``task:<name>`` probe source may name."""
         from .cache import make_header
-        from ..tasks.registry import registry_for
         from .probes import load_probes
 
         cfg = resolved.config
         spec = delta_spec(model, cfg.delta)
         pc = cfg.probes
         probes = load_probes(pc.source, tokenizer, count=pc.count, chat_template=pc.chat_template,
-                             max_length=pc.max_length, seed=cfg.project.seed, tasks=registry_for(resolved))
+                             max_length=pc.max_length, seed=cfg.project.seed, tasks=tasks)
         if device is not False:
             probes = probes.to(device if device is not None else next(model.parameters()).device)
         return cls(resolved, model, spec, probes, make_header(model, probes, spec, cfg.model.base, pack=cfg.delta.pack))

@@ -11,7 +11,7 @@ def probe_logits(model, probes, stacked=None, n: int = 1):
     import torch
 
     from ..lora.patch import LoraPatch
-    from .compute import backbone
+    from ..anatomy import backbone
 
     device = next(model.parameters()).device
     ids = probes.input_ids.to(device).repeat(n, 1)

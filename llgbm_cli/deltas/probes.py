@@ -3,7 +3,8 @@
 Sources, by name (a registry, so an unknown name lists the valid ones):
 
 * ``generic``: the built-in set of varied instruction prompts (``data/probes/generic.txt``);
-* ``task:<dataset>``: a seeded sample of the prompts of a shipped dataset's train split;
+* ``task:<dataset>``: a seeded sample of the prompts of a task's train split, from the task
+  registry the caller passes (``tasks``; without one there are no task sets);
 * a file path: ``.txt`` (one probe per line) or ``.jsonl`` (per line a JSON string, or an object
   with a ``text``, ``prompt`` or ``instruction`` field), read by the one prompt-file reader
   (:mod:`llgbm_cli.prompt_files`).
@@ -33,12 +34,10 @@ TASK_PROBES = 16  # prompts drawn from a dataset when no count is given
 
 
 def list_probe_sets(tasks=None) -> list[str]:
-    """Names of the built-in probe sets: ``generic`` and ``task:<name>`` per registered task
-    (``tasks``: a TaskRegistry; default the built-in presets)."""
-    from ..tasks.registry import builtin_registry
-
+    """Names of the built-in probe sets: ``generic`` and ``task:<name>`` per task of ``tasks`` (a
+    TaskRegistry; None: no task sets)."""
     builtin = sorted(p.stem for p in PROBE_DIR.glob("*.txt"))
-    return builtin + [f"{TASK_PREFIX}{d}" for d in (tasks or builtin_registry()).names()]
+    return builtin + ([f"{TASK_PREFIX}{d}" for d in tasks.names()] if tasks is not None else [])
 
 
 @dataclass
@@ -116,25 +115,24 @@ def probe_task_names(source: str) -> list[str]:
 
 def read_probe_texts(source: str, *, count: Optional[int] = None, seed: int = 0, tasks=None) -> list[str]:
     """The raw probe texts of a built-in set name, ``task:<name>`` (prompts of any task that
-    ``tasks``, a TaskRegistry, knows; default the built-in presets), ``task:<a>,<b>,...`` (an equal
-    share of each task's prompts, interleaved) or a file (no tokenizer needed)."""
+    ``tasks``, a TaskRegistry, knows; None: no task is known), ``task:<a>,<b>,...`` (an equal share
+    of each task's prompts, interleaved) or a file (no tokenizer needed)."""
     source = str(source).strip()
     if source.startswith(TASK_PREFIX):
-        from ..tasks.registry import builtin_registry
-
-        reg = tasks or builtin_registry()
+        if tasks is None:
+            raise InputError(_unknown(source, tasks))
         names = probe_task_names(source)
         want = count or TASK_PROBES
         per_task = []
         for name in names:  # `task:a,b,c`: the tasks' prompts interleaved, an equal share each
             try:
-                task = reg.get(name)
+                task = tasks.get(name)
             except InputError:
-                raise InputError(_unknown(f"{TASK_PREFIX}{name}", reg))
+                raise InputError(_unknown(f"{TASK_PREFIX}{name}", tasks))
             share = want if len(names) == 1 else -(-want // len(names))
             per_task.append([r.prompt for r in task.sample("train", share, seed=seed)])
         if not names:
-            raise InputError(_unknown(source, reg))
+            raise InputError(_unknown(source, tasks))
         texts = [t for group in zip(*per_task) for t in group] if len(per_task) > 1 else per_task[0]
     else:
         path = Path(source).expanduser()

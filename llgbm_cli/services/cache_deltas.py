@@ -114,11 +114,13 @@ def run_cache_deltas(
     import contextlib
 
     from ..adapters import adapter_module_names, weights_sha256
+    from ..anatomy import lowest_adapted_layer
     from ..io import check_output, provenance
     from ..models import load_base_model
     from ..deltas.cache import CacheRow, DeltaCache, cache_lock
-    from ..deltas.compute import base_activations, base_states, iter_deltas, lowest_adapted_layer
+    from ..deltas.compute import base_activations, base_states, iter_deltas
     from ..deltas.context import DeltaContext
+    from ..tasks.registry import registry_for
 
     t0 = time.perf_counter()
     cfg = resolved.config
@@ -130,7 +132,7 @@ def run_cache_deltas(
     check_output(folder, "delta cache", flag="delta.cache", incremental=True, roots=[resolved.workdir, resolved.root],
                  inputs=[workdir.path(resolved, "zoo"), *(it.path for it in items)])
     model, tok = load_base_model(cfg.model.base, dtype=cfg.delta.dtype, device=dist.device(cfg.model.device))
-    ctx = DeltaContext.build(resolved, model, tok, device=False)
+    ctx = DeltaContext.build(resolved, model, tok, tasks=registry_for(resolved), device=False)
     spec, probes, header = ctx.spec, ctx.probes, ctx.header
     result = CacheDeltasResult(cache=str(folder), processes=dist.world, is_main=dist.is_main,
                                probes=probes.describe(), rebuilt=bool(rebuild))

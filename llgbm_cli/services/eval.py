@@ -133,6 +133,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
     from ..deltas.context import DeltaContext
     from ..holdout import split
     from ..models import load_base_model
+    from ..tasks.registry import registry_for
     from ..zoo import Zoo
 
     cfg = resolved.config
@@ -144,7 +145,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
                          "train on or to form the mean training delta: hold out fewer tasks")
     if model is None:
         model, tok = load_base_model(cfg.model.base, cfg.model.dtype, device or cfg.model.device)
-    ctx = DeltaContext.build(resolved, model, tok)
+    ctx = DeltaContext.build(resolved, model, tok, tasks=registry_for(resolved))
     cache = ctx.open_cache()
     teachers = {t: teacher_of(zoo, t) for t in zoo.tasks()}
     teacher_deltas = {t: ctx.cached(cache, e).float() for t, e in teachers.items()}

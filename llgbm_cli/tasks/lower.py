@@ -16,6 +16,8 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..anatomy import backbone, lowest_adapted_layer, skip_layers
+
 
 @dataclass
 class LowerLayers:
@@ -39,7 +41,6 @@ def lower_forward(model, lower: LowerLayers, ids, mask, pos, cache):
     return (the hidden state entering layer ``start``, the cache)."""
     from transformers import DynamicCache
 
-    from ..deltas.compute import backbone
     from ..models import cache_arg
 
     bb = backbone(model)
@@ -88,13 +89,9 @@ def skipping(model, lower: Optional[LowerLayers], which: str):
     ``lower`` is None)."""
     if lower is None:
         return contextlib.nullcontext()
-    from ..deltas.compute import backbone, skip_layers
-
     return skip_layers(backbone(model), lower.start, getattr(lower, which), lower.layer_tuple)
 
 
 def shared_start(model, adapters) -> int:
     """The lowest decoder layer any of ``adapters`` touches (0: nothing can be shared)."""
-    from ..deltas.compute import lowest_adapted_layer
-
     return lowest_adapted_layer(model, {m for a in adapters for m in a.modules}) if adapters else 0

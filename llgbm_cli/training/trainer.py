@@ -263,7 +263,7 @@ def _prepare(resolved, spec: TrainerSpec, out: Path, kind: str, lock, *, force: 
     from ..generators import build_generator
     from ..generators.base import check_resumable_layout
     from ..generators.condition import ConditionBank, task_descriptions
-    from ..tasks.registry import descriptions_for
+    from ..tasks.registry import descriptions_for, registry_for
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
     from ..registries import check_generator
@@ -314,7 +314,7 @@ def _prepare(resolved, spec: TrainerSpec, out: Path, kind: str, lock, *, force: 
         adapters, scaling, teacher_ab = load_teacher_adapters(zoo, entries, layout, cfg.lora, acc.device)
         teacher_tokens = torch.stack([layout.tokenize_adapter(a) for a in adapters]).to(acc.device)
 
-        dctx = DeltaContext.build(resolved, model, tok, device=acc.device)
+        dctx = DeltaContext.build(resolved, model, tok, tasks=registry_for(resolved), device=acc.device)
         base = dctx.base_states()
         t_deltas, delta_src = dctx.teacher_deltas(entries, adapters, progress if acc.is_main_process else None)
         t_deltas = t_deltas.to(acc.device)
