@@ -3,7 +3,8 @@ import torch
 
 from llgbm_cli.errors import InputError
 from llgbm_cli.generators import build_generator, generator_names, get_generator_class
-from llgbm_cli.generators.base import fit_prompts, load_generator, save_generator
+from llgbm_cli.generators.base import load_generator, save_generator
+from llgbm_cli.generators.condition import fit_prompts
 from llgbm_cli.lora.tokenizer import LoraTokenizer
 
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..lora.tokenizer import LoraTokenizer
+from .condition import pool_tokens
 
 WEIGHTS = "generator.safetensors"
 META = "generator.json"
@@ -61,7 +62,7 @@ class LoraGenerator(nn.Module):
     """Base class: ``forward(cond [n, N, d] or [n, N, L, d], mask [n, N] | None) -> GeneratedLora``.
 
     ``pooled`` generators see the mask-weighted mean of the N condition embeddings; the others
-    see the sequence (N fixed at ``n_prompts``; see :func:`fit_prompts`).
+    see the sequence (N fixed at ``n_prompts``; see :func:`~llgbm_cli.generators.condition.fit_prompts`).
     """
 
     name = "base"
@@ -86,8 +87,6 @@ class LoraGenerator(nn.Module):
     def pool(cond: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """``[n, N, (L,) d]`` -> ``[n, d]``: token states are pooled per text first (as ``mean`` pooling
         encodes), then the texts are averaged (mask-weighted)."""
-        from .condition import pool_tokens
-
         cond = pool_tokens(cond)
         if cond.dim() == 2:
             return cond
@@ -105,20 +104,6 @@ class LoraGenerator(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def fit_prompts(embs: torch.Tensor, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """[k, d] prompt embeddings -> exactly [n, d]: a seeded subset when k > n, repeats when k < n."""
-    k = embs.shape[0]
-    if k == 0:
-        raise InputError("the condition is empty: give at least one prompt or a description")
-    if k == n:
-        return embs
-    if k > n:
-        idx = torch.randperm(k, generator=generator)[:n]
-    else:
-        idx = torch.arange(n) % k
-    return embs[idx]
 
 
 def save_generator(folder: str | Path, generator: LoraGenerator, meta: dict[str, Any]) -> None:

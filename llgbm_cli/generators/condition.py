@@ -219,11 +219,23 @@ class ConditionBank:
         return torch.stack(rows).to(device)
 
 
+def fit_prompts(embs: torch.Tensor, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[k, d] prompt embeddings -> exactly [n, d]: a seeded subset when k > n, repeats when k < n."""
+    k = embs.shape[0]
+    if k == 0:
+        raise InputError("the condition is empty: give at least one prompt or a description")
+    if k == n:
+        return embs
+    if k > n:
+        idx = torch.randperm(k, generator=generator)[:n]
+    else:
+        idx = torch.arange(n) % k
+    return embs[idx]
+
+
 def encode_condition(encoder, texts: Sequence[str], n_prompts: int, max_length: int = 512, seed: int = 0,
                      pooling: str = "mean", tokens: int = 32) -> torch.Tensor:
     """User texts -> ``[1, n_prompts, (L,) d]`` for generation (a seeded subset, or repeats)."""
-    from .base import fit_prompts
-
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError("no condition text given: pass prompts, --prompts-file or --description")

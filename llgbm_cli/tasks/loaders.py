@@ -10,6 +10,10 @@ Every row becomes a record through the task's format (:mod:`llgbm_cli.tasks.form
 cannot is a one-line error naming the file, the line or row and the field, unless the task sets
 ``skip_bad`` (then it is counted and reported). ``collect=True`` (``llgbm data check``) gathers every
 bad row instead of stopping at the first.
+
+Every function here takes the task as a :class:`~llgbm_cli.tasks.registry.Task` (its name, spec,
+root and resolved format and kind); the registry calls :func:`load_task_records` and keeps what it
+returns, so this module never imports the registry.
 """
 
 from __future__ import annotations
@@ -18,19 +22,27 @@ import csv
 import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from ..errors import InputError
 from .formats import RecordError, format_number, parse_llm_adapters_mc, render, template_fields
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .registry import Task
-
 log = logging.getLogger(__name__)
 
 FILE_EXTS = (".json", ".jsonl", ".csv", ".parquet")
+PACK_PREFIX = "pack:"  # a task path naming a dataset of the shipped pack: pack:<name>
 Rows = list[tuple[str, Any]]  # (where, row)
+
+
+@dataclass
+class SplitInfo:
+    """How the train/test records were obtained (shown by `data show`, recorded in provenance)."""
+
+    sizes: dict[str, int]
+    note: Optional[str] = None
+    skipped: list[str] = field(default_factory=list)  # "where: field: reason" of each skipped record
 
 
 # --------------------------------------------------------------------------- sources
@@ -88,7 +100,7 @@ def _from_dataset(obj, label: str) -> dict[str, Rows]:
     return {"": [(f"{label} row {i + 1}", r) for i, r in enumerate(obj)]}
 
 
-def read_source(task: "Task") -> dict[str, Rows]:
+def read_source(task) -> dict[str, Rows]:
     """Rows per split name (``""`` for data that comes without split names)."""
     spec = task.spec
     key = f"tasks.{task.name}.path"
@@ -184,7 +196,7 @@ def _resolve_answer(v: Any, choices: list[str], labels: Optional[list[str]]) -> 
     raise RecordError("answer", f"answer {s!r} is not among the choices" + (f" or labels {labels}" if labels else ""))
 
 
-def make_record(task: "Task", row: Any, split: str, idx: int):
+def make_record(task, row: Any, split: str, idx: int):
     """One raw row -> MCRecord (multiple-choice or generative); raises RecordError."""
     from ..data import MCRecord
 
@@ -244,7 +256,7 @@ def make_record(task: "Task", row: Any, split: str, idx: int):
     return MCRecord(rid, name, split, stem, (), -1, stem=stem, completion=completion, gold=gold_s)
 
 
-def _check_templates(task: "Task", first_row: Any, where: str) -> None:
+def _check_templates(task, first_row: Any, where: str) -> None:
     """An unknown field in a template is a definition error: reported once, not once per record."""
     if task.format != "fields" or not isinstance(first_row, dict):
         return
@@ -261,10 +273,8 @@ def _check_templates(task: "Task", first_row: Any, where: str) -> None:
                     raise InputError(f"tasks.{task.name}.{fld}: {e.message} ({where})")
 
 
-def load_task_records(task: "Task", *, collect: bool = False):
+def load_task_records(task, *, collect: bool = False):
     """(records per split ``train``/``test``, SplitInfo, bad rows). See the module doc."""
-    from .registry import PACK_PREFIX, SplitInfo
-
     spec = task.spec
     if task.format == "pack":
         from ..data import load_dataset

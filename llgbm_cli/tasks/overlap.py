@@ -128,7 +128,7 @@ def train_splits(task) -> dict[str, list]:
     out = {"train": task.records("train")}
     if task.format == "pack":
         from ..data import dataset_info, load_dataset
-        from .registry import PACK_PREFIX
+        from .loaders import PACK_PREFIX
 
         name = task.spec.path[len(PACK_PREFIX):]
         if dataset_info(name)["counts"].get("validation"):

@@ -16,7 +16,7 @@ import difflib
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import InputError
 from ..names import check_name
+from .loaders import PACK_PREFIX, SplitInfo, load_task_records
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import MCRecord
@@ -33,7 +34,6 @@ METRICS = {"multiple_choice": ("acc", "acc_norm"), "generate": ("exact_match", "
 SCORINGS = ("label", "choice")
 FORMATS = ("llm-adapters", "alpaca", "fields")
 CLOZE = "Question: {stem}\nAnswer:"
-PACK_PREFIX = "pack:"
 
 PRESET_DESCRIPTIONS = {
     "arc-easy": "Answer grade-school science questions by choosing the correct option among several answers.",
@@ -147,15 +147,6 @@ def preset_specs() -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class SplitInfo:
-    """How the train/test records were obtained (shown by `data show`, recorded in provenance)."""
-
-    sizes: dict[str, int]
-    note: Optional[str] = None
-    skipped: list[str] = field(default_factory=list)  # "where: field: reason" of each skipped record
-
-
-@dataclass
 class Task:
     """A resolved task: its name, where it came from and its full definition."""
 
@@ -208,8 +199,6 @@ class Task:
 
     # ---- records
     def _loaded(self):
-        from .loaders import load_task_records
-
         key = json.dumps({"spec": self.spec.model_dump(mode="json"), "root": str(self.root), "name": self.name},
                          sort_keys=True)
         if key not in _CACHE:
@@ -236,8 +225,6 @@ class Task:
 
     def check(self) -> dict[str, Any]:
         """Load every record; return sizes and every bad record (nothing raised for bad records)."""
-        from .loaders import load_task_records
-
         recs, info, bad = load_task_records(self, collect=True)
         return {"task": self.name, "sizes": {k: len(v) for k, v in recs.items()}, "bad": bad, "note": info.note}
 
