@@ -366,8 +366,6 @@ def _safe_std(x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- multitask levers
 
-LOSS_BALANCES = ("none", "gradnorm", "uncertainty")
-
 
 class CenteredDeltaLoss(DeltaLoss):
     """The delta loss on centered deltas: ``DeltaLoss(pred − μ, target − μ)`` with ``μ`` the mean

@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -400,8 +399,3 @@ def load_encoder(name: str = MINILM, device: str = "auto", max_length: int = 256
         raise InputError(f"encoder {name!r}: cannot load it ({_first_line(e)}); pass a local folder")
     model.to(dev).eval().requires_grad_(False)
     return SentenceEncoder(model=model, tokenizer=tok, device=dev, max_length=max_length)
-
-
-def clear_cache(name: str) -> None:
-    """Remove a converted built-in from $LLGBM_HOME (it is rebuilt on next use)."""
-    shutil.rmtree(llgbm_home() / "models" / name, ignore_errors=True)

@@ -50,9 +50,6 @@ class MCRecord:
         return not self.options
 
 
-TaskRecord = MCRecord
-
-
 @lru_cache(maxsize=1)
 def _manifest() -> dict:
     return json.loads((PACK_DIR / "manifest.json").read_text())

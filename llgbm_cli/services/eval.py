@@ -75,10 +75,6 @@ class EvalResult:
 
 # --------------------------------------------------------------------------- method names
 
-check_methods = M_.check_methods  # the names come from the method registry (services/eval_methods.py)
-method_slug = M_.method_slug
-teacher_of = M_.teacher_of
-
 
 def reproduce_command(resolved, methods, tasks, holdout, out: Path, test_sample: int,
                       overrides: Optional[dict[str, Any]] = None,
@@ -147,7 +143,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
         model, tok = load_base_model(cfg.model.base, cfg.model.dtype, device or cfg.model.device)
     ctx = DeltaContext.build(resolved, model, tok, tasks=registry_for(resolved))
     cache = ctx.open_cache()
-    teachers = {t: teacher_of(zoo, t) for t in zoo.tasks()}
+    teachers = {t: M_.teacher_of(zoo, t) for t in zoo.tasks()}
     teacher_deltas = {t: ctx.cached(cache, e).float() for t, e in teachers.items()}
     train_entries, _ = split(zoo.entries, holdout, key="--holdout")
     train_mean = torch.stack([ctx.cached(cache, e).float() for e in train_entries]).mean(0)
@@ -231,7 +227,7 @@ def run_eval(
     dist = group if group is not None else ProcessGroup(cfg.model.device)
     if not dist.is_main:
         progress = NULL_PROGRESS  # one set of progress bars, the main process's
-    methods = check_methods(list(methods) if methods else list(ec.methods))
+    methods = M_.check_methods(list(methods) if methods else list(ec.methods))
     out = Path(out).expanduser() if out is not None else workdir.path(resolved, "eval")
     check_output(out, "evaluation", force=force, inputs=[workdir.path(resolved, "zoo"), *(checkpoints or {}).values()],
                  roots=[resolved.workdir, resolved.root])
@@ -304,7 +300,7 @@ def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], re
             if ad is not None:
                 _check_fits(ctx.world, ad, m)
                 if (m, t) not in b.where:
-                    rel = child(Path("adapters"), method_slug(m), t, what="method and task")
+                    rel = child(Path("adapters"), M_.method_slug(m), t, what="method and task")
                     save_adapter(ctx.tmp / rel, ad, base_model=resolved.config.model.base,
                                  provenance=provenance("eval", resolved.to_dict(), method=m, task=t))
                     b.where[m, t] = str(ctx.out / rel)

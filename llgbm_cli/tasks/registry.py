@@ -29,10 +29,6 @@ from .loaders import PACK_PREFIX, SplitInfo, load_task_records
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import MCRecord
 
-KINDS = ("multiple_choice", "generate")
-METRICS = {"multiple_choice": ("acc", "acc_norm"), "generate": ("exact_match", "number")}
-SCORINGS = ("label", "choice")
-FORMATS = ("llm-adapters", "alpaca", "fields")
 CLOZE = "Question: {stem}\nAnswer:"
 
 PRESET_DESCRIPTIONS = {
@@ -128,7 +124,6 @@ def _pack_manifest() -> dict:
 
 def preset_specs() -> dict[str, dict[str, Any]]:
     """The built-in presets (one per shipped dataset), as the keys a ``[tasks.NAME]`` table would set."""
-    TASK_DESCRIPTIONS = PRESET_DESCRIPTIONS
     out = {}
     for name, info in _pack_manifest().items():
         if info.get("kind", "multiple_choice") == "generate":
@@ -136,10 +131,10 @@ def preset_specs() -> dict[str, dict[str, Any]]:
                 path=PACK_PREFIX + name, kind="generate", metric="number", chat_template=True,
                 template=GENERATE_TEMPLATES.get(name, ANSWER_ONLY_TEMPLATE),
                 stop=["\n\n"], max_new_tokens=48 if name in GENERATE_TEMPLATES else 16,
-                description=TASK_DESCRIPTIONS.get(name))
+                description=PRESET_DESCRIPTIONS.get(name))
         else:
             out[name] = dict(path=PACK_PREFIX + name, kind="multiple_choice", metric="acc", scoring="label",
-                             description=TASK_DESCRIPTIONS.get(name))
+                             description=PRESET_DESCRIPTIONS.get(name))
     return out
 
 
