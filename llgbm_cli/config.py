@@ -12,9 +12,9 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ConfigError, InputError
+from .merging import OPTIONS as MERGE_OPTIONS  # torch-free: the merge options' one declaration
 from .tasks.registry import TaskSpec
 
 DEFAULT_PROJECT_FILE = "llgbm.toml"
@@ -372,35 +373,14 @@ class RetrieveSection(Section):
     merge_strategy: str = Field("ties", description="Strategy used by `retrieve --merge` when none is named.")
 
 
-class MergeSection(Section):
-    strategy: str = Field("linear", description="Merge strategy name (see `llgbm merge --list`).")
-    space: Literal["delta", "factors"] = Field(
-        "delta", description="`delta`: merge ΔW=B·A then SVD to rank; `factors`: merge A and B separately."
-    )
-    density: float = Field(0.5, description="TIES density: share of entries kept per tensor by magnitude, in (0, 1].")
-    drop_rate: float = Field(0.9, description="DARE drop rate, in [0, 1) (0 drops nothing).")
-    rescale: Optional[Literal["l1", "keep_rate", "none"]] = Field(
-        None,
-        description="After sparsifying: `l1` restores each tensor's total absolute magnitude (mergekit), "
-        "`keep_rate` divides by 1 - drop_rate (the DARE paper, PEFT), `none`. Unset: the strategy's default "
-        "(dare_*: `l1`; ties: `none`).",
-    )
-    normalize: Optional[bool] = Field(
-        None,
-        description="Divide by the summed weights (per entry over the sign-agreeing adapters for ties/dare_ties). "
-        "Unset: the strategy's default (linear, ties: on; task_arithmetic, dare_*: off), as in mergekit.",
-    )
-    rank: Union[int, Literal["auto"]] = Field(
-        "auto",
-        description="Output rank: `auto` (per module; linear, task_arithmetic, cat: exact; ties, dare_*: the "
-        "smallest rank keeping `energy` of the merged ΔW) or an integer for every module.",
-    )
-    energy: float = Field(
-        0.99, description="With rank `auto`: share of each module's merged ‖ΔW‖² the kept rank must reach, in (0, 1]."
-    )
-    max_rank: Optional[int] = Field(None, description="With rank `auto`: cap on any module's rank (unset: no cap).")
-    seed: int = Field(0, description="Seed for DARE masks (one independent mask per adapter and module).")
-    device: str = Field("cpu", description="Where the merge arithmetic runs: `cpu` or `cuda`.")
+# [merge]: the merge options that are keys, as merging.MergeOptions declares them (type, default,
+# description, order), then what `llgbm merge` writes besides the adapter.
+class MergeSection(create_model(  # type: ignore[misc]
+    "MergeOptionKeys",
+    __base__=Section,
+    __module__=__name__,
+    **{name: (o.type, Field(o.default, description=o.help)) for name, o in MERGE_OPTIONS.items() if o.key},
+)):
     full_model: bool = Field(
         False, description="`llgbm merge` also writes the base model with the merge added to its weights "
         "(`merged-model/` inside the output folder; safetensors, sharded like the base)."

@@ -25,11 +25,10 @@ The registry is torch-free so the CLI can list and validate names without import
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, get_args, get_type_hints
 
 from .errors import InputError
 
@@ -42,27 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # --------------------------------------------------------------------------- registry
 
 
-@dataclass(frozen=True)
-class Param:
-    """A strategy parameter: name, default and help."""
-
-    name: str
-    default: Any
-    help: str
-
-
-RESCALES = ("l1", "keep_rate", "none")
-
-PARAMS: dict[str, Param] = {
-    "weights": Param("weights", None, "one weight per adapter (default: 1 each)"),
-    "normalize": Param("normalize", None, "divide by the summed weights (per entry, over the adapters agreeing "
-                                          "in sign, where a sign is elected); default per strategy"),
-    "density": Param("density", 0.5, "share of entries kept per tensor by magnitude, in (0, 1]"),
-    "drop_rate": Param("drop_rate", 0.9, "probability of dropping each entry, in [0, 1)"),
-    "seed": Param("seed", 0, "seed of the drop masks (one independent mask per adapter and module)"),
-    "rescale": Param("rescale", None, "after sparsifying: `l1` (restore the tensor's total absolute magnitude), "
-                                      "`keep_rate` (divide by the share kept) or `none`; default per strategy"),
-}
+Space = Literal["delta", "factors"]
+Rescale = Literal["l1", "keep_rate", "none"]
+RESCALES: tuple[str, ...] = get_args(Rescale)
 
 
 @dataclass(frozen=True)
@@ -87,14 +68,9 @@ class Strategy:
 
     @property
     def params(self) -> tuple[str, ...]:
-        p = ["weights"] if self.concat else ["weights", "normalize"]
-        if self.sparsify == "magnitude":
-            p.append("density")
-        if self.sparsify == "random":
-            p += ["drop_rate", "seed"]
-        if self.sparsify != "none":
-            p.append("rescale")
-        return tuple(p)
+        """The options this strategy reads (each option's ``read_by``), group by group in READERS' order."""
+        return tuple(name for group, reads in READERS.items() if reads(self)
+                     for name, opt in OPTIONS.items() if opt.read_by == group)
 
     @property
     def low_rank(self) -> bool:
@@ -111,7 +87,7 @@ class Strategy:
 
     def defaults(self) -> dict[str, Any]:
         own = {"normalize": self.normalize, "rescale": self.rescale}
-        return {p: own.get(p, PARAMS[p].default) for p in self.params}
+        return {p: own.get(p, OPTIONS[p].default) for p in self.params}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,12 +151,36 @@ def list_strategies() -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- options
 
-#: How each option is named on the command line (the default source of a value).
-FLAGS = {
-    "strategy": "--strategy", "weights": "--weights", "density": "--density", "drop_rate": "--drop-rate",
-    "seed": "--seed", "space": "--space", "rank": "--rank", "energy": "--energy", "max_rank": "--max-rank",
-    "normalize": "--normalize/--no-normalize", "rescale": "--rescale", "device": "--device",
+#: Which strategies read a strategy parameter, by the group its ``read_by`` names; the groups' order is
+#: the order in which `merge --list`, reports and provenance name a strategy's parameters.
+READERS: dict[str, Callable[[Strategy], bool]] = {
+    "every": lambda st: True,
+    "summing": lambda st: not st.concat,  # every strategy but cat, which concatenates
+    "magnitude": lambda st: st.sparsify == "magnitude",  # ties
+    "random": lambda st: st.sparsify == "random",  # dare_*
+    "sparsifying": lambda st: st.sparsify != "none",  # ties, dare_*
 }
+
+
+@dataclass(frozen=True)
+class Option:
+    """One merge option as :class:`MergeOptions` declares it (see :data:`OPTIONS`)."""
+
+    name: str
+    default: Any
+    type: Any  # the field's annotation, resolved: also the ``[merge]`` key's type
+    flag: str  # how `llgbm merge` spells it; an error names a value by it unless it came from elsewhere
+    help: str  # the ``[merge]`` key's description (docs/config.md)
+    flag_help: str  # the flag's help in `llgbm merge --help`
+    read_by: Optional[str] = None  # the strategies that read it, a group of READERS (None: the engine, always)
+    key: bool = True  # a ``[merge]`` key of the project file (weights are given per merge, never in the file)
+
+
+def _option(default: Any, flag: str, *, help: str, flag_help: str, read_by: Optional[str] = None,
+            key: bool = True) -> Any:
+    """A :class:`MergeOptions` field that declares a merge option (everything but its name and type)."""
+    return field(default=default, metadata={"option": dict(flag=flag, help=help, flag_help=flag_help,
+                                                           read_by=read_by, key=key)})
 
 
 def option_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -210,7 +210,7 @@ def option_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("energy", f"{e:g} must be in (0, 1] (the share of the merged ΔW's squared norm kept)"))
     if "seed" in values and (isinstance(v("seed"), bool) or not isinstance(v("seed"), int)):
         out.append(("seed", f"{v('seed')!r} must be an integer"))
-    if "space" in values and v("space") not in ("delta", "factors"):
+    if "space" in values and v("space") not in get_args(Space):
         out.append(("space", f"{v('space')!r} must be `delta` or `factors`"))
     r = v("rank")
     if "rank" in values and r != "auto" and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
@@ -230,7 +230,11 @@ def option_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class MergeOptions:
-    """Every option of one merge, validated once when built.
+    """Every option of one merge, validated once when built; the one declaration of each option.
+
+    Each field declares its default, flag, help texts and the strategies that read it; :data:`OPTIONS`
+    reads them back, and the ``[merge]`` config section and `llgbm merge`'s flags are built from it.
+    The fields are in the order of the ``[merge]`` section (docs/config.md, `llgbm config show`).
 
     ``sources`` maps a field to how the user gave it (``--density``, ``llgbm.toml: merge.density``,
     ``--set merge.density=0.3``), so an error names the place to fix; a field without an entry is
@@ -240,24 +244,64 @@ class MergeOptions:
     strategies that are linear in ΔW).
     """
 
-    strategy: str = "linear"
-    weights: Optional[tuple[float, ...]] = None
-    density: float = 0.5
-    drop_rate: float = 0.9
-    seed: int = 0
-    space: str = "delta"
-    rank: int | Literal["auto"] = "auto"
-    energy: float = 0.99
-    max_rank: Optional[int] = None
-    normalize: Optional[bool] = None
-    rescale: Optional[str] = None
-    device: str = "cpu"
+    strategy: str = _option(
+        "linear", "--strategy",
+        help="Merge strategy name (see `llgbm merge --list`).",
+        flag_help="Strategy name (see --list); default: the config key merge.strategy.")
+    weights: Optional[tuple[float, ...]] = _option(
+        None, "--weights", read_by="every", key=False,
+        help="One weight per adapter (default: 1 each).",
+        flag_help="One weight per adapter, comma-separated (e.g. 0.5,0.3,0.2).")
+    space: Space = _option(
+        "delta", "--space",
+        help="`delta`: merge ΔW=B·A then SVD to rank; `factors`: merge A and B separately.",
+        flag_help="`delta` (ΔW, then SVD to rank) or `factors` (A, B separately).")
+    density: float = _option(
+        0.5, "--density", read_by="magnitude",
+        help="TIES density: share of entries kept per tensor by magnitude, in (0, 1].",
+        flag_help="ties: share of entries kept per tensor, in (0, 1].")
+    drop_rate: float = _option(
+        0.9, "--drop-rate", read_by="random",
+        help="DARE drop rate, in [0, 1) (0 drops nothing).",
+        flag_help="dare_*: drop probability, in [0, 1).")
+    rescale: Optional[Rescale] = _option(
+        None, "--rescale", read_by="sparsifying",
+        help="After sparsifying: `l1` restores each tensor's total absolute magnitude (mergekit), "
+        "`keep_rate` divides by 1 - drop_rate (the DARE paper, PEFT), `none`. Unset: the strategy's default "
+        "(dare_*: `l1`; ties: `none`).",
+        flag_help="ties/dare_*: `l1`, `keep_rate` or `none` after sparsifying (default per strategy).")
+    normalize: Optional[bool] = _option(
+        None, "--normalize/--no-normalize", read_by="summing",
+        help="Divide by the summed weights (per entry over the sign-agreeing adapters for ties/dare_ties). "
+        "Unset: the strategy's default (linear, ties: on; task_arithmetic, dare_*: off), as in mergekit.",
+        flag_help="Divide by the summed weights (default per strategy: linear, ties on).")
+    rank: int | Literal["auto"] = _option(
+        "auto", "--rank",
+        help="Output rank: `auto` (per module; linear, task_arithmetic, cat: exact; ties, dare_*: the "
+        "smallest rank keeping `energy` of the merged ΔW) or an integer for every module.",
+        flag_help="Output rank: `auto` (default; per module, by --energy) or an integer.")
+    energy: float = _option(
+        0.99, "--energy",
+        help="With rank `auto`: share of each module's merged ‖ΔW‖² the kept rank must reach, in (0, 1].",
+        flag_help="rank auto: share of each module's ‖ΔW‖² to keep (default 0.99).")
+    max_rank: Optional[int] = _option(
+        None, "--max-rank",
+        help="With rank `auto`: cap on any module's rank (unset: no cap).",
+        flag_help="rank auto: cap on any module's rank.")
+    seed: int = _option(
+        0, "--seed", read_by="random",
+        help="Seed for DARE masks (one independent mask per adapter and module).",
+        flag_help="dare_*: seed of the drop masks.")
+    device: str = _option(
+        "cpu", "--device",
+        help="Where the merge arithmetic runs: `cpu` or `cuda`.",
+        flag_help="`cpu` or `cuda`.")
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.weights is not None and not isinstance(self.weights, tuple):
             object.__setattr__(self, "weights", tuple(self.weights))
-        values = {k: getattr(self, k) for k in FLAGS}
+        values = {k: getattr(self, k) for k in OPTIONS}
         if isinstance(self.rank, str) and self.rank.isdigit():
             object.__setattr__(self, "rank", int(self.rank))
             values["rank"] = self.rank
@@ -267,7 +311,7 @@ class MergeOptions:
 
     def source(self, name: str) -> str:
         """Where the value of ``name`` came from, as the user would write it."""
-        return self.sources.get(name) or FLAGS.get(name, name)
+        return self.sources.get(name) or (OPTIONS[name].flag if name in OPTIONS else name)
 
     def replace(self, **changes: Any) -> "MergeOptions":
         """A copy with ``changes`` (validated again); a changed field given as ``(value, source)``
@@ -298,9 +342,22 @@ class MergeOptions:
 
     def parameters(self) -> dict[str, Any]:
         """The strategy's parameters as applied (weights aside)."""
-        vals = {"normalize": self.normalized, "density": self.density, "drop_rate": self.drop_rate,
-                "seed": self.seed, "rescale": self.rescaling}
-        return {p: vals[p] for p in self.spec.params if p != "weights"}
+        applied = {"normalize": self.normalized, "rescale": self.rescaling}  # None: the strategy's default
+        return {p: applied[p] if p in applied else getattr(self, p) for p in self.spec.params if p != "weights"}
+
+
+def _declared_options() -> dict[str, Option]:
+    hints = get_type_hints(MergeOptions)
+    out = {f.name: Option(f.name, f.default, hints[f.name], **f.metadata["option"])
+           for f in fields(MergeOptions) if "option" in f.metadata}
+    for o in out.values():
+        if o.read_by is not None and o.read_by not in READERS:
+            raise ValueError(f"merge option {o.name!r}: read_by {o.read_by!r} is none of {', '.join(READERS)}")
+    return out
+
+
+#: Every merge option, name -> :class:`Option`, in the order :class:`MergeOptions` declares them.
+OPTIONS: dict[str, Option] = _declared_options()
 
 
 def as_options(options: "MergeOptions | str | None", weights: Optional[Sequence[float]] = None,
@@ -310,7 +367,7 @@ def as_options(options: "MergeOptions | str | None", weights: Optional[Sequence[
         if weights is not None:
             fields["weights"] = weights
         return options.replace(**fields) if fields else options
-    return MergeOptions(strategy=options or "linear", weights=weights, **fields)
+    return MergeOptions(strategy=options or OPTIONS["strategy"].default, weights=weights, **fields)
 
 
 # --------------------------------------------------------------------------- checks
@@ -401,6 +458,8 @@ def magnitude_trim(t: "torch.Tensor", density: float) -> "torch.Tensor":
 
 def mask_seed(seed: int, index: int, key: str) -> int:
     """Seed of one DARE mask: depends on (seed, adapter index, module name), not on module order."""
+    import hashlib  # here, not at the top: `llgbm --help` imports this module for the merge flags
+
     h = hashlib.sha256(f"{int(seed)}/{int(index)}/{key}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 

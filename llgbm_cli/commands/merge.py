@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from ..errors import InputError
+from ..merging import OPTIONS  # torch-free
 from .common import console, emit, given, progress, state
 from .config import SET_HELP, overrides_from
 
@@ -17,7 +18,7 @@ def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"--weights {text!r}: expected comma-separated numbers, e.g. 0.5,0.3,0.2")
+        raise InputError(f"{OPTIONS['weights'].flag} {text!r}: expected comma-separated numbers, e.g. 0.5,0.3,0.2")
 
 
 def _parse_rank(text: Optional[str]):
@@ -26,31 +27,35 @@ def _parse_rank(text: Optional[str]):
     try:
         return int(text)
     except ValueError:
-        raise InputError(f"--rank {text!r}: expected `auto` or a positive integer")
+        raise InputError(f"{OPTIONS['rank'].flag} {text!r}: expected `auto` or a positive integer")
 
 
 #: config key -> the flag that sets it here
-FLAGS = {"merge.strategy": "--strategy", "merge.density": "--density", "merge.drop_rate": "--drop-rate",
-         "merge.seed": "--seed", "merge.space": "--space", "merge.rank": "--rank", "merge.energy": "--energy",
-         "merge.max_rank": "--max-rank", "merge.normalize": "--normalize/--no-normalize",
-         "merge.rescale": "--rescale", "merge.device": "--device", "merge.full_model": "--full-model"}
+FLAGS = {**{f"merge.{name}": o.flag for name, o in OPTIONS.items() if o.key}, "merge.full_model": "--full-model"}
+
+
+def _option(name: str, *aliases: str) -> Any:
+    """The flag of merge option ``name``, spelled and explained as merging.MergeOptions declares it;
+    None when not given, so the config (and its default) decides."""
+    o = OPTIONS[name]
+    return typer.Option(None, o.flag, *aliases, help=o.flag_help)
 
 
 def merge_cmd(
     ctx: typer.Context,
     adapters: Optional[List[str]] = typer.Argument(None, help="Adapter folders or zoo ids."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name (see --list); default: the config key merge.strategy."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="One weight per adapter, comma-separated (e.g. 0.5,0.3,0.2)."),
-    density: Optional[float] = typer.Option(None, "--density", help="ties: share of entries kept per tensor, in (0, 1]."),
-    drop_rate: Optional[float] = typer.Option(None, "--drop-rate", help="dare_*: drop probability, in [0, 1)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="dare_*: seed of the drop masks."),
-    rescale: Optional[str] = typer.Option(None, "--rescale", help="ties/dare_*: `l1`, `keep_rate` or `none` after sparsifying (default per strategy)."),
-    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="Divide by the summed weights (default per strategy: linear, ties on)."),
-    space: Optional[str] = typer.Option(None, "--space", help="`delta` (ΔW, then SVD to rank) or `factors` (A, B separately)."),
-    rank: Optional[str] = typer.Option(None, "--rank", help="Output rank: `auto` (default; per module, by --energy) or an integer."),
-    energy: Optional[float] = typer.Option(None, "--energy", help="rank auto: share of each module's ‖ΔW‖² to keep (default 0.99)."),
-    max_rank: Optional[int] = typer.Option(None, "--max-rank", help="rank auto: cap on any module's rank."),
-    device: Optional[str] = typer.Option(None, "--device", help="`cpu` or `cuda`."),
+    strategy: Optional[str] = _option("strategy", "-s"),
+    weights: Optional[str] = _option("weights"),
+    density: Optional[float] = _option("density"),
+    drop_rate: Optional[float] = _option("drop_rate"),
+    seed: Optional[int] = _option("seed"),
+    rescale: Optional[str] = _option("rescale"),
+    normalize: Optional[bool] = _option("normalize"),
+    space: Optional[str] = _option("space"),
+    rank: Optional[str] = _option("rank"),
+    energy: Optional[float] = _option("energy"),
+    max_rank: Optional[int] = _option("max_rank"),
+    device: Optional[str] = _option("device"),
     full_model: bool = typer.Option(False, "--full-model", help="Also write the base model with the merge added (OUT/merged-model); default: merge.full_model."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output adapter folder."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out folder."),
@@ -87,17 +92,16 @@ def merge_cmd(
     if out is None:
         raise InputError("--out DIR is required: the folder the merged adapter is written to")
     overrides = overrides_from(set_)
-    flagged = given({
-        "merge.strategy": strategy, "merge.density": density, "merge.drop_rate": drop_rate, "merge.seed": seed,
-        "merge.space": space, "merge.rank": _parse_rank(rank), "merge.energy": energy, "merge.max_rank": max_rank,
-        "merge.normalize": normalize, "merge.rescale": rescale, "merge.device": device, "merge.full_model": full_model or None,
-    })
+    # every [merge] key's flag, by option name (ctx.params holds each parameter's value as typed)
+    values = {**{name: ctx.params[name] for name, o in OPTIONS.items() if o.key},
+              "rank": _parse_rank(rank), "full_model": full_model or None}
+    flagged = given({f"merge.{name}": v for name, v in values.items()})
     overrides.update(flagged)
     resolved = state(ctx).load_config(overrides, flags={k: FLAGS[k] for k in flagged})
     from ..services.merge import merge_options, merge_to_folder
 
     w = _parse_weights(weights)
-    opts = merge_options(resolved, weights=(w, "--weights") if w is not None else None)
+    opts = merge_options(resolved, weights=(w, OPTIONS["weights"].flag) if w is not None else None)
     base = None
     if resolved.config.merge.full_model:
         from ..models import resolve_model_path

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import InputError
-from ..merging import MergeOptions, as_options, list_strategies
+from ..merging import OPTIONS, MergeOptions, as_options, list_strategies
 
 __all__ = ["MergeResult", "merge_to_folder", "merge_options", "resolve_inputs", "list_strategies"]
 
 #: The ``[merge]`` keys that are merge options (the rest say what to write).
-OPTION_KEYS = ("strategy", "density", "drop_rate", "seed", "space", "rank", "energy", "max_rank", "normalize",
-               "rescale", "device")
+OPTION_KEYS = tuple(name for name, o in OPTIONS.items() if o.key)
 
 
 def merge_options(resolved: Any, *, strategy: Optional[tuple[str, str]] = None,
