@@ -422,6 +422,13 @@ class EvalSection(Section):
     )
 
 
+class AblationCell(Section):
+    set: dict[str, Any] = Field(default_factory=dict, description="The cell's config overrides: dotted key -> value "
+                                "(e.g. { \"train.multitask.lambda_delta\" = 0.0 }).")
+    methods: list[str] = Field(default_factory=list, description="Methods the cell evaluates (empty: ablation.methods).")
+    help: str = Field("", description="One line on what the cell changes.")
+
+
 class AblationSection(Section):
     lambda_delta: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0, 2.0], description="λ values.")
     delta_loss_type: list[str] = Field(default_factory=lambda: ["mse", "cosine", "combined"], description="Loss types.")
@@ -449,6 +456,12 @@ class AblationSection(Section):
         description="Methods evaluated per cell (the cell's generator is `multitask`).",
     )
     out: str = Field("ablation", description="Output folder (relative to workdir); one subfolder per cell.")
+    cells: dict[str, AblationCell] = Field(
+        default_factory=dict, description="Cells of `ablate --folds`, [ablation.cells.NAME] with `set`, `methods`, "
+        "`help`: each cross-validated and compared with the base cell.")
+    base_cv: Optional[str] = Field(
+        None, description="`ablate --folds`: a finished `eval --folds` output (relative to workdir) read as the "
+        "base cell instead of running it.")
 
 
 class LlgbmConfig(Section):
@@ -567,7 +580,7 @@ def _format_errors(err: ValidationError) -> list[str]:
 
 
 # Keys whose values are user dicts (their inner keys are not config keys).
-_FREE_DICTS = ("generator_options", "descriptions")
+_FREE_DICTS = ("generator_options", "descriptions", "cells")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -884,6 +897,25 @@ def _ablation_checks(cfg: LlgbmConfig) -> list[str]:
             except ValidationError as e:
                 msg = e.errors()[0]["msg"]
                 problems.append(f"ablation.{key}: {value!r} is not a valid {where}.{name} ({msg})")
+    known = set(all_keys())
+    base = cfg.model_dump(mode="json")
+    for name, cell in ab.cells.items():
+        where = f"ablation.cells.{name}"
+        if not name or any(c in name for c in "/\\") or name in (".", "..", "base"):
+            problems.append(f"{where}: not a cell name (a folder name other than `base`); rename the table")
+        bad = [k for k in cell.set if k not in known or k.startswith("ablation.")]
+        for k in bad:
+            guess = difflib.get_close_matches(k, sorted(known), n=1)
+            problems.append(f"{where}.set: {k}: not a config key a cell can set"
+                            + (f" (did you mean `{guess[0]}`?)" if guess else ""))
+        if not bad and cell.set:
+            data = _deep_copy(base)
+            for k, v in cell.set.items():
+                _set_dotted(data, k, v)
+            try:
+                LlgbmConfig.model_validate(data)
+            except ValidationError as e:
+                problems.extend(f"{where}.set: {p}" for p in _format_errors(e))
     mt = cfg.train.multitask
     if ab.total_steps is not None and mt.warmup_steps >= ab.total_steps:
         problems.append(f"ablation.total_steps: {ab.total_steps} must be above train.multitask.warmup_steps "

@@ -278,3 +278,101 @@ def test_cells_are_dealt_and_gathered_into_the_one_process_summary(tmp_path, mon
     monkeypatch.setattr(D, "IndependentProcesses", lambda: Fake(0))
     again = A.run_ablate(two, cells=cells)
     assert ran == [] and again.ran == [] and again.skipped == cells and again.rows == one.rows
+
+
+# --------------------------------------------------------------------------- ablate --folds
+
+FOLD_CELLS = """
+[ablation]
+methods = ["base", "mean-delta", "multitask"]
+
+[ablation.cells.lam0]
+help = "the delta loss off"
+set = { "train.multitask.lambda_delta" = 0.0 }
+
+[ablation.cells.lr]
+set = { "train.multitask.learning_rate" = 1e-2 }
+methods = ["multitask"]
+"""
+
+
+def test_ablate_folds_runs_cells_beside_the_base_cell_and_tests_them_on_the_same_questions(cli, tmp_path, tiny):
+    """Each declared cell is cross-validated like `eval --folds`, the base cell (the project's own config)
+    beside it; the comparison pairs each cell's method with the base cell's on the same questions of
+    each fold (exact McNemar, Holm over the run), and a rerun reuses every fold."""
+    from scipy.stats import binomtest
+
+    from test_cv import CV_TOML
+    from test_eval import make_world
+
+    project = make_world(tmp_path / "w", tiny[0], per_task=2, tasks=["arc-easy", "boolq", "openbookqa"])
+    project.write_text(project.read_text() + CV_TOML + FOLD_CELLS)
+    out = tmp_path / "abl"
+    args = ("--project", project, "--quiet", "--json", "ablate", "--folds", "boolq,arc-easy", "--set",
+            "eval.test_sample=4", "--out", out)
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [c["cell"] for c in res["cells"]] == ["base", "lam0", "lr"]
+    assert sorted(res["ran"]) == sorted(f"{c}/{k}" for c in ("base", "lam0", "lr") for k in ("boolq", "arc-easy"))
+    assert {(x["cell"], x["fold"]) for x in res["rows"]} == {(c, k) for c in ("lam0", "lr") for k in ("boolq", "arc-easy")}
+    holm_n = len(res["rows"])
+    for x in res["rows"]:
+        q = json.loads((out / x["cell"] / "folds" / x["fold"] / "questions.json").read_text())
+        qb = json.loads((out / "base" / "folds" / x["fold"] / "questions.json").read_text())
+        assert q["question_ids"] == qb["question_ids"] and x["n_questions"] == 4
+        a, b = q["methods"]["multitask"], qb["methods"]["multitask"]
+        win, lose = sum(u > v for u, v in zip(a, b)), sum(u < v for u, v in zip(a, b))
+        assert x["p"] == pytest.approx(1.0 if win + lose == 0 else binomtest(win, win + lose, 0.5).pvalue)
+        assert x["diff"] == pytest.approx(sum(a) / 4 - sum(b) / 4) and x["p"] <= x["p_holm"] <= min(1, x["p"] * holm_n)
+    # each cell ran with its own setting: the lam0 cell's generator trained without the delta loss
+    prov = json.loads((out / "lam0" / "folds" / "boolq" / "runs" / "multitask" / "final" / "generator.json").read_text())
+    assert "boolq" not in prov["trained_on"]
+    cv_cfg = json.loads((out / "lam0" / "llgbm.json").read_text())["config"]
+    assert cv_cfg["train"]["multitask"]["lambda_delta"] == 0.0
+    md = (out / "comparison.md").read_text()
+    assert "| lam0 |" in md and "Holm" in md and "Wilcoxon" in md
+    assert {s["cell"] for s in res["summary"]} == {"lam0", "lr"}
+    # rerun: every fold reused
+    r = cli(*args)
+    assert r.exit_code == 0 and json.loads(r.stdout)["ran"] == []
+    # the base cell may be a finished cross-validation (it is read, not run)
+    r = cli(*args[:-1], tmp_path / "abl2", "--cell", "lam0", "--set", f"ablation.base_cv={out / 'base'}")
+    assert r.exit_code == 0, r.stderr
+    res2 = json.loads(r.stdout)
+    assert res2["ran"] == ["lam0/boolq", "lam0/arc-easy"] and [c["cell"] for c in res2["cells"]] == ["base", "lam0"]
+    assert res2["cells"][0]["folder"] == str(out / "base")
+
+
+def test_ablate_folds_bad_input(cli, tiny_project):
+    def run(*a):
+        return cli("--project", tiny_project, "--quiet", "ablate", *a)
+
+    r = run("--folds", "all")
+    assert r.exit_code == 2 and "no cell to run" in r.stderr and "[ablation.cells.NAME]" in r.stderr
+    r = run("--folds", "all", "--cell", "base")
+    assert r.exit_code == 2 and "--cell base" in r.stderr
+    r = run("--method", "multitask")
+    assert r.exit_code == 2 and "only with --folds" in r.stderr
+    r = run("--folds", "all", "--dry-run")
+    assert r.exit_code == 2 and "--dry-run" in r.stderr
+    tiny_project.write_text(tiny_project.read_text() + '\n[ablation.cells.bad]\nset = { "train.multitask.nope" = 1 }\n')
+    r = run("--folds", "all")
+    assert r.exit_code == 2 and "ablation.cells.bad" in r.stderr and "train.multitask.nope" in r.stderr
+
+
+def test_fold_fingerprints_do_not_read_the_ablation_section(tmp_path, monkeypatch):
+    """No fold reads [ablation]: declaring cells or a base cell leaves every fold's fingerprint as it
+    was before those keys existed (the section at its defaults), so finished folds stay valid."""
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.cv import fold_config
+
+    monkeypatch.chdir(tmp_path)
+    plain = load_config(None, {})
+    d = fold_config(plain)
+    full = plain.to_dict()
+    full["ablation"].pop("cells"), full["ablation"].pop("base_cv")
+    assert d == full
+    other = load_config(None, {"ablation.base_cv": "cv", "ablation.methods": ["multitask"]})
+    assert fold_config(other) == d
+    assert fold_config(load_config(None, {"train.multitask.lambda_delta": 0.0})) != d

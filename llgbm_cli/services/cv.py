@@ -161,6 +161,22 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The [ablation] section's keys that came after folds were first fingerprinted.
+LATER_KEYS = ("cells", "base_cv")
+
+
+def fold_config(cres) -> dict[str, Any]:
+    """The config a fold's fingerprint covers: all of it but the ``[ablation]`` section, which no fold
+    reads (an ablation cell's settings are overrides of the other sections). That section enters at
+    its defaults, less :data:`LATER_KEYS`, as it did before it could hold cells: folds finished then
+    stay valid."""
+    from ..config import LlgbmConfig
+
+    d = cres.to_dict()
+    d["ablation"] = {k: v for k, v in LlgbmConfig().model_dump(mode="json")["ablation"].items() if k not in LATER_KEYS}
+    return d
+
+
 # --------------------------------------------------------------------------- scores, cached
 
 
@@ -371,7 +387,7 @@ def run_cv(
             fdir = out / "folds" / k
             ov = fold_overrides(base_ov, k, ms, fdir / "runs")
             cres = resolved.with_overrides(ov)
-            fp = fingerprint({"config": cres.to_dict(), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
+            fp = fingerprint({"config": fold_config(cres), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
             done = fdir / DONE
             if done.exists():
                 prev = json.loads(done.read_text())

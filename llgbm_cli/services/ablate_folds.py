@@ -1,0 +1,231 @@
+"""`llgbm ablate --folds`: ablation cells under leave-one-task-out cross-validation.
+
+A cell is a set of config overrides: a cell of the ``[ablation]`` grid (one multitask setting
+changed) or one declared as ``[ablation.cells.NAME]`` (``set``: any dotted keys; ``methods``: what it
+evaluates, default ``ablation.methods``; ``help``: one line). Each cell is an ``eval --folds`` run
+(:func:`llgbm_cli.services.cv.run_cv`, resumable fold by fold) with its overrides into
+``<out>/<cell>``, beside the base cell, the project's own config, in ``<out>/base`` (or the finished
+cross-validation ``ablation.base_cv`` names, when it holds the folds and methods).
+
+Against the base cell, per fold and method, the difference in accuracy on the very same questions
+(their ids are compared; a difference stops the run), with the exact paired test of
+:func:`llgbm_cli.evaluation.stats.paired_test` (McNemar for 0/1 scores) and its interval; the
+p-values Holm-adjusted over every comparison of the run (cells × methods × folds). Across folds the
+mean difference with its Student-t interval and a Wilcoxon signed-rank p. ``<out>/comparison.{md,json,csv}``
+hold that table; each cell's own tables are its cross-validation's results.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..errors import InputError
+from ..names import child
+from ..progress import NULL_PROGRESS
+from .ablate import Cell, ablation_grid
+
+BASE = "base"  # the base cell: the project's own config
+FIELDS = ["cell", "method", "fold", "n_questions", "accuracy", "base_accuracy", "diff", "low", "high", "p", "p_holm",
+          "test"]
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class AblateFoldsResult:
+    out: str
+    folds: list[str]
+    cells: list[dict[str, Any]] = field(default_factory=list)  # name, overrides, methods, folder
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per cell x method x fold, vs the base cell
+    summary: list[dict[str, Any]] = field(default_factory=list)  # one per cell x method, across folds
+    ran: list[str] = field(default_factory=list)  # "<cell>/<fold>" run by this call
+    files: dict[str, str] = field(default_factory=dict)
+    is_main: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..evaluation.reports import clean
+
+        d = dict(self.__dict__)
+        d.pop("is_main")
+        return clean(d)
+
+
+def declared_cells(ab) -> list[Cell]:
+    """The ``[ablation.cells.NAME]`` cells, in file order."""
+    return [Cell(name, "declared", dict(c.set)) for name, c in ab.cells.items()]
+
+
+def folds_cells(ab, names: Optional[Sequence[str]]) -> list[Cell]:
+    """The cells named (declared ones, then the grid's); every declared cell when none is named."""
+    from .ablate import select_cells
+
+    declared = declared_cells(ab)
+    if not names:
+        if not declared:
+            raise InputError("--folds: no cell to run; name grid cells with --cell (see `llgbm ablate --dry-run`) "
+                             "or declare [ablation.cells.NAME] with set = { \"section.key\" = value }")
+        return declared
+    if BASE in names:
+        raise InputError(f"--cell {BASE}: the base cell (the project's own config) runs on its own; name the others")
+    return select_cells(declared + [c for c in ablation_grid(ab) if c.name not in ab.cells], names)
+
+
+def _methods(ab, cell: Cell, given: Optional[Sequence[str]]) -> list[str]:
+    if given:
+        return list(given)
+    declared = ab.cells.get(cell.name)
+    return list(declared.methods) if declared is not None and declared.methods else list(ab.methods)
+
+
+def run_ablate_folds(
+    resolved,
+    *,
+    folds: str,
+    cells: Optional[Sequence[str]] = None,
+    methods: Optional[Sequence[str]] = None,
+    out: Optional[str | Path] = None,
+    force: bool = False,
+    overrides: Optional[dict[str, Any]] = None,
+    progress=NULL_PROGRESS,
+) -> AblateFoldsResult:
+    """Cross-validate the base cell and every cell named (see the module doc); compare each with the base."""
+    from .cv import REFERENCES, run_cv
+
+    ab = resolved.config.ablation
+    chosen = folds_cells(ab, cells)
+    base_ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    out = Path(out).expanduser() if out is not None else resolved.resolve_path(f"{ab.out}-folds")
+    every = list(dict.fromkeys(m for c in chosen for m in _methods(ab, c, methods) if m not in REFERENCES))
+
+    runs: dict[str, Any] = {}
+    ran: list[str] = []
+    if ab.base_cv:
+        base_folder = resolved.resolve_path(ab.base_cv)
+        if not (base_folder / "cv.json").exists():
+            raise InputError(f"ablation.base_cv: {base_folder} is not a cross-validation output; run `llgbm eval "
+                             f"--folds ... --out {base_folder}` first, or leave the key out to run the base cell")
+        is_main = True
+    else:
+        base_folder = out / BASE
+        base_run = run_cv(resolved.with_overrides(base_ov), folds=folds, methods=every or None, out=base_folder,
+                          force=force, overrides=base_ov, progress=progress)
+        ran += [f"{BASE}/{k}" for k in base_run.ran]
+        is_main = base_run.is_main
+    for c in chosen:
+        ov = {**base_ov, **c.overrides}
+        runs[c.name] = run_cv(resolved.with_overrides(ov), folds=folds, methods=_methods(ab, c, methods),
+                              out=child(out, c.name, what="cell"), force=force, overrides=ov, progress=progress)
+        ran += [f"{c.name}/{k}" for k in runs[c.name].ran]
+    folds_run = next(iter(runs.values())).folds
+    result = AblateFoldsResult(str(out), folds_run, ran=ran, is_main=is_main)
+    if not is_main:  # under accelerate launch the main process compares and writes
+        return result
+    base_methods = json.loads((base_folder / "cv.json").read_text()).get("methods", [])
+    result.cells.append({"cell": BASE, "overrides": {}, "methods": base_methods, "folder": str(base_folder)})
+    for name, run in runs.items():
+        result.cells.append({"cell": name, "overrides": next(c.overrides for c in chosen if c.name == name),
+                             "methods": run.methods, "folder": run.out})
+    result.rows = compare(base_folder, {n: Path(r.out) for n, r in runs.items()},
+                          {n: [m for m in r.methods if m not in REFERENCES] for n, r in runs.items()},
+                          result.folds, resolved.config.project.seed)
+    result.summary = summarize(result.rows)
+    result.files = write_comparison(out, result)
+    return result
+
+
+def _questions(folder: Path, fold: str) -> dict[str, Any]:
+    p = folder / "folds" / fold / "questions.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{p}: cannot read the fold's per-question scores ({e}); rerun its `llgbm eval --folds`")
+
+
+def compare(base: Path, cells: dict[str, Path], methods: dict[str, list[str]], folds: Sequence[str],
+            seed: int) -> list[dict[str, Any]]:
+    """Per cell, method and fold: the method's scores in the cell against the same method's in the base
+    cell, on the same question ids (checked), with the exact paired test; p-values Holm-adjusted over
+    all the rows."""
+    from ..evaluation.stats import holm, paired_test
+    from .cv import LEVEL, RESAMPLES
+
+    rows = []
+    for name, folder in cells.items():
+        for k in folds:
+            q, qb = _questions(folder, k), _questions(base, k)
+            if q["question_ids"] != qb["question_ids"]:
+                raise InputError(f"cell {name}, fold {k}: scored on other questions than the base cell "
+                                 f"({folder} vs {base}); both must use the same eval.test_sample and seed")
+            for m in methods[name]:
+                if m not in qb["methods"]:
+                    raise InputError(f"cell {name}: method {m} is not in the base cell {base} (fold {k}); "
+                                     "evaluate it there too (ablation.base_cv or --method)")
+                a, b = q["methods"][m], qb["methods"][m]
+                t = paired_test(a, b, resamples=RESAMPLES, seed=seed, level=LEVEL)
+                rows.append({"cell": name, "method": m, "fold": k, "n_questions": len(a),
+                             "accuracy": sum(a) / len(a), "base_accuracy": sum(b) / len(b), "diff": t["diff"],
+                             "low": t["low"], "high": t["high"], "p": t["p"], "test": t["test"]})
+    for r, p in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = p
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell and method across folds: the mean difference to the base cell with its t-interval, the
+    Wilcoxon signed-rank p, and the folds where it is better or worse at Holm-adjusted p < 0.05."""
+    from ..evaluation.stats import t_interval, wilcoxon_across
+    from .cv import LEVEL
+
+    out = []
+    for key in dict.fromkeys((r["cell"], r["method"]) for r in rows):
+        rs = [r for r in rows if (r["cell"], r["method"]) == key]
+        ti = t_interval([r["diff"] for r in rs], LEVEL)
+        shown = [r for r in rs if r.get("p_holm") is not None and r["p_holm"] < SIGNIFICANCE]
+        out.append({"cell": key[0], "method": key[1], "folds": len(rs), "diff": ti["mean"], "low": ti["low"],
+                    "high": ti["high"], "wilcoxon_p": wilcoxon_across([r["diff"] for r in rs]),
+                    "better": sum(r["diff"] > 0 for r in shown), "worse": sum(r["diff"] < 0 for r in shown),
+                    "smallest_p_holm": min((r["p_holm"] for r in rs if r.get("p_holm") is not None), default=None)})
+    return out
+
+
+def comparison_md(r: AblateFoldsResult) -> str:
+    from ..evaluation.reports import fmt, signed
+
+    n = len(r.rows)
+    md = ["# llgbm ablation over folds", "",
+          f"Cells against the base cell ({next(c['folder'] for c in r.cells if c['cell'] == BASE)}) on the same "
+          f"questions of each of {len(r.folds)} folds ({', '.join(r.folds)}). Per fold: the exact paired test "
+          f"(McNemar for 0/1 scores), p Holm-adjusted over the {n} comparisons of this run; across folds: the mean "
+          "difference with its 95% t-interval and the Wilcoxon signed-rank p. Better / worse: folds at Holm-adjusted "
+          f"p < {SIGNIFICANCE}.", "",
+          "| Cell | Overrides | Method | Δ vs base cell [95% t] | Wilcoxon p | Better / worse | Smallest Holm p |",
+          "|---|---|---|---|---|---|---|"]
+    over = {c["cell"]: c["overrides"] for c in r.cells}
+    for s in r.summary:
+        ov = ", ".join(f"{k}={json.dumps(v)}" for k, v in over.get(s["cell"], {}).items()) or "—"
+        span = (f"{signed(s['diff'])} [{signed(s['low'])}, {signed(s['high'])}]" if s["low"] is not None
+                else signed(s["diff"]))
+        md.append(f"| {s['cell']} | {ov} | {s['method']} | {span} | {fmt(s['wilcoxon_p'], 3)} | "
+                  f"{s['better']} / {s['worse']} | {fmt(s['smallest_p_holm'], 3)} |")
+    md += ["", "## Per fold", "", "| Cell | Method | Fold | n | Accuracy | Base cell | Δ [95% bootstrap] | p (Holm) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for x in r.rows:
+        md.append(f"| {x['cell']} | {x['method']} | {x['fold']} | {x['n_questions']} | {fmt(x['accuracy'])} | "
+                  f"{fmt(x['base_accuracy'])} | {signed(x['diff'])} [{signed(x['low'])}, {signed(x['high'])}] | "
+                  f"{fmt(x['p'], 3)} ({fmt(x['p_holm'], 3)}) |")
+    md += ["", "Each cell's own tables: " + "; ".join(f"{c['cell']}: {c['folder']}/results.md" for c in r.cells), ""]
+    return "\n".join(md)
+
+
+def write_comparison(out: Path, r: AblateFoldsResult) -> dict[str, str]:
+    from ..evaluation.reports import clean, rows_csv
+    from ..io import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "comparison.json", clean({"folds": r.folds, "cells": r.cells, "rows": r.rows,
+                                                      "summary": r.summary}))
+    atomic_write_text(out / "comparison.csv", rows_csv(clean(r.rows), FIELDS))
+    atomic_write_text(out / "comparison.md", comparison_md(r))
+    return {"json": str(out / "comparison.json"), "csv": str(out / "comparison.csv"), "md": str(out / "comparison.md")}
