@@ -43,7 +43,7 @@ def build_world(folder: Path, base: str, per_task: int, prompts: int, probes: in
     from llgbm_cli.data import sample
     from llgbm_cli.models import load_base_model
     from llgbm_cli.services.cache_deltas import run_cache_deltas
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     p = folder / "llgbm.toml"
     p.write_text(f"""
@@ -113,7 +113,7 @@ def main() -> None:
     from llgbm_cli.generators.predictor import condition_vector, encode_conditions, fit_predictor
     from llgbm_cli.index import DeltaIndex
     from llgbm_cli.models import load_encoder
-    from llgbm_cli.zoo import Zoo
+    from llgbm_cli.zoo_manifest import Zoo
 
     t0 = time.perf_counter()
     tmp = None

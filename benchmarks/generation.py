@@ -32,7 +32,7 @@ def main() -> None:
 
     from llgbm_cli.models import load_base_model
     from llgbm_cli.tasks.generation import cut_at_stop, greedy_generate, stop_ids
-    from llgbm_cli.tasks.metrics import score_text
+    from llgbm_cli.tasks.answer_metrics import score_text
     from llgbm_cli.tasks.prompts import PromptForm
     from llgbm_cli.tasks.registry import builtin_registry
 

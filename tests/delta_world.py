@@ -40,7 +40,7 @@ def build_tiny_world(project: Path, model, per_task: int = 3, std: float = 0.3):
     from llgbm_cli.adapters import LoraAdapter, LoraModule, random_adapter, save_adapter
     from llgbm_cli.config import load_config
     from llgbm_cli.services.cache_deltas import run_cache_deltas
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     resolved = load_config(project, explicit=True)
     cfg = resolved.config

@@ -13,7 +13,7 @@ from llgbm_cli.config import load_config
 from llgbm_cli.deltas.cache import DeltaCache, cache_lock
 from llgbm_cli.errors import InputError, LlgbmError
 from llgbm_cli.services.cache_deltas import run_cache_deltas
-from llgbm_cli.zoo import Zoo, ZooEntry
+from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
 
 @pytest.fixture

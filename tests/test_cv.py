@@ -202,7 +202,7 @@ def test_reused_fold_recomputes_its_statistics(cli, cv_world, cv_one, tmp_path):
 
 def test_summary_counts_holm_adjusted_wins_only():
     """Wins need a Holm-adjusted p < 0.05 over the family (folds × methods other than the reference)."""
-    from llgbm_cli.services.cv import holm_family, results_md, summarize
+    from llgbm_cli.services.cv import cv_results_md, holm_family, summarize
 
     def row(fold, method, diff, p):
         return {"fold": fold, "method": method, "accuracy": 0.5 + diff, "accuracy_vs_base": diff, "vs_base_p": p,
@@ -223,10 +223,10 @@ def test_summary_counts_holm_adjusted_wins_only():
     assert summ["multitask"]["wins_vs_base"] == 1 and summ["b1"]["wins_vs_base"] == 0
     assert summ["multitask"]["accuracy_vs_base_wilcoxon_p"] == pytest.approx(0.25)
     assert summ["base"]["accuracy_vs_base_wilcoxon_p"] == 1.0
-    md = results_md({"command": "llgbm eval", "base_model": "m", "folds": ["a", "b", "c"], "test_sample": 100,
-                     "seed": 0, "level": 0.95, "resamples": 2000, "oracle_candidates": "last", "summary": list(summ.values()),
-                     "rows": rows, "oracle": [],
-                     "contamination": {"policy": "drop", "checked": ["x", "y"], "dropped": {"a": 2, "b": 0}}})
+    md = cv_results_md({"command": "llgbm eval", "base_model": "m", "folds": ["a", "b", "c"], "test_sample": 100,
+                        "seed": 0, "level": 0.95, "resamples": 2000, "oracle_candidates": "last", "summary": list(summ.values()),
+                        "rows": rows, "oracle": [],
+                        "contamination": {"policy": "drop", "checked": ["x", "y"], "dropped": {"a": 2, "b": 0}}})
     assert "+0.1000 [+0.0000, +0.2000] p=4.00e-03 (Holm 0.036)" in md
     assert "the 9 comparisons with `base`" in md and "| 0.120 |" in md
     assert "checked against the train splits of x, y (policy `drop`): 2 dropped in fold a." in md
@@ -256,7 +256,7 @@ def test_folds_bad_input(cli, cv_world, tmp_path):
 
 def test_oracle_candidates_last_per_trajectory():
     from llgbm_cli.services.cv import oracle_candidates
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     ids = [("a-s00010", "a", 10), ("a-s00020", "a", 20), ("a-r1-s00010", "a", 10), ("a-r1-s00020", "a", 20),
            ("b-s00020", "b", 20), ("c-s00005", "c", 5)]
@@ -294,7 +294,7 @@ def test_train_method_reuses_resumes_or_replaces(tmp_path, monkeypatch):
     from llgbm_cli import workdir
     from llgbm_cli.config import load_config
     from llgbm_cli.services.cv import run_fingerprint, train_method
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     monkeypatch.chdir(tmp_path)  # the built-in defaults, whatever the current folder holds
     cres = load_config(None, {"train.multitask.holdout_tasks": ["boolq"]})
@@ -500,7 +500,7 @@ def test_a_trained_method_registered_in_one_place_runs_under_cross_validation(cl
     from llgbm_cli.merging import merge_adapters
     from llgbm_cli.services.eval_methods import Built, check_methods, refuse_seen
     from llgbm_cli.training import methods as TM
-    from llgbm_cli.zoo import Zoo
+    from llgbm_cli.zoo_manifest import Zoo
 
     trained_runs = []
 

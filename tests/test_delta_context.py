@@ -12,7 +12,7 @@ from llgbm_cli.deltas.context import DeltaContext
 from llgbm_cli.errors import InputError
 from llgbm_cli.services.cache_deltas import run_cache_deltas
 from llgbm_cli.tasks.registry import registry_for
-from llgbm_cli.zoo import Zoo, ZooEntry
+from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
 
 def test_bad_layers_fail_with_the_valid_range(tiny, tiny_project):

@@ -26,7 +26,7 @@ def make_world(root: Path, model, per_task: int = 2, tasks=None) -> Path:
     from llgbm_cli.config import load_config
     from llgbm_cli.data import sample
     from llgbm_cli.services.cache_deltas import run_cache_deltas
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     root.mkdir(parents=True, exist_ok=True)
     project = root / "llgbm.toml"
@@ -69,7 +69,7 @@ def evaluated(world):
 
 
 def test_metrics_pure_functions():
-    from llgbm_cli.evaluation import metrics as M
+    from llgbm_cli.evaluation import delta_metrics as M
 
     g = torch.Generator().manual_seed(0)
     t = torch.randn(16, generator=g)

@@ -8,7 +8,7 @@ import pytest
 
 from llgbm_cli.errors import InputError
 from llgbm_cli.holdout import split, split_entries
-from llgbm_cli.zoo import ZooEntry
+from llgbm_cli.zoo_manifest import ZooEntry
 
 
 def _entries():

@@ -29,7 +29,7 @@ def world(tmp_path_factory, tiny):
     from safetensors.torch import load_file, save_file
 
     from llgbm_cli.adapters import random_adapter, save_adapter
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     root = tmp_path_factory.mktemp("hostile")
     w = root / "w"

@@ -257,7 +257,7 @@ def test_existing_out_needs_force_and_inputs_stay_untouched(folders, tmp_path):
 
 
 def test_cli_list_and_merge_by_zoo_id(cli, tiny_project, folders):
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     r = cli("--json", "merge", "--list")
     assert r.exit_code == 0, r.stderr

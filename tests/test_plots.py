@@ -64,7 +64,7 @@ def test_crossfold_needs_two_folds(tmp_path):
     assert P._t95(5) == pytest.approx(2.7764, abs=1e-4)  # t(4), as the results tables use
 
 
-def test_results_md_states_chance():
+def test_eval_results_md_states_chance():
     from llgbm_cli.evaluation.reports import _chance_line
 
     rows, _ = _rows()

@@ -298,7 +298,7 @@ def test_non_finite_adapter_is_refused_with_the_module_named(good_adapter, value
 def test_cache_deltas_never_stores_a_non_finite_row(tiny, tiny_project, cli):
     from llgbm_cli.adapters import random_adapter, save_adapter
     from llgbm_cli.deltas.cache import DeltaCache
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     w = tiny_project.parent / "runs"
     zoo = Zoo(w / "zoo")
@@ -693,7 +693,7 @@ def test_zoo_build_force_interrupted_keeps_the_tasks_earlier_build(zoo1, tiny, t
 def test_zoo_build_force_never_deletes_a_folder_outside_the_zoo(zoo1, tiny, tmp_path):
     from llgbm_cli.config import load_config
     from llgbm_cli.services.zoo import build_zoo
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     root = _copy(zoo1, tmp_path / "p")
     outside = _folder(tmp_path / "mine", {"keep.txt": "not the zoo's"})
@@ -744,7 +744,7 @@ def test_every_kind_of_llgbm_adapter_loads_in_peft_without_a_warning(zoo1, tiny,
     from llgbm_cli.lora.tokenizer import LoraTokenizer
     from llgbm_cli.models import base_model_reference
     from llgbm_cli.services.merge import merge_to_folder
-    from llgbm_cli.zoo import Zoo
+    from llgbm_cli.zoo_manifest import Zoo
 
     model = tiny[0]
     zoo = Zoo.load(zoo1 / "runs" / "zoo")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llgbm_cli.errors import InputError
-from llgbm_cli.tasks.metrics import exact_match, extract_number, number_match
+from llgbm_cli.tasks.answer_metrics import exact_match, extract_number, number_match
 from llgbm_cli.tasks.prompts import PromptForm
 from llgbm_cli.tasks.registry import TaskRegistry, TaskSpec
 

@@ -81,7 +81,7 @@ def test_kl_tether_is_zero_at_base_and_positive_away():
 
 def test_split_entries_by_task_and_fraction():
     from llgbm_cli.errors import InputError
-    from llgbm_cli.zoo import ZooEntry
+    from llgbm_cli.zoo_manifest import ZooEntry
 
     es = [ZooEntry(id=f"{t}-{i}", path="x", task=t) for t in ("a", "b") for i in range(5)]
     tr, va = split_entries(es, ["b"], 0.2, 0)

@@ -34,7 +34,7 @@ def make_tiny_zoo(root: Path, model, per_task: int = 3, r: int = 4, alpha: float
     """A zoo of task-structured random adapters: each task has its own direction plus per-adapter noise."""
     from llgbm_cli.adapters import LoraModule, random_adapter, save_adapter
     from llgbm_cli.data import sample
-    from llgbm_cli.zoo import Zoo, ZooEntry
+    from llgbm_cli.zoo_manifest import Zoo, ZooEntry
 
     zdir = root / "runs" / "zoo"
     zoo = Zoo(zdir)

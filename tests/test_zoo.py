@@ -13,7 +13,7 @@ import pytest
 from llgbm_cli.adapters import LoraModule, load_adapter, random_adapter, save_adapter, weights_sha256
 from llgbm_cli.config import load_config
 from llgbm_cli.services.zoo import _write_pending, build_spec, build_zoo, checkpoint_steps, score_zoo
-from llgbm_cli.zoo import Zoo
+from llgbm_cli.zoo_manifest import Zoo
 
 IDS = ["arc-easy-s00004", "arc-easy-s00006", "boolq-s00004", "boolq-s00006"]
 
@@ -395,7 +395,7 @@ def test_runs_add_independent_trajectories_on_data_subsets(built, tiny, tmp_path
 def test_loo_nearest_task_by_hand():
     import torch
 
-    from llgbm_cli.evaluation.metrics import loo_nearest_task
+    from llgbm_cli.evaluation.delta_metrics import loo_nearest_task
 
     X = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.8, 0.2]])
     tasks = ["a", "a", "b", "b", "b"]  # the last "b" row sits among the "a" rows

@@ -166,7 +166,7 @@ def separation_cmd(ctx: typer.Context, set_: Optional[List[str]] = set_option())
 def list_cmd(ctx: typer.Context) -> None:
     """List the zoo's adapters (id, task, step, source)."""
     from ..services.zoo import zoo_dir
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     zoo = Zoo.load(zoo_dir(state(ctx).load_config()))
     rows = [{"id": e.id, "task": e.task, "step": e.step, "source": e.source, "path": str(zoo.path_of(e)),

@@ -125,7 +125,7 @@ def not_degenerate(label: str, deltas: dict[str, Any], adapter_norms: dict[str, 
     zero = [t for t, n in adapter_norms.items() if not n > 1e-8]
     cos = []
     tasks = sorted(deltas)
-    from .metrics import delta_cosine
+    from .delta_metrics import delta_cosine
 
     for i, a in enumerate(tasks):
         for b in tasks[i + 1:]:

@@ -91,7 +91,7 @@ def checks_md(checks: list[dict[str, Any]]) -> str:
     return head + "".join(f"| {c['name']} | {c['status'].upper()} | {c['detail']} |\n" for c in checks)
 
 
-def results_md(result: dict[str, Any]) -> str:
+def eval_results_md(result: dict[str, Any]) -> str:
     from ..tasks.overlap import summary_line
 
     held = result.get("holdout") or []
@@ -154,5 +154,5 @@ def write_results(folder: Path, result: dict[str, Any]) -> dict[str, str]:
     paths = {"json": folder / "results.json", "csv": folder / "results.csv", "md": folder / "results.md"}
     atomic_write_json(paths["json"], res)
     atomic_write_text(paths["csv"], rows_csv(res["rows"], ROW_FIELDS))
-    atomic_write_text(paths["md"], results_md(res))
+    atomic_write_text(paths["md"], eval_results_md(res))
     return {k: str(v) for k, v in paths.items()}

@@ -67,7 +67,7 @@ class _Item:
 def collect_inputs(resolved, adapters: Optional[list[str]] = None) -> list[_Item]:
     """(id, folder) of every adapter to cache: the zoo manifest, or ``--adapters`` paths/globs."""
     from ..adapters import CONFIG_FILE
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     items: list[_Item] = []
     if adapters:

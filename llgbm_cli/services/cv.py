@@ -348,7 +348,7 @@ def run_cv(
 
     from ..distributed import IndependentProcesses
     from ..io import FileLock, atomic_write_json, check_output, provenance, write_provenance
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     cfg = resolved.config
     ec = cfg.eval
@@ -461,7 +461,7 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=N
     not given). True when it trained."""
     from ..io import atomic_write_json
     from ..training.loop import find_latest_checkpoint
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     tm = TRAINED[method]
     if zoo is None:
@@ -673,7 +673,7 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
     return out
 
 
-def results_md(r: dict[str, Any]) -> str:
+def cv_results_md(r: dict[str, Any]) -> str:
     from ..evaluation.reports import fmt, signed
 
     def ci(s, key, sign=False):
@@ -809,4 +809,4 @@ def _write_files(out: Path, result: CVResult) -> None:
                     "adapter": o["adapter"]} for o in d["oracle"] if o.get("accuracy") is not None]
     csv_rows = [{**r, "reference": False} for r in d["rows"]] + oracle_rows
     atomic_write_text(out / "results.csv", rows_csv(csv_rows, FOLD_FIELDS))
-    atomic_write_text(out / "results.md", results_md(d))
+    atomic_write_text(out / "results.md", cv_results_md(d))

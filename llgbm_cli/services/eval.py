@@ -3,7 +3,7 @@
 Per method × task the method's adapter (none for ``base``) is measured on the same probes and delta
 spec as the delta cache (the header fingerprints must match) and compared with the task's teacher
 delta from the cache: delta MSE, cosine, centered cosine, norm ratio and task identification (see
-:mod:`llgbm_cli.evaluation.metrics`); then the task's test questions are scored with it.
+:mod:`llgbm_cli.evaluation.delta_metrics`); then the task's test questions are scored with it.
 
 The task's *teacher* is its latest zoo checkpoint (highest step). The methods (``base``,
 ``teacher``, ``mean-delta``, ``multitask``, ``b1``, ``b2``, ``merge:<strategy>``, an adapter folder)
@@ -130,7 +130,7 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
     from ..holdout import split
     from ..models import load_base_model
     from ..tasks.registry import registry_for
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     cfg = resolved.config
     zoo = Zoo.load(workdir.path(resolved, "zoo"))
@@ -219,7 +219,7 @@ def run_eval(
 
     from ..distributed import ProcessGroup
     from ..io import atomic_dir, check_output, output_lock, provenance, write_provenance
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     t0 = time.perf_counter()
     cfg = resolved.config
@@ -413,7 +413,7 @@ def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, chance
     """4. one row per method x task, and the per-method summary."""
     import torch
 
-    from ..evaluation import metrics as M
+    from ..evaluation import delta_metrics as M
 
     zero = torch.zeros_like(world.train_mean)
     for m in methods:
@@ -505,7 +505,7 @@ def _run_folder(resolved, method: str, given: Optional[Path], info: Optional[dic
 
 def summarize(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     """Per method, means over tasks; ``task_specific`` compares with ``mean-delta`` where evaluated."""
-    from ..evaluation.metrics import mean_of
+    from ..evaluation.delta_metrics import mean_of
 
     out = []
     for m in methods:

@@ -32,7 +32,7 @@ class IndexBuildResult:
 
 def zoo_tasks(resolved: ResolvedConfig) -> dict[str, str]:
     """Adapter id -> task from the zoo manifest (empty when there is no zoo)."""
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
 
     try:
         zoo = Zoo.load(workdir.path(resolved, "zoo"), must_exist=False)

@@ -64,10 +64,10 @@ class MergeResult:
 def resolve_inputs(inputs: Sequence[str | Path], zoo: Any = None) -> list[tuple[str, Path]]:
     """Map each input to (label, folder): an existing path is a folder, anything else a zoo id.
 
-    ``zoo`` is a :class:`~llgbm_cli.zoo.Zoo`, a zoo folder, or None. Every unresolved input is
+    ``zoo`` is a :class:`~llgbm_cli.zoo_manifest.Zoo`, a zoo folder, or None. Every unresolved input is
     reported in one error.
     """
-    from ..zoo import MANIFEST, Zoo
+    from ..zoo_manifest import MANIFEST, Zoo
 
     resolved: list[tuple[str, Path]] = []
     missing: list[str] = []

@@ -18,8 +18,8 @@ def zoo_separation(resolved) -> dict[str, Any]:
     from .. import workdir
     from ..deltas.context import open_cache
     from ..errors import InputError
-    from ..evaluation.metrics import loo_nearest_task
-    from ..zoo import Zoo
+    from ..evaluation.delta_metrics import loo_nearest_task
+    from ..zoo_manifest import Zoo
     from .zoo import trajectory_of
 
     cache = open_cache(workdir.path(resolved, "deltas"))

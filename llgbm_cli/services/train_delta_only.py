@@ -40,7 +40,7 @@ class B2Result:
 
 def _pairs(resolved: ResolvedConfig):
     """Zoo entries that have a cached delta and condition prompts, with the cache."""
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
     from ..deltas.context import open_cache
 
     cache = open_cache(workdir.path(resolved, "deltas"))
@@ -138,8 +138,6 @@ def train_b2(
 
 # --------------------------------------------------------------------------- B1
 
-
-B1Result = TrainerResult  # one result type for the generator trainers
 
 # Keys that may change between a B1 checkpoint and the run that resumes it.
 RESUMABLE_B1 = {"epochs", "save_interval", "log_interval", "eval_interval", "collapse_norm_ratio", "collapse_cosine"}

@@ -28,8 +28,6 @@ from ..training.trainer import TrainerResult, TrainerSpec, finish, prepare, trai
 RESUMABLE = {"total_steps", "save_interval", "log_interval", "eval_interval"}
 
 
-MultitaskResult = TrainerResult  # one result type for the generator trainers
-
 DELTA_MEAN = "delta_mean.safetensors"  # the mean training delta of a delta_centered run, in each checkpoint
 
 
@@ -163,7 +161,7 @@ def train_multitask(
         return out
 
     def eval_fn(step: int, net) -> dict[str, float]:
-        from ..evaluation.metrics import mean_of, norm_ratio
+        from ..evaluation.delta_metrics import mean_of, norm_ratio
 
         res: dict[str, float] = {}
         groups = [("heldout", list(range(n_train, n_all)))] if run.held_e else []

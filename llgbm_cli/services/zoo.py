@@ -39,7 +39,7 @@ from typing import Any, Optional
 from ..errors import InputError
 from ..io import atomic_write_bytes, atomic_write_json, check_output, provenance, read_provenance, write_provenance
 from ..names import check_name, child
-from ..zoo import Zoo, ZooEntry
+from ..zoo_manifest import Zoo, ZooEntry
 
 log = logging.getLogger(__name__)
 

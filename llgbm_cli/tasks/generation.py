@@ -208,7 +208,7 @@ def score_generative_adapters(model, tokenizer, adapters: Sequence[Any], records
 
 
 def _score_texts(records, texts, form: "PromptForm") -> GenerationScore:
-    from .metrics import score_text
+    from .answer_metrics import score_text
 
     rows = []
     for r, t in zip(records, texts):

@@ -205,7 +205,7 @@ def used_tasks(resolved, tasks: Iterable[str]) -> list[str]:
     probes are drawn from, and ``tasks`` themselves (their own teachers and condition prompts)."""
     from .. import workdir
     from ..deltas.probes import probe_task_names
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
     from .registry import registry_for
 
     cfg = resolved.config

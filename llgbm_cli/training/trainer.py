@@ -267,7 +267,7 @@ def _prepare(resolved, spec: TrainerSpec, out: Path, kind: str, lock, *, force: 
     from ..lora.tokenizer import LoraTokenizer
     from ..models import load_base_model, load_encoder
     from ..registries import check_generator
-    from ..zoo import Zoo
+    from ..zoo_manifest import Zoo
     from .loop import find_latest_checkpoint, make_accelerator
     from .world import load_teacher_adapters, restore_run_folder, start_run_folder
 
