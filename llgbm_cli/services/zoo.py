@@ -2,10 +2,11 @@
 
 ``build_zoo`` trains one LoRA teacher per task on the base model, the way Drag-and-Drop LLMs
 collects its data: after ``[zoo] warmup_steps`` it keeps ``[zoo] checkpoints`` checkpoints evenly
-spaced up to ``[zoo] steps``, each a PEFT folder ``adapters/<task>-s<step>``. Training runs through
-the functional LoRA patch (base weights untouched and shared across tasks) with an answer-only loss
-whose output head is applied only at answer positions, and stops backpropagation at the first
-LoRA layer when ``[lora] last_layers`` restricts it: the two things that make it CPU-sized.
+spaced up to ``[zoo] steps``, each a PEFT folder ``adapters/<task>-s<step>``. The training loop is
+:mod:`llgbm_cli.training.teacher`: through the functional LoRA patch (base weights untouched and
+shared across tasks) with an answer-only loss whose output head is applied only at answer positions,
+stopping backpropagation at the first LoRA layer when ``[lora] last_layers`` restricts it: the two
+things that make it CPU-sized.
 
 Resumable: each checkpoint folder is written atomically, its optimizer state beside it under
 ``.state/``, and ``zoo.jsonl`` is rewritten (atomically, under a lock) after every checkpoint. A
@@ -23,11 +24,8 @@ by the next run's main process after an interruption.
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import os
-import pickle
 import re
 import shutil
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import InputError
-from ..io import atomic_write_bytes, atomic_write_json, check_output, provenance, read_provenance, write_provenance
+from ..io import atomic_write_json, check_output, provenance, read_provenance, write_provenance
 from ..names import check_name, child
 from ..zoo_manifest import Zoo, ZooEntry
 
@@ -535,14 +533,12 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[bool], progress, record) -> TaskReport:
-    """Train one trajectory from its last finished checkpoint; ``record`` stores each new manifest row."""
-    import torch
-
-    from ..adapters import LoraModule, lora_scaling, save_adapter, target_linears, weights_sha256
-    from ..lora.patch import LoraPatch, StackedLora
+    """Train one trajectory from its last finished checkpoint (:func:`llgbm_cli.training.teacher.train_trajectory`);
+    each checkpoint becomes an adapter folder, and ``record`` stores its manifest row."""
+    from ..adapters import save_adapter, weights_sha256
     from ..tasks.evaluate import form_for
     from ..tasks.registry import registry_for
-    from ..training.task_loss import collate_examples
+    from ..training.teacher import train_trajectory
 
     cfg = resolved.config
     task = unit.task
@@ -563,116 +559,29 @@ def _build_task(resolved, zoo: Zoo, base, unit: Unit, spec: dict, done: list[boo
         rep.skipped = list(ids)
         return rep
     model, tok = base()
-
-    linears = target_linears(model, lc.target_modules, lc.last_layers)
-    if not linears:
-        raise InputError(f"lora.target_modules: no nn.Linear named {', '.join(lc.target_modules)} in the base model")
-    names = sorted(linears)
-    device = next(model.parameters()).device
-    scaling = lora_scaling(lc.alpha, lc.rank)
-    gen = torch.Generator().manual_seed(seed)
-    params: dict[str, tuple] = {}
-    for n in names:  # PEFT's initialization: A Kaiming-uniform, B zero (the adapter starts as a no-op)
-        lin = linears[n]
-        A = torch.empty(lc.rank, lin.in_features)
-        bound = 1.0 / math.sqrt(lin.in_features)  # kaiming_uniform_(a=sqrt(5)) on [r, in]
-        A.uniform_(-bound, bound, generator=gen)
-        B = torch.zeros(lin.out_features, lc.rank)
-        params[n] = (A.to(device).requires_grad_(True), B.to(device).requires_grad_(True))
-    flat = [p for n in names for p in params[n]]
-    opt = torch.optim.AdamW(flat, lr=zc.learning_rate, weight_decay=zc.weight_decay)
-    lr_warm = max(1, min(zc.lr_warmup_steps, zc.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / lr_warm))
-
-    # Resume from the last checkpoint whose predecessors are all finished and whose state is saved.
-    start = 0
-    for k in range(len(ckpts)):
-        if not done[k]:
-            break
-        sp = state_dir / f"{ids[k]}.pt"
-        if sp.exists():
-            try:
-                st = torch.load(sp, map_location=device, weights_only=True)
-            except pickle.UnpicklingError as e:  # code or objects: refused, never run
-                raise InputError(f"{sp}: refused to load (not plain tensors and numbers: "
-                                 f"{str(e).splitlines()[0][:120]}); it may run code when unpickled. Remove it "
-                                 f"to retrain {task} from its previous checkpoint")
-            except (KeyError, RuntimeError, ValueError, EOFError, OSError) as e:
-                log.warning("%s: unreadable training state (%s); retraining %s from its last good state", sp, e, task)
-                break
-            try:
-                with torch.no_grad():
-                    for n in names:
-                        params[n][0].copy_(st["A"][n])
-                        params[n][1].copy_(st["B"][n])
-                opt.load_state_dict(st["optimizer"])
-                sched.load_state_dict(st["scheduler"])
-                start = ckpts[k]
-            except (KeyError, RuntimeError, ValueError, EOFError, OSError) as e:
-                log.warning("%s: unreadable training state (%s); retraining %s from its last good state", sp, e, task)
-                break
-    rep.resumed_from = start or None
-
     # Teachers train on the target the task is scored on (label, option text or answer text).
     train = task_def.records("train")
     if zc.data_fraction < 1.0:  # the run's block of the task's seeded permutation (order kept)
         train = [train[i] for i in trajectory_subset(len(train), zc.data_fraction,
                                                      run_seed(cfg.project.seed, task, 0), unit.run)]
     examples = [form.training_example(tok, r, max_length=cfg.data.max_length) for r in train]
-    N, bs = len(examples), zc.batch_size
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    trunk = getattr(model, model.base_model_prefix)
-    head = model.get_output_embeddings()
-    stacked = {n: StackedLora(params[n][0].unsqueeze(0), params[n][1].unsqueeze(0),
-                              torch.full((1,), scaling, device=device)) for n in names}
-    bar = progress.add(f"zoo {task}" + (f" r{unit.run}" if unit.run else ""), total=zc.steps)
-    progress.advance(bar, start)
-    t0 = time.perf_counter()
-    with LoraPatch(model, stacked):
-        for step in range(start, zc.steps):
-            batch = [examples[i] for i in _batch_indices(seed, step, bs, N)]
-            ids_t, mask, labels = collate_examples(batch, pad_id, device)
-            hidden = trunk(input_ids=ids_t, attention_mask=mask, use_cache=False).last_hidden_state
-            # Answer-only loss: the head runs only where a label is predicted (a few tokens per row).
-            tgt = labels[:, 1:]
-            sel = tgt != -100
-            logits = head(hidden[:, :-1][sel]).float()
-            loss = torch.nn.functional.cross_entropy(logits, tgt[sel])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(flat, zc.max_grad_norm)
-            opt.step()
-            sched.step()
-            rep.steps_run += 1
-            progress.advance(bar)
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise InputError(f"zoo: training {task} diverged at step {step + 1} (loss {lv}); "
-                                 "lower zoo.learning_rate")
-            done_step = step + 1
-            if done_step in ckpts:
-                k = ckpts.index(done_step)
-                if done[k]:
-                    continue
-                aid = ids[k]
-                buf = io.BytesIO()
-                torch.save({"step": done_step,
-                            "A": {n: params[n][0].detach().cpu() for n in names},
-                            "B": {n: params[n][1].detach().cpu() for n in names},
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buf)
-                atomic_write_bytes(state_dir / f"{aid}.pt", buf.getvalue())
-                mods = {n: LoraModule(params[n][0].detach().cpu().clone(), params[n][1].detach().cpu().clone(),
-                                      scaling) for n in names}
-                out = zoo.folder / "adapters" / aid
-                prov = provenance("zoo build", resolved.to_dict(), task=task, run=unit.run, step=done_step, seed=seed,
-                                  loss=lv, build_spec=spec, task_definition=trained_on)
-                save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
-                cond = [r.prompt for r in task_def.sample("train", zc.condition_prompts, seed=f"{seed}-{done_step}")]
-                record(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=done_step, seed=seed,
-                                condition=cond, sha256=weights_sha256(out), source="built"))
-                rep.built.append(aid)
-                progress.log(f"{aid}: saved (loss {lv:.4f})")
-    rep.seconds = time.perf_counter() - t0
+
+    def saved(step: int, k: int, mods: dict, loss: float) -> None:
+        aid = ids[k]
+        out = zoo.folder / "adapters" / aid
+        prov = provenance("zoo build", resolved.to_dict(), task=task, run=unit.run, step=step, seed=seed,
+                          loss=loss, build_spec=spec, task_definition=trained_on)
+        save_adapter(out, mods, alpha=lc.alpha, base_model=cfg.model.base, provenance=prov, force=True)
+        cond = [r.prompt for r in task_def.sample("train", zc.condition_prompts, seed=f"{seed}-{step}")]
+        record(ZooEntry(id=aid, path=f"adapters/{aid}", task=task, step=step, seed=seed,
+                        condition=cond, sha256=weights_sha256(out), source="built"))
+        rep.built.append(aid)
+        progress.log(f"{aid}: saved (loss {loss:.4f})")
+
+    run = train_trajectory(model, tok, examples, task=task, zc=zc, lc=lc, seed=seed, checkpoints=ckpts, done=done,
+                           states=[state_dir / f"{aid}.pt" for aid in ids], on_checkpoint=saved, progress=progress,
+                           label=f"zoo {task}" + (f" r{unit.run}" if unit.run else ""))
+    rep.steps_run, rep.resumed_from, rep.seconds = run.steps_run, run.resumed_from, run.seconds
     rep.skipped = [i for i, d in zip(ids, done) if d and i not in rep.built]
     return rep
 
@@ -699,21 +608,6 @@ def _training_target(task_def, form) -> dict[str, Any]:
 
     d = {k: v for k, v in task_def.definition().items() if k != "description"}
     return {**d, "form": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(form).items()}}
-
-
-def _batch_indices(seed: int, step: int, bs: int, n: int) -> list[int]:
-    """Rows of ``step``'s batch: epochs are seeded permutations, so any step is reproducible alone."""
-    import torch
-
-    out = []
-    pos = step * bs
-    while len(out) < bs:
-        epoch, off = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        take = min(bs - len(out), n - off)
-        out.extend(perm[off : off + take].tolist())
-        pos += take
-    return out
 
 
 # --------------------------------------------------------------------------- add
