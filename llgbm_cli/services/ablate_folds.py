@@ -42,6 +42,7 @@ class AblateFoldsResult:
     summary: list[dict[str, Any]] = field(default_factory=list)  # one per cell x method, across folds
     ran: list[str] = field(default_factory=list)  # "<cell>/<fold>" run by this call
     files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # cells' methods the base cell does not evaluate
     is_main: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +132,10 @@ def run_ablate_folds(
                           {n: [m for m in r.methods if m not in REFERENCES] for n, r in runs.items()},
                           result.folds, resolved.config.project.seed)
     result.summary = summarize(result.rows)
+    for name, run in runs.items():
+        result.notes += [f"{name}: {m} is not evaluated in the base cell, so it is not compared here; its own "
+                         f"tests against base and mean-delta are in {run.out}/results.md"
+                         for m in run.methods if m not in REFERENCES and m not in base_methods]
     result.files = write_comparison(out, result)
     return result
 
@@ -160,8 +165,7 @@ def compare(base: Path, cells: dict[str, Path], methods: dict[str, list[str]], f
                                  f"({folder} vs {base}); both must use the same eval.test_sample and seed")
             for m in methods[name]:
                 if m not in qb["methods"]:
-                    raise InputError(f"cell {name}: method {m} is not in the base cell {base} (fold {k}); "
-                                     "evaluate it there too (ablation.base_cv or --method)")
+                    continue  # nothing to pair it with: see not_compared
                 a, b = q["methods"][m], qb["methods"][m]
                 t = paired_test(a, b, resamples=RESAMPLES, seed=seed, level=LEVEL)
                 rows.append({"cell": name, "method": m, "fold": k, "n_questions": len(a),
@@ -215,7 +219,8 @@ def comparison_md(r: AblateFoldsResult) -> str:
         md.append(f"| {x['cell']} | {x['method']} | {x['fold']} | {x['n_questions']} | {fmt(x['accuracy'])} | "
                   f"{fmt(x['base_accuracy'])} | {signed(x['diff'])} [{signed(x['low'])}, {signed(x['high'])}] | "
                   f"{fmt(x['p'], 3)} ({fmt(x['p_holm'], 3)}) |")
-    md += ["", "Each cell's own tables: " + "; ".join(f"{c['cell']}: {c['folder']}/results.md" for c in r.cells), ""]
+    md += [""] + [f"- {n}" for n in r.notes] + ([""] if r.notes else [])
+    md += ["Each cell's own tables: " + "; ".join(f"{c['cell']}: {c['folder']}/results.md" for c in r.cells), ""]
     return "\n".join(md)
 
 
@@ -225,7 +230,7 @@ def write_comparison(out: Path, r: AblateFoldsResult) -> dict[str, str]:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", clean({"folds": r.folds, "cells": r.cells, "rows": r.rows,
-                                                      "summary": r.summary}))
+                                                      "summary": r.summary, "notes": r.notes}))
     atomic_write_text(out / "comparison.csv", rows_csv(clean(r.rows), FIELDS))
     atomic_write_text(out / "comparison.md", comparison_md(r))
     return {"json": str(out / "comparison.json"), "csv": str(out / "comparison.csv"), "md": str(out / "comparison.md")}
