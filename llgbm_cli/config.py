@@ -3,7 +3,9 @@
 Every section is a pydantic model with ``extra="forbid"``; each field carries its help text
 (used to generate docs/config.md). Defaults are the original plans' values; the shipped
 ``llgbm.toml`` is the CPU-sized profile of the built-in world, so a plan value is always one
-key away. Validation runs once and reports every problem as ``section.key: message``.
+key away. Validation runs once on every load (field rules, task names, merge options, cross-field
+rules, ablation values, and the names checked against their registries: see ``registries.py``) and
+reports every problem as ``section.key: message``, or under the flag that gave the value.
 """
 
 from __future__ import annotations
@@ -732,15 +734,18 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
         _set_dotted(data, k, v)
     problems = list(bad_flags)
     cfg = None
+    refused: list[str] = []  # the dotted keys pydantic refused
     try:
         cfg = LlgbmConfig.model_validate(data)
     except ValidationError as e:
         problems.extend(_format_errors(e))
+        refused = [".".join(str(x) for x in err["loc"]) for err in e.errors()]
     problems.extend(_dataset_checks(data, cfg, used_path or p))
     problems.extend(_merge_checks(data))
     if cfg is not None:
         problems.extend(_semantic_checks(cfg))
         problems.extend(_ablation_checks(cfg))
+    problems.extend(_registry_checks(data, refused))
     labels = {k: (flags or {}).get(k) or f"--set {k}={_toml_value(v)}" for k, v in overrides.items()}
     inherited = {k: f.name for k, f in (files or {}).items() if used_path is not None and f != used_path}
     if problems:
@@ -833,6 +838,28 @@ def _merge_checks(data: dict) -> list[str]:
     except (ValidationError, TypeError):
         return []
     return [f"merge.{k}: {m}" for k, m in option_problems(section.model_dump())]
+
+
+def _registry_checks(data: dict, refused: list[str]) -> list[str]:
+    """The names the config gives (generators, index kind, merge strategy, eval methods), checked
+    against their registries (``registries.py``) on the values as given, so they are reported beside
+    pydantic's errors; a value pydantic refused is not checked again."""
+    from . import registries  # imported on load, not with this module; no registry it reads imports torch
+
+    def value(key: str) -> Any:
+        if any(r == key or r.startswith(key + ".") or key.startswith(r + ".") for r in refused):
+            return None
+        cur: Any = data
+        for part in key.split("."):
+            if not isinstance(cur, dict):
+                return None
+            if part not in cur:  # left out: its default
+                *parents, leaf = key.split(".")
+                return _model_at(tuple(parents)).model_fields[leaf].get_default(call_default_factory=True)
+            cur = cur[part]
+        return cur
+
+    return registries.problems(value)
 
 
 def _semantic_checks(cfg: LlgbmConfig) -> list[str]:

@@ -18,13 +18,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from .errors import InputError
 from .workdir import made_by
 from .io import atomic_dir, atomic_write_json
+
+if TYPE_CHECKING:  # numpy is imported where it is used: every config load reads KINDS (registries.py)
+    import numpy as np
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
@@ -146,6 +147,8 @@ def params_from_config(section) -> dict[str, Any]:
 
 def normalize_rows(x) -> np.ndarray:
     """A float32, C-contiguous, L2-normalized copy (zero rows stay zero instead of NaN)."""
+    import numpy as np
+
     x = np.array(x, dtype=np.float32, copy=True, order="C")
     if x.ndim == 1:
         x = x[None, :]
@@ -156,6 +159,8 @@ def normalize_rows(x) -> np.ndarray:
 
 def matrix_fingerprint(ids: list[str], matrix: np.ndarray) -> str:
     """Content hash of the rows an index was built from (to detect a cache changed since)."""
+    import numpy as np
+
     h = hashlib.sha256()
     h.update(json.dumps(list(ids)).encode())
     h.update(np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
@@ -172,6 +177,8 @@ def source_value(header: Optional[dict], what: str) -> Any:
 def training_rows(n: int, limit: int, index, seed: int) -> np.ndarray:
     """Sorted row numbers of a seeded training sample: at most ``limit`` rows (0: all of them), but never
     fewer than the index's k-means needs (one point per IVF list, 256 per PQ codebook)."""
+    import numpy as np
+
     need = int(getattr(index, "nlist", 1))
     if "PQ" in type(index).__name__:
         need = max(need, 2**PQ_BITS)
@@ -258,6 +265,8 @@ class DeltaIndex:
         seed: int = 0,
     ) -> "DeltaIndex":
         """Build an index over the rows of ``matrix`` [N, D] (normalized here; the input is not changed)."""
+        import numpy as np
+
         _faiss()  # a clear error before any work when FAISS is missing
         spec = get_kind(kind)
         matrix = np.asarray(matrix)
@@ -352,6 +361,8 @@ class DeltaIndex:
 
         ``k`` is clamped to the index size (k' = min(k, len)); queries are normalized here.
         """
+        import numpy as np
+
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -479,6 +490,8 @@ def _short(v: Any) -> str:
 
 def brute_force(matrix, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The NumPy reference: exact cosine top-k (scores, rows), best first."""
+    import numpy as np
+
     x = normalize_rows(matrix)
     q = normalize_rows(queries)
     sims = q @ x.T

@@ -1,16 +1,18 @@
 """Config values checked against the registries they name, before anything runs.
 
-``llgbm config validate`` (and every command's config load through it) reports each unknown name
-as ``section.key: …`` with the valid names listed: generators (``train.*.generator`` and their
-``generator_options``), index kinds (``index.kind``), merge strategies (``retrieve.merge_strategy``;
-``merge.strategy`` is checked by the config model itself); eval methods (``eval.methods``) are
-checked by the eval method registry, which ``config validate`` asks too.
+Every config load (``load_config``, ``ResolvedConfig.with_overrides``) runs :func:`problems` with the
+config's other checks, so a command reports each unknown name with the rest, as ``section.key: …``
+with the valid names listed: generators (``train.*.generator`` of each generating trained method, and
+its ``generator_options``), index kinds (``index.kind``), merge strategies (``retrieve.merge_strategy``;
+``merge.strategy`` is checked by the config model itself) and eval methods (``eval.methods``, by the
+eval method registry's own rule). Each registry is imported here only when a config is checked, and
+none of them imports torch: a generator's options are read from its source until its module is loaded.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import InputError
 from .training.methods import sections
@@ -23,13 +25,9 @@ def _unknown(what: str, name: str, valid: list[str]) -> str:
 
 def generator_option_problem(name: str, options: dict[str, Any]) -> Optional[str]:
     """What is wrong with a generator's options (None when they fit its constructor)."""
-    import inspect
+    from .generators import option_names
 
-    from .generators import get_generator_class
-
-    cls = get_generator_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    valid = [p for p in params if p not in ("self", "tokenizer", "cond_dim")]
+    valid = option_names(name)
     bad = [k for k in options if k not in valid]
     if bad:
         return f"unknown option(s) {', '.join(bad)} for generator {name!r}; valid: {', '.join(valid)}"
@@ -47,24 +45,51 @@ def check_generator(section: str, name: str, options: dict[str, Any]) -> None:
         raise InputError(f"train.{section}.generator_options: {problem}")
 
 
-def problems(config) -> list[str]:
-    """Every registry name in ``config`` that does not resolve, as ``section.key: message``."""
+def problems(value: Callable[[str], Any]) -> list[str]:
+    """Every registry name of a config that does not resolve, as ``section.key: message``.
+
+    ``value(key)`` is the value of a dotted key (its default where the config leaves it out), or None
+    where that value is already refused (a wrong type): the names are checked on the values as given,
+    so they are reported beside the config's type errors."""
     from .generators import generator_names
     from .index import KINDS
     from .merging import STRATEGIES
 
     out: list[str] = []
     for section in sections(generating=True):
-        sec = getattr(config.train, section)
-        if sec.generator not in generator_names():
-            out.append(f"train.{section}.generator: " + _unknown("generator", sec.generator, generator_names()))
-        elif sec.generator_options:
-            problem = generator_option_problem(sec.generator, sec.generator_options)
+        name, options = value(f"train.{section}.generator"), value(f"train.{section}.generator_options")
+        if name is None:
+            continue
+        if name not in generator_names():
+            out.append(f"train.{section}.generator: " + _unknown("generator", name, generator_names()))
+        elif options:
+            problem = generator_option_problem(name, options)
             if problem:
                 out.append(f"train.{section}.generator_options: {problem}")
-    if config.index.kind not in KINDS:
-        out.append("index.kind: " + _unknown("index kind", config.index.kind, list(KINDS)))
-    if config.retrieve.merge_strategy not in STRATEGIES:
-        out.append("retrieve.merge_strategy: " + _unknown("merge strategy", config.retrieve.merge_strategy,
-                                                          list(STRATEGIES)))
+    kind, strategy, methods = value("index.kind"), value("retrieve.merge_strategy"), value("eval.methods")
+    if kind is not None and kind not in KINDS:
+        out.append("index.kind: " + _unknown("index kind", kind, list(KINDS)))
+    if strategy is not None and strategy not in STRATEGIES:
+        out.append("retrieve.merge_strategy: " + _unknown("merge strategy", strategy, list(STRATEGIES)))
+    return out + (method_problems(list(methods)) if methods is not None else [])
+
+
+def method_problems(methods: list[str], key: str = "eval.methods") -> list[str]:
+    """Every method name in ``methods`` that the eval method registry refuses (``key: name: message``),
+    and any named twice."""
+    from .services.eval_methods import check_name, valid_methods  # torch-free
+
+    if not methods:
+        return [f"{key}: give at least one method; valid: {valid_methods()}"]
+    out: list[str] = []
+    seen: set[str] = set()
+    for m in methods:
+        try:
+            m = check_name(m, flag=f"{key}:")  # its message is "<flag> <name>: ..."
+        except InputError as e:
+            out.append(e.message)
+            continue
+        if m in seen:
+            out.append(f"{key}: {m}: given twice")
+        seen.add(m)
     return out

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
+from .common import console, emit, force_option, out_option, overrides_from, progress, set_option, state, with_flags
 
 
 def render_ablate(r: dict) -> None:
@@ -92,7 +92,7 @@ def ablate_cmd(
             raise typer.BadParameter("cannot be combined with --dry-run", param_hint="--folds")
         from ..services.ablate_folds import run_ablate_folds
 
-        resolved = state(ctx).load_config({**ov, **given({"ablation.total_steps": steps})})
+        resolved = state(ctx).load_config(*with_flags(ov, {"ablation.total_steps": ("--steps", steps)}))
         if resolved.config.ablation.total_steps is not None:  # every cell's, the base cell's too
             ov["train.multitask.total_steps"] = resolved.config.ablation.total_steps
         with progress(ctx) as rep:
@@ -104,7 +104,7 @@ def ablate_cmd(
     clash = [f for f, v in (("--method", method), ("--out", out), ("--force", force)) if v]
     if clash:
         raise typer.BadParameter("only with --folds", param_hint=clash[0])
-    resolved = state(ctx).load_config({**ov, **given({"ablation.total_steps": steps})})
+    resolved = state(ctx).load_config(*with_flags(ov, {"ablation.total_steps": ("--steps", steps)}))
     with progress(ctx) as rep:
         result = run_ablate(resolved, cells=cell, dry_run=dry_run, overrides=ov, progress=rep)
     if not result.is_main:  # under accelerate launch the main process reports

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, given, overrides_from, progress, set_option, state
+from .common import console, emit, overrides_from, progress, set_option, state, with_flags
 
 
 def cache_deltas_cmd(
@@ -29,15 +29,17 @@ def cache_deltas_cmd(
     from ..errors import CheckFailed, InputError
     from ..services.cache_deltas import run_cache_deltas
 
-    overrides = overrides_from(set_)
+    layer_list = None
     if layers is not None:
         try:
-            overrides["delta.layers"] = [int(x) for x in layers.split(",") if x.strip()]
+            layer_list = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
             raise InputError(f"--layers {layers}: expected comma-separated integers, e.g. -1 or 6,-1")
-    overrides.update(given({"probes.source": probes, "probes.count": probe_count, "delta.pool": pool,
-                            "delta.adapters_per_batch": batch}))
-    resolved = state(ctx).load_config(overrides)
+    ov, flags = with_flags(overrides_from(set_), {
+        "delta.layers": ("--layers", layer_list), "probes.source": ("--probes", probes),
+        "probes.count": ("--probe-count", probe_count), "delta.pool": ("--pool", pool),
+        "delta.adapters_per_batch": ("--adapters-per-batch", batch)})
+    resolved = state(ctx).load_config(ov, flags=flags)
     with progress(ctx) as rep:
         result = run_cache_deltas(resolved, adapters=adapters, rebuild=rebuild, progress=rep)
     if not result.is_main:

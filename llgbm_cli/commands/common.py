@@ -83,7 +83,10 @@ def overrides_from(sets: Optional[list[str]]) -> dict:
     return dict(parse_override(s) for s in (sets or []))
 
 
-def given(values: dict) -> dict:
-    """Keep only the flags the user gave (not None), so they override --set and file values
-    without wiping them when absent."""
-    return {k: v for k, v in values.items() if v is not None}
+def with_flags(overrides: dict, values: dict[str, tuple[str, Any]]) -> tuple[dict, dict[str, str]]:
+    """``overrides`` with the flags the user gave on top (``values``: config key -> (flag, value); a
+    value of None is a flag not given, so the ``--set`` and file values stay), and the flag behind each
+    key they set, for ``load_config(..., flags=...)``: a problem with such a value names the flag the
+    user typed (``--steps: ...``), not ``--set train.multitask.total_steps=0``."""
+    given = {k: fv for k, fv in values.items() if fv[1] is not None}
+    return {**overrides, **{k: v for k, (_, v) in given.items()}}, {k: flag for k, (flag, _) in given.items()}

@@ -9,7 +9,7 @@ import typer
 
 from ..services.eval_methods import fixed_names
 from ..training.methods import TRAINED
-from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
+from .common import console, emit, force_option, out_option, overrides_from, progress, set_option, state, with_flags
 
 
 def render_eval(r: dict) -> None:
@@ -78,8 +78,8 @@ def eval_cmd(
 
     from ..services.eval import enforce_checks, run_eval
 
-    ov = overrides_from(set_)
-    ov.update(given({"eval.test_sample": test_sample, "eval.strict": strict or None}))
+    ov, flags = with_flags(overrides_from(set_), {"eval.test_sample": ("--test-sample", test_sample),
+                                                  "eval.strict": ("--strict", strict or None)})
     given_checkpoints = {m: checkpoints.get(_checkpoint_param(m)) for m in TRAINED}
     if folds is not None:
         clash = [f for f, v in (("--holdout", holdout), ("--task", task),
@@ -88,8 +88,8 @@ def eval_cmd(
         if clash:
             raise typer.BadParameter(f"cannot be combined with {', '.join(clash)} (each fold holds out its own task "
                                      "and trains its own checkpoints)", param_hint="--folds")
-        return _cv(ctx, folds, method, out, force, ov)
-    resolved = state(ctx).load_config(ov)
+        return _cv(ctx, folds, method, out, force, ov, flags)
+    resolved = state(ctx).load_config(ov, flags=flags)
     cks = {m: Path(v) for m, v in given_checkpoints.items() if v}
     with progress(ctx) as rep:
         result = run_eval(resolved, methods=method, tasks=task, holdout=holdout, out=out, force=force,
@@ -130,10 +130,10 @@ def render_cv(r: dict) -> None:
             f"{r['out']}/folds/<fold>/questions.json")
 
 
-def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict) -> None:
+def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict, flags: dict) -> None:
     from ..services.cv import run_cv
 
-    resolved = state(ctx).load_config(ov)
+    resolved = state(ctx).load_config(ov, flags=flags)
     with progress(ctx) as rep:
         result = run_cv(resolved, folds=folds, methods=method, out=out, force=force, overrides=ov, progress=rep)
     if not result.is_main:  # under accelerate launch the main process reports and writes

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, given, overrides_from, progress, set_option, state
+from .common import console, emit, force_option, overrides_from, progress, set_option, state, with_flags
 
 index_app = typer.Typer(help="Build and inspect the delta-space retrieval index.", no_args_is_help=True)
 
@@ -22,7 +22,8 @@ def build_cmd(
     """Index the cached deltas of the zoo's adapters (L2-normalized, inner product = cosine) under <workdir>/index."""
     from ..services.index import build_index
 
-    resolved = state(ctx).load_config({**overrides_from(set_), **given({"index.kind": kind, "index.device": device})})
+    ov, flags = with_flags(overrides_from(set_), {"index.kind": ("--kind", kind), "index.device": ("--device", device)})
+    resolved = state(ctx).load_config(ov, flags=flags)
     with progress(ctx) as rep:
         result = build_index(resolved, force=force, progress=rep)
 

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import InputError
 from ..merging import OPTIONS  # torch-free
-from .common import console, emit, given, progress, state
+from .common import console, emit, progress, state, with_flags
 from .config import SET_HELP, overrides_from
 
 
@@ -91,13 +91,12 @@ def merge_cmd(
         raise InputError("name the adapters to merge (folders or zoo ids), or pass --list")
     if out is None:
         raise InputError("--out DIR is required: the folder the merged adapter is written to")
-    overrides = overrides_from(set_)
     # every [merge] key's flag, by option name (ctx.params holds each parameter's value as typed)
     values = {**{name: ctx.params[name] for name, o in OPTIONS.items() if o.key},
               "rank": _parse_rank(rank), "full_model": full_model or None}
-    flagged = given({f"merge.{name}": v for name, v in values.items()})
-    overrides.update(flagged)
-    resolved = state(ctx).load_config(overrides, flags={k: FLAGS[k] for k in flagged})
+    overrides, flags = with_flags(overrides_from(set_),
+                                  {f"merge.{n}": (FLAGS[f"merge.{n}"], v) for n, v in values.items()})
+    resolved = state(ctx).load_config(overrides, flags=flags)
     from ..services.merge import merge_options, merge_to_folder
 
     w = _parse_weights(weights)

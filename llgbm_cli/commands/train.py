@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, given, out_option, overrides_from, progress, set_option, state
+from .common import console, emit, force_option, out_option, overrides_from, progress, set_option, state, with_flags
 
 train_app = typer.Typer(help="Train LoRA generators (multitask; delta-only variants).", no_args_is_help=True)
 
@@ -66,10 +66,11 @@ def multitask_cmd(
     """Train a generator on teacher weights plus the delta loss (behavioral matching)."""
     from ..services.train_multitask import train_multitask
 
-    ov = overrides_from(set_)
-    ov.update(given({"train.multitask.total_steps": steps, "train.multitask.generator": generator,
-                     "train.multitask.lambda_delta": lambda_delta, "train.multitask.learning_rate": lr}))
-    resolved = state(ctx).load_config(ov)
+    ov, flags = with_flags(overrides_from(set_), {
+        "train.multitask.total_steps": ("--steps", steps), "train.multitask.generator": ("--generator", generator),
+        "train.multitask.lambda_delta": ("--lambda-delta", lambda_delta),
+        "train.multitask.learning_rate": ("--lr", lr)})
+    resolved = state(ctx).load_config(ov, flags=flags)
     if dry_run:
         return _dry_run(ctx, resolved, "multitask")
     with progress(ctx) as rep:
@@ -94,9 +95,9 @@ def delta_only_cmd(
     """Train from deltas alone: B1 a LoRA generator (DeltaOnlyLoss), B2 a text -> delta predictor."""
     from ..services.train_delta_only import train_b2
 
-    ov = overrides_from(set_)
-    ov.update(given({"train.delta_only.variant": variant, "train.delta_only.generator": generator}))
-    resolved = state(ctx).load_config(ov)
+    ov, flags = with_flags(overrides_from(set_), {"train.delta_only.variant": ("--variant", variant),
+                                                  "train.delta_only.generator": ("--generator", generator)})
+    resolved = state(ctx).load_config(ov, flags=flags)
     if dry_run:
         return _dry_run(ctx, resolved, "delta-only")
     if resolved.config.train.delta_only.variant == "b2":
@@ -105,13 +106,15 @@ def delta_only_cmd(
 
             raise InputError("--resume: B2 trains in one short run without checkpoints; retrain with --force")
         if epochs is not None:
-            resolved = state(ctx).load_config({**ov, "train.delta_only.predictor_epochs": epochs})
+            key = "train.delta_only.predictor_epochs"
+            resolved = state(ctx).load_config({**ov, key: epochs}, flags={**flags, key: "--epochs"})
         with progress(ctx) as rep:
             result = train_b2(resolved, force=force, out_dir=out, progress=rep)
         emit(ctx, result, _render_b2)
         return
     if epochs is not None:
-        resolved = state(ctx).load_config({**ov, "train.delta_only.epochs": epochs})
+        key = "train.delta_only.epochs"
+        resolved = state(ctx).load_config({**ov, key: epochs}, flags={**flags, key: "--epochs"})
     from ..services.train_delta_only import train_b1
 
     with progress(ctx) as rep:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, emit, force_option, given, overrides_from, progress, set_option, state
+from .common import console, emit, force_option, overrides_from, progress, set_option, state, with_flags
 
 zoo_app = typer.Typer(help="Teacher LoRA zoo: build trajectories, register adapters, score them.",
                       no_args_is_help=True)
@@ -36,10 +36,10 @@ def build_cmd(
     """
     from ..services.zoo import build_zoo
 
-    task_list = _split(tasks)
-    resolved = state(ctx).load_config({**overrides_from(set_), **given({"zoo.tasks": task_list, "zoo.steps": steps,
-                                                                        "zoo.checkpoints": checkpoints})},
-                                      flags={"zoo.tasks": "--tasks", "zoo.steps": "--steps", "zoo.checkpoints": "--checkpoints"})
+    ov, flags = with_flags(overrides_from(set_), {"zoo.tasks": ("--tasks", _split(tasks)),
+                                                  "zoo.steps": ("--steps", steps),
+                                                  "zoo.checkpoints": ("--checkpoints", checkpoints)})
+    resolved = state(ctx).load_config(ov, flags=flags)
     with progress(ctx) as rep:
         result = build_zoo(resolved, force=force, progress=rep)
     if not result.is_main:
@@ -98,8 +98,9 @@ def score_cmd(
     """Each task's metric for the base model and every teacher on a seeded held-out sample of its task."""
     from ..services.zoo import score_zoo
 
-    resolved = state(ctx).load_config({**overrides_from(set_),
-                                       **given({"data.test_sample": test_sample, "data.scoring": scoring})})
+    ov, flags = with_flags(overrides_from(set_), {"data.test_sample": ("--test-sample", test_sample),
+                                                  "data.scoring": ("--scoring", scoring)})
+    resolved = state(ctx).load_config(ov, flags=flags)
     with progress(ctx) as rep:
         report = score_zoo(resolved, tasks=_split(tasks), checkpoints=checkpoints, split=split, progress=rep)
 

@@ -58,6 +58,49 @@ def get_generator_class(name: str):
     return _REGISTRY[name]
 
 
+# Constructor parameters that are not options: the token layout and the condition width come from the run.
+_NOT_OPTIONS = ("self", "tokenizer", "cond_dim")
+
+
+def option_names(name: str) -> list[str]:
+    """The keyword options of generator ``name`` (its constructor's parameters, less the token layout
+    and the condition width). A built-in whose module is not imported yet is read from its source, so
+    a config is checked without importing torch."""
+    import inspect
+
+    if name not in _REGISTRY and name in _BUILTIN:
+        params = _source_params(*_BUILTIN[name].split(":"))
+        if params is not None:
+            return [p for p in params if p not in _NOT_OPTIONS]
+    params = inspect.signature(get_generator_class(name).__init__).parameters
+    return [p for p in params if p not in _NOT_OPTIONS]
+
+
+def _source_params(module: str, cls: str) -> list[str] | None:
+    """The parameter names of ``cls.__init__`` as written in ``module``'s source; None when it is not
+    written there plainly (inherited, or taking ``*args``/``**kwargs``)."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return None
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):  # no source to read: the caller imports it instead
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    a = item.args
+                    if a.vararg or a.kwarg:
+                        return None
+                    return [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    return None
+
+
 def build_generator(name: str, tokenizer, cond_dim: int, options: dict[str, Any] | None = None):
     """Instantiate generator ``name`` for a token layout and a condition width.
 
@@ -69,7 +112,7 @@ def build_generator(name: str, tokenizer, cond_dim: int, options: dict[str, Any]
     cls = get_generator_class(name)
     options = dict(options or {})
     params = inspect.signature(cls.__init__).parameters
-    valid = [p for p in params if p not in ("self", "tokenizer", "cond_dim")]
+    valid = [p for p in params if p not in _NOT_OPTIONS]
     bad = [k for k in options if k not in valid]
     if bad:
         raise InputError(

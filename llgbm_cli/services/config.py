@@ -40,21 +40,11 @@ def _dotted(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def validate(path: Optional[str], overrides: Optional[dict[str, Any]] = None, explicit: bool = False,
              models: bool = True) -> ResolvedConfig:
-    """Load and validate, names included: every generator, index kind, merge strategy and eval method
-    the config names must be registered; with ``models``, the models must resolve and the LoRA target
-    modules exist (:func:`model_problems`). Raises ConfigError listing every problem."""
-    from ..errors import InputError
-    from ..registries import problems
-    from .eval_methods import check_methods
-
+    """Load and validate: every load checks the names a config gives (generators, index kinds, merge
+    strategies, eval methods) against their registries; with ``models``, the models must resolve and
+    the LoRA target modules exist too (:func:`model_problems`). Raises ConfigError listing every problem."""
     resolved = load_config(path, overrides, explicit=explicit)
-    found = problems(resolved.config)
-    try:
-        check_methods(list(resolved.config.eval.methods), flag="eval.methods")
-    except InputError as e:
-        found.append(e.message)
-    if models:
-        found += model_problems(resolved.config)
+    found = model_problems(resolved.config) if models else []
     if found:
         raise ConfigError(found, source=str(resolved.path) if resolved.path else None)
     return resolved
