@@ -359,7 +359,8 @@ def test_run_fingerprint_multitask_only_keys_concern_multitask_alone(tmp_path, m
     assert all(run_fingerprint(shared, m) != fp[m] for m in fp)
     assert MULTITASK_ONLY <= set(MultitaskSection.model_fields)
     root = Path(llgbm_cli.__file__).parent
-    for src in (root / "services" / "train_delta_only.py", root / "training" / "trainer.py"):
+    for src in (root / "services" / "train_delta_only.py", root / "training" / "trainer.py",
+                root / "training" / "methods" / "b1.py", root / "training" / "methods" / "b2.py"):
         text = src.read_text()
         read = set(re.findall(r"(?:\bmt|train\.multitask)\.([a-z_]+)", text))
         assert not (read & MULTITASK_ONLY), (src.name, read & MULTITASK_ONLY)

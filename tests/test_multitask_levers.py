@@ -69,7 +69,7 @@ def test_centered_run_records_the_training_mean(tiny_train_project):
     from llgbm_cli.config import load_config
     from llgbm_cli.deltas.cache import DeltaCache
     from llgbm_cli.services.cache_deltas import run_cache_deltas
-    from llgbm_cli.services.train_multitask import delta_mean_of
+    from llgbm_cli.training.methods.multitask import delta_mean_of
 
     resolved = load_config(tiny_train_project)
     run_cache_deltas(resolved)

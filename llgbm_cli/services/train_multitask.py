@@ -1,47 +1,19 @@
 """`llgbm train multitask`: train a LoRA generator on weights and behaviour at once.
 
-Per step: sample ``batch_size`` zoo adapters and, for each, ``condition_prompts`` of its prompts
-(or its task description); the generator produces their LoRAs; the weight loss compares them with
-the teachers (masked token MSE, or MSE on ΔW); on the first ``delta_batch_size`` of them the
-generated LoRA is patched into the frozen base model over the probes *with autograd*, and the
-pooled delta is compared with the teacher's cached delta. ``loss = loss_weights + λ(step) ·
-loss_delta``. Held-out tasks (``holdout_tasks``) are never trained on; their generated-vs-teacher
-delta cosine is measured every ``eval_interval`` steps.
-
-Levers (all off by default): ``loss_balance`` (``gradnorm``: the delta term rescaled to the weight
-term's gradient norm; ``uncertainty``: learned weights ``exp(−s)·L + s``), ``delta_centered`` (the
-delta loss on deltas minus the mean training teacher delta, saved as ``delta_mean.safetensors``
-in every checkpoint) and ``task_weight`` (``+ task_weight · loss_task``, the answer-only
-cross-entropy of the adapter's task's training examples with the generated LoRA applied). The
-formulas are in docs/concepts.md.
+The use case: the run's output folder, model, deltas and zoo (:func:`llgbm_cli.training.trainer.prepare`),
+the objective (:mod:`llgbm_cli.training.methods.multitask`: the losses, the levers, held-out checks) and
+the shared loop with its checkpoints and metrics (:func:`llgbm_cli.training.trainer.finish`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from ..training.trainer import TrainerResult, TrainerSpec, finish, prepare, trainer_call
-
+from ..training.trainer import TrainerResult, TrainerSpec, prepare, run_objective, trainer_call
 
 # Keys that may differ between a checkpoint's config and a resumed run's.
 RESUMABLE = {"total_steps", "save_interval", "log_interval", "eval_interval"}
-
-
-DELTA_MEAN = "delta_mean.safetensors"  # the mean training delta of a delta_centered run, in each checkpoint
-
-
-def delta_mean_of(checkpoint: str | Path):
-    """The mean training delta ``[D]`` a ``delta_centered`` run subtracted (None for other runs)."""
-    p = Path(checkpoint) / DELTA_MEAN
-    if not p.exists():
-        return None
-    from safetensors.torch import load_file
-
-    return load_file(str(p))["mean"]
-
-
-# --------------------------------------------------------------------------- the service
 
 
 def trainer_spec(resolved) -> TrainerSpec:
@@ -68,140 +40,7 @@ def train_multitask(
     ``resume=True`` continues from the latest checkpoint in the output folder; a path continues
     from that checkpoint folder. ``force`` replaces a finished or partial earlier run.
     """
-    import torch
+    from ..training.methods.multitask import objective
 
-    from ..deltas.compute import delta_for_stacked
-    from ..losses import CenteredDeltaLoss, DeltaLoss, MultiTaskLoss, UncertaintyWeights, WeightLoss, gradnorm_scale
-    from ..training import LoopConfig, step_rng
-
-    cfg = resolved.config
-    mt = cfg.train.multitask
     run = prepare(resolved, trainer_spec(resolved), force=force, resume=resume, out_dir=out_dir, progress=progress)
-    model, probes, spec, base, bank, layout = run.model, run.probes, run.delta_spec, run.base, run.bank, run.layout
-    t_deltas, teacher_ab, teacher_tokens, scaling = run.t_deltas, run.teacher_ab, run.teacher_tokens, run.scaling
-    device, n_train, n_all = run.acc.device, run.n_train, len(run.entries)
-    mask = layout.mask(device)
-
-    delta_mean = t_deltas[:n_train].mean(0) if mt.delta_centered else None  # training teachers only
-    if delta_mean is not None:
-        delta_loss = CenteredDeltaLoss(delta_mean, mt.delta_loss_type, mt.delta_normalize)
-    else:
-        delta_loss = DeltaLoss(mt.delta_loss_type, mt.delta_normalize)
-    mtl = MultiTaskLoss(mt.lambda_delta, mt.lambda_schedule, mt.lambda_warmup_steps)
-    rank = run.acc.process_index
-    bs = min(mt.batch_size, n_train)
-    k_delta = min(mt.delta_batch_size, bs)
-
-    weight_loss = WeightLoss(mt.weight_loss, mt.weight_loss_norm, layout, mask, scaling, teacher_tokens, teacher_ab,
-                             n_train, mt.token_weighting, mt.condition_noise / 10)
-    balance = mt.loss_balance
-    uncertainty = UncertaintyWeights().to(device) if balance == "uncertainty" else None
-    task_loss = None
-    if mt.task_weight > 0:
-        from ..training.task_loss import TaskLoss
-
-        task_loss = TaskLoss(resolved, model, run.tokenizer, [e.task for e in run.train_e], mt.task_examples)
-    k_task = max(1, k_delta)
-
-    def balanced(net, lw, ld, lam: float, out: dict[str, Any]):
-        """The weight and delta terms under ``loss_balance`` (``ld`` None: no delta term this step)."""
-        if balance == "gradnorm":
-            if ld is None:
-                out.update(balance_weight_weights=1.0, balance_weight_delta=0.0)
-                return lw
-            c, gw, gd = gradnorm_scale(lw, ld, [p for p in net.parameters() if p.requires_grad])
-            out.update(balance_weight_weights=1.0, balance_weight_delta=lam * c, grad_norm_weights=gw,
-                       grad_norm_delta=gd)
-            return lw + lam * c * ld
-        total = uncertainty.term("weights", lw)
-        if ld is not None:
-            total = total + lam * uncertainty.term("delta", ld)
-        s = uncertainty.log_vars.detach().clone()  # the values this step used (the optimizer updates in place)
-        out.update(balance_weight_weights=uncertainty.weight("weights"),
-                   balance_weight_delta=lam * uncertainty.weight("delta") if ld is not None else 0.0,
-                   uncertainty_s_weights=s[0], uncertainty_s_delta=s[1])
-        return total
-
-    def step_fn(step: int, net):
-        rng = step_rng(cfg.project.seed, step, rank)
-        idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
-        cond = bank.sample(idx.tolist(), rng, device)
-        g = net(cond)
-        lw = weight_loss(g, idx, rng)
-        lam = mtl.lambda_at(step)
-        out: dict[str, Any] = {"loss_weights": lw, "lambda_delta": lam}
-        if k_delta > 0:
-            sub = g.select(slice(0, k_delta))
-            with torch.set_grad_enabled(lam > 0):
-                pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
-            tgt = t_deltas[idx[:k_delta]]
-            ld = delta_loss(pred, tgt)
-            if balance == "none":
-                total, _ = mtl(lw, ld if lam > 0 else None, step)
-            else:
-                total = balanced(net, lw, ld if lam > 0 else None, lam, out)
-            with torch.no_grad():
-                out.update(
-                    loss_delta=ld,
-                    delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
-                    delta_pred_norm=pred.norm(dim=-1).mean(),
-                    delta_target_norm=tgt.norm(dim=-1).mean(),
-                )
-                if delta_mean is not None:
-                    out["delta_centered_cosine_sim"] = torch.nn.functional.cosine_similarity(
-                        pred - delta_mean, tgt - delta_mean, dim=-1).mean()
-        else:
-            total = lw if balance == "none" else balanced(net, lw, None, lam, out)
-        if task_loss is not None:
-            sub_t = g.select(slice(0, k_task))
-            lt = task_loss(sub_t.stacked(), [run.train_e[int(i)].task for i in idx[:k_task]], rng)
-            total = total + mt.task_weight * lt
-            out["loss_task"] = lt
-        out["loss"] = total
-        return out
-
-    def eval_fn(step: int, net) -> dict[str, float]:
-        from ..evaluation.delta_metrics import mean_of, norm_ratio
-
-        res: dict[str, float] = {}
-        groups = [("heldout", list(range(n_train, n_all)))] if run.held_e else []
-        groups.append(("train", list(range(min(n_train, 8)))))
-        with torch.no_grad():
-            for name, ids in groups:
-                preds = []
-                for i in range(0, len(ids), max(1, cfg.delta.adapters_per_batch)):
-                    chunk = ids[i : i + cfg.delta.adapters_per_batch]
-                    g = net(bank.fixed(chunk, device))
-                    preds.append(delta_for_stacked(model, probes, spec, g.stacked(), base))
-                pred = torch.cat(preds)
-                tgt = t_deltas[ids]
-                res[f"{name}_delta_cosine"] = float(torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean())
-                res[f"{name}_delta_norm_ratio"] = mean_of([norm_ratio(a, b) for a, b in zip(pred, tgt)])
-                if delta_mean is not None:
-                    res[f"{name}_delta_centered_cosine"] = float(torch.nn.functional.cosine_similarity(
-                        pred - delta_mean, tgt - delta_mean, dim=-1).mean())
-                if name == "heldout":
-                    # Reference point: predicting the mean training delta for every held-out task.
-                    mean = t_deltas[:n_train].mean(0, keepdim=True).expand_as(tgt)
-                    res["heldout_mean_delta_cosine"] = float(torch.nn.functional.cosine_similarity(mean, tgt, dim=-1).mean())
-        return res
-
-    loop_cfg = LoopConfig(
-        total_steps=mt.total_steps, learning_rate=mt.learning_rate, weight_decay=mt.weight_decay,
-        warmup_steps=mt.warmup_steps, lr_schedule=mt.lr_schedule, max_grad_norm=mt.max_grad_norm,
-        log_interval=mt.log_interval, save_interval=mt.save_interval, eval_interval=mt.eval_interval,
-        mixed_precision=mt.mixed_precision, seed=cfg.project.seed,
-    )
-    extra: dict[str, Any] = {}
-    if delta_mean is not None:
-        from ..io import save_safetensors as save_file
-
-        mean_cpu = delta_mean.detach().float().cpu().contiguous()
-        about = {"file": DELTA_MEAN, "adapters": n_train, "dim": int(mean_cpu.numel()),
-                 "norm": float(mean_cpu.norm())}
-
-        def save_mean(folder: Path) -> None:
-            save_file({"mean": mean_cpu}, str(folder / DELTA_MEAN))
-
-        extra = dict(meta_extra={"delta_mean": about}, save_extra=save_mean, provenance_extra={"delta_mean": about})
-    return finish(run, loop_cfg, step_fn, eval_fn, progress=progress, aux=uncertainty, **extra)
+    return run_objective(run, objective(resolved, run), progress=progress)

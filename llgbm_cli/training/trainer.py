@@ -347,6 +347,23 @@ def _prepare(resolved, spec: TrainerSpec, out: Path, kind: str, lock, *, force: 
         raise
 
 
+@dataclass
+class Objective:
+    """What the shared loop runs for one trainer (its engine in :mod:`llgbm_cli.training.methods`): the
+    step and eval functions, the loop settings and :func:`finish`'s extras."""
+
+    step_fn: Callable[..., dict[str, Any]]
+    eval_fn: Callable[..., dict[str, float]]
+    loop: Any  # training.loop.LoopConfig
+    aux: Optional[Any] = None  # a module trained beside the generator (the uncertainty weights)
+    extra: dict[str, Any] = field(default_factory=dict)  # finish()'s meta_extra, save_extra, provenance_extra, warnings
+
+
+def run_objective(run: Prepared, obj: Objective, *, progress) -> TrainerResult:
+    """:func:`finish` with an :class:`Objective`."""
+    return finish(run, obj.loop, obj.step_fn, obj.eval_fn, progress=progress, aux=obj.aux, **obj.extra)
+
+
 def finish(run: Prepared, loop_cfg, step_fn, eval_fn, *, progress, meta_extra: Optional[dict] = None,
            warnings: Sequence[str] = (), aux=None, save_extra: Optional[Callable[[Path], None]] = None,
            provenance_extra: Optional[dict] = None) -> TrainerResult:
