@@ -71,7 +71,14 @@ def problems(value: Callable[[str], Any]) -> list[str]:
         out.append("index.kind: " + _unknown("index kind", kind, list(KINDS)))
     if strategy is not None and strategy not in STRATEGIES:
         out.append("retrieve.merge_strategy: " + _unknown("merge strategy", strategy, list(STRATEGIES)))
-    return out + (method_problems(list(methods)) if methods is not None else [])
+    out += method_problems(list(methods)) if methods is not None else []
+    ablation = value("ablation.methods")
+    out += method_problems(list(ablation), "ablation.methods") if ablation is not None else []
+    for name, cell in (value("ablation.cells") or {}).items():
+        cell_methods = cell.get("methods") if isinstance(cell, dict) else None
+        if cell_methods:
+            out += method_problems(list(cell_methods), f"ablation.cells.{name}.methods")
+    return out
 
 
 def method_problems(methods: list[str], key: str = "eval.methods") -> list[str]:

@@ -167,3 +167,12 @@ def test_loading_a_config_checks_generator_options_without_torch(tmp_path):
     for name in generator_names():
         params = inspect.signature(get_generator_class(name).__init__).parameters
         assert from_source[name] == [k for k in params if k not in ("self", "tokenizer", "cond_dim")]
+
+
+def test_ablation_methods_and_cell_methods_are_checked_on_load(cli, tmp_path):
+    p = tmp_path / "llgbm.toml"
+    p.write_text('[ablation]\nmethods = ["base", "multitsk"]\n[ablation.cells.x]\nset = {}\nmethods = ["bb1"]\n')
+    r = cli("--project", p, "config", "show")
+    assert r.exit_code == 2
+    assert "ablation.methods: multitsk: unknown method (did you mean 'multitask'?)" in r.stderr
+    assert "ablation.cells.x.methods: bb1: unknown method (did you mean 'b1'?)" in r.stderr
