@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--per-task", type=int, default=6)
     ap.add_argument("--prompts", type=int, default=32, help="condition prompts per task in the built world")
     ap.add_argument("--probes", type=int, default=8, help="generic probes in the built world")
-    ap.add_argument("--epochs", type=int, default=None, help="override train.delta_only.predictor_epochs")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.b2.epochs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -135,7 +135,7 @@ def main() -> None:
     embs = dict(zip([e.id for e in entries], encode_conditions(encoder, [e.condition for e in entries])))
     deltas = {e.id: cache.row(e.id).float() for e in entries}
     task_mean = {t: torch.stack([deltas[e.id] for e in entries if e.task == t]).mean(0) for t in tasks}
-    epochs = args.epochs or do.predictor_epochs
+    epochs = args.epochs or cfg.train.b2.epochs
 
     per_task = {}
     t1 = time.perf_counter()
@@ -143,10 +143,10 @@ def main() -> None:
         train = [e for e in entries if e.task != held]
         test = [e for e in entries if e.task == held]
         res = fit_predictor([embs[e.id] for e in train], torch.stack([deltas[e.id] for e in train]),
-                            hidden=do.predictor_hidden, dropout=do.predictor_dropout,
-                            learning_rate=do.predictor_learning_rate, epochs=epochs,
-                            batch_size=do.predictor_batch_size, prompts_per_condition=do.predictor_condition_prompts,
-                            loss=do.predictor_loss, seed=args.seed, log_interval=epochs)
+                            hidden=cfg.train.b2.hidden, dropout=cfg.train.b2.dropout,
+                            learning_rate=cfg.train.b2.learning_rate, epochs=epochs,
+                            batch_size=cfg.train.b2.batch_size, prompts_per_condition=cfg.train.b2.condition_prompts,
+                            loss=cfg.train.b2.loss, seed=args.seed, log_interval=epochs)
         model = res.model
         with torch.no_grad():
             pred = model(torch.stack([condition_vector(embs[e.id]) for e in test]))
@@ -178,7 +178,7 @@ def main() -> None:
         "tasks": len(tasks),
         "dim": cache.dim,
         "epochs": epochs,
-        "hidden": do.predictor_hidden,
+        "hidden": cfg.train.b2.hidden,
         "cosine": avg("cosine"),
         "mean_delta_cosine": avg("mean_delta_cosine"),
         "top1_nearest_task": avg("top1_nearest_task"),

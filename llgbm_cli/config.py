@@ -11,6 +11,7 @@ reports every problem as ``section.key: message``, or under the flag that gave t
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,15 +315,6 @@ class DeltaOnlySection(Section):
     save_interval: int = Field(500, ge=1, description="Steps between checkpoints.")
     holdout_tasks: list[str] = Field(default_factory=list, description="Tasks left out of training.")
     generator_options: dict[str, Any] = Field(default_factory=dict, description="Generator keyword arguments.")
-    predictor_hidden: int = Field(2048, ge=1, description="DeltaPredictor MLP hidden width (3 linear layers, GELU).")
-    predictor_dropout: float = Field(0.1, ge=0, lt=1, description="DeltaPredictor dropout.")
-    predictor_learning_rate: float = Field(1e-3, gt=0, description="DeltaPredictor learning rate (B2).")
-    predictor_epochs: int = Field(200, ge=1, description="DeltaPredictor epochs (B2).")
-    predictor_loss: Literal["mse", "cosine"] = Field("mse", description="DeltaPredictor loss (B2).")
-    predictor_batch_size: int = Field(32, ge=1, description="Adapters per DeltaPredictor step (B2).")
-    predictor_condition_prompts: int = Field(
-        8, ge=1, description="Condition prompts averaged per adapter per step (B2; a fresh subset every epoch)."
-    )
     condition_prompts: int = Field(8, ge=1, description="Condition prompts sampled per adapter per step (B1).")
     eval_interval: int = Field(50, ge=1, description="Steps between held-out and degeneracy checks (B1).")
     init_from_teachers: bool = Field(
@@ -336,7 +328,22 @@ class DeltaOnlySection(Section):
         0.99, gt=0, le=1, description="Flag diversity collapse when generated adapters of different tasks have a mean "
         "pairwise ΔW cosine above this, while the teachers' is below it (B1)."
     )
-    predictor_val_fraction: float = Field(
+
+
+class B2Section(Section):
+    """The B2 delta predictor's training (`train delta-only --variant b2`); which tasks it is not trained
+    on is ``train.delta_only.holdout_tasks``, shared with B1."""
+
+    hidden: int = Field(2048, ge=1, description="DeltaPredictor MLP hidden width (3 linear layers, GELU).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="DeltaPredictor dropout.")
+    learning_rate: float = Field(1e-3, gt=0, description="DeltaPredictor learning rate (B2).")
+    epochs: int = Field(200, ge=1, description="DeltaPredictor epochs (B2).")
+    loss: Literal["mse", "cosine"] = Field("mse", description="DeltaPredictor loss (B2).")
+    batch_size: int = Field(32, ge=1, description="Adapters per DeltaPredictor step (B2).")
+    condition_prompts: int = Field(
+        8, ge=1, description="Condition prompts averaged per adapter per step (B2; a fresh subset every epoch)."
+    )
+    val_fraction: float = Field(
         0.2, ge=0, lt=1, description="Share of adapters held out for validation when holdout_tasks is empty (B2)."
     )
 
@@ -344,6 +351,7 @@ class DeltaOnlySection(Section):
 class TrainSection(Section):
     multitask: MultitaskSection = Field(default_factory=MultitaskSection)
     delta_only: DeltaOnlySection = Field(default_factory=DeltaOnlySection)
+    b2: B2Section = Field(default_factory=B2Section)
 
 
 class IndexSection(Section):
@@ -714,13 +722,61 @@ def _merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# B2's keys before [train.b2] held them: still read, as the new key, with a one-line notice.
+B2_LEGACY = {f"train.delta_only.predictor_{k}": f"train.b2.{k}" for k in B2Section.model_fields}
+_noticed: set[tuple[str, str]] = set()
+
+
+def _notice_legacy(old: str, where: str) -> None:
+    if (old, where) not in _noticed:  # once per key and source in a process (folds re-resolve the config)
+        _noticed.add((old, where))
+        logging.getLogger(__name__).warning("%s: %s is read as %s; rename it there", where, old, B2_LEGACY[old])
+
+
+def _legacy_moved(data: dict[str, Any], where: str) -> list[str]:
+    """Move ``train.delta_only.predictor_*`` of the file's data to ``[train.b2]``; problems where both are given."""
+    do = (data.get("train") or {}).get("delta_only")
+    problems = []
+    if not isinstance(do, dict):
+        return problems
+    for old, new in B2_LEGACY.items():
+        key = old.rsplit(".", 1)[1]
+        if key in do:
+            b2 = data["train"].setdefault("b2", {})
+            if isinstance(b2, dict) and new.rsplit(".", 1)[1] in b2:
+                problems.append(f"{old}: also given as {new}; keep {new} only")
+            elif isinstance(b2, dict):
+                b2[new.rsplit(".", 1)[1]] = do.pop(key)
+                _notice_legacy(old, where)
+    return problems
+
+
+def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dump as run fingerprints have always read it: ``[train.b2]`` inside ``train.delta_only``
+    as its ``predictor_*`` keys (where they lived when the first runs were fingerprinted), so that a
+    run made then is still recognised."""
+    d = _deep_copy(d)
+    train = d.get("train") or {}
+    if isinstance(train.get("b2"), dict) and isinstance(train.get("delta_only"), dict):
+        train["delta_only"].update({f"predictor_{k}": v for k, v in train.pop("b2").items()})
+    return d
+
+
 def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides: Optional[dict[str, Any]],
              flags: Optional[dict[str, str]] = None, files: Optional[dict[str, Path]] = None) -> ResolvedConfig:
     """Validate the file's data ``raw`` with ``overrides`` (see ``load_config``); ``files`` names the
     file that set each key of ``raw`` (see ``read_project``)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    file_keys = set(_flatten(raw))
+    typed = {}  # new key -> the legacy key the user typed
+    for old in [k for k in overrides if k in B2_LEGACY]:
+        typed[B2_LEGACY[old]] = old
+        overrides[B2_LEGACY[old]] = overrides.pop(old)
+        if flags and old in flags:
+            flags = {**flags, B2_LEGACY[old]: flags[old]}
+        _notice_legacy(old, (flags or {}).get(old) or "--set")
     data = _deep_copy(raw)
+    legacy_problems = _legacy_moved(data, str(used_path or p))
+    file_keys = set(_flatten(data))
     known = set(all_keys())
     bad_flags = []
     for k, v in overrides.items():
@@ -732,7 +788,7 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
             bad_flags.append(f"{k}: unknown key" + (f" (did you mean `{guess[0]}`?)" if guess else ""))
             continue
         _set_dotted(data, k, v)
-    problems = list(bad_flags)
+    problems = list(bad_flags) + legacy_problems
     cfg = None
     refused: list[str] = []  # the dotted keys pydantic refused
     try:
@@ -746,7 +802,7 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
         problems.extend(_semantic_checks(cfg))
         problems.extend(_ablation_checks(cfg))
     problems.extend(_registry_checks(data, refused))
-    labels = {k: (flags or {}).get(k) or f"--set {k}={_toml_value(v)}" for k, v in overrides.items()}
+    labels = {k: (flags or {}).get(k) or f"--set {typed.get(k, k)}={_toml_value(v)}" for k, v in overrides.items()}
     inherited = {k: f.name for k, f in (files or {}).items() if used_path is not None and f != used_path}
     if problems:
         raise _config_error(problems, labels, str(used_path or p), inherited)

@@ -20,7 +20,7 @@ def test_defaults_are_the_plans_values(tmp_path):
     assert (mt.lambda_delta, mt.lambda_schedule, mt.lambda_warmup_steps, mt.delta_loss_type) == (1.0, "linear", 500, "mse")
     do = c.train.delta_only
     assert (do.lora_norm_weight, do.lora_variance_weight, do.logit_kl_weight) == (0.01, 0.001, 0.0)
-    assert (do.predictor_hidden, do.predictor_dropout) == (2048, 0.1)
+    assert (c.train.b2.hidden, c.train.b2.dropout) == (2048, 0.1)
     assert (c.merge.density, c.merge.drop_rate, c.retrieve.top_k) == (0.5, 0.9, 3)
 
 
@@ -195,3 +195,28 @@ def test_a_bad_inherited_value_names_the_file_that_set_it(tmp_path):
     assert msg.startswith(f"{top.resolve()}: 2 problems")
     assert "lora.rank (set in base.toml, which this file extends):" in msg
     assert "\n  zoo.steps:" in msg
+
+
+def test_b2_keys_of_train_delta_only_are_read_as_train_b2_with_a_notice(tmp_path, caplog):
+    """The predictor's settings moved to [train.b2]: train.delta_only.predictor_* (file or --set) are
+    still read, as the new key, with a one-line notice; both at once is an error; run fingerprints see
+    the old layout, so runs made before the move stay valid."""
+    import logging
+
+    from llgbm_cli.config import fingerprint_view, load_config
+
+    p = tmp_path / "llgbm.toml"
+    p.write_text("[train.delta_only]\npredictor_epochs = 7\npredictor_hidden = 16\n")
+    with caplog.at_level(logging.WARNING):
+        r = load_config(p, {"train.delta_only.predictor_dropout": 0.0})
+    assert (r.config.train.b2.epochs, r.config.train.b2.hidden, r.config.train.b2.dropout) == (7, 16, 0.0)
+    said = " ".join(m.getMessage() for m in caplog.records)
+    assert "train.delta_only.predictor_epochs is read as train.b2.epochs" in said
+    assert "train.delta_only.predictor_dropout is read as train.b2.dropout" in said
+    assert r.origin("train.b2.dropout") == "--set train.delta_only.predictor_dropout=0.0"
+    p.write_text("[train.delta_only]\npredictor_epochs = 7\n[train.b2]\nepochs = 9\n")
+    with pytest.raises(ConfigError, match="train.delta_only.predictor_epochs: also given as train.b2.epochs"):
+        load_config(p)
+    view = fingerprint_view(r.to_dict())
+    assert "b2" not in view["train"] and view["train"]["delta_only"]["predictor_epochs"] == 7
+    assert view["train"]["delta_only"]["predictor_val_fraction"] == 0.2

@@ -269,7 +269,7 @@ def test_oracle_candidates_last_per_trajectory():
 def test_b2_fold_trains_its_predictor_and_index_without_the_task(cli, cv_world, tmp_path):
     out = tmp_path / "cvb2"
     r = _run(cli, cv_world, "--folds", "boolq", "-m", "b2", "--test-sample", "4", "--out", out,
-             "--set", "train.delta_only.predictor_epochs=3", "--set", "train.delta_only.predictor_hidden=16")
+             "--set", "train.b2.epochs=3", "--set", "train.b2.hidden=16")
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["methods"] == ["base", "mean-delta", "b2"] and res["trained"] == ["boolq/b2"]

@@ -154,9 +154,9 @@ def test_similarity_weights_clip_negatives():
 def test_text_query_through_b2_finds_the_task(cli, indexed, tmp_path):
     """Real MiniLM encoder: B2 trained on the world, then a task's prompts retrieve that task."""
     project, _ = indexed
-    sets = ["--set", "train.delta_only.predictor_hidden=64", "--set", "train.delta_only.predictor_epochs=60",
-            "--set", "train.delta_only.predictor_val_fraction=0.0", "--set", "train.delta_only.predictor_dropout=0.0",
-            "--set", "train.delta_only.predictor_learning_rate=0.003", "--set", "train.delta_only.predictor_condition_prompts=3"]
+    sets = ["--set", "train.b2.hidden=64", "--set", "train.b2.epochs=60",
+            "--set", "train.b2.val_fraction=0.0", "--set", "train.b2.dropout=0.0",
+            "--set", "train.b2.learning_rate=0.003", "--set", "train.b2.condition_prompts=3"]
     r = _run(cli, project, "train", "delta-only", "--variant", "b2", "--force", *sets)
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)

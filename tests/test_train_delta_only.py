@@ -110,9 +110,11 @@ log_interval = 1
 eval_interval = 6
 save_interval = 6
 condition_prompts = 3
-predictor_hidden = 32
-predictor_epochs = 20
-predictor_dropout = 0.0
+
+[train.b2]
+hidden = 32
+epochs = 20
+dropout = 0.0
 """)
     build_tiny_world(p, tiny[0])
     return p

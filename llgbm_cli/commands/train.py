@@ -85,7 +85,7 @@ def delta_only_cmd(
     variant: Optional[str] = typer.Option(None, "--variant", help="b1 (generator on the delta alone) or b2 "
                                           "(delta predictor); default: train.delta_only.variant."),
     generator: Optional[str] = typer.Option(None, "--generator", help="train.delta_only.generator (B1)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="train.delta_only.epochs (B1) or predictor_epochs (B2)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="train.delta_only.epochs (B1) or train.b2.epochs (B2)."),
     out: Optional[str] = out_option("Output folder (default: <workdir>/train/b1 or b2)."),
     force: bool = ForceOpt,
     resume: bool = ResumeOpt,
@@ -106,7 +106,7 @@ def delta_only_cmd(
 
             raise InputError("--resume: B2 trains in one short run without checkpoints; retrain with --force")
         if epochs is not None:
-            key = "train.delta_only.predictor_epochs"
+            key = "train.b2.epochs"
             resolved = state(ctx).load_config({**ov, key: epochs}, flags={**flags, key: "--epochs"})
         with progress(ctx) as rep:
             result = train_b2(resolved, force=force, out_dir=out, progress=rep)

@@ -95,7 +95,7 @@ def _loss(kind: str, model: DeltaPredictor, cond: torch.Tensor, target: torch.Te
         return F.mse_loss(model.forward_standardized(cond), z)
     if kind == "cosine":
         return (1 - F.cosine_similarity(model(cond), target, dim=-1)).mean()
-    raise InputError(f"train.delta_only.predictor_loss: unknown loss {kind!r}; valid: mse, cosine")
+    raise InputError(f"train.b2.loss: unknown loss {kind!r}; valid: mse, cosine")
 
 
 @torch.no_grad()
@@ -163,7 +163,7 @@ def fit_predictor(
             lv = _loss(loss, model, cond, targets[idx])
             if not torch.isfinite(lv):
                 raise CheckFailed(f"delta predictor loss became {float(lv)} at epoch {epoch}; "
-                                  "lower train.delta_only.predictor_learning_rate")
+                                  "lower train.b2.learning_rate")
             opt.zero_grad(set_to_none=True)
             lv.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -170,9 +170,9 @@ def fold_config(cres) -> dict[str, Any]:
     reads (an ablation cell's settings are overrides of the other sections). That section enters at
     its defaults, less :data:`LATER_KEYS`, as it did before it could hold cells: folds finished then
     stay valid."""
-    from ..config import LlgbmConfig
+    from ..config import LlgbmConfig, fingerprint_view
 
-    d = cres.to_dict()
+    d = fingerprint_view(cres.to_dict())
     d["ablation"] = {k: v for k, v in LlgbmConfig().model_dump(mode="json")["ablation"].items() if k not in LATER_KEYS}
     return d
 
@@ -442,12 +442,14 @@ def run_fingerprint(cfg, method: str, zoo_entries: Iterable[Any] = ()) -> str:
     generator lives in ``train.multitask``; its multitask-only keys count for multitask alone) and the
     zoo's contents, each adapter's id and weights hash (``zoo_entries``): a teacher rebuilt with
     other settings under the same id makes the run stale."""
+    from ..config import fingerprint_view
+
     tm = TRAINED[method]
+    view = fingerprint_view(cfg.model_dump(mode="json"))  # [train.b2] read where runs were first fingerprinted
     return fingerprint({
-        "method": method, "section": getattr(cfg.train, tm.section).model_dump(mode="json"),
-        "multitask": {k: v for k, v in cfg.train.multitask.model_dump(mode="json").items()
-                      if tm.multitask_keys or k not in MULTITASK_ONLY},
-        **{s: getattr(cfg, s).model_dump(mode="json") for s in ("model", "lora", "probes", "delta", "zoo", *tm.reads)},
+        "method": method, "section": view["train"][tm.section],
+        "multitask": {k: v for k, v in view["train"]["multitask"].items() if tm.multitask_keys or k not in MULTITASK_ONLY},
+        **{s: view[s] for s in ("model", "lora", "probes", "delta", "zoo", *tm.reads)},
         "seed": cfg.project.seed,
         "zoo_entries": sorted((e.id, e.sha256 or "") for e in zoo_entries),
     })

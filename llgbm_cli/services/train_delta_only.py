@@ -82,7 +82,7 @@ def train_b2(
     check_output(out, workdir.kind("b2"), force=force, roots=[resolved.workdir, resolved.root],
                  inputs=[workdir.path(resolved, "zoo"), workdir.path(resolved, "deltas")])
     zoo, cache, entries, notes = _pairs(resolved)
-    train, val = split_entries(entries, list(do.holdout_tasks), do.predictor_val_fraction, cfg.project.seed)
+    train, val = split_entries(entries, list(do.holdout_tasks), cfg.train.b2.val_fraction, cfg.project.seed)
     if encoder is None:
         encoder = load_encoder(cfg.model.encoder, device="cpu")
     res, log, seconds = fit(resolved, entries, train, val, cache, encoder, progress)
@@ -93,7 +93,7 @@ def train_b2(
         "base_model": cfg.model.base,
         "cache": {"folder": str(cache.folder), **{k: cache.header.get(k) for k in
                   ("base_model", "base_fingerprint", "probe_fingerprint", "spec", "dim")}},
-        "condition_prompts": do.predictor_condition_prompts,
+        "condition_prompts": cfg.train.b2.condition_prompts,
         "max_text_length": min(max_len, 512),
         "train_ids": [e.id for e in train],
         "val_ids": [e.id for e in val],
@@ -109,7 +109,7 @@ def train_b2(
                                              cache=str(cache.folder), adapters=len(entries)))
     return B2Result(
         path=str(out), adapters=len(entries), train=len(train), validation=len(val),
-        holdout_tasks=list(do.holdout_tasks), epochs=do.predictor_epochs, seconds=round(seconds, 2),
+        holdout_tasks=list(do.holdout_tasks), epochs=cfg.train.b2.epochs, seconds=round(seconds, 2),
         first=log[0] if log else {}, last=log[-1] if log else {}, notes=notes,
     )
 
@@ -128,7 +128,7 @@ def b1_trainer_spec(resolved: ResolvedConfig) -> TrainerSpec:
         generator=do.generator, generator_options=dict(do.generator_options), holdout_tasks=list(do.holdout_tasks),
         condition_mode="prompts", n_prompts=do.condition_prompts, init_from_teachers=do.init_from_teachers,
         generator_preset=do.generator_preset,
-        not_compared=lambda k: k.startswith("predictor_"),  # B2's keys
+        not_compared=lambda k: k.startswith("predictor_"),  # B2's keys in checkpoints made before [train.b2]
         steps_key="epochs",
     )
 

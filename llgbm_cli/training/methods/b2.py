@@ -17,13 +17,13 @@ def fit(resolved, entries, train, val, cache, encoder, progress) -> tuple[Any, l
     from ...generators.predictor import encode_conditions, fit_predictor
 
     cfg = resolved.config
-    do = cfg.train.delta_only
+    b2, do = cfg.train.b2, cfg.train.delta_only
     task = progress.add("b2: encoding condition prompts", total=None)
     max_len = cfg.train.multitask.max_text_length
     embs = encode_conditions(encoder, [e.condition for e in entries], max_length=min(max_len, 512))
     by_id = {e.id: emb for e, emb in zip(entries, embs)}
     targets = lambda es: torch.stack([cache.row(e.id) for e in es]).float()  # noqa: E731
-    progress.update(task, description="b2: training the delta predictor", total=do.predictor_epochs, completed=0)
+    progress.update(task, description="b2: training the delta predictor", total=b2.epochs, completed=0)
     log: list[dict] = []
 
     def on_epoch(epoch: int, rec: dict) -> None:
@@ -34,11 +34,11 @@ def fit(resolved, entries, train, val, cache, encoder, progress) -> tuple[Any, l
     res = fit_predictor(
         [by_id[e.id] for e in train], targets(train),
         val_embs=[by_id[e.id] for e in val], val_targets=targets(val) if val else None,
-        hidden=do.predictor_hidden, dropout=do.predictor_dropout, learning_rate=do.predictor_learning_rate,
-        epochs=do.predictor_epochs, batch_size=do.predictor_batch_size,
-        prompts_per_condition=do.predictor_condition_prompts, loss=do.predictor_loss, seed=cfg.project.seed,
-        log_interval=max(1, min(do.log_interval, do.predictor_epochs)), on_epoch=on_epoch,
+        hidden=b2.hidden, dropout=b2.dropout, learning_rate=b2.learning_rate,
+        epochs=b2.epochs, batch_size=b2.batch_size,
+        prompts_per_condition=b2.condition_prompts, loss=b2.loss, seed=cfg.project.seed,
+        log_interval=max(1, min(do.log_interval, b2.epochs)), on_epoch=on_epoch,
     )
     seconds = time.perf_counter() - t0
-    progress.update(task, completed=do.predictor_epochs)
+    progress.update(task, completed=b2.epochs)
     return res, log, seconds
