@@ -42,11 +42,11 @@ class TrainedMethod:
     what: str  # a few words for messages: "the multitask generator run"
     command: str  # the command that trains it into the work folder: "llgbm train multitask"
     kind: str  # its kind in the output-folder policy: "multitask run"
-    markers: tuple[str, ...]  # files that mark a folder of that kind
     train: Ref  # train(resolved, *, out_dir, force, progress[, resume when final]): one run into out_dir
-    build: Ref  # eval's builder(ctx, method, tasks) -> eval_methods.Built
     checks: Ref  # checks(label, rows, provenance, checkpoint) -> the acceptance checks of a run
     checkpoint_help: str  # help of eval's --<name>-checkpoint
+    markers: tuple[str, ...] = ("checkpoints", "metrics.jsonl", FINAL)  # files that mark a folder of that kind
+    build: Ref = "llgbm_cli.services.eval_methods:generator_adapters"  # eval's builder(ctx, method, tasks) -> Built
     generates: bool = True  # generates LoRA adapters from text: degenerate outputs checked, generator validated
     final: bool = True  # a checkpointed, resumable run whose checkpoint is <run>/final; else the folder itself
     after_train: Optional[Ref] = None  # after_train(resolved, *, force, progress): what follows a run (B2: its index)
@@ -106,20 +106,14 @@ def _b2_fold(fold: str, runs: Path) -> dict[str, Any]:
 # Registration order is the order of eval's method list.
 register(TrainedMethod(
     "multitask", "a multitask generator checkpoint turns the task's condition text into an adapter",
-    section="multitask", what="the multitask generator run", command="llgbm train multitask",
-    kind="multitask run", markers=("checkpoints", "metrics.jsonl", "final"),
-    train="llgbm_cli.services.train_multitask:train_multitask",
-    build="llgbm_cli.services.eval_methods:generator_adapters",
-    checks="llgbm_cli.evaluation.checks:multitask_run_checks",
+    section="multitask", what="the multitask generator run", command="llgbm train multitask", kind="multitask run",
+    train="llgbm_cli.services.train_multitask:train_multitask", checks="llgbm_cli.evaluation.checks:multitask_run_checks",
     checkpoint_help="Generator checkpoint folder for `multitask`.", multitask_keys=True,
 ))
 register(TrainedMethod(
     "b1", "the B1 generator (trained on the delta alone) turns the condition text into an adapter",
-    section="delta_only", what="the B1 generator run", command="llgbm train delta-only --variant b1",
-    kind="B1 run", markers=("checkpoints", "metrics.jsonl", "final"),
-    train="llgbm_cli.services.train_delta_only:train_b1",
-    build="llgbm_cli.services.eval_methods:generator_adapters",
-    checks="llgbm_cli.evaluation.checks:b1_run_checks",
+    section="delta_only", what="the B1 generator run", command="llgbm train delta-only --variant b1", kind="B1 run",
+    train="llgbm_cli.services.train_delta_only:train_b1", checks="llgbm_cli.evaluation.checks:b1_run_checks",
     checkpoint_help="Generator checkpoint folder for `b1`.",
 ))
 register(TrainedMethod(
