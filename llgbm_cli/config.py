@@ -142,6 +142,9 @@ class ZooSection(Section):
         1.0, gt=0, le=1, description="Share of the task's train split each trajectory trains on: run r takes block r "
         "of one seeded permutation of the split, so the runs' records are disjoint while runs x data_fraction <= 1 "
         "(above that the blocks wrap around and `zoo build` says how many records two runs share); 1: all of it.")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="Teacher training precision: `bf16` runs the forward and backward passes under bfloat16 "
+        "autocast with float32 LoRA weights and optimizer state (the device must support bfloat16); `no`: float32.")
     per_task: dict[str, ZooTaskSettings] = Field(
         default_factory=dict, description="`[zoo.per_task.NAME]`: settings of one task's teachers that differ from "
         "these (steps, warmup_steps, checkpoints, learning_rate, batch_size, lr_warmup_steps, weight_decay, "
@@ -751,14 +754,26 @@ def _legacy_moved(data: dict[str, Any], where: str) -> list[str]:
     return problems
 
 
+# Keys added after runs were first fingerprinted, with the value every earlier run had: at that
+# value they are left out of fingerprints, so that the runs made before them are still recognised.
+ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no"}
+
+
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:
     """A config dump as run fingerprints have always read it: ``[train.b2]`` inside ``train.delta_only``
-    as its ``predictor_*`` keys (where they lived when the first runs were fingerprinted), so that a
-    run made then is still recognised."""
+    as its ``predictor_*`` keys (where they lived when the first runs were fingerprinted), and the
+    :data:`ADDED_KEYS` left out at their earlier value, so that a run made then is still recognised."""
     d = _deep_copy(d)
     train = d.get("train") or {}
     if isinstance(train.get("b2"), dict) and isinstance(train.get("delta_only"), dict):
         train["delta_only"].update({f"predictor_{k}": v for k, v in train.pop("b2").items()})
+    for key, earlier in ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        sec = d
+        for part in parents:
+            sec = sec.get(part) if isinstance(sec, dict) else None
+        if isinstance(sec, dict) and sec.get(leaf, earlier) == earlier:
+            sec.pop(leaf, None)
     return d
 
 

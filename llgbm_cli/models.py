@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import InputError
 from .io import atomic_dir, respect_umask_tree
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -60,6 +63,30 @@ def package_dir(module: str) -> Optional[Path]:
 
 
 # --------------------------------------------------------------------------- devices, dtypes
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA device that says so, or a CPU with the
+    avx512_bf16 or AMX-BF16 instructions (elsewhere PyTorch emulates it on the CPU: correct, slower)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def require_bf16(device, key: str) -> None:
+    """Refuse ``key = bf16`` on a CUDA device without bfloat16; on a CPU without it, say it is emulated."""
+    if native_bf16(device):
+        return
+    if device.type == "cuda":
+        raise InputError(f"{key} = bf16: {device} has no bfloat16 support; set it to no (float32)")
+    log.warning("%s = bf16: this CPU has no native bfloat16 (avx512_bf16 or AMX); PyTorch emulates it, "
+                "correct but slower than float32", key)
 
 
 def resolve_device(device: str = "auto") -> "torch.device":

@@ -419,3 +419,28 @@ def test_zoo_separation_reads_the_cache(built, tiny, cli, tmp_path):
     lo = d["raw"]["leave_one_checkpoint_out"]
     assert lo["n"] == 4 and 0 <= lo["accuracy"] <= 1 and set(lo["per_task"]) == {"arc-easy", "boolq"}
     assert d["raw"]["leave_one_trajectory_out"]["n"] == 4
+
+
+def test_bf16_mixed_teachers_keep_float32_weights_and_land_near_float32_ones(tiny_project, tiny, monkeypatch):
+    """zoo.mixed_precision = bf16: the passes run under bfloat16 autocast, the saved LoRA factors are
+    float32, training still lowers nothing to NaN, and the teachers end close to the float32 ones
+    (same seed, same batches); the setting is part of the build spec (a zoo of the other precision is
+    not mixed in) while the default leaves the spec as it was."""
+    import torch
+
+    from llgbm_cli.models import native_bf16
+
+    monkeypatch.chdir(tiny_project.parent)
+    fp = load_config(tiny_project)
+    bf = load_config(tiny_project, {"zoo.mixed_precision": "bf16", "zoo.path": "zoo-bf16"})
+    assert "mixed_precision" not in build_spec(fp, "boolq")["zoo"]
+    assert build_spec(bf, "boolq")["zoo"]["mixed_precision"] == "bf16"
+    for r in (fp, bf):
+        build_zoo(r, tasks=["boolq"], model_and_tokenizer=tiny)
+    a = load_adapter(tiny_project.parent / "runs" / "zoo" / "adapters" / "boolq-s00006")
+    b = load_adapter(tiny_project.parent / "runs" / "zoo-bf16" / "adapters" / "boolq-s00006")
+    for k, m in b.modules.items():
+        assert m.A.dtype == torch.float32 and torch.isfinite(m.A).all() and torch.isfinite(m.B).all()
+        wa, wb = a.modules[k].delta_weight().flatten(), m.delta_weight().flatten()
+        assert torch.nn.functional.cosine_similarity(wa, wb, dim=0) > 0.9, k
+    assert isinstance(native_bf16(torch.device("cpu")), bool)

@@ -139,6 +139,8 @@ def build_spec(resolved, task: Optional[str] = None) -> dict[str, Any]:
     zoo = (c.zoo if task is None else c.zoo.for_task(task)).model_dump(mode="json")
     for k in ("path", "tasks", "condition_prompts", "runs", "per_task"):  # more runs add trajectories, change none
         zoo.pop(k, None)
+    if zoo.get("mixed_precision") == "no":  # the default: zoos built before the key existed match
+        zoo.pop("mixed_precision")
     if zoo.get("data_fraction") == 1.0:  # the default: zoos built before the key existed match
         zoo.pop("data_fraction")
     else:  # runs train on blocks of one permutation (teachers of the earlier independent draws differ)

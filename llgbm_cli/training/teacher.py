@@ -3,7 +3,9 @@
 The LoRA factors start as PEFT initializes them (A Kaiming-uniform, B zero: the adapter starts as a
 no-op), seeded per trajectory; AdamW with a linear learning-rate warm-up; the answer-only loss, whose
 output head runs only where a label is predicted; gradient clipping. Training runs through the
-functional LoRA patch, so the base weights stay untouched and shared. Each batch is a function of the
+functional LoRA patch, so the base weights stay untouched and shared. With ``zoo.mixed_precision =
+"bf16"`` the forward and backward passes run under bfloat16 autocast while the LoRA factors, their
+gradients and AdamW's state stay float32. Each batch is a function of the
 seed and the step alone (epochs are seeded permutations), so a trajectory resumed from a saved state
 continues exactly as it would have run on.
 
@@ -127,6 +129,11 @@ def train_trajectory(
                 break
     run.resumed_from = start or None
 
+    amp = zc.mixed_precision == "bf16"
+    if amp:
+        from ..models import require_bf16
+
+        require_bf16(device, "zoo.mixed_precision")
     N, bs = len(examples), zc.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     trunk = getattr(model, model.base_model_prefix)
@@ -140,11 +147,12 @@ def train_trajectory(
         for step in range(start, zc.steps):
             batch = [examples[i] for i in batch_indices(seed, step, bs, N)]
             ids_t, mask, labels = collate_examples(batch, pad_id, device)
-            hidden = trunk(input_ids=ids_t, attention_mask=mask, use_cache=False).last_hidden_state
-            # Answer-only loss: the head runs only where a label is predicted (a few tokens per row).
-            tgt = labels[:, 1:]
-            sel = tgt != -100
-            logits = head(hidden[:, :-1][sel]).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                hidden = trunk(input_ids=ids_t, attention_mask=mask, use_cache=False).last_hidden_state
+                # Answer-only loss: the head runs only where a label is predicted (a few tokens per row).
+                tgt = labels[:, 1:]
+                sel = tgt != -100
+                logits = head(hidden[:, :-1][sel]).float()
             loss = torch.nn.functional.cross_entropy(logits, tgt[sel])
             opt.zero_grad(set_to_none=True)
             loss.backward()
