@@ -251,7 +251,9 @@ class MultitaskSection(Section):
         100, ge=1, description="Steps between held-out evaluations: delta cosine, norm ratio ‖generated delta‖ / "
         "‖teacher delta‖ (and centered cosine with delta_centered) of the held-out and the first training adapters."
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Training precision (accelerate): `bf16` runs the passes under bfloat16 autocast with float32 "
+        "weights and optimizer state; `fp16` with loss scaling (CUDA); `no`: float32.")
     holdout_tasks: list[str] = Field(default_factory=list, description="Tasks whose adapters are not trained on.")
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the chosen generator (sizes, depth)."
@@ -320,6 +322,9 @@ class DeltaOnlySection(Section):
     generator_options: dict[str, Any] = Field(default_factory=dict, description="Generator keyword arguments.")
     condition_prompts: int = Field(8, ge=1, description="Condition prompts sampled per adapter per step (B1).")
     eval_interval: int = Field(50, ge=1, description="Steps between held-out and degeneracy checks (B1).")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="B1's training precision: `bf16` runs the generator and the probes' forward passes under "
+        "bfloat16 autocast (accelerate), float32 weights and optimizer state; `no`: float32.")
     init_from_teachers: bool = Field(
         True, description="Start the generator's output at the teachers' mean adapter, as multitask does (B1); "
         "false: the generator's own initialization."
@@ -756,7 +761,7 @@ def _legacy_moved(data: dict[str, Any], where: str) -> list[str]:
 
 # Keys added after runs were first fingerprinted, with the value every earlier run had: at that
 # value they are left out of fingerprints, so that the runs made before them are still recognised.
-ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no"}
+ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mixed_precision": "no"}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

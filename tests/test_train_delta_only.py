@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -168,3 +169,26 @@ def test_b2_trains_and_logs_heldout_cosine(cli, world):
     assert (folder / "metrics.jsonl").read_text().count("\n") == 20  # log_interval 1, 20 epochs
     r = cli("-p", world, "train", "delta-only", "--variant", "b2")
     assert r.exit_code == 2 and "--force" in r.stderr
+
+
+def test_b1_and_multitask_train_under_bf16_autocast_with_float32_weights(cli, world, tmp_path):
+    """mixed_precision = bf16 (accelerate's bfloat16 autocast): both generators train with finite losses
+    and keep float32 weights in their checkpoints."""
+    from safetensors.torch import load_file
+
+    for name, args in (("b1", ("train", "delta-only", "--variant", "b1", *B1_FLAGS,
+                               "--set", "train.delta_only.mixed_precision=bf16")),
+                       ("mt", ("train", "multitask", "--steps", "4", "--set", "train.multitask.mixed_precision=bf16",
+                               "--set", "train.multitask.generator=hypernet",
+                               "--set", "train.multitask.generator_options={embed_dim = 16, hidden = 32}",
+                               "--set", "train.multitask.batch_size=3", "--set", "train.multitask.warmup_steps=1",
+                               "--set", "train.multitask.lambda_warmup_steps=1", "--set", "train.multitask.save_interval=4",
+                               "--set", "train.multitask.eval_interval=4"))):
+        out = tmp_path / name
+        r = cli("-p", world, "--json", *args, "--out", out)
+        assert r.exit_code == 0, r.stderr
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses = [v for x in rows for k, v in x.items() if k.startswith("loss")]
+        assert losses and all(math.isfinite(v) for v in losses), name
+        weights = load_file(str(out / "final" / "generator.safetensors"))
+        assert all(t.dtype == torch.float32 for t in weights.values()), name

@@ -127,7 +127,7 @@ def b1_trainer_spec(resolved: ResolvedConfig) -> TrainerSpec:
         command="train delta-only --variant b1", output="b1", section="delta_only", resumable=frozenset(RESUMABLE_B1),
         generator=do.generator, generator_options=dict(do.generator_options), holdout_tasks=list(do.holdout_tasks),
         condition_mode="prompts", n_prompts=do.condition_prompts, init_from_teachers=do.init_from_teachers,
-        generator_preset=do.generator_preset,
+        generator_preset=do.generator_preset, mixed_precision=do.mixed_precision,
         not_compared=lambda k: k.startswith("predictor_"),  # B2's keys in checkpoints made before [train.b2]
         steps_key="epochs",
     )

@@ -104,6 +104,6 @@ def objective(resolved, run) -> Objective:
     loop_cfg = LoopConfig(
         total_steps=total_steps, learning_rate=do.learning_rate, weight_decay=cfg.train.multitask.weight_decay,
         warmup_steps=0, lr_schedule="constant", max_grad_norm=do.max_grad_norm, log_interval=do.log_interval,
-        save_interval=do.save_interval, eval_interval=do.eval_interval, mixed_precision="no", seed=cfg.project.seed,
+        save_interval=do.save_interval, eval_interval=do.eval_interval, mixed_precision=do.mixed_precision, seed=cfg.project.seed,
     )
     return Objective(step_fn, eval_fn, loop_cfg, extra={"meta_extra": {"variant": "b1"}, "warnings": warnings_seen})
