@@ -79,14 +79,15 @@ def native_bf16(device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def require_bf16(device, key: str) -> None:
-    """Refuse ``key = bf16`` on a CUDA device without bfloat16; on a CPU without it, say it is emulated."""
+def require_bf16(device, key: str, value: str = "bf16", instead: str = "no") -> None:
+    """Refuse ``key = value`` (a bfloat16 setting) on a CUDA device without bfloat16, naming ``instead``
+    (the float32 setting); on a CPU without native bfloat16, say that it is emulated."""
     if native_bf16(device):
         return
     if device.type == "cuda":
-        raise InputError(f"{key} = bf16: {device} has no bfloat16 support; set it to no (float32)")
-    log.warning("%s = bf16: this CPU has no native bfloat16 (avx512_bf16 or AMX); PyTorch emulates it, "
-                "correct but slower than float32", key)
+        raise InputError(f"{key} = {value}: {device} has no bfloat16 support; set {key} = {instead} (float32)")
+    log.warning("%s = %s: this CPU has no native bfloat16 (avx512_bf16 or AMX); PyTorch emulates it, "
+                "correct but slower than float32", key, value)
 
 
 def resolve_device(device: str = "auto") -> "torch.device":
@@ -255,6 +256,8 @@ def load_base_model(name: str, dtype: str = "float32", device: str = "auto"):
     path = resolve_model_path(name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dtype == "bfloat16" and dev.type == "cuda":
+        require_bf16(dev, "model.dtype", "bfloat16", "float32")
     _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(path)

@@ -444,3 +444,18 @@ def test_bf16_mixed_teachers_keep_float32_weights_and_land_near_float32_ones(tin
         wa, wb = a.modules[k].delta_weight().flatten(), m.delta_weight().flatten()
         assert torch.nn.functional.cosine_similarity(wa, wb, dim=0) > 0.9, k
     assert isinstance(native_bf16(torch.device("cpu")), bool)
+
+
+def test_bf16_on_a_device_without_it_is_refused_naming_the_key(monkeypatch):
+    import torch
+
+    from llgbm_cli import models
+    from llgbm_cli.errors import InputError
+
+    monkeypatch.setattr(models, "native_bf16", lambda device: False)
+    with pytest.raises(InputError, match=r"zoo.mixed_precision = bf16: cuda:0 has no bfloat16 support; set "
+                                         r"zoo.mixed_precision = no \(float32\)"):
+        models.require_bf16(torch.device("cuda:0"), "zoo.mixed_precision")
+    with pytest.raises(InputError, match=r"model.dtype = bfloat16: .* set model.dtype = float32"):
+        models.require_bf16(torch.device("cuda:0"), "model.dtype", "bfloat16", "float32")
+    models.require_bf16(torch.device("cpu"), "zoo.mixed_precision")  # emulated on a CPU: a notice, no error

@@ -301,6 +301,10 @@ def _prepare(resolved, spec: TrainerSpec, out: Path, kind: str, lock, *, force: 
         raise InputError(f"{zoo.manifest_path}: the zoo is empty; {workdir.hint('zoo')}")
     train_e, held_e = holdout.split(zoo.entries, spec.holdout_tasks, key=f"train.{spec.section}.holdout_tasks")
     acc = make_accelerator(spec.mixed_precision, cfg.model.device)
+    if spec.mixed_precision == "bf16":
+        from ..models import require_bf16
+
+        require_bf16(acc.device, f"train.{spec.section}.mixed_precision")
     old = start_run_folder(out, acc, force=force, resume=resume)
     try:  # a failure or Ctrl-C from here on puts an earlier run back (see finish)
         torch.manual_seed(cfg.project.seed)
