@@ -26,6 +26,7 @@ else:  # pragma: no cover
 
 from .errors import ConfigError, InputError
 from .merging import OPTIONS as MERGE_OPTIONS  # torch-free: the merge options' one declaration
+from .training.methods import TRAINED  # torch-free: the trained methods' one declaration
 from .tasks.registry import TaskSpec
 
 DEFAULT_PROJECT_FILE = "llgbm.toml"
@@ -407,7 +408,7 @@ class MergeSection(create_model(  # type: ignore[misc]
 
 class EvalSection(Section):
     methods: list[str] = Field(
-        default_factory=lambda: ["base", "teacher", "mean-delta", "multitask", "b1", "b2"],
+        default_factory=lambda: ["base", "teacher", "mean-delta", *TRAINED],
         description="Methods to compare (base, teacher, mean-delta, multitask, b1, b2, merge:<strategy>, or a folder).",
     )
     tasks: list[str] = Field(default_factory=list, description="Held-out tasks (empty: every zoo task).")

@@ -1,7 +1,6 @@
-"""docs/results.md's tables (markdown on stdout) from llgbm's outputs of `scripts/research.sh`: `zoo score`,
-`eval --folds` (cv/, cv-oracle/: gaps only on the same question ids) and `ablate --folds` (ablation/). It
-only formats; the tests and Holm adjustments are llgbm's. `python scripts/research_tables.py [WORKDIR]`
-"""
+"""docs/results.md's tables (markdown) from `scripts/research.sh`'s outputs: `zoo score`, `eval --folds` (cv/,
+cv-oracle/: gaps only on the same question ids), `ablate --folds` (ablation/). It only formats; the tests and
+Holm adjustments are llgbm's. `python scripts/research_tables.py [WORKDIR]`"""
 
 from __future__ import annotations
 
@@ -10,7 +9,9 @@ import math
 import sys
 from pathlib import Path
 
-GEN = ("multitask", "b1", "b2")
+from llgbm_cli.training.methods import TRAINED
+
+GEN = tuple(TRAINED)  # the trained methods
 
 
 def f(x, fmt="{:.3f}") -> str:
@@ -25,10 +26,9 @@ def ci(s: dict, key: str, fmt="{:+.3f}") -> str:  # a mean with its interval whe
     return fmt.format(s[key]) + ("" if lo is None else f" [{fmt.format(lo)}, {fmt.format(hi)}]")
 
 
-def load(p: Path, step: str):
-    if p.exists() and p.stat().st_size:
-        return json.loads(p.read_text())
-    print(f"(no {p}: run `STEPS={step} bash scripts/research.sh`)\n")
+def load(p: Path, step: str):  # the file's JSON, or None with a note saying what makes it
+    return json.loads(p.read_text()) if p.exists() and p.stat().st_size else print(
+        f"(no {p}: run `STEPS={step} bash scripts/research.sh`)\n")
 
 
 def same_ids(a: Path, b: Path, fold: str) -> bool:
