@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llgbm_cli.training.methods import TRAINED
 
-GEN = tuple(TRAINED)  # the trained methods
+GEN, GAPS = tuple(TRAINED), ("accuracy_vs_base", "vs_mean_delta")  # the trained methods; the differences
 
 
 def f(x, fmt="{:.3f}") -> str:
@@ -68,21 +68,21 @@ def cv(w: Path) -> None:
     print("|---|---|" + "---|" * (len(d["methods"]) + 2 * len(gen)))
     for k in d["folds"]:
         b = row[(k, "base")]
-        diff = [f"{row[(k, m)]['accuracy_vs_base']:+.2f} [{row[(k, m)]['vs_base_low']:+.2f}, "
-                f"{row[(k, m)]['vs_base_high']:+.2f}], {f(row[(k, m)]['vs_base_p'])} ({f(row[(k, m)]['vs_base_p_holm'])})"
-                for m in gen]
+        diff = [f"{r['accuracy_vs_base']:+.2f} [{r['vs_base_low']:+.2f}, {r['vs_base_high']:+.2f}], {f(r['vs_base_p'])} "
+                f"({f(r['vs_base_p_holm'])})" for r in (row[(k, m)] for m in gen)]
         cos = [f(row[(k, m)]["centered_cosine"], "{:.2f}") for m in ("mean-delta", *gen) if m != "teacher"]
         print(f"| {k} ({b['metric']}) | {b['n_questions']} | " + " | ".join(f"{row[(k, m)]['accuracy']:.2f}"
               for m in d["methods"]) + " | " + " | ".join(diff + cos) + " |")
-    print("\nAcross folds (mean [95% t-interval], Wilcoxon signed-rank p; wins/losses: folds at Holm-adjusted "
-          "p < 0.05):\n\n| Method | Accuracy | Δ vs base | Δ vs mean-delta | Centered cosine | Wins/losses vs base |"
-          "\n|---|---|---|---|---|---|")
+    print("\nAcross folds (mean [95% t-interval], Wilcoxon signed-rank p (Holm over the methods); wins/losses: folds at "
+          "Holm-adjusted p < 0.05; centered cosine: folds above mean-delta's, exact sign test):\n\n| Method | Accuracy | Δ vs base | "
+          "Δ vs mean-delta | Centered cosine | Wins/losses vs base |\n|---|---|---|---|---|---|")
     for s in d["summary"]:
         if not s.get("reference"):
-            print(f"| {s['method']} | {ci(s, 'accuracy', '{:.3f}')} | {ci(s, 'accuracy_vs_base')}, p "
-                  f"{f(s.get('accuracy_vs_base_wilcoxon_p'))} | {ci(s, 'vs_mean_delta')}, p "
-                  f"{f(s.get('vs_mean_delta_wilcoxon_p'))} | {ci(s, 'centered_cosine', '{:.2f}')} | "
-                  f"{s['wins_vs_base']}/{s['losses_vs_base']} |")
+            w = [f"p {f(s.get(k + '_wilcoxon_p'))} ({f(s.get(k + '_wilcoxon_p_holm'))})" for k in GAPS]
+            print(f"| {s['method']} | {ci(s, 'accuracy', '{:.3f}')} | {ci(s, 'accuracy_vs_base')}, {w[0]} | "
+                  f"{ci(s, 'vs_mean_delta')}, {w[1]} | {ci(s, 'centered_cosine', '{:.2f}')} "
+                  f"({s.get('centered_above_mean_delta', '—')}/{s['folds']}, sign test Holm p "
+                  f"{f(s.get('centered_above_mean_delta_p_holm'))}) | {s['wins_vs_base']}/{s['losses_vs_base']} |")
     print()
 
 
@@ -121,13 +121,13 @@ def cells(w: Path) -> None:
     runs = {c["cell"]: json.loads((Path(c["folder"]) / "results.json").read_text()) for c in d["cells"]}
     print(f"Lever cells (`ablate --folds`) against the main run on the same questions of {len(d['folds'])} folds (per "
           "fold exact paired p, Holm over the run; across folds t-interval, Wilcoxon p):\n\n| Cell | Method | Δ accuracy "
-          "vs main run | Wilcoxon p | better / worse | centered cosine, cell vs main (folds above) |\n|---|---|---|---|---|---|")
+          "vs main run | Wilcoxon p (Holm) | better / worse | centered cosine, cell vs main (folds above) |\n|---|---|---|---|---|---|")
     for s in d["summary"]:
         cos = [{r["fold"]: r["centered_cosine"] for r in runs[c]["rows"] if r["method"] == s["method"]}
                for c in (s["cell"], "base")]
         both = [k for k in cos[0] if cos[0][k] is not None and cos[1].get(k) is not None]
         mean = [f(sum(c[k] for k in both) / len(both), "{:.2f}") if both else "—" for c in cos]
-        print(f"| {s['cell']} | {s['method']} | {ci(s, 'diff')} | {f(s['wilcoxon_p'])} | {s['better']} / {s['worse']} | "
+        print(f"| {s['cell']} | {s['method']} | {ci(s, 'diff')} | {f(s['wilcoxon_p'])} ({f(s.get('wilcoxon_p_holm'))}) | {s['better']} / {s['worse']} | "
               f"{mean[0]} vs {mean[1]} ({sum(cos[0][k] > cos[1][k] for k in both)} of {len(both)}) |")
     for c, r in runs.items():  # cells whose method the main run has not: against base in their own run
         for s in (x for x in r["summary"] if c != "base" and x["method"] not in runs["base"]["methods"]):

@@ -364,13 +364,13 @@ def test_ablate_folds_bad_input(cli, tiny_project):
 def test_fold_fingerprints_do_not_read_the_ablation_section(tmp_path, monkeypatch):
     """No fold reads [ablation]: declaring cells or a base cell leaves every fold's fingerprint as it
     was before those keys existed (the section at its defaults), so finished folds stay valid."""
-    from llgbm_cli.config import load_config
+    from llgbm_cli.config import fingerprint_view, load_config
     from llgbm_cli.services.cv import fold_config
 
     monkeypatch.chdir(tmp_path)
     plain = load_config(None, {})
     d = fold_config(plain)
-    full = plain.to_dict()
+    full = fingerprint_view(plain.to_dict())
     full["ablation"].pop("cells"), full["ablation"].pop("base_cv")
     assert d == full
     other = load_config(None, {"ablation.base_cv": "cv", "ablation.methods": ["multitask"]})

@@ -230,7 +230,39 @@ def test_summary_counts_holm_adjusted_wins_only():
     assert "+0.1000 [+0.0000, +0.2000] p=4.00e-03 (Holm 0.036)" in md
     assert "the 9 comparisons with `base`" in md and "| 0.120 |" in md
     assert "checked against the train splits of x, y (policy `drop`): 2 dropped in fold a." in md
-    assert "+0.1000 [+0.1000, +0.1000] p=0.250" in md  # the summary: mean, t-interval, Wilcoxon p
+    assert "+0.1000 [+0.1000, +0.1000] p=0.250 (Holm 0.750)" in md  # the summary: mean, t-interval, Wilcoxon p
+
+
+def test_summary_adjusts_the_across_fold_tests_and_counts_folds_closer_than_mean_delta():
+    """Across folds the Wilcoxon p of each method against a reference is Holm-adjusted over the methods
+    compared with it; the folds where a method's centered cosine is above mean-delta's come with the
+    exact sign test's p, also Holm-adjusted."""
+    from scipy.stats import binomtest, wilcoxon
+
+    from llgbm_cli.evaluation.stats import holm
+    from llgbm_cli.services.cv import summarize
+
+    diffs = {"multitask": [0.01, 0.02, 0.03, 0.04, 0.05, -0.01], "b2": [0.01, -0.02, 0.03, -0.04, 0.05, 0.02]}
+    cos = {"mean-delta": [0.1] * 6, "multitask": [0.5, 0.6, 0.4, 0.7, 0.3, 0.2], "b2": [0.2, 0.0, 0.3, 0.05, 0.4, 0.5]}
+    rows = []
+    for i in range(6):
+        for m in ("base", "mean-delta", "multitask", "b2"):
+            d = diffs.get(m, [0.0] * 6)[i]
+            rows.append({"fold": f"f{i}", "method": m, "accuracy": 0.5 + d, "accuracy_vs_base": d, "vs_base_p": 0.5,
+                         "vs_mean_delta": d, "vs_mean_delta_p": 0.5, "centered_cosine": cos.get(m, [0.0] * 6)[i]})
+    summ = {s["method"]: s for s in summarize(rows, [], ["base", "mean-delta", "multitask", "b2"])}
+    raw = {m: wilcoxon(diffs[m]).pvalue for m in diffs}
+    adj = dict(zip(["mean-delta", "multitask", "b2"], holm([1.0, raw["multitask"], raw["b2"]])))
+    for m in ("multitask", "b2"):
+        assert summ[m]["accuracy_vs_base_wilcoxon_p"] == pytest.approx(raw[m])
+        assert summ[m]["accuracy_vs_base_wilcoxon_p_holm"] == pytest.approx(adj[m])
+    assert summ["base"]["accuracy_vs_base_wilcoxon_p_holm"] is None
+    assert summ["multitask"]["centered_above_mean_delta"] == 6 and summ["b2"]["centered_above_mean_delta"] == 4
+    signs = {"multitask": binomtest(6, 6).pvalue, "b2": binomtest(4, 6).pvalue}
+    assert summ["multitask"]["centered_above_mean_delta_p"] == pytest.approx(signs["multitask"])
+    assert summ["b2"]["centered_above_mean_delta_p_holm"] == pytest.approx(
+        holm([signs["multitask"], signs["b2"]])[1])
+    assert summ["mean-delta"]["centered_above_mean_delta"] is None
 
 
 def test_folds_bad_input(cli, cv_world, tmp_path):

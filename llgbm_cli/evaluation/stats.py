@@ -64,6 +64,14 @@ def t_interval(values: Sequence[Optional[float]], level: float = 0.95) -> dict[s
     return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "sd": sd, "n": n}
 
 
+def sign_test(successes: int, n: int) -> Optional[float]:
+    """Two-sided exact sign test: the binomial p of ``successes`` of ``n`` paired comparisons under
+    p = 1/2 (e.g. the folds where a method is above a reference); None for ``n`` = 0."""
+    from scipy import stats
+
+    return None if n <= 0 else float(stats.binomtest(int(successes), int(n), 0.5).pvalue)
+
+
 def wilcoxon_across(values: Sequence[Optional[float]]) -> Optional[float]:
     """Two-sided Wilcoxon signed-rank p-value of the finite ``values`` (e.g. one method's per-fold
     differences to base) against 0, with scipy's defaults (zero values dropped; the exact null

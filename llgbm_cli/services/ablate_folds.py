@@ -178,8 +178,9 @@ def compare(base: Path, cells: dict[str, Path], methods: dict[str, list[str]], f
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per cell and method across folds: the mean difference to the base cell with its t-interval, the
-    Wilcoxon signed-rank p, and the folds where it is better or worse at Holm-adjusted p < 0.05."""
-    from ..evaluation.stats import t_interval, wilcoxon_across
+    Wilcoxon signed-rank p with its Holm-adjusted value over the run's cells and methods, and the folds
+    where it is better or worse at Holm-adjusted p < 0.05."""
+    from ..evaluation.stats import holm, t_interval, wilcoxon_across
     from .cv import LEVEL
 
     out = []
@@ -191,6 +192,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "high": ti["high"], "wilcoxon_p": wilcoxon_across([r["diff"] for r in rs]),
                     "better": sum(r["diff"] > 0 for r in shown), "worse": sum(r["diff"] < 0 for r in shown),
                     "smallest_p_holm": min((r["p_holm"] for r in rs if r.get("p_holm") is not None), default=None)})
+    tested = [s for s in out if s["wilcoxon_p"] is not None]
+    for s in out:
+        s["wilcoxon_p_holm"] = None
+    for s, p in zip(tested, holm([s["wilcoxon_p"] for s in tested])):
+        s["wilcoxon_p_holm"] = p
     return out
 
 
@@ -204,14 +210,14 @@ def comparison_md(r: AblateFoldsResult) -> str:
           f"(McNemar for 0/1 scores), p Holm-adjusted over the {n} comparisons of this run; across folds: the mean "
           "difference with its 95% t-interval and the Wilcoxon signed-rank p. Better / worse: folds at Holm-adjusted "
           f"p < {SIGNIFICANCE}.", "",
-          "| Cell | Overrides | Method | Δ vs base cell [95% t] | Wilcoxon p | Better / worse | Smallest Holm p |",
+          "| Cell | Overrides | Method | Δ vs base cell [95% t] | Wilcoxon p (Holm) | Better / worse | Smallest Holm p |",
           "|---|---|---|---|---|---|---|"]
     over = {c["cell"]: c["overrides"] for c in r.cells}
     for s in r.summary:
         ov = ", ".join(f"{k}={json.dumps(v)}" for k, v in over.get(s["cell"], {}).items()) or "—"
         span = (f"{signed(s['diff'])} [{signed(s['low'])}, {signed(s['high'])}]" if s["low"] is not None
                 else signed(s["diff"]))
-        md.append(f"| {s['cell']} | {ov} | {s['method']} | {span} | {fmt(s['wilcoxon_p'], 3)} | "
+        md.append(f"| {s['cell']} | {ov} | {s['method']} | {span} | {fmt(s['wilcoxon_p'], 3)} ({fmt(s['wilcoxon_p_holm'], 3)}) | "
                   f"{s['better']} / {s['worse']} | {fmt(s['smallest_p_holm'], 3)} |")
     md += ["", "## Per fold", "", "| Cell | Method | Fold | n | Accuracy | Base cell | Δ [95% bootstrap] | p (Holm) |",
            "|---|---|---|---|---|---|---|---|"]

@@ -641,10 +641,13 @@ def holm_family(rows: list[dict[str, Any]]) -> dict[str, int]:
 def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     """Per method the mean over folds of each measure with its Student-t interval (``<key>``,
     ``<key>_low``, ``<key>_high``), the Wilcoxon signed-rank p-value of its per-fold differences to
-    base and to mean-delta (``accuracy_vs_base_wilcoxon_p``, ``vs_mean_delta_wilcoxon_p``), and how
+    base and to mean-delta (``accuracy_vs_base_wilcoxon_p``, ``vs_mean_delta_wilcoxon_p``) with its
+    Holm-adjusted value over the methods compared with that reference (``..._wilcoxon_p_holm``), the
+    folds where its centered cosine is above mean-delta's (``centered_above_mean_delta``) with the
+    two-sided sign test's p (``..._p``, Holm over the methods other than base and mean-delta), and how
     many folds it beats or loses to base and mean-delta (Holm-adjusted exact p < 0.05, adjusted by
     :func:`holm_family`, which this sets on the rows); last the ``oracle-best`` reference."""
-    from ..evaluation.stats import t_interval, wilcoxon_across
+    from ..evaluation.stats import holm, sign_test, t_interval, wilcoxon_across
 
     holm_family(rows)
     out = []
@@ -657,6 +660,12 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
         for key in ("accuracy_vs_base", "vs_mean_delta"):
             s[f"{key}_wilcoxon_p"] = wilcoxon_across([r.get(key) for r in rs])
         s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
+        ref_cos = {r["fold"]: r.get("centered_cosine") for r in rows if r["method"] == "mean-delta"}
+        both = [r for r in rs if r.get("centered_cosine") is not None and ref_cos.get(r["fold"]) is not None]
+        s["centered_above_mean_delta"] = (None if m == "mean-delta" or not both else
+                                          sum(r["centered_cosine"] > ref_cos[r["fold"]] for r in both))
+        s["centered_above_mean_delta_p"] = (None if s["centered_above_mean_delta"] is None else
+                                            sign_test(s["centered_above_mean_delta"], len(both)))
         for ref, p in (("base", "vs_base"), ("mean_delta", "vs_mean_delta")):
             diff = "accuracy_vs_base" if ref == "base" else "vs_mean_delta"
 
@@ -667,6 +676,14 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
             s[f"wins_vs_{ref}"] = sum(1 for r in rs if shown(r) and (r.get(diff) or 0) > 0)
             s[f"losses_vs_{ref}"] = sum(1 for r in rs if shown(r) and (r.get(diff) or 0) < 0)
         out.append(s)
+    for key, ref in (("accuracy_vs_base_wilcoxon_p", "base"), ("vs_mean_delta_wilcoxon_p", "mean-delta"),
+                     ("centered_above_mean_delta_p", "mean-delta")):
+        fam = [s for s in out if s["method"] not in (ref, "base" if key.startswith("centered") else None)
+               and s.get(key) is not None]
+        for s in out:
+            s[f"{key}_holm"] = None
+        for s, p in zip(fam, holm([s[key] for s in fam])):
+            s[f"{key}_holm"] = p
     scored = [o for o in oracle if o.get("accuracy") is not None]
     if scored:
         ti = t_interval([o["accuracy"] for o in scored], LEVEL)
@@ -695,8 +712,8 @@ def cv_results_md(r: dict[str, Any]) -> str:
         return cell
 
     def wil(s, key):
-        p = s.get(f"{key}_wilcoxon_p")
-        return ci(s, key, True) + ("" if p is None else f" p={fmt(p, 3)}")
+        p, adj = s.get(f"{key}_wilcoxon_p"), s.get(f"{key}_wilcoxon_p_holm")
+        return ci(s, key, True) + ("" if p is None else f" p={fmt(p, 3)}") + ("" if adj is None else f" (Holm {fmt(adj, 3)})")
 
     rows = r["rows"]
     n_base = sum(1 for x in rows if x["method"] != "base" and x.get("vs_base_p") is not None)
@@ -709,7 +726,7 @@ def cv_results_md(r: dict[str, Any]) -> str:
         f"Across folds: the mean over folds with a two-sided {pct}% Student-t interval "
         "(mean ± t(n-1) · sd / √n over the folds' values; it describes the spread across tasks, not the "
         "precision of one fold), and the two-sided Wilcoxon signed-rank p-value of the folds' differences "
-        "against 0. Within a fold: the accuracy difference to `base` and to `mean-delta` on the same questions. "
+        "against 0, Holm-adjusted over the methods compared with the same reference. Within a fold: the accuracy difference to `base` and to `mean-delta` on the same questions. "
         "Its p-value comes from an exact paired test: McNemar's test (a two-sided binomial test of the questions "
         "that only one of the two answered right) when every score is 0 or 1, the Wilcoxon signed-rank test of "
         f"the per-question differences otherwise. Its interval is the {pct}% percentile interval of a paired "
@@ -725,7 +742,7 @@ def cv_results_md(r: dict[str, Any]) -> str:
         "test labels. Gap to oracle = method accuracy − oracle-best accuracy.", "",
         "## Summary (mean over folds)", "",
         "| Method | Folds | Task Accuracy | Δ vs base (Wilcoxon p) | Δ vs mean-delta (Wilcoxon p) | Gap to oracle | "
-        "Centered Cosine | "
+        "Centered Cosine (folds above mean-delta) | "
         "Delta Cosine | Task ID | Wins/losses vs base | Wins/losses vs mean-delta |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -736,8 +753,10 @@ def cv_results_md(r: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {s['method']} | {s['folds']} | {ci(s, 'accuracy')} | {wil(s, 'accuracy_vs_base')} | "
-            f"{wil(s, 'vs_mean_delta')} | {ci(s, 'gap_to_oracle', True)} | {ci(s, 'centered_cosine')} | "
-            f"{fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
+            f"{wil(s, 'vs_mean_delta')} | {ci(s, 'gap_to_oracle', True)} | {ci(s, 'centered_cosine')}"
+            + ("" if s.get("centered_above_mean_delta") is None else f" ({s['centered_above_mean_delta']}/{s['folds']}, "
+               f"sign test p={fmt(s['centered_above_mean_delta_p'], 3)}, Holm {fmt(s['centered_above_mean_delta_p_holm'], 3)})")
+            + f" | {fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
             f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
     lines += ["", "## Per fold", "",
               f"| Fold | Method | Task Accuracy | Δ vs base [{pct}%] p (Holm) | Δ vs mean-delta [{pct}%] p (Holm) | "
