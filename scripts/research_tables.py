@@ -81,7 +81,7 @@ def cv(w: Path) -> None:
             w = [f"p {f(s.get(k + '_wilcoxon_p'))} ({f(s.get(k + '_wilcoxon_p_holm'))})" for k in GAPS]
             print(f"| {s['method']} | {ci(s, 'accuracy', '{:.3f}')} | {ci(s, 'accuracy_vs_base')}, {w[0]} | "
                   f"{ci(s, 'vs_mean_delta')}, {w[1]} | {ci(s, 'centered_cosine', '{:.2f}')} "
-                  f"({s.get('centered_above_mean_delta', '—')}/{s['folds']}, sign test Holm p "
+                  f"({f(s.get('centered_above_mean_delta'), '{}')}/{s['folds']}, sign test Holm p "
                   f"{f(s.get('centered_above_mean_delta_p_holm'))}) | {s['wins_vs_base']}/{s['losses_vs_base']} |")
     print()
 
