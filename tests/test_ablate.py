@@ -376,3 +376,26 @@ def test_fold_fingerprints_do_not_read_the_ablation_section(tmp_path, monkeypatc
     other = load_config(None, {"ablation.base_cv": "cv", "ablation.methods": ["multitask"]})
     assert fold_config(other) == d
     assert fold_config(load_config(None, {"train.multitask.lambda_delta": 0.0})) != d
+
+
+def test_ablate_folds_cell_that_measures_deltas_otherwise_gets_its_own_cache(cli, tmp_path, tiny):
+    """A cell that changes the probes (or the delta spec) measures the teachers' deltas its own way, in a
+    cache of its own beside the cells; the project's cache is not touched."""
+    from test_eval import make_world
+
+    project = make_world(tmp_path / "w", tiny[0], per_task=2, tasks=["arc-easy", "boolq", "openbookqa"])
+    project.write_text(project.read_text() + '\n[ablation.cells.probes2]\nset = { "probes.count" = 2 }\n'
+                       'methods = ["base"]\n')
+    cache = tmp_path / "w" / "runs" / "deltas"
+    before = sorted(p.name for p in cache.iterdir())
+    out = tmp_path / "abl"
+    r = cli("--project", project, "--quiet", "--json", "ablate", "--folds", "boolq", "--set", "eval.test_sample=4",
+            "--out", out)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [c["cell"] for c in res["cells"]] == ["base", "probes2"] and res["rows"] == []
+    manifest = json.loads((out / "deltas-probes2" / "manifest.json").read_text())
+    assert manifest["header"]["probes"]["count"] == 2 and manifest["header"]["rows"] == 6
+    assert sorted(p.name for p in cache.iterdir()) == before
+    ev = json.loads((out / "probes2" / "folds" / "boolq" / "eval" / "results.json").read_text())
+    assert "deltas-probes2" in ev["command"]

@@ -107,20 +107,26 @@ def run_ablate_folds(
         if not (base_folder / "cv.json").exists():
             raise InputError(f"ablation.base_cv: {base_folder} is not a cross-validation output; run `llgbm eval "
                              f"--folds ... --out {base_folder}` first, or leave the key out to run the base cell")
-        is_main = True
+        is_main = True  # the cells' runs say which process is the main one
     else:
         base_folder = out / BASE
-        base_run = run_cv(resolved.with_overrides(base_ov), folds=folds, methods=every or None, out=base_folder,
+        base_run = run_cv(resolved.with_overrides(base_ov), folds=folds, methods=every or ["base"], out=base_folder,
                           force=force, overrides=base_ov, progress=progress)
         ran += [f"{BASE}/{k}" for k in base_run.ran]
         is_main = base_run.is_main
     for c in chosen:
         ov = {**base_ov, **c.overrides}
+        if any(k.startswith(("probes.", "delta.")) for k in c.overrides) and "delta.cache" not in c.overrides:
+            # the teachers' deltas measured the cell's way: a cache of its own, filled (incrementally) first
+            from .cache_deltas import run_cache_deltas
+
+            ov["delta.cache"] = str(child(out, f"deltas-{c.name}", what="cell"))
+            run_cache_deltas(resolved.with_overrides(ov), progress=progress)
         runs[c.name] = run_cv(resolved.with_overrides(ov), folds=folds, methods=_methods(ab, c, methods),
                               out=child(out, c.name, what="cell"), force=force, overrides=ov, progress=progress)
         ran += [f"{c.name}/{k}" for k in runs[c.name].ran]
-    folds_run = next(iter(runs.values())).folds
-    result = AblateFoldsResult(str(out), folds_run, ran=ran, is_main=is_main)
+        is_main = is_main and runs[c.name].is_main
+    result = AblateFoldsResult(str(out), next(iter(runs.values())).folds, ran=ran, is_main=is_main)
     if not is_main:  # under accelerate launch the main process compares and writes
         return result
     base_methods = json.loads((base_folder / "cv.json").read_text()).get("methods", [])
