@@ -201,6 +201,11 @@ def _mkdir(folder: Path) -> None:
         raise InputError(f"{folder}: permission denied; choose a folder you can write to")
 
 
+
+def fingerprint(obj: Any) -> str:
+    """A short hash of a JSON-able object (keys sorted): what a run, fold or cached score depends on."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 # --------------------------------------------------------------------------- output-folder policy
 
 #: What each kind of output folder holds, so that a folder can be recognised before it is replaced.

@@ -202,7 +202,7 @@ def test_reused_fold_recomputes_its_statistics(cli, cv_world, cv_one, tmp_path):
 
 def test_summary_counts_holm_adjusted_wins_only():
     """Wins need a Holm-adjusted p < 0.05 over the family (folds × methods other than the reference)."""
-    from llgbm_cli.services.cv import cv_results_md, holm_family, summarize
+    from llgbm_cli.evaluation.cv_stats import cv_results_md, holm_family, summarize
 
     def row(fold, method, diff, p):
         return {"fold": fold, "method": method, "accuracy": 0.5 + diff, "accuracy_vs_base": diff, "vs_base_p": p,
@@ -240,7 +240,7 @@ def test_summary_adjusts_the_across_fold_tests_and_counts_folds_closer_than_mean
     from scipy.stats import binomtest, wilcoxon
 
     from llgbm_cli.evaluation.stats import holm
-    from llgbm_cli.services.cv import summarize
+    from llgbm_cli.evaluation.cv_stats import summarize
 
     diffs = {"multitask": [0.01, 0.02, 0.03, 0.04, 0.05, -0.01], "b2": [0.01, -0.02, 0.03, -0.04, 0.05, 0.02]}
     cos = {"mean-delta": [0.1] * 6, "multitask": [0.5, 0.6, 0.4, 0.7, 0.3, 0.2], "b2": [0.2, 0.0, 0.3, 0.05, 0.4, 0.5]}

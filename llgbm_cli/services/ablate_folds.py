@@ -160,7 +160,7 @@ def compare(base: Path, cells: dict[str, Path], methods: dict[str, list[str]], f
     cell, on the same question ids (checked), with the exact paired test; p-values Holm-adjusted over
     all the rows."""
     from ..evaluation.stats import holm, paired_test
-    from .cv import LEVEL, RESAMPLES
+    from ..evaluation.cv_stats import LEVEL, RESAMPLES
 
     rows = []
     for name, folder in cells.items():
@@ -187,7 +187,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Wilcoxon signed-rank p with its Holm-adjusted value over the run's cells and methods, and the folds
     where it is better or worse at Holm-adjusted p < 0.05."""
     from ..evaluation.stats import holm, t_interval, wilcoxon_across
-    from .cv import LEVEL
+    from ..evaluation.cv_stats import LEVEL
 
     out = []
     for key in dict.fromkeys((r["cell"], r["method"]) for r in rows):
