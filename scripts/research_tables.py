@@ -120,15 +120,15 @@ def cells(w: Path) -> None:
         return
     runs = {c["cell"]: json.loads((Path(c["folder"]) / "results.json").read_text()) for c in d["cells"]}
     print(f"Lever cells (`ablate --folds`) against the main run on the same questions of {len(d['folds'])} folds (per "
-          "fold exact paired p, Holm over the run; across folds t-interval, Wilcoxon p):\n\n| Cell | Method | Δ accuracy "
-          "vs main run | Wilcoxon p (Holm) | better / worse | centered cosine, cell vs main (folds above) |\n|---|---|---|---|---|---|")
+          "fold exact paired p, Holm over the run; across folds t-interval, Wilcoxon p; centered cosine to the held-out "
+          "teacher, folds above the main run's and the exact sign test, Holm):\n\n| Cell | Method | Δ accuracy vs main "
+          "run | Wilcoxon p (Holm) | better / worse | centered cosine, cell vs main (folds above; sign p, Holm) |\n"
+          "|---|---|---|---|---|---|")
     for s in d["summary"]:
-        cos = [{r["fold"]: r["centered_cosine"] for r in runs[c]["rows"] if r["method"] == s["method"]}
-               for c in (s["cell"], "base")]
-        both = [k for k in cos[0] if cos[0][k] is not None and cos[1].get(k) is not None]
-        mean = [f(sum(c[k] for k in both) / len(both), "{:.2f}") if both else "—" for c in cos]
-        print(f"| {s['cell']} | {s['method']} | {ci(s, 'diff')} | {f(s['wilcoxon_p'])} ({f(s.get('wilcoxon_p_holm'))}) | {s['better']} / {s['worse']} | "
-              f"{mean[0]} vs {mean[1]} ({sum(cos[0][k] > cos[1][k] for k in both)} of {len(both)}) |")
+        print(f"| {s['cell']} | {s['method']} | {ci(s, 'diff')} | {f(s['wilcoxon_p'])} ({f(s.get('wilcoxon_p_holm'))}) | "
+              f"{s['better']} / {s['worse']} | {f(s.get('centered_cosine'), '{:.2f}')} vs "
+              f"{f(s.get('base_centered_cosine'), '{:.2f}')} ({s.get('centered_above')} of {s.get('centered_folds')}; "
+              f"{f(s.get('centered_sign_p'), '{:.4f}')}, {f(s.get('centered_sign_p_holm'), '{:.4f}')}) |")
     for c, r in runs.items():  # cells whose method the main run has not: against base in their own run
         for s in (x for x in r["summary"] if c != "base" and x["method"] not in runs["base"]["methods"]):
             print(f"\n{c} ({s['method']}) in its own run: Δ vs base {ci(s, 'accuracy_vs_base')}, Wilcoxon p "

@@ -333,6 +333,16 @@ def test_ablate_folds_runs_cells_beside_the_base_cell_and_tests_them_on_the_same
     md = (out / "comparison.md").read_text()
     assert "| lam0 |" in md and "Holm" in md and "Wilcoxon" in md
     assert {s["cell"] for s in res["summary"]} == {"lam0", "lr"}
+    # delta space: the cell's centered cosine to the held-out teacher against the base cell's, sign test
+    base_rows = json.loads((out / "base" / "results.json").read_text())["rows"]
+    for s in res["summary"]:
+        mine = {r["fold"]: r["centered_cosine"] for r in json.loads((out / s["cell"] / "results.json").read_text())["rows"]
+                if r["method"] == s["method"]}
+        ref = {r["fold"]: r["centered_cosine"] for r in base_rows if r["method"] == s["method"]}
+        above = sum(mine[k] > ref[k] for k in mine)
+        assert (s["centered_above"], s["centered_folds"]) == (above, 2)
+        assert s["centered_sign_p"] == pytest.approx(binomtest(above, 2, 0.5).pvalue)
+        assert s["centered_sign_p"] <= s["centered_sign_p_holm"] <= 1
     # rerun: every fold reused
     r = cli(*args)
     assert r.exit_code == 0 and json.loads(r.stdout)["ran"] == []

@@ -138,6 +138,8 @@ def run_ablate_folds(
                           {n: [m for m in r.methods if m not in REFERENCES] for n, r in runs.items()},
                           result.folds, resolved.config.project.seed)
     result.summary = summarize(result.rows)
+    base_rows = json.loads((base_folder / "results.json").read_text())["rows"]
+    delta_space(result.summary, base_rows, {n: r.rows for n, r in runs.items()})
     for name, run in runs.items():
         result.notes += [f"{name}: {m} is not evaluated in the base cell, so it is not compared here; its own "
                          f"tests against base and mean-delta are in {run.out}/results.md"
@@ -206,6 +208,29 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def delta_space(summary: list[dict[str, Any]], base_rows: list[dict[str, Any]],
+                cell_rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Add to each summary row the centered cosine to the held-out teacher, the cell's and the base
+    cell's means over the folds where both have one, the folds where the cell's is above, and the
+    exact two-sided sign test of that count (``centered_sign_p``, Holm over the rows)."""
+    from ..evaluation.stats import holm, sign_test
+
+    for s in summary:
+        mine = {r["fold"]: r.get("centered_cosine") for r in cell_rows[s["cell"]] if r["method"] == s["method"]}
+        ref = {r["fold"]: r.get("centered_cosine") for r in base_rows if r["method"] == s["method"]}
+        both = [k for k in mine if mine[k] is not None and ref.get(k) is not None]
+        above = sum(mine[k] > ref[k] for k in both)
+        s.update(centered_cosine=sum(mine[k] for k in both) / len(both) if both else None,
+                 base_centered_cosine=sum(ref[k] for k in both) / len(both) if both else None,
+                 centered_above=above, centered_folds=len(both),
+                 centered_sign_p=sign_test(above, len(both)))
+    tested = [s for s in summary if s["centered_sign_p"] is not None]
+    for s in summary:
+        s["centered_sign_p_holm"] = None
+    for s, p in zip(tested, holm([s["centered_sign_p"] for s in tested])):
+        s["centered_sign_p_holm"] = p
+
+
 def comparison_md(r: AblateFoldsResult) -> str:
     from ..evaluation.reports import fmt, signed
 
@@ -216,15 +241,18 @@ def comparison_md(r: AblateFoldsResult) -> str:
           f"(McNemar for 0/1 scores), p Holm-adjusted over the {n} comparisons of this run; across folds: the mean "
           "difference with its 95% t-interval and the Wilcoxon signed-rank p. Better / worse: folds at Holm-adjusted "
           f"p < {SIGNIFICANCE}.", "",
-          "| Cell | Overrides | Method | Δ vs base cell [95% t] | Wilcoxon p (Holm) | Better / worse | Smallest Holm p |",
-          "|---|---|---|---|---|---|---|"]
+          "| Cell | Overrides | Method | Δ vs base cell [95% t] | Wilcoxon p (Holm) | Better / worse | Smallest Holm p | "
+          "Centered cosine: cell vs base cell (folds above, sign test p, Holm) |",
+          "|---|---|---|---|---|---|---|---|"]
     over = {c["cell"]: c["overrides"] for c in r.cells}
     for s in r.summary:
         ov = ", ".join(f"{k}={json.dumps(v)}" for k, v in over.get(s["cell"], {}).items()) or "—"
         span = (f"{signed(s['diff'])} [{signed(s['low'])}, {signed(s['high'])}]" if s["low"] is not None
                 else signed(s["diff"]))
         md.append(f"| {s['cell']} | {ov} | {s['method']} | {span} | {fmt(s['wilcoxon_p'], 3)} ({fmt(s['wilcoxon_p_holm'], 3)}) | "
-                  f"{s['better']} / {s['worse']} | {fmt(s['smallest_p_holm'], 3)} |")
+                  f"{s['better']} / {s['worse']} | {fmt(s['smallest_p_holm'], 3)} | {fmt(s.get('centered_cosine'))} vs "
+                  f"{fmt(s.get('base_centered_cosine'))} ({s.get('centered_above')}/{s.get('centered_folds')}, "
+                  f"{fmt(s.get('centered_sign_p'), 3)}, {fmt(s.get('centered_sign_p_holm'), 3)}) |")
     md += ["", "## Per fold", "", "| Cell | Method | Fold | n | Accuracy | Base cell | Δ [95% bootstrap] | p (Holm) |",
            "|---|---|---|---|---|---|---|---|"]
     for x in r.rows:
