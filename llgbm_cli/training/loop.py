@@ -71,10 +71,15 @@ class TrainResult:
 def make_accelerator(mixed_precision: str = "no", device: str = "auto"):
     """An Accelerator; under ``accelerate launch`` it joins the process group (DDP)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from ..distributed import leave_group_at_exit
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        # an earlier run of this process chose another precision: its settings go, the process group stays
+        AcceleratorState._reset_state()
     acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
     if acc.num_processes > 1:
         leave_group_at_exit()
