@@ -762,7 +762,8 @@ def _legacy_moved(data: dict[str, Any], where: str) -> list[str]:
 
 # Keys added after runs were first fingerprinted, with the value every earlier run had: at that
 # value they are left out of fingerprints, so that the runs made before them are still recognised.
-ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mixed_precision": "no"}
+ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mixed_precision": "no",
+                              "ablation.cells": {}, "ablation.base_cv": None}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

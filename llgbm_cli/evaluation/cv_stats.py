@@ -61,17 +61,10 @@ def holm_family(rows: list[dict[str, Any]]) -> dict[str, int]:
     than ``base``, and every test against ``mean-delta`` of the methods other than
     ``mean-delta`` (None on a reference's row against itself, or where no p-value exists).
     Returns the size of each family (``{"vs_base": n, "vs_mean_delta": n}``)."""
-    from .stats import holm
+    from .stats import holm_into
 
-    sizes = {}
-    for ref, key in (("base", "vs_base"), ("mean-delta", "vs_mean_delta")):
-        fam = [r for r in rows if r["method"] != ref and r.get(f"{key}_p") is not None]
-        for r in rows:
-            r[f"{key}_p_holm"] = None
-        for r, p in zip(fam, holm([r[f"{key}_p"] for r in fam])):
-            r[f"{key}_p_holm"] = p
-        sizes[key] = len(fam)
-    return sizes
+    return {key: holm_into(rows, f"{key}_p", lambda r, ref=ref: r["method"] != ref)
+            for ref, key in (("base", "vs_base"), ("mean-delta", "vs_mean_delta"))}
 
 
 def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -83,7 +76,7 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
     two-sided sign test's p (``..._p``, Holm over the methods other than base and mean-delta), and how
     many folds it beats or loses to base and mean-delta (Holm-adjusted exact p < 0.05, adjusted by
     :func:`holm_family`, which this sets on the rows); last the ``oracle-best`` reference."""
-    from .stats import holm, sign_test, t_interval, wilcoxon_across
+    from .stats import folds_above, holm_into, t_interval, wilcoxon_across
 
     holm_family(rows)
     out = []
@@ -96,12 +89,10 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
         for key in ("accuracy_vs_base", "vs_mean_delta"):
             s[f"{key}_wilcoxon_p"] = wilcoxon_across([r.get(key) for r in rs])
         s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
-        ref_cos = {r["fold"]: r.get("centered_cosine") for r in rows if r["method"] == "mean-delta"}
-        both = [r for r in rs if r.get("centered_cosine") is not None and ref_cos.get(r["fold"]) is not None]
-        s["centered_above_mean_delta"] = (None if m == "mean-delta" or not both else
-                                          sum(r["centered_cosine"] > ref_cos[r["fold"]] for r in both))
-        s["centered_above_mean_delta_p"] = (None if s["centered_above_mean_delta"] is None else
-                                            sign_test(s["centered_above_mean_delta"], len(both)))
+        above, both, p = folds_above({r["fold"]: r.get("centered_cosine") for r in rs},
+                                  {r["fold"]: r.get("centered_cosine") for r in rows if r["method"] == "mean-delta"})
+        s["centered_above_mean_delta"], s["centered_above_mean_delta_p"] = (
+            (None, None) if m == "mean-delta" or not both else (above, p))
         for ref, p in (("base", "vs_base"), ("mean_delta", "vs_mean_delta")):
             diff = "accuracy_vs_base" if ref == "base" else "vs_mean_delta"
 
@@ -114,12 +105,8 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
         out.append(s)
     for key, ref in (("accuracy_vs_base_wilcoxon_p", "base"), ("vs_mean_delta_wilcoxon_p", "mean-delta"),
                      ("centered_above_mean_delta_p", "mean-delta")):
-        fam = [s for s in out if s["method"] not in (ref, "base" if key.startswith("centered") else None)
-               and s.get(key) is not None]
-        for s in out:
-            s[f"{key}_holm"] = None
-        for s, p in zip(fam, holm([s[key] for s in fam])):
-            s[f"{key}_holm"] = p
+        skip = (ref, "base" if key.startswith("centered") else None)
+        holm_into(out, key, lambda s, skip=skip: s["method"] not in skip)
     scored = [o for o in oracle if o.get("accuracy") is not None]
     if scored:
         ti = t_interval([o["accuracy"] for o in scored], LEVEL)

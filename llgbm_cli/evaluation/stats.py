@@ -64,6 +64,25 @@ def t_interval(values: Sequence[Optional[float]], level: float = 0.95) -> dict[s
     return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "sd": sd, "n": n}
 
 
+def holm_into(rows: Sequence[dict], key: str, admit=lambda row: True) -> int:
+    """Set ``<key>_holm`` on every row: the Holm-adjusted value of its ``key`` p-value over the family
+    of the rows ``admit`` lets in that have one; None on the others. Returns the family's size."""
+    family = [r for r in rows if admit(r) and r.get(key) is not None]
+    for r in rows:
+        r[f"{key}_holm"] = None
+    for r, p in zip(family, holm([r[key] for r in family])):
+        r[f"{key}_holm"] = p
+    return len(family)
+
+
+def folds_above(values: dict, reference: dict) -> tuple[int, list, Optional[float]]:
+    """Over the keys (folds) where both have a value: how many of ``values`` are above ``reference``,
+    those keys, and the exact two-sided sign test's p of that count (None where there is no key)."""
+    both = [k for k, v in values.items() if v is not None and reference.get(k) is not None]
+    above = sum(values[k] > reference[k] for k in both)
+    return above, both, sign_test(above, len(both))
+
+
 def sign_test(successes: int, n: int) -> Optional[float]:
     """Two-sided exact sign test: the binomial p of ``successes`` of ``n`` paired comparisons under
     p = 1/2 (e.g. the folds where a method is above a reference); None for ``n`` = 0."""

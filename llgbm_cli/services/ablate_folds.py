@@ -161,8 +161,8 @@ def compare(base: Path, cells: dict[str, Path], methods: dict[str, list[str]], f
     """Per cell, method and fold: the method's scores in the cell against the same method's in the base
     cell, on the same question ids (checked), with the exact paired test; p-values Holm-adjusted over
     all the rows."""
-    from ..evaluation.stats import holm, paired_test
     from ..evaluation.cv_stats import LEVEL, RESAMPLES
+    from ..evaluation.stats import holm_into, paired_test
 
     rows = []
     for name, folder in cells.items():
@@ -179,8 +179,7 @@ def compare(base: Path, cells: dict[str, Path], methods: dict[str, list[str]], f
                 rows.append({"cell": name, "method": m, "fold": k, "n_questions": len(a),
                              "accuracy": sum(a) / len(a), "base_accuracy": sum(b) / len(b), "diff": t["diff"],
                              "low": t["low"], "high": t["high"], "p": t["p"], "test": t["test"]})
-    for r, p in zip(rows, holm([r["p"] for r in rows])):
-        r["p_holm"] = p
+    holm_into(rows, "p")
     return rows
 
 
@@ -188,8 +187,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per cell and method across folds: the mean difference to the base cell with its t-interval, the
     Wilcoxon signed-rank p with its Holm-adjusted value over the run's cells and methods, and the folds
     where it is better or worse at Holm-adjusted p < 0.05."""
-    from ..evaluation.stats import holm, t_interval, wilcoxon_across
     from ..evaluation.cv_stats import LEVEL
+    from ..evaluation.stats import holm_into, t_interval, wilcoxon_across
 
     out = []
     for key in dict.fromkeys((r["cell"], r["method"]) for r in rows):
@@ -200,11 +199,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "high": ti["high"], "wilcoxon_p": wilcoxon_across([r["diff"] for r in rs]),
                     "better": sum(r["diff"] > 0 for r in shown), "worse": sum(r["diff"] < 0 for r in shown),
                     "smallest_p_holm": min((r["p_holm"] for r in rs if r.get("p_holm") is not None), default=None)})
-    tested = [s for s in out if s["wilcoxon_p"] is not None]
-    for s in out:
-        s["wilcoxon_p_holm"] = None
-    for s, p in zip(tested, holm([s["wilcoxon_p"] for s in tested])):
-        s["wilcoxon_p_holm"] = p
+    holm_into(out, "wilcoxon_p")
     return out
 
 
@@ -213,22 +208,16 @@ def delta_space(summary: list[dict[str, Any]], base_rows: list[dict[str, Any]],
     """Add to each summary row the centered cosine to the held-out teacher, the cell's and the base
     cell's means over the folds where both have one, the folds where the cell's is above, and the
     exact two-sided sign test of that count (``centered_sign_p``, Holm over the rows)."""
-    from ..evaluation.stats import holm, sign_test
+    from ..evaluation.stats import folds_above, holm_into
 
     for s in summary:
         mine = {r["fold"]: r.get("centered_cosine") for r in cell_rows[s["cell"]] if r["method"] == s["method"]}
         ref = {r["fold"]: r.get("centered_cosine") for r in base_rows if r["method"] == s["method"]}
-        both = [k for k in mine if mine[k] is not None and ref.get(k) is not None]
-        above = sum(mine[k] > ref[k] for k in both)
+        above, both, p = folds_above(mine, ref)
         s.update(centered_cosine=sum(mine[k] for k in both) / len(both) if both else None,
                  base_centered_cosine=sum(ref[k] for k in both) / len(both) if both else None,
-                 centered_above=above, centered_folds=len(both),
-                 centered_sign_p=sign_test(above, len(both)))
-    tested = [s for s in summary if s["centered_sign_p"] is not None]
-    for s in summary:
-        s["centered_sign_p_holm"] = None
-    for s, p in zip(tested, holm([s["centered_sign_p"] for s in tested])):
-        s["centered_sign_p_holm"] = p
+                 centered_above=above, centered_folds=len(both), centered_sign_p=p)
+    holm_into(summary, "centered_sign_p")
 
 
 def comparison_md(r: AblateFoldsResult) -> str:

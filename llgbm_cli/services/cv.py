@@ -153,19 +153,15 @@ def fold_overrides(base: dict[str, Any], fold: str, methods: Sequence[str] = (),
     return ov
 
 
-# The [ablation] section's keys that came after folds were first fingerprinted.
-LATER_KEYS = ("cells", "base_cv")
-
-
 def fold_config(cres) -> dict[str, Any]:
-    """The config a fold's fingerprint covers: all of it but the ``[ablation]`` section, which no fold
-    reads (an ablation cell's settings are overrides of the other sections). That section enters at
-    its defaults, less :data:`LATER_KEYS`, as it did before it could hold cells: folds finished then
-    stay valid."""
+    """The config a fold's fingerprint covers (as run fingerprints read it, ``config.fingerprint_view``):
+    all of it but the ``[ablation]`` section, which no fold reads (an ablation cell's settings are
+    overrides of the other sections). That section enters at its defaults, as it did before it could
+    hold cells, so that folds finished then stay valid."""
     from ..config import LlgbmConfig, fingerprint_view
 
     d = fingerprint_view(cres.to_dict())
-    d["ablation"] = {k: v for k, v in LlgbmConfig().model_dump(mode="json")["ablation"].items() if k not in LATER_KEYS}
+    d["ablation"] = fingerprint_view(LlgbmConfig().model_dump(mode="json"))["ablation"]
     return d
 
 
