@@ -58,9 +58,14 @@ def test_every_figure_written_in_three_formats(tmp_path):
     assert "λ warm-up" in (tmp_path / "curves.svg").read_text()
 
 
-def test_crossfold_needs_two_folds(tmp_path):
+def test_one_fold_plot_shows_the_exact_interval_of_each_accuracy(tmp_path):
     _, summary = _rows()
-    assert P.crossfold_plot({"only": summary}, tmp_path / "f.png") is None
+    rows = [{**s, "n_questions": 200} for s in summary]
+    made = P.crossfold_plot({"only": rows}, tmp_path / "f.png")
+    assert sorted(p.suffix for p in made) == [".pdf", ".png", ".svg"]
+    svg = (tmp_path / "f.svg").read_text()
+    assert "Held-out fold only" in svg and "n = 200" in svg
+    assert P.crossfold_plot({}, tmp_path / "g.png") is None
     assert P._t95(5) == pytest.approx(2.7764, abs=1e-4)  # t(4), as the results tables use
 
 

@@ -116,7 +116,7 @@ def render_cv(r: dict) -> None:
                     f"mean [95% t-interval across folds]")
     for col in ("Method", "Task Accuracy", "Δ vs base", "Δ vs mean-delta", "Gap to oracle", "Centered Cos",
                 "Wins/losses vs base"):
-        t.add_column(col, justify="left" if col == "Method" else "right")
+        t.add_column(col, justify="left" if col == "Method" else "right", no_wrap=col == "Method")
     for s in r["summary"]:
         if s.get("reference"):
             t.add_row(f"{s['method']} (reference)", ci(s, "accuracy"), "", "", "", "", "")
@@ -126,8 +126,27 @@ def render_cv(r: dict) -> None:
                   f"{s['wins_vs_base']}/{s['losses_vs_base']}")
     c.print(t)
     c.print(f"folds run: {', '.join(r['ran']) or 'none'}; already done: {', '.join(r['skipped']) or 'none'}")
+    _render_fold_checks(c, r.get("checks") or {}, r["folds"])
+    pngs = [p for p in r.get("plots") or [] if p.endswith(".png")]
     c.print(f"results: {r['files'].get('md')} (json, csv beside it); per-question scores: "
-            f"{r['out']}/folds/<fold>/questions.json")
+            f"{r['out']}/folds/<fold>/questions.json; each fold's evaluation and figures: {r['out']}/folds/<fold>/eval/"
+            + (f"; plot: {', '.join(pngs)} (PDF and SVG beside it)" if pngs else ""))
+
+
+def _render_fold_checks(c, checks: dict, folds: list) -> None:
+    """One line per acceptance check of each fold for a run of a few folds, else a count per fold."""
+    from ..evaluation.cv_stats import FEW_FOLDS
+
+    style = {"pass": "green", "fail": "bold red", "skip": "dim"}
+    for k in folds:
+        cs = checks.get(k) or []
+        if len(folds) <= FEW_FOLDS:
+            for ch in cs:
+                c.print(f"[{style.get(ch['status'], '')}]{str(ch['status']).upper():4}[/] "
+                        + (f"{k}: " if len(folds) > 1 else "") + f"{ch['name']}: {ch['detail']}")
+        elif cs:
+            failed = [ch["name"] for ch in cs if ch["status"] == "fail"]
+            c.print(f"checks {k}: {len(cs) - len(failed)} pass, {len(failed)} fail" + (f" ({'; '.join(failed)})" if failed else ""))
 
 
 def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict, flags: dict) -> None:

@@ -196,9 +196,31 @@ def cv_results_md(r: dict[str, Any]) -> str:
         if o.get("accuracy") is not None:
             lines.append(f"| {k} | {ORACLE} (reference: {o['adapter']}, of {o['candidates']}) | {fmt(o['accuracy'])} "
                          "| — | — | — | — | — | — | — |")
+    lines += checks_md(r.get("checks") or {}, r["folds"])
     lines += ["", "Per-question scores: `folds/<fold>/questions.json`; each fold's full evaluation: "
               "`folds/<fold>/eval/results.md`.", ""]
     return "\n".join(lines)
+
+
+FEW_FOLDS = 3  # up to this many folds, every check of every fold is listed (in results.md and on the terminal)
+
+
+def checks_md(checks: dict[str, list[dict[str, Any]]], folds: Sequence[str]) -> list[str]:
+    """The folds' acceptance checks: each one listed for a run of a few folds, else a count per fold."""
+    if not any(checks.get(k) for k in folds):
+        return []
+    lines = ["", "## Acceptance checks per fold", ""]
+    if len(folds) <= FEW_FOLDS:
+        lines += ["| Fold | Check | Result | Measured |", "|---|---|---|---|"]
+        lines += [f"| {k} | {c['name']} | {str(c['status']).upper()} | {c['detail']} |"
+                  for k in folds for c in checks.get(k) or []]
+    else:
+        lines += ["| Fold | Pass | Fail | Failed checks |", "|---|---|---|---|"]
+        for k in folds:
+            cs = checks.get(k) or []
+            failed = [c["name"] for c in cs if c["status"] == "fail"]
+            lines.append(f"| {k} | {sum(c['status'] == 'pass' for c in cs)} | {len(failed)} | {'; '.join(failed) or '—'} |")
+    return lines
 
 
 def contamination_summary(folds: Sequence[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:

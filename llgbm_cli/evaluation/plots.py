@@ -284,10 +284,13 @@ def crossfold_plot(folds: dict[str, list[dict[str, Any]]], path: Path,
                    keys: Sequence[tuple[str, str]] = (("centered_cosine", "centered cosine"),
                                                       ("accuracy", "task accuracy"))) -> Optional[list[Path]]:
     """Several folds (fold name -> that fold's rows, one per method; `eval` passes each held-out
-    task's rows): each fold a dot, the mean across folds with its 95% t-interval, per method;
-    nothing is drawn for fewer than two folds."""
-    if len(folds) < 2:
+    task's rows): each fold a dot, the mean across folds with its 95% t-interval, per method. One
+    fold: each method's value, its accuracy with the exact (Clopper-Pearson) 95% interval of a
+    proportion over the fold's questions."""
+    if not folds:
         return None
+    if len(folds) == 1:
+        return _one_fold_plot(*next(iter(folds.items())), path, keys)
     plt = _plt()
     methods = list(dict.fromkeys(s["method"] for rows in folds.values() for s in rows))
     colors = _colors(methods)
@@ -310,6 +313,36 @@ def crossfold_plot(folds: dict[str, list[dict[str, Any]]], path: Path,
     axes[0][0].set_yticklabels(methods)
     axes[0][0].invert_yaxis()
     fig.suptitle(f"Across {len(folds)} folds: each fold (dots), mean and 95% t-interval (diamond)", fontsize=10)
+    return _save(fig, path)
+
+
+def _one_fold_plot(fold: str, rows: list[dict[str, Any]], path: Path,
+                   keys: Sequence[tuple[str, str]]) -> Optional[list[Path]]:
+    from scipy.stats import binomtest
+
+    plt = _plt()
+    methods = list(dict.fromkeys(s["method"] for s in rows))
+    colors = _colors(methods)
+    n = next((int(s["n_questions"]) for s in rows if s.get("n_questions")), 0)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys) + 1.0, 0.35 * len(methods) + 1.5),
+                             sharey=True, squeeze=False)
+    ys = list(range(len(methods)))
+    for ax, (key, label) in zip(axes[0], keys):
+        for y, m in zip(ys, methods):
+            v = _num(next((s.get(key) for s in rows if s["method"] == m), None))
+            if math.isnan(v):
+                continue
+            lo = hi = 0.0
+            if key == "accuracy" and n:  # an accuracy is a proportion of the fold's n questions
+                ci = binomtest(round(v * n), n).proportion_ci(0.95, method="exact")
+                lo, hi = v - ci.low, ci.high - v
+            ax.errorbar([v], [y], xerr=[[lo], [hi]], fmt="D", color=colors[m], capsize=3, markersize=5)
+        ax.set_xlabel(label + (f" (exact 95% interval, n = {n})" if key == "accuracy" and n else ""))
+        ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+    axes[0][0].set_yticks(ys)
+    axes[0][0].set_yticklabels(methods)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"Held-out fold {fold}: each method", fontsize=10)
     return _save(fig, path)
 
 

@@ -85,6 +85,8 @@ class CVResult:
     is_main: bool = True  # under accelerate launch only the main process's result is complete
     # what the folds' scored questions were checked against, and how many each dropped (None: unchecked)
     contamination: Optional[dict[str, Any]] = None
+    # each fold's acceptance checks (its eval's results.json): fold -> [{name, status, detail}]
+    checks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from ..evaluation.reports import clean
@@ -279,6 +281,7 @@ def run_cv(
             return result
         result.summary = summarize(result.rows, result.oracle, ms)
         result.contamination = contamination_summary(checked)
+        result.checks = {k: fold_checks(out / "folds" / k) for k in result.folds}
         _write_files(out, result)
     return result
 
@@ -437,6 +440,15 @@ def _zoo_sha(zoo, folder: Optional[Path]) -> Optional[str]:
         if Path(zoo.path_of(e)).resolve() == folder.resolve():
             return e.sha256
     return None
+
+
+def fold_checks(fdir: Path) -> list[dict[str, Any]]:
+    """The acceptance checks of a fold's evaluation (name, status, detail), from its results.json."""
+    try:
+        checks = json.loads((fdir / "eval" / "results.json").read_text()).get("checks") or []
+    except (OSError, ValueError):
+        return []
+    return [{k: c.get(k) for k in ("name", "status", "detail")} for c in checks]
 
 
 def _write_files(out: Path, result: CVResult) -> None:
