@@ -26,30 +26,31 @@ def test_fast_profile_runs_the_whole_chain(tmp_path):
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     docs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    # validate, zoo build, cache-deltas, multitask, b1, b2, index, retrieve, eval
-    assert len(docs) == 9, [list(d)[:3] for d in docs]
+    # validate, overlap, zoo build, cache-deltas, eval --folds
+    assert len(docs) == 5, [list(d)[:3] for d in docs]
     assert docs[0]["ok"] is True
-    assert docs[2]["rows"] == 6 and not docs[2]["failed"]
-    index, retrieved, ev = docs[6], docs[7], docs[8]
-    assert index["count"] == 4  # the held-out task's 2 adapters are left out
-    assert retrieved["hits"] and all(h["task"] != "openbookqa" for h in retrieved["hits"])
-    assert retrieved["merged"] is not None
-    w = tmp_path / "w"
-    assert (w / "merges" / "openbookqa-ties" / "adapter_model.safetensors").exists()
-    for f in ("results.json", "results.csv", "results.md"):
-        assert (w / "eval" / f).exists()
-    methods = {row["method"] for row in json.loads((w / "eval" / "results.json").read_text())["rows"]}
-    merged = os.path.relpath(w / "merges" / "openbookqa-ties", REPO)
-    assert methods == {"base", "teacher", "mean-delta", "multitask", "b1", "b2", merged}  # the demo's merge is scored
-    # a rerun reuses finished work: no teacher is retrained and no delta recomputed (the two steps
-    # the demo runs unguarded; the training steps are skipped by the script once their output exists)
-    for p in ("multitask/final", "b1/final", "b2/predictor.json"):
-        assert (w / "train" / p).exists(), p
+    assert docs[1]["contaminated"] == 0 and docs[1]["tasks"] == ["arc-easy", "boolq", "openbookqa"]
+    assert docs[3]["rows"] == 6 and not docs[3]["failed"]
+    cv = docs[4]
+    assert cv["folds"] == ["openbookqa"] and cv["ran"] == ["openbookqa"]
+    assert {r["method"] for r in cv["rows"]} == {"base", "teacher", "mean-delta", "multitask", "b1", "b2"}
+    assert cv["oracle"][0]["candidates"] == 2 and cv["oracle"][0]["accuracy"] is not None  # each other task's last teacher
+    w = tmp_path / "w" / "eval-cv"
+    for f in ("results.json", "results.csv", "results.md", "plots/folds.png", "folds/openbookqa/eval/results.md"):
+        assert (w / f).exists(), f
+    # the fold's trained methods never saw the held-out task, and every acceptance check is reported
+    for m in ("multitask", "b1", "b2"):
+        assert (w / "folds" / "openbookqa" / "runs" / f"{m}.json").exists(), m
+    names = [c["name"] for c in cv["checks"]["openbookqa"]]
+    assert "a generated or retrieved adapter beats base on a task" in names
+    assert "## Acceptance checks per fold" in (w / "results.md").read_text()
+    # a rerun reuses finished work: no teacher is retrained, no delta recomputed, the fold not rerun
     again = []
-    for step in (["zoo", "build"], ["cache-deltas"]):
+    for step in (["zoo", "build"], ["cache-deltas"], ["eval", "--folds", "openbookqa"]):
         r2 = subprocess.run([str(Path(sys.executable).parent / "llgbm"), "-p", str(project), "--json", *step],
                             capture_output=True, text=True, env=env, timeout=600)
         assert r2.returncode == 0, r2.stderr[-3000:]
         again.append(json.loads(r2.stdout))
-    assert again[0]["built"] == 0 and again[0]["skipped"] == docs[1]["built"] > 0
+    assert again[0]["built"] == 0 and again[0]["skipped"] == docs[2]["built"] > 0
     assert again[1]["computed"] == 0 and again[1]["reused"] == 6
+    assert again[2]["ran"] == [] and again[2]["skipped"] == ["openbookqa"] and again[2]["rows"] == cv["rows"]
