@@ -106,20 +106,24 @@ def render_cv(r: dict) -> None:
 
     from ..evaluation.reports import fmt, signed
 
-    def ci(s, key, f=fmt):
+    def ci(s, key, f=fmt):  # 3 digits on the terminal (4 in results.md): an interval fits a narrow column
         if s.get(key) is None:
             return "—"
-        return f(s[key]) + (f" [{f(s[key + '_low'])}, {f(s[key + '_high'])}]" if s.get(key + "_low") is not None else "")
+        g = (lambda v: signed(v, 3)) if f is signed else (lambda v: "—" if v is None else f"{v:.3f}")  # noqa: E731
+        return g(s[key]) + (f" [{g(s[key + '_low'])}, {g(s[key + '_high'])}]" if s.get(key + "_low") is not None else "")
 
     c = console()
     t = Table(title=f"cross-validation over {len(r['folds'])} folds ({', '.join(r['folds'])}): "
                     f"mean [95% t-interval across folds]")
+    t.caption = ("W/L: folds won/lost against base at Holm-adjusted p < 0.05. oracle-best: a reference, not a "
+                 "method (the best other task's teacher, chosen with the test labels)")
     for col in ("Method", "Task Accuracy", "Δ vs base", "Δ vs mean-delta", "Gap to oracle", "Centered Cos",
-                "Wins/losses vs base"):
-        t.add_column(col, justify="left" if col == "Method" else "right", no_wrap=col == "Method")
+                "W/L vs base"):  # numbers wrap at a narrow terminal instead of being cut, header words stay whole
+        t.add_column(col, justify="left" if col == "Method" else "right", no_wrap=col == "Method",
+                     overflow="fold", min_width=max(len(w) for w in col.split()) if col != "Method" else None)
     for s in r["summary"]:
         if s.get("reference"):
-            t.add_row(f"{s['method']} (reference)", ci(s, "accuracy"), "", "", "", "", "")
+            t.add_row(s["method"], ci(s, "accuracy"), "", "", "", "", "", style="dim")
             continue
         t.add_row(s["method"], ci(s, "accuracy"), ci(s, "accuracy_vs_base", signed), ci(s, "vs_mean_delta", signed),
                   ci(s, "gap_to_oracle", signed), ci(s, "centered_cosine"),
