@@ -1,10 +1,14 @@
-"""Float32 against bfloat16, the same work in one run: a teacher's training step, choice scoring, greedy
-decoding and the delta computation of cache-deltas.
+"""Float32 against bfloat16, the same work in one run: a teacher's training step, a multitask step,
+choice scoring, greedy decoding and the delta computation of cache-deltas.
 
 Teacher step: :func:`llgbm_cli.training.teacher.train_trajectory` on ``--task``'s train examples (the
 research profile's layout: rank 8 on q/v of the last 8 layers, batch 8), float32 against
 ``zoo.mixed_precision = bf16`` (bfloat16 autocast, float32 LoRA weights and AdamW state), the same seed
 and batches; seconds per step of each, and the cosine between the two trajectories' final ΔW.
+Multitask step: the compact hyperconv generator on the research layout, a batch of 4 conditions, the
+token loss against 4 teachers and the delta loss on 2 of them through the frozen base over 8 probes,
+backward and AdamW, in float32 against bfloat16 autocast (``train.multitask.mixed_precision = "bf16"``:
+float32 generator weights and optimizer state), the same seed; median seconds of ``--steps`` steps.
 Scoring, decoding and deltas: the base model loaded in float32 and in bfloat16 (``[model] dtype``);
 questions (or adapters) per second of each, whether the predictions agree, the decoded outputs that
 match, and the cosine between the float32 and bfloat16 deltas of the same adapters. Prints one JSON
@@ -85,6 +89,9 @@ def main() -> None:
            for k in final["fp32"]]
     out["teacher_dW_cosine_min"] = round(min(cos), 4)
 
+    # --- multitask steps: float32 and bf16 autocast, the same generator initialisation and inputs
+    out.update(_multitask_steps(model, tok, args, device))
+
     # --- scoring, decoding, deltas: the model in float32, then in bfloat16
     recs = task.sample("test", args.n, seed=args.seed)
     gtask = reg.get(args.gen_task)
@@ -122,6 +129,55 @@ def main() -> None:
     out["delta_cosine_min"] = round(float(dc.min()), 5)
     out["load_start"], out["load_end"] = [round(x, 2) for x in load_start], [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out))
+
+
+def _multitask_steps(model, tok, args, device) -> dict:
+    import statistics
+
+    import torch
+
+    from llgbm_cli.adapters import random_adapter
+    from llgbm_cli.deltas.compute import DeltaSpec, base_states, delta_for_stacked
+    from llgbm_cli.deltas.probes import load_probes
+    from llgbm_cli.generators import build_generator
+    from llgbm_cli.losses import DeltaLoss, masked_token_mse
+    from llgbm_cli.lora.tokenizer import LoraTokenizer
+
+    probes = load_probes("generic", tok, count=8)
+    spec = DeltaSpec()
+    base = base_states(model, probes, spec)
+    layout = LoraTokenizer.from_model(model, ["q_proj", "v_proj"], 8, last_layers=args.last_layers)
+    torch.manual_seed(args.seed)
+    teachers = [random_adapter(model, r=8, seed=10 + i, last_layers=args.last_layers) for i in range(4)]
+    teacher = torch.stack([layout.tokenize_adapter(a) for a in teachers]).to(device)
+    mask = layout.mask().to(device)
+    t_deltas = torch.randn(2, base.shape[0], device=device)
+    cond = torch.randn(4, 8, 384, device=device)
+    res, losses = {}, {}
+    for name, amp in (("fp32", False), ("bf16", True)):
+        torch.manual_seed(args.seed)
+        gen = build_generator("hyperconv", layout, 384, {"scaling": 2.0, "n_prompts": 8, "preset": "compact"}).to(device)
+        gen.init_output(teacher.mean(0), {})
+        opt = torch.optim.AdamW(gen.parameters(), lr=1e-3)
+        times = []
+        for i in range(args.steps + 1):  # the first step is a warm-up
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                g = gen(cond)
+                pred = g.tokens if g.tokens is not None else layout.tokenize(g.loras)
+                loss = masked_token_mse(pred.float(), teacher, mask)
+                d = delta_for_stacked(model, probes, spec, g.select(slice(0, 2)).stacked(), base)
+                loss = loss + DeltaLoss("mse")(d.float(), t_deltas)
+            loss.backward()
+            opt.step()
+            if i:
+                times.append(time.perf_counter() - t)
+        res[name] = statistics.median(times)
+        losses[name] = float(loss.detach())
+    return {"multitask_fp32_s_per_step": round(res["fp32"], 4), "multitask_bf16_s_per_step": round(res["bf16"], 4),
+            "multitask_speedup": round(res["fp32"] / res["bf16"], 2),
+            "multitask_fp32_loss": round(losses["fp32"], 5), "multitask_bf16_loss": round(losses["bf16"], 5)}
 
 
 def _tmp_state(name: str):
