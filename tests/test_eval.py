@@ -211,7 +211,7 @@ def test_eval_two_holdouts_draws_the_cross_fold_figure(tmp_path, tiny, cli):
 @pytest.mark.parametrize("args,needle", [
     (["-m", "nonsense"], "unknown method"),
     (["-m", "merge:nope"], "unknown merge strategy"),
-    (["-m", "base", "--task", "piqa"], "valid: arc-easy, boolq"),
+    (["-m", "base", "--task", "nonesuch"], "--task nonesuch: neither a task of the zoo nor a registered task"),
     (["-m", "multitask"], "llgbm train multitask"),
     (["-m", "b1"], "llgbm train delta-only --variant b1"),
     (["-m", "b2"], "llgbm train delta-only --variant b2"),
@@ -386,3 +386,58 @@ def test_b1_training_degeneracy_flags_are_a_check():
     bad = C.training_degeneracy("b1", collapsed)
     assert bad["status"] == C.FAIL and "diversity collapse" in bad["detail"]
     assert C.training_degeneracy("b1", [{"step": 1, "loss_delta": 0.3}]) is None
+
+
+def test_a_task_outside_the_zoo_is_scored_without_a_teacher(world):
+    """`eval --task` on a registered task no teacher was trained on: every method with an adapter is
+    scored on its questions, the teacher has no row, and no delta metric is made up against a teacher."""
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.eval import run_eval
+
+    res = run_eval(load_config(world), methods=["base", "teacher", "mean-delta", "merge:linear"],
+                   tasks=["openbookqa", "arc-easy"], out=world.parent / "eval-new-task", force=True)
+    rows = {(r["method"], r["task"]): r for r in res.rows}
+    assert ("teacher", "openbookqa") not in rows and ("teacher", "arc-easy") in rows
+    assert res.no_teacher == ["openbookqa"]
+    for m in ("base", "mean-delta", "merge:linear"):
+        r = rows[m, "openbookqa"]
+        assert r["n_questions"] == 6 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["delta_mse"] is None and r["centered_cosine"] is None and r["identified"] is None
+        assert r["nearest_task"] in ("arc-easy", "boolq")
+    assert rows["mean-delta", "openbookqa"]["heldout"] is True  # no teacher of it was merged
+    assert rows["mean-delta", "arc-easy"]["heldout"] is False
+    # Task ID counts only the tasks that have a teacher
+    summ = {s["method"]: s for s in res.summary}
+    assert summ["teacher"]["task_identification"] == 1.0 and summ["teacher"]["tasks"] == 1
+    md = (world.parent / "eval-new-task" / "results.md").read_text()
+    assert "Outside the zoo: openbookqa" in md
+    assert json.loads((world.parent / "eval-new-task" / "results.json").read_text())["no_teacher"] == ["openbookqa"]
+
+
+def test_an_unknown_task_is_refused_naming_the_flag(world):
+    from llgbm_cli.config import load_config
+    from llgbm_cli.errors import InputError
+    from llgbm_cli.services.eval import run_eval
+
+    with pytest.raises(InputError, match="--task no-such-task: neither a task of the zoo nor a registered task"):
+        run_eval(load_config(world), methods=["base"], tasks=["no-such-task"], out=world.parent / "e2", force=True)
+    with pytest.raises(InputError, match="--holdout openbookqa: not a task of the zoo"):
+        run_eval(load_config(world), methods=["base"], holdout=["openbookqa"], out=world.parent / "e3", force=True)
+
+
+def test_a_generator_is_conditioned_on_the_train_prompts_of_a_task_outside_the_zoo(world):
+    """multitask, B1 and B2 condition on a task's text: for a task with no teacher (no zoo condition),
+    prompts of its own train split, never its test questions."""
+    from types import SimpleNamespace
+
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.eval_methods import condition_texts
+    from llgbm_cli.tasks.registry import registry_for
+
+    resolved = load_config(world)
+    w = SimpleNamespace(teachers={}, resolved=resolved)
+    texts = condition_texts(w, "openbookqa", "prompts", 8)
+    task = registry_for(resolved).get("openbookqa")
+    train = {r.prompt for r in task.sample("train", 10_000, seed=0)}
+    test = {r.prompt for r in task.sample("test", 10_000, seed=0)}
+    assert len(texts) == 8 and set(texts) <= train and not set(texts) & test

@@ -42,7 +42,7 @@ def eval_cmd(
         help=f"Method (repeatable): {', '.join(fixed_names())}, merge:<strategy>, or an adapter "
         "folder. Default: [eval] methods.",
     ),
-    task: Optional[List[str]] = typer.Option(None, "--task", "-t", help="Task to evaluate (repeatable; default: every zoo task)."),
+    task: Optional[List[str]] = typer.Option(None, "--task", "-t", help="Task to evaluate (repeatable; default: every zoo task): a zoo task, or any registered task, scored without a teacher."),
     holdout: Optional[List[str]] = typer.Option(
         None, "--holdout",
         help="Leave-one-out task (repeatable): evaluated as held out; generators or an index that saw it are refused.",

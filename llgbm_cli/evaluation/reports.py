@@ -109,6 +109,10 @@ def eval_results_md(result: dict[str, Any]) -> str:
         ("Leave-one-out: held-out tasks " + ", ".join(held) + " (no evaluated generator, index or mean was trained "
          "on their teachers)." if held else "No --holdout: tasks marked `Held out = no` were seen in training by that "
          "method."),
+        *([f"Outside the zoo: {', '.join(result['no_teacher'])} (no teacher adapter, so no method was trained on it, "
+           "and no delta metric against a teacher exists: delta MSE, cosines, norm ratio and Task ID are left "
+           "empty, not zero; the nearest-teacher column says which zoo task's teacher each delta lies nearest to)."]
+          if result.get("no_teacher") else []),
         "",
         summary_line(result.get("contamination") or []),
         "",

@@ -59,6 +59,8 @@ class EvalResult:
     seconds: float = 0.0
     # per task: what the scored questions were checked against and what was found (tasks/overlap.py)
     contamination: list[dict[str, Any]] = field(default_factory=list)
+    # evaluated tasks outside the zoo: no teacher, so no delta metric against one (stated, not zero-filled)
+    no_teacher: list[str] = field(default_factory=list)
     # method x task -> TaskScore (per-question scores included; (None, task): the base model); not in the files
     scores: dict[tuple[Optional[str], str], Any] = field(default_factory=dict, repr=False)
     processes: int = 1  # not in the files either: the results do not depend on it
@@ -151,12 +153,17 @@ def load_world(resolved, tasks: list[str], holdout: list[str], model=None, tok=N
                  train_mean, list(holdout))
 
 
-def resolve_tasks(zoo_tasks: list[str], tasks: Sequence[str], holdout: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(tasks to evaluate, held-out tasks); every name must be a zoo task."""
-    for flag, names in (("--task", tasks), ("--holdout", holdout)):
-        bad = [t for t in names if t not in zoo_tasks]
-        if bad:
-            raise InputError(f"{flag} {', '.join(bad)}: not a task of the zoo; valid: {', '.join(zoo_tasks)}")
+def resolve_tasks(zoo_tasks: list[str], tasks: Sequence[str], holdout: Sequence[str],
+                  registered: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(tasks to evaluate, held-out tasks). A held-out task is a zoo task; an evaluated one is a zoo
+    task or any ``registered`` task (one without a teacher: no trained method, index or mean saw it)."""
+    bad = [t for t in holdout if t not in zoo_tasks]
+    if bad:
+        raise InputError(f"--holdout {', '.join(bad)}: not a task of the zoo; valid: {', '.join(zoo_tasks)}")
+    bad = [t for t in tasks if t not in zoo_tasks and t not in registered]
+    if bad:
+        raise InputError(f"--task {', '.join(bad)}: neither a task of the zoo nor a registered task; valid: "
+                         f"{', '.join(dict.fromkeys([*zoo_tasks, *registered]))} (declare a new one as [tasks.NAME])")
     out = list(dict.fromkeys(list(tasks) + list(holdout))) if (tasks or holdout) else list(zoo_tasks)
     return out, list(dict.fromkeys(holdout))
 
@@ -233,8 +240,10 @@ def run_eval(
                  roots=[resolved.workdir, resolved.root])
     holdout = list(holdout) if holdout else list(ec.holdout)
     tasks_in = list(tasks) if tasks else list(ec.tasks)
+    from ..tasks.registry import registry_for
+
     zoo_tasks = (world.zoo if world is not None else Zoo.load(workdir.path(resolved, "zoo"))).tasks()
-    tasks, holdout = resolve_tasks(zoo_tasks, tasks_in, holdout)
+    tasks, holdout = resolve_tasks(zoo_tasks, tasks_in, holdout, registry_for(resolved).names())
     if world is None:
         world = load_world(resolved, tasks, holdout, device=dist.device(cfg.model.device))
     elif world.holdout != holdout:
@@ -242,7 +251,8 @@ def run_eval(
     checkpoints = dict(checkpoints or {})
     command = reproduce_command(resolved, methods, tasks, holdout, out, ec.test_sample, overrides, checkpoints)
     result = EvalResult(str(out), command, cfg.model.base, cfg.project.seed, ec.test_sample, methods, tasks, holdout,
-                        processes=dist.world, is_main=dist.is_main)
+                        processes=dist.world, is_main=dist.is_main,
+                        no_teacher=[t for t in tasks if t not in world.teachers])
     samples = scored_samples(resolved, tasks)  # before any work: `refuse` stops here
     result.contamination = [info for _, info in samples.values()]
     samples = {t: recs for t, (recs, _) in samples.items()}
@@ -278,6 +288,7 @@ class _Built:
     where: dict[tuple[str, str], Optional[str]] = field(default_factory=dict)
     heldout: dict[tuple[str, str], Optional[bool]] = field(default_factory=dict)
     metric: dict[str, str] = field(default_factory=dict)  # the task's headline metric (acc, number, ...)
+    absent: set = field(default_factory=set)  # (method, task) the method has nothing for: no row, not scored
 
 
 def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], result: EvalResult, progress) -> _Built:
@@ -292,6 +303,7 @@ def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], re
         made = M_.method_of(m).build(ctx, m, tasks)
         if made.info is not None:
             result.runs[m] = made.info
+        b.absent.update((m, t) for t in made.absent)
         for t in tasks:
             ad = b.adapters[m, t] = made.adapters[t]
             b.heldout[m, t] = made.heldout[t]
@@ -384,6 +396,7 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
         opts = [len(r.options) for r in recs[t]]
         chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
     cells = [c for t in tasks for c in [(None, t)] + [(m, t) for m in methods if b.adapters[m, t] is not None]]
+    absent = getattr(b, "absent", set())
     mine = []
     dealt = dist.shard(cells) if dist is not None else cells
     for t in dict.fromkeys(t for _, t in dealt):
@@ -404,7 +417,8 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     for t in tasks:
         base_acc[t] = got[None, t].accuracy
         for m in methods:
-            acc[m, t] = base_acc[t] if b.adapters[m, t] is None else got[m, t].accuracy
+            if (m, t) not in absent:
+                acc[m, t] = base_acc[t] if b.adapters[m, t] is None else got[m, t].accuracy
     return acc, base_acc, nq, chance
 
 
@@ -418,9 +432,15 @@ def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, chance
     zero = torch.zeros_like(world.train_mean)
     for m in methods:
         for t in tasks:
+            if (m, t) in b.absent:
+                continue
             d = method_delta.get((m, t), zero)
             row = {"method": m, "task": t, "heldout": b.heldout[m, t]}
-            row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
+            if t in world.teacher_deltas:
+                row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
+            else:  # no teacher to compare with: which zoo task's teacher the delta lies nearest to, nothing else
+                row.update(delta_mse=None, delta_cosine=None, centered_cosine=None, norm_ratio=None,
+                           nearest_task=M.nearest_task(d, world.teacher_deltas), identified=None)
             row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
                        chance=chance[t], metric=b.metric.get(t, "acc"), adapter=b.where.get((m, t)))
             result.rows.append(row)
@@ -510,6 +530,8 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
     out = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
+        if not rs:  # e.g. the teacher, when every evaluated task is outside the zoo
+            continue
         out.append({
             "method": m,
             "tasks": len(rs),
@@ -517,7 +539,8 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
             "delta_cosine": mean_of([r["delta_cosine"] for r in rs]),
             "centered_cosine": mean_of([r["centered_cosine"] for r in rs]),
             "norm_ratio": mean_of([r["norm_ratio"] for r in rs]),
-            "task_identification": sum(bool(r["identified"]) for r in rs) / len(rs) if rs else math.nan,
+            "task_identification": (sum(bool(r["identified"]) for r in ids) / len(ids)
+                                    if (ids := [r for r in rs if r["identified"] is not None]) else math.nan),
             "accuracy": mean_of([r["accuracy"] for r in rs]),
             "accuracy_vs_base": mean_of([r["accuracy_vs_base"] for r in rs]),
             "heldout": all(r["heldout"] is True for r in rs),

@@ -39,6 +39,7 @@ class Built:
     heldout: dict[str, Optional[bool]]  # task -> made without that task (None: unknown)
     where: dict[str, str] = field(default_factory=dict)  # task -> folder, when the adapter already lives on disk
     info: Optional[dict[str, Any]] = None  # what eval records under runs[method]
+    absent: frozenset = frozenset()  # tasks this method has nothing for (teacher: a task outside the zoo): no row
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def condition_texts(world, task: str, mode: str, n: int, descriptions=None) -> l
 
     if mode == "description":
         return [describe_task(task, {**descriptions_for(world.resolved), **(descriptions or {})})]
-    cond = list(world.teachers[task].condition or [])
+    teacher = world.teachers.get(task)  # a task outside the zoo: prompts of its own train split
+    cond = list(teacher.condition or []) if teacher is not None else []
     if not cond:
         t = registry_for(world.resolved).get(task)
         cond = [r.prompt for r in t.sample("train", max(n, 8), seed=world.resolved.config.project.seed)]
@@ -229,15 +231,16 @@ def _teacher(ctx, method: str, tasks: list[str]) -> Built:
     from ..adapters import load_adapter
 
     world = ctx.world
-    paths = {t: world.zoo.path_of(world.teachers[t]) for t in tasks}
-    return Built({t: load_adapter(p) for t, p in paths.items()}, {t: False for t in tasks},
-                 {t: str(p) for t, p in paths.items()})
+    paths = {t: world.zoo.path_of(world.teachers[t]) for t in tasks if t in world.teachers}
+    absent = frozenset(t for t in tasks if t not in world.teachers)  # no teacher: no row, not the base model
+    return Built({t: load_adapter(paths[t]) if t in paths else None for t in tasks}, {t: False for t in tasks},
+                 {t: str(p) for t, p in paths.items()}, absent=absent)
 
 
 @register("mean-delta", "every training adapter merged linearly, the same for every task")
 def _mean_delta(ctx, method: str, tasks: list[str]) -> Built:
     merged = merge_zoo(ctx.world, ctx.world.train_entries, method)
-    return Built({t: merged for t in tasks}, {t: t in ctx.world.holdout for t in tasks})
+    return Built({t: merged for t in tasks}, {t: t in ctx.world.holdout or t not in ctx.world.teachers for t in tasks})
 
 
 def _checkpoint(ctx, method: str) -> Path:
