@@ -291,12 +291,9 @@ def crossfold_plot(folds: dict[str, list[dict[str, Any]]], path: Path,
         return None
     if len(folds) == 1:
         return _one_fold_plot(*next(iter(folds.items())), path, keys)
-    plt = _plt()
     methods = list(dict.fromkeys(s["method"] for rows in folds.values() for s in rows))
     colors = _colors(methods)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys) + 1.0, 0.35 * len(methods) + 1.5),
-                             sharey=True, squeeze=False)
-    ys = list(range(len(methods)))
+    fig, axes, ys = _method_rows(methods, len(keys))
     for ax, (key, label) in zip(axes[0], keys):
         for y, m in zip(ys, methods):
             vals = [_num(s.get(key)) for rows in folds.values() for s in rows if s["method"] == m]
@@ -308,11 +305,25 @@ def crossfold_plot(folds: dict[str, list[dict[str, Any]]], path: Path,
             half = _t95(len(vals)) * _sd(vals) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
             ax.errorbar([mean], [y], xerr=[[half], [half]], fmt="D", color=colors[m], capsize=3, markersize=5)
         ax.set_xlabel(label)
+    return _method_rows_done(fig, axes, ys, methods, path,
+                             f"Across {len(folds)} folds: each fold (dots), mean and 95% t-interval (diamond)")
+
+
+def _method_rows(methods: list[str], panels: int):
+    """A figure of ``panels`` side by side, one row per method (the y axis shared)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels + 1.0, 0.35 * len(methods) + 1.5),
+                             sharey=True, squeeze=False)
+    return fig, axes, list(range(len(methods)))
+
+
+def _method_rows_done(fig, axes, ys, methods, path: Path, title: str) -> list[Path]:
+    for ax in axes[0]:
         ax.grid(axis="x", linewidth=0.4, alpha=0.5)
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels(methods)
     axes[0][0].invert_yaxis()
-    fig.suptitle(f"Across {len(folds)} folds: each fold (dots), mean and 95% t-interval (diamond)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -320,13 +331,10 @@ def _one_fold_plot(fold: str, rows: list[dict[str, Any]], path: Path,
                    keys: Sequence[tuple[str, str]]) -> Optional[list[Path]]:
     from scipy.stats import binomtest
 
-    plt = _plt()
     methods = list(dict.fromkeys(s["method"] for s in rows))
     colors = _colors(methods)
     n = next((int(s["n_questions"]) for s in rows if s.get("n_questions")), 0)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys) + 1.0, 0.35 * len(methods) + 1.5),
-                             sharey=True, squeeze=False)
-    ys = list(range(len(methods)))
+    fig, axes, ys = _method_rows(methods, len(keys))
     for ax, (key, label) in zip(axes[0], keys):
         for y, m in zip(ys, methods):
             v = _num(next((s.get(key) for s in rows if s["method"] == m), None))
@@ -338,12 +346,7 @@ def _one_fold_plot(fold: str, rows: list[dict[str, Any]], path: Path,
                 lo, hi = v - ci.low, ci.high - v
             ax.errorbar([v], [y], xerr=[[lo], [hi]], fmt="D", color=colors[m], capsize=3, markersize=5)
         ax.set_xlabel(label + (f" (exact 95% interval, n = {n})" if key == "accuracy" and n else ""))
-        ax.grid(axis="x", linewidth=0.4, alpha=0.5)
-    axes[0][0].set_yticks(ys)
-    axes[0][0].set_yticklabels(methods)
-    axes[0][0].invert_yaxis()
-    fig.suptitle(f"Held-out fold {fold}: each method", fontsize=10)
-    return _save(fig, path)
+    return _method_rows_done(fig, axes, ys, methods, path, f"Held-out fold {fold}: each method")
 
 
 def _sd(v: list[float]) -> float:
