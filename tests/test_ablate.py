@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from test_eval import make_world
+
+# the first built-in world: the plans' λ schedule (λ 1, mse, linear), which the grid's duplicates assume
+FIVE = REPO / "profiles" / "five-task.toml"
 
 ABLATE_TOML = """
 [train.multitask]
@@ -43,7 +47,7 @@ GRID = [
 def test_dry_run_lists_exactly_the_grid(cli, tmp_path):
     r = cli("--project", tmp_path / "none.toml", "--json", "ablate", "--dry-run")
     assert r.exit_code == 2  # an explicit project file that does not exist
-    r = cli("--json", "ablate", "--dry-run")
+    r = cli("--project", FIVE, "--json", "ablate", "--dry-run")
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
     assert [c["cell"] for c in data["cells"]] == GRID
@@ -58,9 +62,9 @@ def test_dry_run_lists_exactly_the_grid(cli, tmp_path):
                     "lambda_delta=1+delta_loss_type=mse": "lambda_delta=1",
                     "lambda_delta=1+delta_loss_type=cosine": "delta_loss_type=cosine"}
     assert data["same_as"] == same
-    r = cli("ablate", "--dry-run")
+    r = cli("--project", FIVE, "ablate", "--dry-run")
     assert "13 distinct settings" in r.stdout and "not run" in r.stdout
-    r = cli("ablate", "--dry-run", "--cell", "lambda_delta=7")
+    r = cli("--project", FIVE, "ablate", "--dry-run", "--cell", "lambda_delta=7")
     assert r.exit_code == 2 and "not a cell of the grid" in r.stderr
 
 
@@ -115,9 +119,9 @@ def test_lever_cells_sit_next_to_the_grid():
     from llgbm_cli.config import load_config
     from llgbm_cli.services.ablate import ablation_grid, duplicate_cells
 
-    default = load_config(None).config
+    default = load_config(FIVE).config
     assert [c.name for c in ablation_grid(default.ablation)] == GRID  # no lever cells unless asked for
-    cfg = load_config(None, {"ablation.loss_balance": ["none", "gradnorm", "uncertainty"],
+    cfg = load_config(FIVE, {"ablation.loss_balance": ["none", "gradnorm", "uncertainty"],
                              "ablation.delta_centered": [False, True], "ablation.task_weight": [0, 0.1]}).config
     cells = ablation_grid(cfg.ablation)
     assert [c.name for c in cells[:18]] == GRID
@@ -134,7 +138,7 @@ def test_lever_cells_sit_next_to_the_grid():
     for on in ("loss_balance=gradnorm", "loss_balance=uncertainty", "delta_centered=true", "task_weight=0.1"):
         assert on not in same
     # with the lever on in the project, its off cell is new and its on cell is the project's setting
-    cfg2 = load_config(None, {"train.multitask.delta_centered": True, "ablation.delta_centered": [False, True]}).config
+    cfg2 = load_config(FIVE, {"train.multitask.delta_centered": True, "ablation.delta_centered": [False, True]}).config
     same2 = duplicate_cells(cfg2, ablation_grid(cfg2.ablation))
     assert "delta_centered=false" not in same2 and same2["delta_centered=true"] == "lambda_delta=1"
 

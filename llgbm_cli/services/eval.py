@@ -157,13 +157,13 @@ def resolve_tasks(zoo_tasks: list[str], tasks: Sequence[str], holdout: Sequence[
                   registered: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """(tasks to evaluate, held-out tasks). A held-out task is a zoo task; an evaluated one is a zoo
     task or any ``registered`` task (one without a teacher: no trained method, index or mean saw it)."""
-    bad = [t for t in holdout if t not in zoo_tasks]
-    if bad:
-        raise InputError(f"--holdout {', '.join(bad)}: not a task of the zoo; valid: {', '.join(zoo_tasks)}")
     bad = [t for t in tasks if t not in zoo_tasks and t not in registered]
     if bad:
         raise InputError(f"--task {', '.join(bad)}: neither a task of the zoo nor a registered task; valid: "
                          f"{', '.join(dict.fromkeys([*zoo_tasks, *registered]))} (declare a new one as [tasks.NAME])")
+    bad = [t for t in holdout if t not in zoo_tasks]
+    if bad:
+        raise InputError(f"--holdout {', '.join(bad)}: not a task of the zoo; valid: {', '.join(zoo_tasks)}")
     out = list(dict.fromkeys(list(tasks) + list(holdout))) if (tasks or holdout) else list(zoo_tasks)
     return out, list(dict.fromkeys(holdout))
 
