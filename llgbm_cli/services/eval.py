@@ -396,7 +396,6 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
         opts = [len(r.options) for r in recs[t]]
         chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
     cells = [c for t in tasks for c in [(None, t)] + [(m, t) for m in methods if b.adapters[m, t] is not None]]
-    absent = getattr(b, "absent", set())
     mine = []
     dealt = dist.shard(cells) if dist is not None else cells
     for t in dict.fromkeys(t for _, t in dealt):
@@ -417,7 +416,7 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     for t in tasks:
         base_acc[t] = got[None, t].accuracy
         for m in methods:
-            if (m, t) not in absent:
+            if (m, t) not in b.absent:
                 acc[m, t] = base_acc[t] if b.adapters[m, t] is None else got[m, t].accuracy
     return acc, base_acc, nq, chance
 
