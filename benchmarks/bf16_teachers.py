@@ -92,7 +92,7 @@ def main() -> None:
             "fp32_accuracy": round(acc["fp32"], 4), "bf16_accuracy": round(acc["bf16"], 4),
             "difference": round(acc["bf16"] - acc["fp32"], 4),
             "difference_low": round(boot["low"], 4), "difference_high": round(boot["high"], 4),
-            "mcnemar_p": round(mc["p"], 4), "disagree": int(sum(a != b for a, b in zip(res["bf16"], res["fp32"]))),
+            "mcnemar_p": round(mc["p"], 4), "disagree": mc["a_only"] + mc["b_only"],
             "within_1_point": abs(acc["bf16"] - acc["fp32"]) <= 0.01 + 1e-9,
             "dW_cosine_min": round(_dw_cosine_min(mods["fp32"], mods["bf16"]), 4),
         }

@@ -139,7 +139,7 @@ def render_cv(r: dict) -> None:
 
 def _render_fold_checks(c, checks: dict, folds: list) -> None:
     """One line per acceptance check of each fold for a run of a few folds, else a count per fold."""
-    from ..evaluation.cv_stats import FEW_FOLDS
+    from ..evaluation.cv_stats import FEW_FOLDS, check_counts
 
     style = {"pass": "green", "fail": "bold red", "skip": "dim"}
     for k in folds:
@@ -149,8 +149,8 @@ def _render_fold_checks(c, checks: dict, folds: list) -> None:
                 c.print(f"[{style.get(ch['status'], '')}]{str(ch['status']).upper():4}[/] "
                         + (f"{k}: " if len(folds) > 1 else "") + f"{ch['name']}: {ch['detail']}")
         elif cs:
-            failed = [ch["name"] for ch in cs if ch["status"] == "fail"]
-            c.print(f"checks {k}: {len(cs) - len(failed)} pass, {len(failed)} fail" + (f" ({'; '.join(failed)})" if failed else ""))
+            passed, failed = check_counts(cs)
+            c.print(f"checks {k}: {passed} pass, {len(failed)} fail" + (f" ({'; '.join(failed)})" if failed else ""))
 
 
 def _cv(ctx: typer.Context, folds: str, method, out, force: bool, ov: dict, flags: dict) -> None:

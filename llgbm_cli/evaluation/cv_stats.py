@@ -217,10 +217,14 @@ def checks_md(checks: dict[str, list[dict[str, Any]]], folds: Sequence[str]) -> 
     else:
         lines += ["| Fold | Pass | Fail | Failed checks |", "|---|---|---|---|"]
         for k in folds:
-            cs = checks.get(k) or []
-            failed = [c["name"] for c in cs if c["status"] == "fail"]
-            lines.append(f"| {k} | {sum(c['status'] == 'pass' for c in cs)} | {len(failed)} | {'; '.join(failed) or '—'} |")
+            passed, failed = check_counts(checks.get(k) or [])
+            lines.append(f"| {k} | {passed} | {len(failed)} | {'; '.join(failed) or '—'} |")
     return lines
+
+
+def check_counts(checks: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
+    """(how many passed, the names of those that failed) of one fold's checks."""
+    return sum(c["status"] == "pass" for c in checks), [c["name"] for c in checks if c["status"] == "fail"]
 
 
 def contamination_summary(folds: Sequence[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:

@@ -66,10 +66,14 @@ def task_identification(cases: list[tuple[str, "torch.Tensor"]], teachers: Mappi
     return hits / len(cases)
 
 
-def delta_metrics(pred: "torch.Tensor", target: "torch.Tensor", mean: "torch.Tensor",
+def delta_metrics(pred: "torch.Tensor", target: Optional["torch.Tensor"], mean: "torch.Tensor",
                   teachers: Mapping[str, "torch.Tensor"], task: str) -> dict[str, object]:
-    """Every per-case delta metric of one method on one task."""
+    """Every per-case delta metric of one method on one task. Without a ``target`` (a task with no
+    teacher) only the nearest teacher's task is known; the rest is None, not a made-up zero."""
     near = nearest_task(pred, teachers)
+    if target is None:
+        return {"delta_mse": None, "delta_cosine": None, "centered_cosine": None, "norm_ratio": None,
+                "nearest_task": near, "identified": None}
     return {
         "delta_mse": delta_mse(pred, target),
         "delta_cosine": delta_cosine(pred, target),

@@ -435,11 +435,7 @@ def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, chance
                 continue
             d = method_delta.get((m, t), zero)
             row = {"method": m, "task": t, "heldout": b.heldout[m, t]}
-            if t in world.teacher_deltas:
-                row.update(M.delta_metrics(d, world.teacher_deltas[t], world.train_mean, world.teacher_deltas, t))
-            else:  # no teacher to compare with: which zoo task's teacher the delta lies nearest to, nothing else
-                row.update(delta_mse=None, delta_cosine=None, centered_cosine=None, norm_ratio=None,
-                           nearest_task=M.nearest_task(d, world.teacher_deltas), identified=None)
+            row.update(M.delta_metrics(d, world.teacher_deltas.get(t), world.train_mean, world.teacher_deltas, t))
             row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
                        chance=chance[t], metric=b.metric.get(t, "acc"), adapter=b.where.get((m, t)))
             result.rows.append(row)
