@@ -212,8 +212,19 @@ class MultitaskSection(Section):
         "linear", description="λ schedule over lambda_warmup_steps (constant: 0 during warm-up, then λ)."
     )
     lambda_warmup_steps: int = Field(500, ge=0, description="Steps over which λ ramps to lambda_delta.")
-    delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
+    delta_loss_type: Literal["mse", "cosine", "combined", "kl"] = Field(
+        "mse", description="Delta loss form: `mse`, `cosine`, `combined` compare probe deltas; `kl` is answer-level "
+        "matching: KL(teacher ‖ generated) of the next-token distributions at the answer position of kl_examples "
+        "training prompts of the adapter's own task (no labels; docs/concepts.md)."
+    )
     delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
+    kl_temperature: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="delta_loss_type = \"kl\": softmax temperature T of both "
+        "distributions (the loss is scaled by T²)."
+    )
+    kl_examples: int = Field(
+        4, ge=1, description="delta_loss_type = \"kl\": training prompts of its task drawn per adapter per step."
+    )
     weight_loss: Literal["tokens", "delta_w", "factors"] = Field(
         "tokens", description="Weight loss: on the normalized token grid (as in Drag-and-Drop LLMs), on ΔW = B·A, or on the factors A "
         "and B z-scored per element with the training teachers' mean and std (Text-to-LoRA's reconstruction target)."
@@ -289,8 +300,15 @@ class DeltaOnlySection(Section):
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (B1).")
     epochs: int = Field(10, ge=1, description="Epochs over the zoo (B1).")
     batch_size: int = Field(4, ge=1, description="Adapters per step (B1).")
-    delta_loss_type: Literal["mse", "cosine", "combined"] = Field("mse", description="Delta loss form.")
+    delta_loss_type: Literal["mse", "cosine", "combined", "kl"] = Field(
+        "mse", description="Delta loss form (as train.multitask.delta_loss_type; `kl`: answer-level KL to the "
+        "teacher on training prompts of the adapter's task)."
+    )
     delta_normalize: bool = Field(False, description="L2-normalize deltas before the delta loss.")
+    kl_temperature: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="delta_loss_type = \"kl\": softmax temperature (B1)."
+    )
+    kl_examples: int = Field(4, ge=1, description="delta_loss_type = \"kl\": training prompts per adapter per step (B1).")
     lora_norm_weight: float = Field(0.01, ge=0, description="Weight of the LoRA norm penalty.")
     lora_variance_weight: float = Field(
         0.001, ge=0, description="Weight of the negative-variance term (rewards spread, against collapse)."
@@ -763,7 +781,9 @@ def _legacy_moved(data: dict[str, Any], where: str) -> list[str]:
 # Keys added after runs were first fingerprinted, with the value every earlier run had: at that
 # value they are left out of fingerprints, so that the runs made before them are still recognised.
 ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mixed_precision": "no",
-                              "ablation.cells": {}, "ablation.base_cv": None}
+                              "ablation.cells": {}, "ablation.base_cv": None,
+                              "train.multitask.kl_temperature": 1.0, "train.multitask.kl_examples": 4,
+                              "train.delta_only.kl_temperature": 1.0, "train.delta_only.kl_examples": 4}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

@@ -187,7 +187,8 @@ class DeltaOnlyLoss(nn.Module):
     (``loss_norm_match``); ``space`` says what they compare: the deltas (``delta``) or the flattened
     ΔW (``delta_w``, needs ``teacher_loras`` and ``scaling``). ``center`` (a ``[D]`` delta, e.g. the
     mean training delta) is subtracted from generated and teacher deltas before the delta loss and
-    the delta-space terms.
+    the delta-space terms. ``kind = "kl"``: the delta term is the answer-level KL the caller computed
+    (:class:`~llgbm_cli.training.answer_kl.AnswerKL`), passed as ``delta_term``.
     """
 
     def __init__(
@@ -205,7 +206,8 @@ class DeltaOnlyLoss(nn.Module):
         super().__init__()
         if space not in MATCH_SPACES:
             raise ValueError(f"unknown match space {space!r}; valid: {', '.join(MATCH_SPACES)}")
-        self.delta = DeltaLoss(kind, normalize)
+        # kind "kl": the delta term is answer-level KL, computed by the caller and passed as ``delta_term``
+        self.delta = None if kind == "kl" else DeltaLoss(kind, normalize)
         self.norm_weight = float(norm_weight)
         self.variance_weight = float(variance_weight)
         self.kl_weight = float(kl_weight)
@@ -223,11 +225,17 @@ class DeltaOnlyLoss(nn.Module):
         base_logits: torch.Tensor | None = None,
         teacher_loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         scaling: float | None = None,
+        delta_term: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         if self.center is not None:
             c = self.center.to(pred)
             pred, target = pred - c, target - c
-        ld = self.delta(pred, target)
+        if self.delta is None:
+            if delta_term is None:
+                raise ValueError("DeltaOnlyLoss: kind 'kl' needs the answer-level KL as delta_term")
+            ld = delta_term
+        else:
+            ld = self.delta(pred, target)
         norm = lora_norm_penalty(loras)
         neg_var = -lora_batch_variance(loras)
         total = ld + self.norm_weight * norm + self.variance_weight * neg_var

@@ -3,13 +3,15 @@
 Per step a batch of training adapters (``batch_sampling``: at random, or spread over tasks, which the
 relational term needs), their generated LoRAs patched into the base model over the probes, and the
 delta loss against the teachers' cached deltas, with the optional norm, variance, logit-KL,
-relational and norm-match terms. Every ``eval_interval`` steps and at the end, generated adapters
+relational and norm-match terms (``delta_loss_type = "kl"``: the delta term is answer-level KL to
+the teacher on training prompts of the adapter's task, :mod:`llgbm_cli.training.answer_kl`). Every ``eval_interval`` steps and at the end, generated adapters
 (one per task) are checked for norm and diversity collapse. ``llgbm_cli.services.train_delta_only``
 is the use case around it.
 """
 
 from __future__ import annotations
 
+from ...errors import InputError
 from ..trainer import Objective
 
 
@@ -48,6 +50,18 @@ def objective(resolved, run) -> Objective:
                             do.logit_kl_weight, relational_weight=do.relational_weight,
                             norm_match_weight=do.norm_match_weight, space=do.match_space, center=center)
     needs_ab = do.match_space == "delta_w" and (do.relational_weight > 0 or do.norm_match_weight > 0)
+    answer_kl = None
+    if do.delta_loss_type == "kl":
+        if do.delta_centered or do.delta_normalize:
+            raise InputError("train.delta_only.delta_loss_type = \"kl\" compares next-token distributions, not "
+                             "probe deltas: set delta_centered and delta_normalize to false")
+        from ..answer_kl import AnswerKL, teacher_stacked
+
+        answer_kl = AnswerKL(resolved, model, run.tokenizer, [e.task for e in run.entries[:n_train]],
+                             do.kl_examples, do.kl_temperature)
+    # the probe deltas need a gradient unless the KL replaces them and no delta-space term reads them
+    pred_grad = answer_kl is None or (do.match_space == "delta" and (do.relational_weight > 0
+                                                                     or do.norm_match_weight > 0))
     bs = min(do.batch_size, n_train)
     total_steps = do.epochs * math.ceil(n_train / bs)
     rank = run.acc.process_index
@@ -62,11 +76,15 @@ def objective(resolved, run) -> Objective:
             idx = torch.as_tensor(rng.choice(n_train, size=bs, replace=False))
         g = net(bank.sample(idx.tolist(), rng, device))
         stacked = g.stacked()
-        pred = delta_for_stacked(model, probes, spec, stacked, base)
+        with torch.set_grad_enabled(pred_grad):
+            pred = delta_for_stacked(model, probes, spec, stacked, base)
         tgt = t_deltas[idx]
         logits = probe_logits(model, probes, stacked, bs) if base_logits is not None else None
         t_ab = {k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()} if needs_ab else None
-        terms = loss_fn(pred, tgt, g.loras, logits, base_logits, teacher_loras=t_ab, scaling=scaling)
+        ld = None
+        if answer_kl is not None:
+            ld = answer_kl(stacked, teacher_stacked(teacher_ab, idx, scaling), [train_tasks[int(i)] for i in idx], rng)
+        terms = loss_fn(pred, tgt, g.loras, logits, base_logits, teacher_loras=t_ab, scaling=scaling, delta_term=ld)
         with torch.no_grad():
             terms.update(delta_cosine_sim=torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(),
                          delta_pred_norm=pred.norm(dim=-1).mean(), delta_target_norm=tgt.norm(dim=-1).mean())

@@ -12,7 +12,10 @@ Levers (all off by default): ``loss_balance`` (``gradnorm``: the delta term resc
 term's gradient norm; ``uncertainty``: learned weights ``exp(−s)·L + s``), ``delta_centered`` (the
 delta loss on deltas minus the mean training teacher delta, saved as ``delta_mean.safetensors``
 in every checkpoint) and ``task_weight`` (``+ task_weight · loss_task``, the answer-only
-cross-entropy of the adapter's task's training examples with the generated LoRA applied). The
+cross-entropy of the adapter's task's training examples with the generated LoRA applied).
+``delta_loss_type = "kl"`` replaces the probe-delta comparison by answer-level matching
+(:mod:`llgbm_cli.training.answer_kl`: KL from the teacher's next-token distribution at the answer
+position of the task's training prompts); the probe delta is then only logged. The
 formulas are in docs/concepts.md. :func:`objective` builds the step and eval functions the shared
 loop (:func:`llgbm_cli.training.trainer.finish`) runs; ``llgbm_cli.services.train_multitask`` is the
 use case around it.
@@ -23,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...errors import InputError
 from ..trainer import Objective
 
 DELTA_MEAN = "delta_mean.safetensors"  # the mean training delta of a delta_centered run, in each checkpoint
@@ -53,8 +57,18 @@ def objective(resolved, run) -> Objective:
     device, n_train, n_all = run.acc.device, run.n_train, len(run.entries)
     mask = layout.mask(device)
 
+    kl = mt.delta_loss_type == "kl"
+    if kl and (mt.delta_centered or mt.delta_normalize):
+        raise InputError("train.multitask.delta_loss_type = \"kl\" compares next-token distributions, not probe "
+                         "deltas: set delta_centered and delta_normalize to false")
     delta_mean = t_deltas[:n_train].mean(0) if mt.delta_centered else None  # training teachers only
-    if delta_mean is not None:
+    answer_kl = None
+    if kl:
+        from ..answer_kl import AnswerKL, teacher_stacked
+
+        answer_kl = AnswerKL(resolved, model, run.tokenizer, [e.task for e in run.train_e], mt.kl_examples,
+                             mt.kl_temperature)
+    elif delta_mean is not None:
         delta_loss = CenteredDeltaLoss(delta_mean, mt.delta_loss_type, mt.delta_normalize)
     else:
         delta_loss = DeltaLoss(mt.delta_loss_type, mt.delta_normalize)
@@ -103,10 +117,17 @@ def objective(resolved, run) -> Objective:
         out: dict[str, Any] = {"loss_weights": lw, "lambda_delta": lam}
         if k_delta > 0:
             sub = g.select(slice(0, k_delta))
-            with torch.set_grad_enabled(lam > 0):
-                pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
             tgt = t_deltas[idx[:k_delta]]
-            ld = delta_loss(pred, tgt)
+            if answer_kl is not None:
+                with torch.set_grad_enabled(lam > 0):
+                    ld = answer_kl(sub.stacked(), teacher_stacked(teacher_ab, idx[:k_delta], scaling),
+                                   [run.train_e[int(i)].task for i in idx[:k_delta]], rng)
+                with torch.no_grad():  # the probe delta, for the logged delta metrics only
+                    pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
+            else:
+                with torch.set_grad_enabled(lam > 0):
+                    pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
+                ld = delta_loss(pred, tgt)
             if balance == "none":
                 total, _ = mtl(lw, ld if lam > 0 else None, step)
             else:
