@@ -410,6 +410,24 @@ class RetrieveSection(Section):
     merge_strategy: str = Field("ties", description="Strategy used by `retrieve --merge` when none is named.")
 
 
+class ComposeSection(Section):
+    examples: int = Field(
+        16, ge=1, description="Labelled examples of the task, drawn (seeded) from its train split, never its test "
+        "questions: what the weights are searched on."
+    )
+    top_n: int = Field(
+        0, ge=0, description="Candidates: the top_n zoo adapters by their own loss on the examples (0: all of them). "
+        "The zoo adapters are the latest teacher of every other training task (eval.merge_adapters when set)."
+    )
+    budget: int = Field(40, ge=3, description="Loss evaluations of the search (the uniform start and the base included).")
+    popsize: int = Field(0, ge=0, description="CMA-ES population per generation (0: cma's default, 4 + 3·ln n).")
+    sigma0: float = Field(0.5, gt=0, allow_inf_nan=False, description="CMA-ES initial step size around the uniform start 1/n.")
+    l1: float = Field(0.05, ge=0, allow_inf_nan=False, description="Weight of the mean |wᵢ| penalty added to the cross-entropy.")
+    bounds: list[float] = Field(default_factory=lambda: [-1.5, 1.5], min_length=2, max_length=2,
+                                description="Lowest and highest weight of one adapter.")
+    members: int = Field(8, ge=1, description="Weightings evaluated per forward pass (bounds peak memory).")
+
+
 # [merge]: the merge options that are keys, as merging.MergeOptions declares them (type, default,
 # description, order), then what `llgbm merge` writes besides the adapter.
 class MergeSection(create_model(  # type: ignore[misc]
@@ -514,6 +532,7 @@ class LlgbmConfig(Section):
     retrieve: RetrieveSection = Field(default_factory=RetrieveSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    compose: ComposeSection = Field(default_factory=ComposeSection)
     ablation: AblationSection = Field(default_factory=AblationSection)
     tasks: dict[str, TaskSpec] = Field(
         default_factory=dict, description="The project's own tasks, one `[tasks.NAME]` table each (see below)."
@@ -783,7 +802,8 @@ def _legacy_moved(data: dict[str, Any], where: str) -> list[str]:
 ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mixed_precision": "no",
                               "ablation.cells": {}, "ablation.base_cv": None,
                               "train.multitask.kl_temperature": 1.0, "train.multitask.kl_examples": 4,
-                              "train.delta_only.kl_temperature": 1.0, "train.delta_only.kl_examples": 4}
+                              "train.delta_only.kl_temperature": 1.0, "train.delta_only.kl_examples": 4,
+                              "compose": ComposeSection().model_dump(mode="json")}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

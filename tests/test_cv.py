@@ -233,6 +233,44 @@ def test_summary_counts_holm_adjusted_wins_only():
     assert "+0.1000 [+0.1000, +0.1000] p=0.250 (Holm 0.750)" in md  # the summary: mean, t-interval, Wilcoxon p
 
 
+def test_few_shot_methods_form_families_of_their_own():
+    """A few-shot method (compose) neither joins nor dilutes the zero-shot methods' Holm families, and
+    results.md lists it in a section of its own."""
+    from llgbm_cli.evaluation.cv_stats import cv_results_md, holm_family, summarize
+    from llgbm_cli.evaluation.stats import holm
+
+    def row(fold, method, p, regime=None):
+        r = {"fold": fold, "method": method, "accuracy": 0.6, "accuracy_vs_base": 0.1, "vs_base_p": p,
+             "vs_base_low": 0.0, "vs_base_high": 0.2, "vs_mean_delta": 0.05, "vs_mean_delta_p": p,
+             "vs_mean_delta_low": 0.0, "vs_mean_delta_high": 0.1, "n_questions": 100}
+        return {**r, "regime": regime} if regime else r
+
+    zero = {"a": 0.01, "b": 0.02, "c": 0.03}
+    few = {"a": 0.001, "b": 0.002, "c": 0.5}
+    rows = [x for k in zero for x in (row(k, "base", 1.0), row(k, "mean-delta", 0.9), row(k, "multitask", zero[k]),
+                                      row(k, "compose", few[k], "few-shot"))]
+    sizes = holm_family(rows)
+    assert sizes["vs_base"] == 6 + 3  # mean-delta and multitask (6), compose apart (3)
+    got = {(r["fold"], r["method"]): r["vs_base_p_holm"] for r in rows}
+    zero_adj = dict(zip([(k, m) for k in zero for m in ("mean-delta", "multitask")],
+                        holm([p for k in zero for p in (0.9, zero[k])])))
+    few_adj = dict(zip(few, holm(list(few.values()))))
+    for k in zero:
+        assert got[k, "multitask"] == pytest.approx(zero_adj[k, "multitask"])
+        assert got[k, "compose"] == pytest.approx(few_adj[k])
+    summ = summarize(rows, [], ["base", "mean-delta", "multitask", "compose"])
+    assert {s["method"]: s["regime"] for s in summ} == {"base": "zero-shot", "mean-delta": "zero-shot",
+                                                         "multitask": "zero-shot", "compose": "few-shot"}
+    md = cv_results_md({"command": "llgbm eval", "base_model": "m", "folds": list(zero), "test_sample": 100,
+                        "seed": 0, "level": 0.95, "resamples": 2000, "oracle_candidates": "last", "summary": summ,
+                        "rows": rows, "oracle": [], "contamination": None})
+    head, tail = md.split("## Few-shot (a separate regime)")
+    summary_part = head.split("## Summary")[1]
+    assert "| compose |" not in summary_part and "| multitask |" in summary_part
+    assert "| compose |" in tail.split("## Per fold")[0] and "| a | compose (few-shot) |" in tail
+    assert "the 6 comparisons with `base`" in md
+
+
 def test_summary_adjusts_the_across_fold_tests_and_counts_folds_closer_than_mean_delta():
     """Across folds the Wilcoxon p of each method against a reference is Holm-adjusted over the methods
     compared with it; the folds where a method's centered cosine is above mean-delta's come with the

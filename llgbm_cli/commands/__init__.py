@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 
 # Order in `llgbm --help`: the pipeline's order; modules not listed follow alphabetically.
-ORDER = ["config", "data", "adapter", "zoo", "cache_deltas", "train", "generate", "index", "retrieve", "merge", "eval", "ablate"]
+ORDER = ["config", "data", "adapter", "zoo", "cache_deltas", "train", "generate", "index", "retrieve", "merge", "compose", "eval", "ablate"]
 
 
 def register_all(app) -> None:

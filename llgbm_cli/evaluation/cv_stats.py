@@ -61,10 +61,23 @@ def holm_family(rows: list[dict[str, Any]]) -> dict[str, int]:
     than ``base``, and every test against ``mean-delta`` of the methods other than
     ``mean-delta`` (None on a reference's row against itself, or where no p-value exists).
     Returns the size of each family (``{"vs_base": n, "vs_mean_delta": n}``)."""
+    return {key: holm_by_regime(rows, f"{key}_p", lambda r, ref=ref: r["method"] != ref)
+            for ref, key in (("base", "vs_base"), ("mean-delta", "vs_mean_delta"))}
+
+
+def regime(row: dict[str, Any]) -> str:
+    """``zero-shot`` or ``few-shot`` (a method that read labelled examples of the held-out task)."""
+    return row.get("regime") or "zero-shot"
+
+
+def holm_by_regime(rows: list[dict[str, Any]], key: str, admit) -> int:
+    """:func:`~llgbm_cli.evaluation.stats.holm_into` within each regime: a few-shot method's tests
+    form a family of their own, never adjusted together with (or diluting) the zero-shot ones.
+    Returns the size of the zero-shot family plus the few-shot one's."""
     from .stats import holm_into
 
-    return {key: holm_into(rows, f"{key}_p", lambda r, ref=ref: r["method"] != ref)
-            for ref, key in (("base", "vs_base"), ("mean-delta", "vs_mean_delta"))}
+    return sum(holm_into([r for r in rows if regime(r) == g], key, admit)
+               for g in dict.fromkeys(regime(r) for r in rows))
 
 
 def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -76,13 +89,14 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
     two-sided sign test's p (``..._p``, Holm over the methods other than base and mean-delta), and how
     many folds it beats or loses to base and mean-delta (Holm-adjusted exact p < 0.05, adjusted by
     :func:`holm_family`, which this sets on the rows); last the ``oracle-best`` reference."""
-    from .stats import folds_above, holm_into, t_interval, wilcoxon_across
+    from .stats import folds_above, t_interval, wilcoxon_across
 
     holm_family(rows)
     out = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
-        s: dict[str, Any] = {"method": m, "folds": len(rs), "reference": False}
+        s: dict[str, Any] = {"method": m, "folds": len(rs), "reference": False,
+                             "regime": regime(rs[0]) if rs else "zero-shot"}
         for key in SUMMARY_KEYS:
             ti = t_interval([r.get(key) for r in rs], LEVEL)
             s[key], s[f"{key}_low"], s[f"{key}_high"] = ti["mean"], ti["low"], ti["high"]
@@ -106,7 +120,7 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
     for key, ref in (("accuracy_vs_base_wilcoxon_p", "base"), ("vs_mean_delta_wilcoxon_p", "mean-delta"),
                      ("centered_above_mean_delta_p", "mean-delta")):
         skip = (ref, "base" if key.startswith("centered") else None)
-        holm_into(out, key, lambda s, skip=skip: s["method"] not in skip)
+        holm_by_regime(out, key, lambda s, skip=skip: s["method"] not in skip)
     scored = [o for o in oracle if o.get("accuracy") is not None]
     if scored:
         ti = t_interval([o["accuracy"] for o in scored], LEVEL)
@@ -139,8 +153,9 @@ def cv_results_md(r: dict[str, Any]) -> str:
         return ci(s, key, True) + ("" if p is None else f" p={fmt(p, 3)}") + ("" if adj is None else f" (Holm {fmt(adj, 3)})")
 
     rows = r["rows"]
-    n_base = sum(1 for x in rows if x["method"] != "base" and x.get("vs_base_p") is not None)
-    n_md = sum(1 for x in rows if x["method"] != "mean-delta" and x.get("vs_mean_delta_p") is not None)
+    zero = [x for x in rows if regime(x) == "zero-shot"]
+    n_base = sum(1 for x in zero if x["method"] != "base" and x.get("vs_base_p") is not None)
+    n_md = sum(1 for x in zero if x["method"] != "mean-delta" and x.get("vs_mean_delta_p") is not None)
     pct = int(r["level"] * 100)
     lines = [
         "# llgbm cross-validation", "", "Reproduce with:", "", "```bash", r["command"], "```", "",
@@ -169,7 +184,16 @@ def cv_results_md(r: dict[str, Any]) -> str:
         "Delta Cosine | Task ID | Wins/losses vs base | Wins/losses vs mean-delta |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in r["summary"]:
+    header = lines[-2:]
+    few = [s for s in r["summary"] if not s.get("reference") and regime(s) == "few-shot"]
+    for s in [s for s in r["summary"] if s not in few] + (["few-shot"] if few else []) + few:
+        if s == "few-shot":
+            lines += ["", "## Few-shot (a separate regime)", "",
+                      "These methods read labelled examples of the held-out task's train split (never its test "
+                      "questions), which no method above does: their p-values are Holm-adjusted in families of their "
+                      "own, and they are compared with base and mean-delta, not with the zero-shot methods.", "",
+                      *header]
+            continue
         if s.get("reference"):
             lines.append(f"| {s['method']} (reference) | {s['folds']} | {ci(s, 'accuracy')} | — | — | — | — | — | — "
                          "| — | — |")
@@ -188,7 +212,8 @@ def cv_results_md(r: dict[str, Any]) -> str:
     oracle = {o["fold"]: o for o in r["oracle"]}
     for k in r["folds"]:
         for row in (x for x in rows if x["fold"] == k):
-            lines.append(f"| {k} | {row['method']} | {fmt(row['accuracy'])} | {boot(row, 'accuracy_vs_base', 'vs_base')}"
+            name = row["method"] + (" (few-shot)" if regime(row) == "few-shot" else "")
+            lines.append(f"| {k} | {name} | {fmt(row['accuracy'])} | {boot(row, 'accuracy_vs_base', 'vs_base')}"
                          f" | {boot(row, 'vs_mean_delta', 'vs_mean_delta')} | {fmt(row.get('vs_base_mde'), 3)} | "
                          f"{signed(row.get('gap_to_oracle'))} | "
                          f"{fmt(row.get('centered_cosine'))} | {fmt(row.get('delta_mse'), 6)} | {row['n_questions']} |")

@@ -124,15 +124,33 @@ def eval_results_md(result: dict[str, Any]) -> str:
         "",
         "## Summary (mean over tasks)",
         "",
-        summary_table_md(result["summary"]),
+        summary_table_md([s for s in result["summary"] if s.get("regime", "zero-shot") != "few-shot"]),
         "## Per task",
         "",
-        rows_table_md(result["rows"]),
+        rows_table_md([r for r in result["rows"] if r.get("regime", "zero-shot") != "few-shot"]),
+        *few_shot_md(result),
         "## Acceptance checks",
         "",
         checks_md(result.get("checks") or []),
     ]
     return "\n".join(lines)
+
+
+def few_shot_md(result: dict[str, Any]) -> list[str]:
+    """The few-shot methods' section (empty when none ran): apart from the zero-shot tables, since
+    these methods read labelled train examples of the evaluated task, which no zero-shot method does."""
+    summary = [s for s in result.get("summary") or [] if s.get("regime") == "few-shot"]
+    if not summary:
+        return []
+    rows = [r for r in result.get("rows") or [] if r.get("regime") == "few-shot"]
+    ks = sorted({len(info.get("examples") or []) for m in (s["method"] for s in summary)
+                 for info in ((result.get("runs") or {}).get(m, {}).get("tasks") or {}).values()})
+    k = "/".join(map(str, ks)) if ks else "k"
+    return ["## Few-shot (a separate regime)", "",
+            f"These methods read {k} labelled examples of each evaluated task's train split (never its test "
+            "questions); the zero-shot methods above read none. Compare them with base and with each other, "
+            "not with the zero-shot rows.", "",
+            summary_table_md(summary), rows_table_md(rows)]
 
 
 def _chance_line(rows: list[dict[str, Any]]) -> str:

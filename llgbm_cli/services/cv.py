@@ -57,7 +57,7 @@ FOLD_FIELDS = [
     "vs_base_p_holm", "vs_base_test", "vs_base_mde", "vs_mean_delta", "vs_mean_delta_low", "vs_mean_delta_high",
     "vs_mean_delta_p", "vs_mean_delta_p_holm", "vs_mean_delta_test", "vs_mean_delta_mde", "gap_to_oracle",
     "delta_mse", "delta_cosine", "centered_cosine", "norm_ratio", "identified", "n_questions", "metric",
-    "reference", "adapter",
+    "reference", "adapter", "regime",
 ]
 
 
@@ -411,6 +411,7 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
             "delta_mse": r["delta_mse"], "delta_cosine": r["delta_cosine"], "centered_cosine": r["centered_cosine"],
             "norm_ratio": r["norm_ratio"], "identified": r["identified"], "heldout": r["heldout"],
             "metric": metric, "adapter": r.get("adapter"), "eval": str(Path(ev.out) / "results.md"),
+            "regime": r.get("regime") or "zero-shot",
         })
     return fold_rows(rows, values, oracle["accuracy"], cfg.project.seed), oracle
 

@@ -434,7 +434,7 @@ def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, chance
             if (m, t) in b.absent:
                 continue
             d = method_delta.get((m, t), zero)
-            row = {"method": m, "task": t, "heldout": b.heldout[m, t]}
+            row = {"method": m, "task": t, "heldout": b.heldout[m, t], "regime": M_.regime_of(m)}
             row.update(M.delta_metrics(d, world.teacher_deltas.get(t), world.train_mean, world.teacher_deltas, t))
             row.update(accuracy=acc[m, t], accuracy_vs_base=acc[m, t] - base_acc[t], n_questions=nq[t],
                        chance=chance[t], metric=b.metric.get(t, "acc"), adapter=b.where.get((m, t)))
@@ -539,6 +539,7 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
             "accuracy": mean_of([r["accuracy"] for r in rs]),
             "accuracy_vs_base": mean_of([r["accuracy_vs_base"] for r in rs]),
             "heldout": all(r["heldout"] is True for r in rs),
+            "regime": rs[0].get("regime", "zero-shot"),
         })
     ref = next((s for s in out if s["method"] == "mean-delta"), None)
     for s in out:

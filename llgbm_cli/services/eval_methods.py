@@ -50,15 +50,16 @@ class EvalMethod:
     run: Optional[str] = None  # the work-folder output (a training run) it reads, if any
     section: Optional[str] = None  # train.<section>.holdout_tasks retrains it without a task
     generator: bool = False  # generates adapters from text: checked for degenerate outputs
+    regime: str = "zero-shot"  # "few-shot": it read labelled examples of the task; reported apart
 
 
 METHODS: dict[str, EvalMethod] = {}  # the methods registered here; the trained ones come from TRAINED
 
 
 def register(name: str, help: str, *, run: Optional[str] = None, section: Optional[str] = None,
-             generator: bool = False):
+             generator: bool = False, regime: str = "zero-shot"):
     def deco(fn):
-        METHODS[name] = EvalMethod(name, help, fn, run, section, generator)
+        METHODS[name] = EvalMethod(name, help, fn, run, section, generator, regime)
         return fn
 
     return deco
@@ -324,6 +325,30 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
         where[task] = str(ctx.out / rel / task)
     info = {"predictor": str(pfolder), "trained_on": seen, "strategy": strategy, "hits": hits}
     return Built(out, {t: (seen is not None and t not in seen) for t in tasks}, where, info)
+
+
+def regime_of(method: str) -> str:
+    """``zero-shot`` or ``few-shot`` (a method that read labelled examples of the evaluated task)."""
+    return method_of(method).regime
+
+
+@register("compose", "few-shot: merge weights over the other tasks' teachers searched (CMA-ES) on compose.examples "
+          "labelled train examples of the task", regime="few-shot")
+def _compose(ctx, method: str, tasks: list[str]) -> Built:
+    from .compose import compose_for, latest_per_task
+
+    world = ctx.world
+    adapters, info = {}, {}
+    for t in tasks:
+        ids = world.resolved.config.eval.merge_adapters
+        entries = ([world.zoo.get(i) for i in ids] if ids
+                   else latest_per_task([e for e in world.train_entries if e.task != t]))
+        adapters[t], res = compose_for(world.resolved, world.model, world.tok, t, entries, world.zoo)
+        d = res.to_dict()
+        d.pop("out")
+        info[t] = d
+    return Built(adapters, {t: all(e["task"] != t for e in info[t]["candidates"]) for t in tasks},
+                 info={"regime": "few-shot", "tasks": info})
 
 
 @register(MERGE_PREFIX, "the chosen zoo adapters merged (default: every other training task's teacher)")
