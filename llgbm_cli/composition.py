@@ -150,9 +150,13 @@ class SearchResult:
 
 
 def search_weights(loss: FewShotLoss, *, budget: int = 40, popsize: int = 0, sigma0: float = 0.5, l1: float = 0.05,
-                   bounds: tuple[float, float] = (-1.5, 1.5), seed: int = 0, progress=None) -> SearchResult:
-    """CMA-ES over the weights from uniform ``1/n`` (see the module doc); the best weights it evaluated.
-    ``popsize`` 0: cma's default (4 + 3·ln n); ``budget``: evaluations, the start point's included."""
+                   bounds: tuple[float, float] = (-1.5, 1.5), seed: int = 0, known=None,
+                   progress=None) -> SearchResult:
+    """CMA-ES over the weights (see the module doc); the best weights evaluated. ``known``: weight
+    vectors already evaluated with their cross-entropy (each candidate alone, from the ranking);
+    the search starts from the best of them and the uniform ``1/n`` (by f), and they count as
+    evaluated points. ``popsize`` 0: cma's default (4 + 3·ln n); ``budget``: the search's own
+    evaluations (the base model's and the uniform start's included)."""
     import cma
     import numpy as np
 
@@ -169,6 +173,12 @@ def search_weights(loss: FewShotLoss, *, budget: int = 40, popsize: int = 0, sig
     zero_ce, start_ce = loss(np.stack([np.zeros(n), x0]))
     best_w, best_ce = x0.copy(), start_ce
     best_f = start_f = f_of([x0], [start_ce])[0]
+    for w, ce in known or []:
+        w = np.clip(np.asarray(w, dtype=float), lo, hi)
+        f = f_of([w], [ce])[0]
+        if f < best_f:
+            best_w, best_ce, best_f = w, ce, f
+    x0 = best_w.copy()
     if n == 1:  # one candidate: a one-dimensional search is a line search; CMA-ES needs two
         grid = np.linspace(lo, hi, max(2, budget - 2))[:, None]
         ces = loss(grid)

@@ -98,6 +98,7 @@ def test_compose_cli_writes_a_loadable_adapter(tmp_path, tiny, cli):
     # boolq's own adapters are not candidates: the latest teacher of every other task is
     assert [c["id"] for c in res["candidates"]] == ["arc-easy-1"]
     assert res["evaluations"] <= 12 and res["loss"] <= res["start_loss"]
+    assert all(res["loss"] <= c["loss_alone"] + 0.05 / 1 + 1e-9 for c in res["candidates"])  # never worse than one alone
     ad = load_adapter(out)
     assert ad.r == 4 and set(ad.modules) == set(load_adapter(tmp_path / "w" / "runs" / "zoo" / "adapters" /
                                                              "arc-easy-1").modules)

@@ -97,8 +97,9 @@ def compose_for(resolved, model, tokenizer, task: str, entries: Sequence[Any], z
     keep = sorted(order[: min(n_keep, len(adapters))])
     if len(keep) < len(adapters):
         loss = FewShotLoss(model, tokenizer, [adapters[i] for i in keep], examples, members=c.members)
+    known = [(np.eye(len(keep))[j], alone[i]) for j, i in enumerate(keep)]  # each kept candidate alone
     res = search_weights(loss, budget=int(budget or c.budget), popsize=c.popsize, sigma0=c.sigma0, l1=c.l1,
-                         bounds=(c.bounds[0], c.bounds[1]), seed=cfg.project.seed, progress=progress)
+                         bounds=(c.bounds[0], c.bounds[1]), seed=cfg.project.seed, known=known, progress=progress)
     composed = compose_adapter([adapters[i] for i in keep], res.weights, base_model=cfg.model.base)
     weight = dict(zip(keep, res.weights))
     cands = [{"id": e.id, "task": e.task, "loss_alone": float(alone[i]), "chosen": i in weight,
@@ -108,8 +109,8 @@ def compose_for(resolved, model, tokenizer, task: str, entries: Sequence[Any], z
                         generations=res.generations, loss=res.loss, cross_entropy=res.cross_entropy,
                         start_loss=res.start_loss, zero_loss=res.zero_loss, rank=composed.r, history=res.history,
                         seconds=time.perf_counter() - t0)
-    if res.loss >= res.start_loss:
-        out.notes.append("the search found nothing better than the uniform start (weights 1/n)")
+    if res.loss >= min(res.start_loss, *(f + c.l1 / len(keep) for _, f in known)):
+        out.notes.append("the search found nothing better than its start (the uniform weights or one candidate alone)")
     return composed, out
 
 
