@@ -408,6 +408,13 @@ class IndexSection(Section):
 class RetrieveSection(Section):
     top_k: int = Field(3, ge=1, description="Adapters returned per query.")
     merge_strategy: str = Field("ties", description="Strategy used by `retrieve --merge` when none is named.")
+    rank: Literal["predicted", "behaviour"] = Field(
+        "predicted", description="How the adapters returned are chosen: `predicted`, by the cosine of their cached "
+        "delta to the delta B2 predicts from the query text; `behaviour`, the `candidates` best by that cosine "
+        "re-ranked by how each acts on the query prompts themselves (its per-prompt delta there against its mean "
+        "delta on its own task's prompts; docs/concepts.md), the merge weighted by that score."
+    )
+    candidates: int = Field(8, ge=1, description="rank = \"behaviour\": adapters taken from the predicted ranking to re-rank.")
 
 
 class ComposeSection(Section):
@@ -803,7 +810,8 @@ ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mix
                               "ablation.cells": {}, "ablation.base_cv": None,
                               "train.multitask.kl_temperature": 1.0, "train.multitask.kl_examples": 4,
                               "train.delta_only.kl_temperature": 1.0, "train.delta_only.kl_examples": 4,
-                              "compose": ComposeSection().model_dump(mode="json")}
+                              "compose": ComposeSection().model_dump(mode="json"),
+                              "retrieve.rank": "predicted", "retrieve.candidates": 8}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

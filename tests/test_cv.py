@@ -271,6 +271,27 @@ def test_few_shot_methods_form_families_of_their_own():
     assert "the 6 comparisons with `base`" in md
 
 
+def test_summary_counts_how_often_retrieval_finds_the_oracles_task():
+    from llgbm_cli.evaluation.cv_stats import cv_results_md, summarize
+
+    rows = []
+    for k, (task, fam) in {"a": (True, True), "b": (False, True), "c": (False, False)}.items():
+        for m in ("base", "mean-delta", "b2"):
+            r = {"fold": k, "method": m, "accuracy": 0.5, "accuracy_vs_base": 0.0, "vs_base_p": 1.0,
+                 "vs_base_low": 0.0, "vs_base_high": 0.0, "vs_mean_delta": 0.0, "vs_mean_delta_p": 1.0,
+                 "vs_mean_delta_low": 0.0, "vs_mean_delta_high": 0.0, "n_questions": 10}
+            if m == "b2":
+                r.update(picks_oracle_task=task, picks_oracle_family=fam, retrieved=["x"], oracle_task="y")
+            rows.append(r)
+    summ = {s["method"]: s for s in summarize(rows, [], ["base", "mean-delta", "b2"])}
+    assert (summ["b2"]["picks_oracle_task"], summ["b2"]["picks_oracle_family"], summ["b2"]["picks_folds"]) == (1, 2, 3)
+    assert "picks_folds" not in summ["base"]
+    md = cv_results_md({"command": "llgbm eval", "base_model": "m", "folds": ["a", "b", "c"], "test_sample": 10,
+                        "seed": 0, "level": 0.95, "resamples": 2000, "oracle_candidates": "last",
+                        "summary": list(summ.values()), "rows": rows, "oracle": [], "contamination": None})
+    assert "`b2`'s top hit is the oracle-best adapter's task on 1 of 3 folds and of its family" in md
+
+
 def test_summary_adjusts_the_across_fold_tests_and_counts_folds_closer_than_mean_delta():
     """Across folds the Wilcoxon p of each method against a reference is Holm-adjusted over the methods
     compared with it; the folds where a method's centered cosine is above mean-delta's come with the

@@ -170,6 +170,20 @@ def test_text_query_through_b2_finds_the_task(cli, indexed, tmp_path):
     r = _run(cli, project, "retrieve", TASK_PROMPTS["piqa"][0], "-k", "1")
     assert json.loads(r.stdout)["hits"][0]["task"] == "piqa"
 
+    # behavioural re-ranking: the 8 best predicted hits, re-ranked by how each acts on the query prompts
+    r = _run(cli, project, "retrieve", "--prompts-file", pf, "-k", "2", "--rank", "behaviour")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["rank"] == "behaviour" and len(res["considered"]) == 8 and len(res["hits"]) == 2
+    scores = sorted((c["score"] for c in res["considered"]), reverse=True)
+    assert [h["score"] for h in res["hits"]] == scores[:2] and [h["rank"] for h in res["hits"]] == [1, 2]
+    assert [c["predicted_rank"] for c in res["considered"]] == list(range(1, 9))
+    assert all(-1 <= c["score"] <= 1 for c in res["considered"])
+    r = _run(cli, project, "retrieve", "--adapter-delta", res["hits"][0]["id"], "--rank", "behaviour")
+    assert r.exit_code == 2 and "--rank behaviour" in r.stderr
+    r = _run(cli, project, "retrieve", "--prompts-file", pf, "--rank", "nope")
+    assert r.exit_code == 2 and "--rank" in r.stderr
+
 
 def test_index_info_reports_source(cli, indexed):
     project, _ = indexed

@@ -21,12 +21,18 @@ def retrieve_cmd(
                                         "linear), weighted by similarity; needs --out."),
     out: Optional[str] = out_option("Folder for the merged PEFT adapter."),
     force: bool = force_option("Replace an existing --out folder."),
+    rank: Optional[str] = typer.Option(None, "--rank", help="predicted (by the predicted delta) or behaviour (the "
+                                       "retrieve.candidates best re-ranked by how each acts on the query prompts); "
+                                       "default: retrieve.rank."),
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Predict a delta for TEXT with the B2 predictor and list the nearest adapters of the index."""
     from ..services.retrieve import read_prompts_file, retrieve
 
-    resolved = state(ctx).load_config(overrides_from(set_))
+    ov = overrides_from(set_)
+    if rank is not None:
+        ov["retrieve.rank"] = rank
+    resolved = state(ctx).load_config(ov, flags={"retrieve.rank": "--rank"} if rank is not None else None)
     prompts = read_prompts_file(prompts_file) if prompts_file else None
     with progress(ctx) as rep:
         result = retrieve(resolved, text=text, prompts=prompts, adapter_id=adapter_delta, k=top_k, merge=merge,
@@ -36,11 +42,14 @@ def retrieve_cmd(
         from rich.table import Table
 
         c = console()
-        t = Table(title=f"retrieve: {r.query}  ({r.index_kind} index)")
-        for col in ("rank", "adapter", "task", "score"):
-            t.add_column(col, justify="right" if col in ("rank", "score") else "left")
+        behaviour = r.rank == "behaviour"
+        t = Table(title=f"retrieve: {r.query}  ({r.index_kind} index{', re-ranked by behaviour' if behaviour else ''})")
+        cols = ("rank", "adapter", "task", "score") + (("predicted", "predicted rank") if behaviour else ())
+        for col in cols:
+            t.add_column(col, justify="left" if col in ("adapter", "task") else "right")
         for h in r.hits:
-            t.add_row(str(h["rank"]), h["id"], str(h["task"] or "-"), f"{h['score']:.4f}")
+            extra = (f"{h['predicted_score']:.4f}", str(h["predicted_rank"])) if behaviour else ()
+            t.add_row(str(h["rank"]), h["id"], str(h["task"] or "-"), f"{h['score']:.4f}", *extra)
         c.print(t)
         if r.merged:
             w = ", ".join(f"{x:.3f}" for x in r.merged["weights"])

@@ -352,8 +352,10 @@ def base_activations(model, probes: "ProbeSet", *, pack: bool = True, dtype: str
 # --------------------------------------------------------------------------- pooled states and deltas
 
 
-def _pool(states: list["torch.Tensor"], acts: BaseActivations, spec: DeltaSpec, n: int) -> "torch.Tensor":
-    """Pool each state (``n`` row blocks) over its probe tokens, average over probes: ``[n, D]``."""
+def _pool(states: list["torch.Tensor"], acts: BaseActivations, spec: DeltaSpec, n: int,
+          average: bool = True) -> "torch.Tensor":
+    """Pool each state (``n`` row blocks) over its probe tokens, average over probes: ``[n, D]``
+    (``average=False``: one row per probe, ``[n, P, D]``)."""
     import torch
 
     outs = []
@@ -379,15 +381,16 @@ def _pool(states: list["torch.Tensor"], acts: BaseActivations, spec: DeltaSpec, 
             else:
                 m = am.to(h.dtype)[None, :, :, None]
                 pooled = (h * m).sum(2) / lengths.to(h.dtype)[None, :, None]
-        outs.append(pooled.mean(1))
+        outs.append(pooled.mean(1) if average else pooled)
     return torch.cat(outs, dim=-1)
 
 
 def pooled_states(
     model, probes: "ProbeSet", spec: DeltaSpec, n_adapters: int = 1, *, pack: bool = True,
-    start_layer: int = 0, acts: Optional[BaseActivations] = None,
+    start_layer: int = 0, acts: Optional[BaseActivations] = None, average: bool = True,
 ) -> "torch.Tensor":
-    """Pooled hidden states averaged over probes: ``[n_adapters, D]`` (float32).
+    """Pooled hidden states averaged over probes: ``[n_adapters, D]`` (float32; ``average=False``:
+    per probe, ``[n_adapters, P, D]``).
 
     The batch holds ``n_adapters`` copies of the probes in contiguous row blocks, so under a
     :class:`LoraPatch` with n adapters row block i is adapter i. Works under autograd.
@@ -417,7 +420,7 @@ def pooled_states(
                                  layer_tuple=acts.layer_tuple)
         got = dict(zip(run, hs))
     states = [got[i] if i in got else acts.expand(acts.states[i], n) for i in idxs]
-    return _pool(states, acts, spec, n)
+    return _pool(states, acts, spec, n, average)
 
 
 def base_states(
@@ -466,6 +469,33 @@ def delta_for_stacked(
     with patch:
         states = pooled_states(model, probes, spec, max(patch.n, 1), start_layer=start, acts=acts)
     return states - base.to(states.device)[None]
+
+
+def per_probe_deltas(model, probes: "ProbeSet", spec: DeltaSpec, adapters: Sequence["LoraAdapter"], *,
+                     adapters_per_batch: int = 8, pack: bool = True) -> "torch.Tensor":
+    """The delta of each adapter on each probe, not averaged over probes: ``[n, P, D]`` (float32,
+    no grad). The forward starts at the lowest layer the adapters touch, from the base model's
+    activations; its mean over probes is the cached delta."""
+    import torch
+
+    from ..lora.patch import LoraPatch, stack_adapters
+
+    acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
+    idxs = resolve_layers(model, spec)
+    with torch.no_grad():
+        acts.ensure(model, idxs, _dtype_context(model, spec))
+        base = _pool([acts.states[i] for i in idxs], acts, spec, 1, average=False)[0]  # [P, D]
+        out = []
+        for s in range(0, len(adapters), max(1, int(adapters_per_batch))):
+            chunk = list(adapters[s : s + max(1, int(adapters_per_batch))])
+            stacked = stack_adapters(chunk, device=next(model.parameters()).device)
+            start = min(lowest_adapted_layer(model, stacked), max(idxs))
+            if start:
+                acts.ensure(model, [start] + [i for i in idxs if i <= start], _dtype_context(model, spec))
+            with LoraPatch(model, stacked):
+                states = pooled_states(model, probes, spec, len(chunk), start_layer=start, acts=acts, average=False)
+            out.append(states - base[None])
+    return torch.cat(out)
 
 
 def _batches(model, adapters: Iterable["LoraAdapter"], size: int, group: bool) -> Iterator[tuple[list[int], list]]:

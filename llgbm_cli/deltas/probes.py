@@ -174,9 +174,18 @@ def load_probes(
     Truncation keeps each probe's *last* ``max_length`` tokens: the last token (the start of the
     model's answer under a chat template) is what ``last_token`` pooling reads.
     """
+    texts = read_probe_texts(source, count=count, seed=seed, tasks=tasks)
+    return probes_from_texts(texts, tokenizer, chat_template=chat_template, max_length=max_length, source=source)
+
+
+def probes_from_texts(texts, tokenizer, *, chat_template: bool = True, max_length: int = 128,
+                      source: str = "texts") -> ProbeSet:
+    """A probe set of the given prompts (templated, truncated and fingerprinted as :func:`load_probes` does)."""
     import torch
 
-    texts = read_probe_texts(source, count=count, seed=seed, tasks=tasks)
+    texts = list(texts)
+    if not texts:
+        raise InputError(f"{source}: no prompts to probe with")
     use_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
     ids: list[list[int]] = []
     for t in texts:

@@ -103,6 +103,11 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
         for key in ("accuracy_vs_base", "vs_mean_delta"):
             s[f"{key}_wilcoxon_p"] = wilcoxon_across([r.get(key) for r in rs])
         s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
+        picks = [r for r in rs if r.get("picks_oracle_task") is not None]
+        if picks:  # a retrieval method: how often its top hit is the oracle-best's task, and its family
+            s["picks_oracle_task"] = sum(bool(r["picks_oracle_task"]) for r in picks)
+            s["picks_oracle_family"] = sum(bool(r.get("picks_oracle_family")) for r in picks)
+            s["picks_folds"] = len(picks)
         above, both, p = folds_above({r["fold"]: r.get("centered_cosine") for r in rs},
                                   {r["fold"]: r.get("centered_cosine") for r in rows if r["method"] == "mean-delta"})
         s["centered_above_mean_delta"], s["centered_above_mean_delta_p"] = (
@@ -205,6 +210,12 @@ def cv_results_md(r: dict[str, Any]) -> str:
                f"sign test p={fmt(s['centered_above_mean_delta_p'], 3)}, Holm {fmt(s['centered_above_mean_delta_p_holm'], 3)})")
             + f" | {fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
             f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
+    picks = [s for s in r["summary"] if s.get("picks_folds")]
+    if picks:
+        lines += ["", "Retrieval against the oracle-best (which reads test labels): "
+                  + "; ".join(f"`{s['method']}`'s top hit is the oracle-best adapter's task on {s['picks_oracle_task']} "
+                              f"of {s['picks_folds']} folds and of its family (multiple-choice or generative) on "
+                              f"{s['picks_oracle_family']}" for s in picks) + "."]
     lines += ["", "## Per fold", "",
               f"| Fold | Method | Task Accuracy | Δ vs base [{pct}%] p (Holm) | Δ vs mean-delta [{pct}%] p (Holm) | "
               "Detectable Δ vs base (80% power) | Gap to oracle | Centered Cosine | Delta MSE | Questions |",

@@ -403,10 +403,21 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     atomic_write_json(fdir / QUESTIONS, {"fold": k, "metric": metric, "question_ids": qids, "methods": values,
                                          "oracle_adapter": oracle["adapter"]})
 
+    from ..tasks.registry import registry_for
+
+    reg = registry_for(cres)
+    kind = {t: reg.get(t).kind for t in reg.names()}
     rows = []
     for m in methods:
         r = by_method[m]
-        rows.append({
+        hits = (((ev.runs or {}).get(m) or {}).get("hits") or {}).get(k) or []
+        picked = {}
+        if hits and oracle.get("adapter_task"):  # a retrieval method: does its top hit find the oracle's task?
+            top = hits[0].get("task")
+            picked = {"retrieved": [h.get("task") for h in hits], "oracle_task": oracle["adapter_task"],
+                      "picks_oracle_task": top == oracle["adapter_task"],
+                      "picks_oracle_family": top in kind and kind.get(top) == kind.get(oracle["adapter_task"])}
+        rows.append({**picked,
             "fold": k, "method": m, "eval_accuracy": r["accuracy"],
             "delta_mse": r["delta_mse"], "delta_cosine": r["delta_cosine"], "centered_cosine": r["centered_cosine"],
             "norm_ratio": r["norm_ratio"], "identified": r["identified"], "heldout": r["heldout"],

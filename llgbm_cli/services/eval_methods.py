@@ -315,15 +315,18 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
         child(ctx.tmp / rel, task, what="task")  # its folder stays inside the evaluation's
         texts = condition_texts(world, task, "prompts", 8)
         r = retrieve(resolved, prompts=texts, merge=(strategy, resolved.origin("retrieve.merge_strategy")),
-                     out=ctx.tmp / rel / task, encoder=encoder, predictor=pfolder)
-        leaked = [h["id"] for h in r.hits if h.get("task") in world.holdout]
+                     out=ctx.tmp / rel / task, encoder=encoder, predictor=pfolder, model=world.model,
+                     tokenizer=world.tok)
+        leaked = [h["id"] for h in r.hits + r.considered if h.get("task") in world.holdout]
         if leaked:
             raise InputError(f"method {method}: the index retrieved {', '.join(leaked)} of a held-out task; rebuild the "
                              f"index without the held-out tasks' adapters (`{workdir.made_by('index')}`)")
-        hits[task] = [{"id": h["id"], "task": h.get("task"), "score": h.get("score")} for h in r.hits]
+        hits[task] = [{k: h.get(k) for k in ("id", "task", "score", "predicted_score", "predicted_rank") if k in h}
+                      for h in r.hits]
         out[task] = load_adapter(ctx.tmp / rel / task)
         where[task] = str(ctx.out / rel / task)
-    info = {"predictor": str(pfolder), "trained_on": seen, "strategy": strategy, "hits": hits}
+    info = {"predictor": str(pfolder), "trained_on": seen, "strategy": strategy, "hits": hits,
+            "rank": resolved.config.retrieve.rank}
     return Built(out, {t: (seen is not None and t not in seen) for t in tasks}, where, info)
 
 

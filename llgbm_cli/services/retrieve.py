@@ -29,6 +29,8 @@ class RetrieveResult:
     predictor: Optional[str] = None
     merged: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
+    rank: str = "predicted"
+    considered: list[dict[str, Any]] = field(default_factory=list)  # rank = behaviour: every candidate re-ranked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +59,9 @@ def retrieve(
     force: bool = False,
     encoder=None,
     predictor: Optional[str | Path] = None,
+    rank: Optional[str] = None,
+    model=None,
+    tokenizer=None,
     progress=NULL_PROGRESS,
 ) -> RetrieveResult:
     """Find the top-k adapters for a condition text/prompts (through B2) or for an indexed adapter.
@@ -65,6 +70,11 @@ def retrieve(
 
     ``merge``: a strategy name (from ``--merge``) or ``(name, where it came from)``; the other merge
     options come from the config's ``[merge]`` section.
+
+    ``rank`` (default ``retrieve.rank``): ``behaviour`` re-ranks the ``retrieve.candidates`` best
+    predicted hits by :func:`llgbm_cli.deltas.behaviour.consistency_scores` on the query's own
+    texts (``model``/``tokenizer``: the base model, loaded when not given); the hits' ``score`` is
+    then that behavioural score and ``predicted_score`` the cosine it was retrieved by.
     """
     from ..index import DeltaIndex, params_from_config
     from .index import zoo_tasks
@@ -120,16 +130,24 @@ def retrieve(
             vec = model(condition_vector(embs)[None, :])[0].numpy()
         progress.update(task, total=1, completed=1)
         query = text if text else f"{len(texts)} prompts"
+    rank = rank or cfg.retrieve.rank
+    if rank == "behaviour" and adapter_id:
+        raise InputError("--rank behaviour: needs the query's prompts (TEXT or --prompts-file), not --adapter-delta")
     search_params = params_from_config(cfg.index)
-    hits = idx.hits(vec, k_req, params=search_params)
+    n_search = max(k_req, int(cfg.retrieve.candidates)) if rank == "behaviour" else k_req
+    hits = idx.hits(vec, n_search, params=search_params)
     fresh = zoo_tasks(resolved)
     rows = []
     for h in hits:
         d = h.to_dict()
         d["task"] = fresh.get(h.id, h.task)
         rows.append(d)
+    considered: list[dict[str, Any]] = []
+    if rank == "behaviour":
+        rows, considered = _behaviour_rerank(resolved, rows, [text] if text else list(prompts or []), k_req,
+                                             model, tokenizer, progress)
     result = RetrieveResult(query=query, k=len(rows), hits=rows, index=str(folder), index_kind=idx.kind,
-                            predictor=predictor_path, notes=notes)
+                            predictor=predictor_path, notes=notes, rank=rank, considered=considered)
     if merge is not None:
         from .merge import merge_to_folder
 
@@ -143,3 +161,41 @@ def retrieve(
                          "applied_weights": mr.weights, "rank": mr.rank, "rank_range": mr.rank_range,
                          "retained_energy": mr.retained_energy, "notes": mr.notes}
     return result
+
+
+def _behaviour_rerank(resolved, rows: list[dict[str, Any]], texts: list[str], k: int, model, tokenizer,
+                      progress) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``k`` hits with the best behavioural score on ``texts`` (ranked, ``score`` replaced by it,
+    ``predicted_score`` and ``predicted_rank`` kept), and every candidate considered."""
+    from ..adapters import load_adapter
+    from ..deltas.behaviour import consistency_scores
+    from ..deltas.compute import DeltaSpec
+    from ..tasks.registry import registry_for
+    from ..zoo_manifest import Zoo
+
+    cfg = resolved.config
+    if model is None or tokenizer is None:
+        from ..models import load_base_model
+
+        model, tokenizer = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
+    reg = registry_for(resolved)
+    own = []
+    for r in rows:
+        e = zoo.get(r["id"])
+        cond = list(e.condition or [])
+        if not cond and r.get("task") in reg.names():  # an entry without stored prompts: its task's train prompts
+            cond = [x.prompt for x in reg.get(r["task"]).sample("train", 8, seed=cfg.project.seed)]
+        if not cond:
+            raise InputError(f"--rank behaviour: zoo adapter {r['id']} has no prompts of its own task (no condition "
+                             f"in zoo.jsonl and task {r.get('task')!r} is not registered); use --rank predicted")
+        own.append(cond)
+    task = progress.add("retrieve: behaviour on the query prompts", total=None)
+    scores = consistency_scores(model, tokenizer, [load_adapter(zoo.path_of(zoo.get(r["id"]))) for r in rows], own,
+                                texts, DeltaSpec.from_config(cfg.delta), chat_template=cfg.probes.chat_template,
+                                max_length=cfg.probes.max_length, adapters_per_batch=cfg.delta.adapters_per_batch)
+    progress.update(task, total=1, completed=1)
+    considered = [{**r, "predicted_score": r["score"], "predicted_rank": i + 1, "score": s}
+                  for i, (r, s) in enumerate(zip(rows, scores))]
+    best = sorted(considered, key=lambda r: (-r["score"], r["predicted_rank"]))[:k]
+    return [{**r, "rank": i + 1} for i, r in enumerate(best)], considered
