@@ -225,6 +225,17 @@ class MultitaskSection(Section):
     kl_examples: int = Field(
         4, ge=1, description="delta_loss_type = \"kl\": training prompts of its task drawn per adapter per step."
     )
+    delta_probes: Literal["generic", "own-task"] = Field(
+        "generic", description="Prompts the delta loss measures both deltas on: `generic`, the project's probes (the "
+        "cached teacher deltas); `own-task`, own_task_probes prompts of each adapter's own task (train split), the "
+        "teacher's delta there computed once at the start, so generated and teacher deltas are compared on the "
+        "task's inputs."
+    )
+    delta_per_probe: bool = Field(
+        False, description="Compare the deltas probe by probe (the [P, D] deltas flattened) instead of their mean "
+        "over probes."
+    )
+    own_task_probes: int = Field(16, ge=1, description="delta_probes = \"own-task\": prompts per task.")
     weight_loss: Literal["tokens", "delta_w", "factors"] = Field(
         "tokens", description="Weight loss: on the normalized token grid (as in Drag-and-Drop LLMs), on ΔW = B·A, or on the factors A "
         "and B z-scored per element with the training teachers' mean and std (Text-to-LoRA's reconstruction target)."
@@ -811,7 +822,9 @@ ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mix
                               "train.multitask.kl_temperature": 1.0, "train.multitask.kl_examples": 4,
                               "train.delta_only.kl_temperature": 1.0, "train.delta_only.kl_examples": 4,
                               "compose": ComposeSection().model_dump(mode="json"),
-                              "retrieve.rank": "predicted", "retrieve.candidates": 8}
+                              "retrieve.rank": "predicted", "retrieve.candidates": 8,
+                              "train.multitask.delta_probes": "generic", "train.multitask.delta_per_probe": False,
+                              "train.multitask.own_task_probes": 16}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

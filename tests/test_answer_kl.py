@@ -128,3 +128,60 @@ def test_b1_trains_on_the_kl(cli, world, tmp_path):  # noqa: F811
     r = cli("-p", world, "train", "delta-only", "--variant", "b1", "--out", tmp_path / "bad",
             "--set", "train.delta_only.delta_loss_type=kl", "--set", "train.delta_only.delta_centered=true")
     assert r.exit_code == 2 and "delta_centered" in r.stderr
+
+
+def _capture_targets(monkeypatch):
+    import llgbm_cli.training.methods.multitask as mtmod
+
+    made = []
+
+    class Recording(mtmod.ProbeTargets):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(mtmod, "ProbeTargets", Recording)
+    return made
+
+
+def test_per_probe_targets_average_to_the_cached_deltas(tiny_train_project, tmp_path, monkeypatch):
+    """delta_per_probe on the project's probes: the teachers' per-probe deltas, averaged over the
+    probes, are the cached deltas; the loss compares [P·D] vectors."""
+    from llgbm_cli.config import load_config
+    from llgbm_cli.deltas.cache import DeltaCache
+    from llgbm_cli.services.cache_deltas import run_cache_deltas
+
+    run_cache_deltas(load_config(tiny_train_project))
+    made = _capture_targets(monkeypatch)
+    res = _train(tiny_train_project, {**SHORT, MT + "delta_per_probe": True, MT + "lambda_delta": 0.5},
+                 out_dir=tmp_path / "pp")
+    pt = made[0]
+    cache = DeltaCache.open(tiny_train_project.parent / "runs" / "deltas")
+    P = len(pt.probes[None])
+    want = torch.stack([cache.row(i).float() for i in pt.ids])
+    assert pt.targets.shape == (len(pt.ids), P * want.shape[1])
+    assert torch.allclose(pt.targets.reshape(len(pt.ids), P, -1).mean(1), want, atol=1e-5)
+    m = _metrics(res.out_dir)
+    assert m[1]["loss_total"] == pytest.approx(m[1]["loss_weights"] + 0.5 * m[1]["loss_delta"], rel=1e-5)
+
+
+def test_own_task_probes_measure_each_adapter_on_its_task(tiny_train_project, tmp_path, monkeypatch):
+    made = _capture_targets(monkeypatch)
+    res = _train(tiny_train_project, {**SHORT, MT + "delta_probes": "own-task", MT + "own_task_probes": 3},
+                 out_dir=tmp_path / "own")
+    pt = made[0]
+    assert set(pt.probes) == set(pt.tasks) and all(len(p) == 3 for p in pt.probes.values())
+    # the prompts are train prompts of that task
+    from llgbm_cli.config import load_config
+    from llgbm_cli.tasks.registry import registry_for
+
+    reg = registry_for(load_config(tiny_train_project))
+    for t, ps in pt.probes.items():
+        train = {r.prompt for r in reg.get(t).records("train")}
+        assert set(ps.texts) <= train
+    assert torch.isfinite(pt.targets).all() and _metrics(res.out_dir)[2]["loss_delta"] >= 0
+    from llgbm_cli.errors import InputError
+
+    with pytest.raises(InputError, match="delta_centered"):
+        _train(tiny_train_project, {**SHORT, MT + "delta_probes": "own-task", MT + "delta_centered": True},
+               out_dir=tmp_path / "bad")

@@ -446,19 +446,22 @@ def delta_for_stacked(
     pack: bool = True,
     acts: Optional[BaseActivations] = None,
     reuse: bool = True,
+    average: bool = True,
 ) -> "torch.Tensor":
     """Deltas ``[n, D]`` of n stacked adapters; differentiable w.r.t. the stacked A and B.
 
     Pass ``base`` (from :func:`base_states`) to skip looking up the base states. With ``reuse``
     (default) the forward starts at the lowest layer the adapters touch, from the base model's
     activations (``acts``, default: the run's); ``reuse=False`` runs the whole backbone.
+    ``average=False``: one delta per probe, ``[n, P, D]`` (``base``, when given, is then ``[P, D]``:
+    :func:`base_per_probe`).
     """
     from ..lora.patch import LoraPatch
 
     if acts is None:
         acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
     if base is None:
-        base = base_states(model, probes, spec, acts=acts)
+        base = base_states(model, probes, spec, acts=acts) if average else base_per_probe(model, probes, spec, acts)
     start = 0
     if reuse:
         idxs = resolve_layers(model, spec)
@@ -467,8 +470,20 @@ def delta_for_stacked(
             acts.ensure(model, [start] + [i for i in idxs if i <= start], _dtype_context(model, spec))
     patch = LoraPatch(model, stacked)
     with patch:
-        states = pooled_states(model, probes, spec, max(patch.n, 1), start_layer=start, acts=acts)
+        states = pooled_states(model, probes, spec, max(patch.n, 1), start_layer=start, acts=acts, average=average)
     return states - base.to(states.device)[None]
+
+
+def base_per_probe(model, probes: "ProbeSet", spec: DeltaSpec, acts: Optional[BaseActivations] = None) -> "torch.Tensor":
+    """The base model's pooled states per probe, ``[P, D]`` (no grad)."""
+    import torch
+
+    if acts is None:
+        acts = base_activations(model, probes, pack=True, dtype=spec.dtype)
+    idxs = resolve_layers(model, spec)
+    with torch.no_grad():
+        acts.ensure(model, idxs, _dtype_context(model, spec))
+        return _pool([acts.states[i] for i in idxs], acts, spec, 1, average=False)[0]
 
 
 def per_probe_deltas(model, probes: "ProbeSet", spec: DeltaSpec, adapters: Sequence["LoraAdapter"], *,
@@ -482,9 +497,8 @@ def per_probe_deltas(model, probes: "ProbeSet", spec: DeltaSpec, adapters: Seque
 
     acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
     idxs = resolve_layers(model, spec)
+    base = base_per_probe(model, probes, spec, acts)  # [P, D]
     with torch.no_grad():
-        acts.ensure(model, idxs, _dtype_context(model, spec))
-        base = _pool([acts.states[i] for i in idxs], acts, spec, 1, average=False)[0]  # [P, D]
         out = []
         for s in range(0, len(adapters), max(1, int(adapters_per_batch))):
             chunk = list(adapters[s : s + max(1, int(adapters_per_batch))])

@@ -294,7 +294,7 @@ MULTITASK_ONLY = frozenset({
     "warmup_steps", "lr_schedule", "max_grad_norm", "lambda_delta", "lambda_schedule", "lambda_warmup_steps",
     "delta_loss_type", "delta_normalize", "weight_loss", "weight_loss_norm", "token_weighting", "log_interval",
     "save_interval", "eval_interval", "mixed_precision", "loss_balance", "delta_centered", "task_weight",
-    "task_examples", "kl_temperature", "kl_examples",
+    "task_examples", "kl_temperature", "kl_examples", "delta_probes", "delta_per_probe", "own_task_probes",
 })
 
 

@@ -13,6 +13,8 @@ term's gradient norm; ``uncertainty``: learned weights ``exp(−s)·L + s``), ``
 delta loss on deltas minus the mean training teacher delta, saved as ``delta_mean.safetensors``
 in every checkpoint) and ``task_weight`` (``+ task_weight · loss_task``, the answer-only
 cross-entropy of the adapter's task's training examples with the generated LoRA applied).
+``delta_probes = "own-task"`` measures both deltas of the delta loss on prompts of the adapter's
+own task and ``delta_per_probe`` compares them probe by probe (:class:`ProbeTargets`).
 ``delta_loss_type = "kl"`` replaces the probe-delta comparison by answer-level matching
 (:mod:`llgbm_cli.training.answer_kl`: KL from the teacher's next-token distribution at the answer
 position of the task's training prompts); the probe delta is then only logged. The
@@ -61,6 +63,12 @@ def objective(resolved, run) -> Objective:
     if kl and (mt.delta_centered or mt.delta_normalize):
         raise InputError("train.multitask.delta_loss_type = \"kl\" compares next-token distributions, not probe "
                          "deltas: set delta_centered and delta_normalize to false")
+    on_probes = mt.delta_probes == "own-task" or mt.delta_per_probe  # targets measured here, not the cache's
+    if on_probes and (kl or mt.delta_centered):
+        raise InputError(f"train.multitask.delta_probes = {mt.delta_probes!r} / delta_per_probe = "
+                         f"{str(mt.delta_per_probe).lower()}: the deltas are measured per task's prompts or per probe, "
+                         "which delta_loss_type = \"kl\" and delta_centered do not read; use one or the other")
+    probe_deltas = ProbeTargets(resolved, run, mt) if on_probes else None
     delta_mean = t_deltas[:n_train].mean(0) if mt.delta_centered else None  # training teachers only
     answer_kl = None
     if kl:
@@ -124,6 +132,11 @@ def objective(resolved, run) -> Objective:
                                    [run.train_e[int(i)].task for i in idx[:k_delta]], rng)
                 with torch.no_grad():  # the probe delta, for the logged delta metrics only
                     pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
+            elif probe_deltas is not None:
+                with torch.set_grad_enabled(lam > 0):
+                    pred = probe_deltas.generated(sub, idx[:k_delta])
+                tgt = probe_deltas.targets[idx[:k_delta]]
+                ld = delta_loss(pred, tgt)
             else:
                 with torch.set_grad_enabled(lam > 0):
                     pred = delta_for_stacked(model, probes, spec, sub.stacked(), base)
@@ -197,3 +210,64 @@ def objective(resolved, run) -> Objective:
 
         extra = dict(meta_extra={"delta_mean": about}, save_extra=save_mean, provenance_extra={"delta_mean": about})
     return Objective(step_fn, eval_fn, loop_cfg, aux=uncertainty, extra=extra)
+
+
+class ProbeTargets:
+    """The delta loss's deltas measured on the prompts ``delta_probes`` names (``own-task``: each
+    adapter's own task's train prompts; ``generic``: the project's probes), averaged over them or per
+    probe (``delta_per_probe``, flattened to ``[P·D]``). The training teachers' deltas are computed once
+    here (no gradient); :meth:`generated` measures generated adapters the same way, with autograd."""
+
+    def __init__(self, resolved, run, mt):
+        import torch
+
+        from ...deltas.compute import base_activations, base_per_probe, base_states, delta_for_stacked
+        from ...deltas.probes import load_probes
+        from ...tasks.registry import registry_for
+        from ..answer_kl import teacher_stacked
+
+        cfg = resolved.config
+        self.model, self.spec, self.average = run.model, run.delta_spec, not mt.delta_per_probe
+        self.tasks = [e.task for e in run.train_e]
+        self.ids = [e.id for e in run.train_e]
+        self.own = mt.delta_probes == "own-task"
+        reg = registry_for(resolved)
+        keys = list(dict.fromkeys(self.tasks)) if self.own else [None]
+        self.probes, self.acts, self.base = {}, {}, {}
+        for t in keys:
+            ps = (load_probes(f"task:{t}", run.tokenizer, count=mt.own_task_probes, seed=cfg.project.seed, tasks=reg,
+                              chat_template=cfg.probes.chat_template, max_length=cfg.probes.max_length)
+                  if self.own else run.probes)
+            self.probes[t] = ps
+            self.acts[t] = base_activations(self.model, ps, pack=cfg.delta.pack, dtype=self.spec.dtype)
+            self.base[t] = (base_states(self.model, ps, self.spec, acts=self.acts[t]) if self.average
+                            else base_per_probe(self.model, ps, self.spec, self.acts[t]))
+        rows: list = [None] * len(self.tasks)
+        per = max(1, cfg.delta.adapters_per_batch)
+        with torch.no_grad():
+            for t in keys:
+                ids = [i for i, u in enumerate(self.tasks) if not self.own or u == t]
+                for s in range(0, len(ids), per):
+                    chunk = ids[s : s + per]
+                    d = delta_for_stacked(self.model, self.probes[t], self.spec,
+                                          teacher_stacked(run.teacher_ab, chunk, run.scaling), self.base[t],
+                                          acts=self.acts[t], average=self.average)
+                    for i, row in zip(chunk, d.reshape(len(chunk), -1)):
+                        rows[i] = row
+        self.targets = torch.stack(rows)
+
+    def generated(self, sub, idx):
+        """``[k, ·]`` deltas of the generated adapters ``sub`` (rows for the training adapters ``idx``)."""
+        import torch
+
+        from ...deltas.compute import delta_for_stacked
+
+        keys = [self.tasks[int(i)] if self.own else None for i in idx]
+        out: list = [None] * len(keys)
+        for t in dict.fromkeys(keys):
+            pos = [j for j, u in enumerate(keys) if u == t]
+            d = delta_for_stacked(self.model, self.probes[t], self.spec, sub.select(pos).stacked(), self.base[t],
+                                  acts=self.acts[t], average=self.average)
+            for j, row in zip(pos, d.reshape(len(pos), -1)):
+                out[j] = row
+        return torch.stack(out)
