@@ -487,6 +487,11 @@ class EvalSection(Section):
         description="Cross-validation (`eval --folds`): the training adapters the `oracle-best` reference picks from "
         "in each fold: each trajectory's last checkpoint, every zoo adapter of the other tasks, or none (no oracle).",
     )
+    task_probes: int = Field(
+        0, ge=0, description="Also measure every delta on this many prompts of the evaluated task's own train split "
+        "(its condition prompts; 0: off): the method's, its teacher's and the training teachers' mean there, giving "
+        "`task_probe_cosine` and `task_probe_centered_cosine` beside the generic-probe metrics."
+    )
     contamination: Literal["drop", "refuse", "allow"] = Field(
         "drop",
         description="Scored questions that occur in a train split of a task whose adapters, deltas or generators the "
@@ -824,7 +829,7 @@ ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mix
                               "compose": ComposeSection().model_dump(mode="json"),
                               "retrieve.rank": "predicted", "retrieve.candidates": 8,
                               "train.multitask.delta_probes": "generic", "train.multitask.delta_per_probe": False,
-                              "train.multitask.own_task_probes": 16}
+                              "train.multitask.own_task_probes": 16, "eval.task_probes": 0}
 
 
 def fingerprint_view(d: dict[str, Any]) -> dict[str, Any]:

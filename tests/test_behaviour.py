@@ -45,3 +45,27 @@ def test_consistency_score_is_the_mean_cosine_to_the_own_task_shift(tiny):
         want = torch.nn.functional.cosine_similarity(q[i], mu[None].expand_as(q[i]), dim=-1).mean()
         assert got[i] == pytest.approx(float(want), abs=1e-5)
     assert all(-1 <= g <= 1 for g in got)
+
+
+def test_eval_measures_deltas_on_the_tasks_own_prompts(tmp_path, tiny):
+    from pathlib import Path
+
+    from test_eval import make_world
+
+    from llgbm_cli.config import load_config
+    from llgbm_cli.services.eval import run_eval
+
+    project = make_world(tmp_path / "w", tiny[0], per_task=1)
+    res = run_eval(load_config(project, {"eval.task_probes": 3}), methods=["base", "teacher", "mean-delta"])
+    rows = {(r["method"], r["task"]): r for r in res.rows}
+    for t in ("arc-easy", "boolq"):
+        assert rows["teacher", t]["task_probe_cosine"] == pytest.approx(1.0, abs=1e-5)
+        assert rows["teacher", t]["task_probe_centered_cosine"] == pytest.approx(1.0, abs=1e-5)
+        assert rows["base", t]["task_probe_cosine"] is None  # the base model moves nothing
+        assert -1 <= rows["mean-delta", t]["task_probe_centered_cosine"] <= 1
+        # not the generic-probe figure under another name
+        assert rows["mean-delta", t]["task_probe_cosine"] != pytest.approx(rows["mean-delta", t]["delta_cosine"])
+    md = (Path(res.out) / "results.md").read_text()
+    assert "## Delta metrics on each task's own prompts" in md
+    plain = run_eval(load_config(project), methods=["base", "teacher"], out=tmp_path / "plain")
+    assert all("task_probe_cosine" not in r for r in plain.rows)  # off by default

@@ -16,7 +16,7 @@ RESAMPLES = 2000
 LEVEL = 0.95
 SIGNIFICANCE = 0.05  # family-wise level of the Holm-adjusted tests that count as wins / losses
 SUMMARY_KEYS = ("accuracy", "accuracy_vs_base", "vs_mean_delta", "gap_to_oracle", "centered_cosine",
-                "delta_cosine", "delta_mse", "norm_ratio")
+                "delta_cosine", "delta_mse", "norm_ratio", "task_probe_centered_cosine")
 
 
 STAT_FIELDS = ("accuracy", "accuracy_vs_base", "vs_base_low", "vs_base_high", "vs_base_p", "vs_base_test",
@@ -210,6 +210,11 @@ def cv_results_md(r: dict[str, Any]) -> str:
                f"sign test p={fmt(s['centered_above_mean_delta_p'], 3)}, Holm {fmt(s['centered_above_mean_delta_p_holm'], 3)})")
             + f" | {fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
             f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
+    on_task = [s for s in r["summary"] if s.get("task_probe_centered_cosine") is not None]
+    if on_task:
+        lines += ["", "Centered cosine on the held-out task's own prompts (`eval.task_probes` train prompts of it; "
+                  "both deltas minus the training teachers' mean there), mean over folds [95% t-interval]: "
+                  + "; ".join(f"`{s['method']}` {ci(s, 'task_probe_centered_cosine')}" for s in on_task) + "."]
     picks = [s for s in r["summary"] if s.get("picks_folds")]
     if picks:
         lines += ["", "Retrieval against the oracle-best (which reads test labels): "

@@ -129,11 +129,26 @@ def eval_results_md(result: dict[str, Any]) -> str:
         "",
         rows_table_md([r for r in result["rows"] if r.get("regime", "zero-shot") != "few-shot"]),
         *few_shot_md(result),
+        *task_probe_md(result),
         "## Acceptance checks",
         "",
         checks_md(result.get("checks") or []),
     ]
     return "\n".join(lines)
+
+
+def task_probe_md(result: dict[str, Any]) -> list[str]:
+    """The delta metrics on each task's own prompts (``eval.task_probes``), when measured."""
+    rows = [r for r in result.get("rows") or [] if "task_probe_centered_cosine" in r]
+    if not rows:
+        return []
+    out = ["## Delta metrics on each task's own prompts", "",
+           "Every delta measured again on prompts of the evaluated task's train split (never its test questions): "
+           "cosine to the task's teacher there, and centered (both minus the training teachers' mean delta there).",
+           "", "| Method | Task | Cosine | Centered Cosine |", "|---|---|---|---|"]
+    out += [f"| {r['method']} | {r['task']} | {fmt(r.get('task_probe_cosine'))} | "
+            f"{fmt(r.get('task_probe_centered_cosine'))} |" for r in rows]
+    return out + [""]
 
 
 def few_shot_md(result: dict[str, Any]) -> list[str]:

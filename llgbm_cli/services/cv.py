@@ -423,6 +423,8 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
             "norm_ratio": r["norm_ratio"], "identified": r["identified"], "heldout": r["heldout"],
             "metric": metric, "adapter": r.get("adapter"), "eval": str(Path(ev.out) / "results.md"),
             "regime": r.get("regime") or "zero-shot",
+            **({"task_probe_centered_cosine": r["task_probe_centered_cosine"]}
+               if r.get("task_probe_centered_cosine") is not None else {}),
         })
     return fold_rows(rows, values, oracle["accuracy"], cfg.project.seed), oracle
 

@@ -271,6 +271,8 @@ def run_eval(
         acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, samples, progress, dist,
                                                    result.scores)
         _rows_phase(world, built, method_delta, acc, base_acc, nq, chance, methods, tasks, result)
+        if cfg.eval.task_probes:
+            _task_probe_phase(world, built, methods, tasks, result, progress)
         curves = _checks_phase(resolved, built, method_delta, methods, tasks, checkpoints, result)
         _files_phase(tmp, out, curves, result, t0)
         write_provenance(tmp, provenance("eval", resolved.to_dict(), methods=methods, tasks=tasks, holdout=holdout,
@@ -440,6 +442,54 @@ def _rows_phase(world: World, b: _Built, method_delta, acc, base_acc, nq, chance
                        chance=chance[t], metric=b.metric.get(t, "acc"), adapter=b.where.get((m, t)))
             result.rows.append(row)
     result.summary = summarize(result.rows, methods)
+
+
+def _task_probe_phase(world: World, b: _Built, methods, tasks, result: EvalResult, progress) -> None:
+    """4b. (``eval.task_probes`` > 0) the delta metrics on the evaluated task's own prompts: per task,
+    ``eval.task_probes`` prompts of its train split (never test); every method's adapter, the task's
+    teacher and the training teachers measured there; per row ``task_probe_cosine`` (to the teacher)
+    and ``task_probe_centered_cosine`` (both minus the training teachers' mean there). None where the
+    task has no teacher or no train split."""
+    import torch
+
+    from ..adapters import load_adapter
+    from ..deltas.compute import compute_deltas
+    from ..deltas.probes import load_probes
+    from ..tasks.registry import registry_for
+
+    cfg = world.resolved.config
+    reg = registry_for(world.resolved)
+    trained = [load_adapter(world.zoo.path_of(e)) for e in world.train_entries]
+    p_task = progress.add("eval: deltas on the tasks' own prompts", total=len(tasks))
+    kw = dict(adapters_per_batch=cfg.delta.adapters_per_batch, pack=cfg.delta.pack)
+    for t in tasks:
+        rows = [r for r in result.rows if r["task"] == t]
+        for r in rows:
+            r["task_probe_cosine"] = r["task_probe_centered_cosine"] = None
+        teacher = world.teachers.get(t)
+        try:
+            ps = load_probes(f"task:{t}", world.tok, count=cfg.eval.task_probes, seed=cfg.project.seed, tasks=reg,
+                             chat_template=cfg.probes.chat_template, max_length=cfg.probes.max_length)
+        except InputError:
+            ps = None
+        if teacher is None or ps is None:
+            progress.advance(p_task, 1)
+            continue
+        mean = torch.as_tensor(compute_deltas(world.model, trained, ps, world.spec, **kw)).float().mean(0)
+        ms = [m for m in methods if (m, t) not in b.absent and b.adapters[m, t] is not None]
+        ads = [load_adapter(world.zoo.path_of(teacher))] + [b.adapters[m, t] for m in ms]
+        d = torch.as_tensor(compute_deltas(world.model, ads, ps, world.spec, **kw)).float()
+        d_t, by_m = d[0], dict(zip(ms, d[1:]))
+        cos = torch.nn.functional.cosine_similarity
+        for r in rows:
+            dm = by_m.get(r["method"], torch.zeros_like(d_t))  # no adapter: the base model, zero delta
+            r["task_probe_cosine"] = float(cos(dm, d_t, dim=0, eps=1e-12)) if dm.abs().sum() > 0 else None
+            r["task_probe_centered_cosine"] = float(cos(dm - mean, d_t - mean, dim=0, eps=1e-12))
+        progress.advance(p_task, 1)
+    for s in result.summary:
+        vals = [r["task_probe_centered_cosine"] for r in result.rows
+                if r["method"] == s["method"] and r.get("task_probe_centered_cosine") is not None]
+        s["task_probe_centered_cosine"] = sum(vals) / len(vals) if vals else None
 
 
 def _checks_phase(resolved, b: _Built, method_delta, methods, tasks, checkpoints, result: EvalResult) -> dict[str, list]:
