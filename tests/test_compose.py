@@ -129,3 +129,23 @@ def test_eval_reports_compose_as_its_own_regime(tmp_path, tiny):
     md = (Path(res.out) / "results.md").read_text()
     zero_shot, few = md.split("## Few-shot")
     assert "| compose |" not in zero_shot and "| compose |" in few and "2 labelled examples" in few
+
+
+def test_compose_under_cross_validation(cli, tmp_path, tiny):
+    """eval --folds -m compose: each fold composes the other tasks' teachers on the held-out task's train
+    examples; the rows are few-shot, in their own Holm family and results.md section."""
+    project = make_world(tmp_path / "w", tiny[0], per_task=1, tasks=["arc-easy", "boolq", "piqa"])
+    r = cli("--project", project, "--quiet", "--json", "eval", "--folds", "arc-easy,boolq", "-m", "compose",
+            "--test-sample", "4", "--set", "compose.budget=6", "--set", "compose.examples=2",
+            "--set", "eval.oracle_candidates=none", "--out", tmp_path / "cv")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    rows = [x for x in res["rows"] if x["method"] == "compose"]
+    assert len(rows) == 2 and all(x["regime"] == "few-shot" for x in rows)
+    assert all(x["regime"] == "zero-shot" for x in res["rows"] if x["method"] != "compose")
+    for k in ("arc-easy", "boolq"):
+        ev = json.loads((tmp_path / "cv" / "folds" / k / "eval" / "results.json").read_text())
+        assert {c["task"] for c in ev["runs"]["compose"]["tasks"][k]["candidates"]} == {"arc-easy", "boolq",
+                                                                                     "piqa"} - {k}
+    md = (tmp_path / "cv" / "results.md").read_text()
+    assert "## Few-shot (a separate regime)" in md and "| arc-easy | compose (few-shot) |" in md
