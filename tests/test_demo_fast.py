@@ -44,6 +44,11 @@ def test_fast_profile_runs_the_whole_chain(tmp_path):
     names = [c["name"] for c in cv["checks"]["openbookqa"]]
     assert "a generated or retrieved adapter beats base on a task" in names
     assert "## Acceptance checks per fold" in (w / "results.md").read_text()
+    # retrieval against the oracle-best: its top hit's task and family, counted in results.md
+    b2 = next(r for r in cv["rows"] if r["method"] == "b2")
+    assert b2["oracle_task"] == cv["oracle"][0]["adapter_task"] and b2["retrieved"]
+    assert b2["picks_oracle_task"] == (b2["retrieved"][0] == b2["oracle_task"])
+    assert "`b2`'s top hit is the oracle-best adapter's task on" in (w / "results.md").read_text()
     # a rerun reuses finished work: no teacher is retrained, no delta recomputed, the fold not rerun
     again = []
     for step in (["zoo", "build"], ["cache-deltas"], ["eval", "--folds", "openbookqa"]):
