@@ -9,7 +9,8 @@ from llgbm_cli.services import eval_methods as EM
 
 
 def test_fixed_names_and_families():
-    assert EM.fixed_names() == ["base", "teacher", "mean-delta", "multitask", "b1", "b2"]
+    assert EM.fixed_names() == ["base", "teacher", "mean-delta", "multitask", "b1", "b2", "compose"]
+    assert [m for m in EM.fixed_names() if EM.regime_of(m) == "few-shot"] == ["compose"]
     assert EM.method_of("merge:ties").name == EM.MERGE_PREFIX
     assert EM.method_of("/some/folder").name == EM.FOLDER
     assert [m for m, meth in EM.methods().items() if meth.run] == ["multitask", "b1", "b2"]

@@ -72,10 +72,12 @@ def _trained(name: str) -> EvalMethod:
 
 
 def methods() -> dict[str, EvalMethod]:
-    """Every method by name, in the order of the valid-name list: the fixed ones, the trained ones
-    (:data:`~llgbm_cli.training.methods.TRAINED`), then the families (merge:<strategy>, a folder)."""
-    fixed = {n: m for n, m in METHODS.items() if n not in (MERGE_PREFIX, FOLDER)}
-    return {**fixed, **{n: _trained(n) for n in TRAINED if n not in fixed},
+    """Every method by name, in the order of the valid-name list: the fixed zero-shot ones, the trained
+    ones (:data:`~llgbm_cli.training.methods.TRAINED`), the few-shot ones, then the families
+    (merge:<strategy>, a folder)."""
+    fixed = {n: m for n, m in METHODS.items() if n not in (MERGE_PREFIX, FOLDER) and m.regime == "zero-shot"}
+    few = {n: m for n, m in METHODS.items() if n not in (MERGE_PREFIX, FOLDER) and m.regime != "zero-shot"}
+    return {**fixed, **{n: _trained(n) for n in TRAINED if n not in fixed}, **few,
             **{n: METHODS[n] for n in (MERGE_PREFIX, FOLDER) if n in METHODS}}
 
 
