@@ -112,6 +112,25 @@ def oracle(w: Path) -> None:
         print(f"| {k} | {o['accuracy']:.2f} ({o['adapter']}) | " + " | ".join(cells) + " |")
     print("\nMean gap: " + "; ".join(f"{m} {sum(g) / len(g):+.3f} over {len(g)} folds" for m, g in gaps.items() if g)
           + "\n")
+    print("Gap closed: " + "; ".join(f"{m} {closed(w, w / 'cv', m)}" for m in ms if m != "base") + "\n")
+
+
+def gap_closed(w: Path, run: Path, method: str):
+    """The share of the base → oracle-best gap a method closes: Σ (method − base) / Σ (oracle − base) over
+    the folds where cv-oracle scored the same questions, with the folds counted; None without them."""
+    o = w / "cv-oracle" / "results.json"
+    if not o.exists() or not (run / "results.json").exists():
+        return None
+    oracle = {x["fold"]: x["accuracy"] for x in json.loads(o.read_text())["oracle"] if x.get("accuracy") is not None}
+    rows = {(r["fold"], r["method"]): r["accuracy"] for r in json.loads((run / "results.json").read_text())["rows"]}
+    folds = [k for k in oracle if (k, method) in rows and (k, "base") in rows and same_ids(run, w / "cv-oracle", k)]
+    gap = sum(oracle[k] - rows[k, "base"] for k in folds)
+    return None if not folds or gap <= 0 else (sum(rows[k, method] - rows[k, "base"] for k in folds) / gap, len(folds))
+
+
+def closed(w: Path, run: Path, method: str) -> str:
+    g = gap_closed(w, run, method)
+    return "—" if g is None else f"{g[0]:+.0%} of the base → oracle-best gap ({g[1]} folds)"
 
 
 def cells(w: Path) -> None:
@@ -131,9 +150,15 @@ def cells(w: Path) -> None:
               f"{f(s.get('centered_sign_p'), '{:.4f}')}, {f(s.get('centered_sign_p_holm'), '{:.4f}')}) |")
     for c, r in runs.items():  # cells whose method the main run has not: against base in their own run
         for s in (x for x in r["summary"] if c != "base" and x["method"] not in runs["base"]["methods"]):
-            print(f"\n{c} ({s['method']}) in its own run: Δ vs base {ci(s, 'accuracy_vs_base')}, Wilcoxon p "
+            print(f"\n{c} ({s['method']}{', few-shot' if s.get('regime') == 'few-shot' else ''}) in its own run: "
+                  f"Δ vs base {ci(s, 'accuracy_vs_base')}, Wilcoxon p "
                   f"{f(s.get('accuracy_vs_base_wilcoxon_p'))}; Δ vs mean-delta {ci(s, 'vs_mean_delta')}; centered "
-                  f"cosine {ci(s, 'centered_cosine', '{:.2f}')}; wins/losses vs base {s['wins_vs_base']}/{s['losses_vs_base']}")
+                  f"cosine {ci(s, 'centered_cosine', '{:.2f}')}; wins/losses vs base {s['wins_vs_base']}/{s['losses_vs_base']}; "
+                  f"{closed(w, Path(d['cells'][[x['cell'] for x in d['cells']].index(c)]['folder']), s['method'])}")
+    for c, r in runs.items():  # the levers' deltas on the held-out task's own prompts, where measured
+        for s in (x for x in r["summary"] if x.get("task_probe_centered_cosine") is not None):
+            print(f"\n{c} ({s['method']}): centered cosine on the held-out task's own prompts "
+                  f"{ci(s, 'task_probe_centered_cosine', '{:.2f}')}")
     print()
 
 
