@@ -174,7 +174,9 @@ def search_weights(loss: FewShotLoss, *, budget: int = 40, popsize: int = 0, sig
     best_w, best_ce = x0.copy(), start_ce
     best_f = start_f = f_of([x0], [start_ce])[0]
     for w, ce in known or []:
-        w = np.clip(np.asarray(w, dtype=float), lo, hi)
+        w = np.asarray(w, dtype=float)
+        if (w < lo).any() or (w > hi).any():  # measured outside the bounds: not a point of this search
+            continue
         f = f_of([w], [ce])[0]
         if f < best_f:
             best_w, best_ce, best_f = w, ce, f

@@ -185,3 +185,16 @@ def test_own_task_probes_measure_each_adapter_on_its_task(tiny_train_project, tm
     with pytest.raises(InputError, match="delta_centered"):
         _train(tiny_train_project, {**SHORT, MT + "delta_probes": "own-task", MT + "delta_centered": True},
                out_dir=tmp_path / "bad")
+
+
+def test_kl_runs_skip_the_probe_cosine_check():
+    from llgbm_cli.evaluation.checks import multitask_run_checks
+
+    rows = [{"step": i, "loss_weights": 1.0 / i, "loss_delta": 1.0 / i, "delta_cosine_sim": 0.5 - 0.01 * i,
+             "lambda_delta": 1.0} for i in range(1, 9)]
+    names = lambda prov: [c["name"] for c in multitask_run_checks("multitask", rows, prov, None) if c]  # noqa: E731
+    prov = {"config": {"train": {"multitask": {"lambda_delta": 1.0, "lambda_schedule": "constant",
+                                                "lambda_warmup_steps": 0, "delta_loss_type": "mse"}}}}
+    assert "multitask delta_cosine_sim improves" in names(prov)
+    prov["config"]["train"]["multitask"]["delta_loss_type"] = "kl"
+    assert "multitask delta_cosine_sim improves" not in names(prov)

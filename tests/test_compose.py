@@ -86,6 +86,16 @@ def test_search_improves_on_its_start_deterministically(tiny):
     assert a.cross_entropy == pytest.approx(a.loss)  # l1 = 0
 
 
+def test_search_skips_known_points_outside_its_bounds(tiny):
+    """A candidate alone (weight 1) is not a start point of a search bounded below 1."""
+    from llgbm_cli.composition import FewShotLoss, search_weights
+
+    model, tok = tiny
+    loss = FewShotLoss(model, tok, _adapters(model, n=2), _examples(tok), members=4)
+    res = search_weights(loss, budget=6, popsize=4, bounds=(-0.5, 0.5), known=[([1.0, 0.0], -100.0)], seed=0)
+    assert all(-0.5 <= w <= 0.5 for w in res.weights) and res.cross_entropy > 0
+
+
 def test_compose_cli_writes_a_loadable_adapter(tmp_path, tiny, cli):
     from llgbm_cli.adapters import load_adapter
 
@@ -109,6 +119,10 @@ def test_compose_cli_writes_a_loadable_adapter(tmp_path, tiny, cli):
     t = registry_for(load_config(project)).get("boolq")
     train, test = {x.id for x in t.records("train")}, {x.id for x in t.records("test")}
     assert set(res["examples"]) <= train and not set(res["examples"]) & test
+    from llgbm_cli.services.eval_methods import regime_of
+
+    assert regime_of(str(out)) == "few-shot"  # evaluated as a folder, it stays in the few-shot regime
+    assert regime_of(str(tmp_path / "w" / "runs" / "zoo" / "adapters" / "arc-easy-1")) == "zero-shot"
     r = cli("-p", project, "compose", "--task", "boolq", "--out", out)
     assert r.exit_code == 2 and "--force" in r.stderr
     r = cli("-p", project, "compose", "--task", "nope", "--out", tmp_path / "x")

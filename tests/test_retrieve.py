@@ -183,6 +183,15 @@ def test_text_query_through_b2_finds_the_task(cli, indexed, tmp_path):
     assert r.exit_code == 2 and "--rank behaviour" in r.stderr
     r = _run(cli, project, "retrieve", "--prompts-file", pf, "--rank", "nope")
     assert r.exit_code == 2 and "--rank" in r.stderr
+    # the same re-ranking inside eval's b2 method (the base model handed over, not reloaded)
+    r = _run(cli, project, "eval", "-m", "base", "-m", "b2", "--task", "boolq", "--set", "retrieve.rank=behaviour",
+             "--set", "eval.test_sample=3", "--out", tmp_path / "ev")
+    assert r.exit_code == 0, r.stderr
+    ev = json.loads(r.stdout)
+    hits = ev["runs"]["b2"]["hits"]["boolq"]
+    assert ev["runs"]["b2"]["rank"] == "behaviour" and len(hits) == 3
+    assert all("predicted_rank" in h for h in hits) and [h["score"] for h in hits] == sorted(
+        (h["score"] for h in hits), reverse=True)
 
 
 def test_index_info_reports_source(cli, indexed):

@@ -488,8 +488,8 @@ def base_per_probe(model, probes: "ProbeSet", spec: DeltaSpec, acts: Optional[Ba
 
 def per_probe_deltas(model, probes: "ProbeSet", spec: DeltaSpec, adapters: Sequence["LoraAdapter"], *,
                      adapters_per_batch: int = 8, pack: bool = True) -> "torch.Tensor":
-    """The delta of each adapter on each probe, not averaged over probes: ``[n, P, D]`` (float32,
-    no grad). The forward starts at the lowest layer the adapters touch, from the base model's
+    """The delta of each adapter on each probe, not averaged over probes: ``[n, P, D]`` (float32 on
+    the CPU, as :func:`compute_deltas` returns them; no grad). The forward starts at the lowest layer the adapters touch, from the base model's
     activations; its mean over probes is the cached delta."""
     import torch
 
@@ -508,7 +508,7 @@ def per_probe_deltas(model, probes: "ProbeSet", spec: DeltaSpec, adapters: Seque
                 acts.ensure(model, [start] + [i for i in idxs if i <= start], _dtype_context(model, spec))
             with LoraPatch(model, stacked):
                 states = pooled_states(model, probes, spec, len(chunk), start_layer=start, acts=acts, average=False)
-            out.append(states - base[None])
+            out.append((states - base[None]).float().cpu())
     return torch.cat(out)
 
 

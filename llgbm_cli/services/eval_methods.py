@@ -333,8 +333,18 @@ def retrieval_adapters(ctx, method: str, tasks: list[str]) -> Built:
 
 
 def regime_of(method: str) -> str:
-    """``zero-shot`` or ``few-shot`` (a method that read labelled examples of the evaluated task)."""
-    return method_of(method).regime
+    """``zero-shot`` or ``few-shot`` (a method that read labelled examples of the evaluated task; an
+    adapter folder is few-shot when its provenance says so, as `llgbm compose` writes it)."""
+    meth = method_of(method)
+    if meth.name == FOLDER:
+        from ..io import read_provenance
+
+        try:
+            prov = read_provenance(Path(method).expanduser()) or {}
+        except (OSError, InputError):
+            prov = {}
+        return "few-shot" if prov.get("regime") == "few-shot" else "zero-shot"
+    return meth.regime
 
 
 @register("compose", "few-shot: merge weights over the other tasks' teachers searched (CMA-ES) on compose.examples "

@@ -115,19 +115,19 @@ def retrieve(
         from ..models import load_encoder
 
         pfolder = Path(predictor) if predictor is not None else workdir.path(resolved, "b2")
-        model, meta = load_predictor(pfolder)
+        net, meta = load_predictor(pfolder)  # `model` is the base model (behavioural re-ranking)
         predictor_path = str(pfolder)
-        idx.check_source(meta.get("cache"), what=f"the B2 predictor {pfolder}", dim=model.delta_dim)
+        idx.check_source(meta.get("cache"), what=f"the B2 predictor {pfolder}", dim=net.delta_dim)
         texts = [text] if text else list(prompts or [])
         task = progress.add("retrieve: encoding the query", total=None)
         if encoder is None:
             encoder = load_encoder(meta.get("encoder", cfg.model.encoder), device="cpu")
-        if encoder.dim != model.cond_dim:
+        if encoder.dim != net.cond_dim:
             raise InputError(f"the encoder {meta.get('encoder')!r} gives {encoder.dim}-d embeddings, the B2 predictor "
-                             f"{pfolder} expects {model.cond_dim}; set model.encoder to the one it was trained with")
+                             f"{pfolder} expects {net.cond_dim}; set model.encoder to the one it was trained with")
         embs = encoder.encode(texts, normalize=True, max_length=meta.get("max_text_length"))
         with torch.no_grad():
-            vec = model(condition_vector(embs)[None, :])[0].numpy()
+            vec = net(condition_vector(embs)[None, :])[0].numpy()
         progress.update(task, total=1, completed=1)
         query = text if text else f"{len(texts)} prompts"
     rank = rank or cfg.retrieve.rank

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..errors import InputError
+
 
 def collate_examples(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, device):
     """Right-padded ``(input_ids, attention_mask, labels)`` of ``(ids, labels)`` examples."""
@@ -44,6 +46,9 @@ class TaskLoss:
         for t in dict.fromkeys(tasks):
             task_def = reg.get(t)
             self.records[t] = task_def.records("train")
+            if not self.records[t]:
+                raise InputError(f"task {t}: its train split is empty, and the task loss (or the kl delta loss) draws "
+                                 "training examples of each adapter's task from it; give the task a train split")
             self.forms[t] = form_for(resolved, task_def)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.trunk = getattr(model, model.base_model_prefix)
