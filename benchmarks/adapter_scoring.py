@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
 
     import torch
 
-    from llgbm_cli.adapters import load_adapter, random_adapter
+    from _adapters import zoo_or_random
     from llgbm_cli.anatomy import lowest_adapted_layer
     from llgbm_cli.models import load_base_model
     from llgbm_cli.tasks.prompts import PromptForm
@@ -58,14 +57,7 @@ def main() -> None:
     task = builtin_registry().get(args.task)
     form = PromptForm.of(task, scoring=None if task.kind == "generate" else "choice")
     recs = task.sample("test", args.n, seed=args.seed)
-    if args.zoo:
-        folders = sorted(p.parent for p in Path(args.zoo, "adapters").glob("*/adapter_config.json"))[: args.adapters]
-        if len(folders) < args.adapters:
-            raise SystemExit(f"{args.zoo}: {len(folders)} adapters, --adapters asks for {args.adapters}")
-        adapters = [load_adapter(f) for f in folders]
-    else:
-        adapters = [random_adapter(model, seed=args.seed + i, last_layers=args.last_layers or None, std=0.05)
-                    for i in range(args.adapters)]
+    adapters = zoo_or_random(model, args)
     start = lowest_adapted_layer(model, {m for a in adapters for m in a.modules})
     generative = form.kind == "generate"
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 
 def main() -> None:
@@ -40,7 +39,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from llgbm_cli.adapters import load_adapter, random_adapter
+    from _adapters import zoo_or_random
     from llgbm_cli.composition import FewShotLoss, compose_adapter
     from llgbm_cli.lora.patch import LoraPatch, stack_adapters
     from llgbm_cli.models import load_base_model
@@ -53,12 +52,7 @@ def main() -> None:
     form = PromptForm.of(task, scoring=None if task.kind == "generate" else "choice")
     examples = [form.training_example(tok, r, max_length=args.max_length)
                 for r in task.sample("train", args.k, seed=args.seed)]
-    if args.zoo:
-        folders = sorted(p.parent for p in Path(args.zoo, "adapters").glob("*/adapter_config.json"))[: args.adapters]
-        adapters = [load_adapter(f) for f in folders]
-    else:
-        adapters = [random_adapter(model, seed=args.seed + i, last_layers=args.last_layers or None, std=0.05)
-                    for i in range(args.adapters)]
+    adapters = zoo_or_random(model, args)
     W = np.random.default_rng(args.seed).uniform(-1.0, 1.0, size=(args.weightings, len(adapters)))
     ids, mask, labels = collate_examples(examples, tok.pad_token_id or 0, "cpu")
     tgt = labels[:, 1:]
