@@ -61,10 +61,9 @@ def compose_adapter(adapters: Sequence[Any], weights: Sequence[float], base_mode
     from .adapters import LoraAdapter, LoraModule
 
     W = torch.tensor([list(map(float, weights))])
-    mods = {}
-    for k, (A, B, ranks) in concat_factors(adapters).items():
-        mods[k] = LoraModule(A.clone(), weighted_B(B, ranks, W)[0].contiguous(), 1.0)
-    rank = sum(next(iter(concat_factors(adapters).values()))[2])
+    factors = concat_factors(adapters)
+    mods = {k: LoraModule(A.clone(), weighted_B(B, ranks, W)[0].contiguous(), 1.0) for k, (A, B, ranks) in factors.items()}
+    rank = sum(next(iter(factors.values()))[2])
     targets = sorted({t for a in adapters for t in a.target_modules})
     return LoraAdapter(mods, rank, float(rank), targets, base_model=base_model or adapters[0].base_model)
 

@@ -44,16 +44,6 @@ class ComposeResult:
         return asdict(self)
 
 
-def latest_per_task(entries: Sequence[Any]) -> list[Any]:
-    """Each task's latest checkpoint (highest step, then id), in task order."""
-    best: dict[str, Any] = {}
-    for e in entries:
-        k = (e.step if e.step is not None else -1, e.id)
-        if e.task not in best or k > (best[e.task].step if best[e.task].step is not None else -1, best[e.task].id):
-            best[e.task] = e
-    return [best[t] for t in sorted(best)]
-
-
 def few_shot_records(resolved, task: str, k: Optional[int] = None) -> list[Any]:
     """The k labelled examples of ``task``: a seeded sample of its train split (never test)."""
     from ..tasks.registry import registry_for
@@ -133,7 +123,9 @@ def run_compose(resolved, *, task: str, out: str | Path, adapters: Optional[Sequ
     if adapters:
         entries = [zoo.get(i) for i in adapters]
     else:
-        entries = latest_per_task([e for e in zoo.entries if e.task != task])
+        from .eval_methods import teacher_of
+
+        entries = [teacher_of(zoo, t) for t in sorted(zoo.tasks()) if t != task]
     model, tok = load_base_model(cfg.model.base, cfg.model.dtype, cfg.model.device)
     composed, res = compose_for(resolved, model, tok, task, entries, zoo, k=k, top_n=top_n, budget=budget,
                                 progress=progress)

@@ -350,15 +350,12 @@ def regime_of(method: str) -> str:
 @register("compose", "few-shot: merge weights over the other tasks' teachers searched (CMA-ES) on compose.examples "
           "labelled train examples of the task", regime="few-shot")
 def _compose(ctx, method: str, tasks: list[str]) -> Built:
-    from .compose import compose_for, latest_per_task
+    from .compose import compose_for
 
     world = ctx.world
     adapters, info = {}, {}
-    for t in tasks:
-        ids = world.resolved.config.eval.merge_adapters
-        entries = ([world.zoo.get(i) for i in ids] if ids
-                   else latest_per_task([e for e in world.train_entries if e.task != t]))
-        adapters[t], res = compose_for(world.resolved, world.model, world.tok, t, entries, world.zoo)
+    for t in tasks:  # the candidates merge:<strategy> merges: eval.merge_adapters, else the other tasks' teachers
+        adapters[t], res = compose_for(world.resolved, world.model, world.tok, t, merge_entries(world, t), world.zoo)
         d = res.to_dict()
         d.pop("out")
         info[t] = d
