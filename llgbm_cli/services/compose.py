@@ -55,8 +55,8 @@ def few_shot_records(resolved, task: str, k: Optional[int] = None) -> list[Any]:
     except InputError:
         recs = []
     if not recs:
-        raise InputError(f"compose: task {task} has no train split to draw labelled examples from; declare one "
-                         f"(files.train in [tasks.{task}]) or compose for another task")
+        raise InputError(f"compose: task {task} has no train records to draw labelled examples from; give [tasks.{task}] "
+                         "a train split (a `train` file in its `path` folder, or `train_split`) or compose for another task")
     return recs
 
 
