@@ -32,13 +32,9 @@ def last_states(trunk, contexts: Sequence[Sequence[int]], pad_id: int, device):
     """The trunk's last hidden state at each context's final token (right-padded batch)."""
     import torch
 
-    T = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(contexts), T), dtype=torch.long)
-    for b, c in enumerate(contexts):
-        ids[b, : len(c)] = torch.tensor(list(c))
-        mask[b, : len(c)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    from .task_loss import collate_examples
+
+    ids, mask, _ = collate_examples([(list(c), []) for c in contexts], pad_id, device)
     hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     last = mask.sum(1) - 1
     return hidden[torch.arange(len(contexts), device=device), last]
@@ -89,12 +85,6 @@ class AnswerKL(TaskLoss):
 
 def teacher_stacked(teacher_ab: dict, idx, scaling: float) -> dict:
     """``{module: StackedLora}`` of the teachers ``idx`` (rows of ``teacher_ab``), for the patch."""
-    import torch
+    from ..generators.base import GeneratedLora
 
-    from ..lora.patch import StackedLora
-
-    out = {}
-    for k, (A, B) in teacher_ab.items():
-        a, b = A[idx], B[idx]
-        out[k] = StackedLora(a, b, torch.full((a.shape[0],), float(scaling), device=a.device, dtype=a.dtype))
-    return out
+    return GeneratedLora({k: (A[idx], B[idx]) for k, (A, B) in teacher_ab.items()}, scaling=scaling).stacked()
