@@ -489,27 +489,8 @@ def base_per_probe(model, probes: "ProbeSet", spec: DeltaSpec, acts: Optional[Ba
 def per_probe_deltas(model, probes: "ProbeSet", spec: DeltaSpec, adapters: Sequence["LoraAdapter"], *,
                      adapters_per_batch: int = 8, pack: bool = True) -> "torch.Tensor":
     """The delta of each adapter on each probe, not averaged over probes: ``[n, P, D]`` (float32 on
-    the CPU, as :func:`compute_deltas` returns them; no grad). The forward starts at the lowest layer the adapters touch, from the base model's
-    activations; its mean over probes is the cached delta."""
-    import torch
-
-    from ..lora.patch import LoraPatch, stack_adapters
-
-    acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
-    idxs = resolve_layers(model, spec)
-    base = base_per_probe(model, probes, spec, acts)  # [P, D]
-    with torch.no_grad():
-        out = []
-        for s in range(0, len(adapters), max(1, int(adapters_per_batch))):
-            chunk = list(adapters[s : s + max(1, int(adapters_per_batch))])
-            stacked = stack_adapters(chunk, device=next(model.parameters()).device)
-            start = min(lowest_adapted_layer(model, stacked), max(idxs))
-            if start:
-                acts.ensure(model, [start] + [i for i in idxs if i <= start], _dtype_context(model, spec))
-            with LoraPatch(model, stacked):
-                states = pooled_states(model, probes, spec, len(chunk), start_layer=start, acts=acts, average=False)
-            out.append((states - base[None]).float().cpu())
-    return torch.cat(out)
+    the CPU; :func:`compute_deltas` with ``average=False``); its mean over probes is the cached delta."""
+    return compute_deltas(model, adapters, probes, spec, adapters_per_batch, pack=pack, average=False)
 
 
 def _batches(model, adapters: Iterable["LoraAdapter"], size: int, group: bool) -> Iterator[tuple[list[int], list]]:
@@ -536,7 +517,8 @@ def _batches(model, adapters: Iterable["LoraAdapter"], size: int, group: bool) -
         yield pos, batch
 
 
-def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts, share=(0, 1)):
+def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts, share=(0, 1),
+                     average=True):
     import torch
 
     from ..lora.patch import stack_adapters
@@ -546,14 +528,15 @@ def _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pa
     if acts is None:
         acts = base_activations(model, probes, pack=pack, dtype=spec.dtype)
     if base is None:
-        base = base_states(model, probes, spec, acts=acts)
+        base = base_states(model, probes, spec, acts=acts) if average else base_per_probe(model, probes, spec, acts)
     rank, world = share
     for i, (pos, batch) in enumerate(_batches(model, adapters, adapters_per_batch, reuse)):
         if i % world != rank:
             continue
         with torch.no_grad():
             stacked = stack_adapters(batch, device=device, dtype=dt)
-            d = delta_for_stacked(model, probes, spec, stacked, base, acts=acts, reuse=reuse).float().cpu()
+            d = delta_for_stacked(model, probes, spec, stacked, base, acts=acts, reuse=reuse,
+                                  average=average).float().cpu()
         yield pos, batch, d
 
 
@@ -590,24 +573,27 @@ def compute_deltas(
     pack: bool = True,
     reuse: bool = True,
     acts: Optional[BaseActivations] = None,
+    average: bool = True,
 ) -> "torch.Tensor":
     """Deltas ``[N, D]`` (float32, CPU) of adapters streamed ``adapters_per_batch`` at a time, no grad.
 
     Rows follow the order of ``adapters``. ``progress(k)`` is called after each batch with the
     number of adapters it finished. ``reuse=False`` runs every batch through the whole backbone.
+    ``average=False``: one delta per probe, ``[N, P, D]`` (``base``, when given, is ``[P, D]``).
     """
     import torch
 
     parts = []
     n = 0
-    for pos, batch, d in _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts):
+    for pos, batch, d in _iter_positioned(model, adapters, probes, spec, adapters_per_batch, base, pack, reuse, acts,
+                                          average=average):
         parts.append((pos, d))
         n += len(pos)
         if progress is not None:
             progress(len(batch))
     if not parts:
         return torch.zeros(0, spec.dim(model))
-    out = torch.empty(n, parts[0][1].shape[1])
+    out = torch.empty(n, *parts[0][1].shape[1:])
     for pos, d in parts:
         out[torch.as_tensor(pos)] = d
     return out
