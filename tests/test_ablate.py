@@ -413,3 +413,56 @@ def test_ablate_folds_cell_that_measures_deltas_otherwise_gets_its_own_cache(cli
     assert sorted(p.name for p in cache.iterdir()) == before
     ev = json.loads((out / "probes2" / "folds" / "boolq" / "eval" / "results.json").read_text())
     assert "deltas-probes2" in ev["command"]
+
+
+def test_ablate_folds_keeps_finished_cells_and_copies_the_runs_a_cell_shares(cli, tmp_path, tiny):
+    """A cell that changes only what evaluation reads copies the base cell's finished training run
+    instead of training again (its marker names the source); a call naming one cell keeps every cell
+    already finished in the folder in the comparison and its Holm family, and leaves out, with a note,
+    one whose folds ran under another config."""
+    from test_cv import CV_TOML
+    from test_eval import make_world
+
+    project = make_world(tmp_path / "w", tiny[0], per_task=2, tasks=["arc-easy", "boolq", "openbookqa"])
+    project.write_text(project.read_text() + CV_TOML + """
+[ablation]
+methods = ["multitask"]
+
+[ablation.cells.lam0]
+set = { "train.multitask.lambda_delta" = 0.0 }
+
+[ablation.cells.probes-eval]
+set = { "eval.task_probes" = 2 }
+""")
+    out = tmp_path / "abl"
+
+    def run(*cells):
+        r = cli("--project", project, "--quiet", "--json", "ablate", "--folds", "boolq", "--set", "eval.test_sample=4",
+                "--out", out, *[a for c in cells for a in ("--cell", c)])
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)
+
+    res = run("lam0")
+    assert [c["cell"] for c in res["cells"]] == ["base", "lam0"]
+    runs = out / "base" / "folds" / "boolq" / "runs"
+    mine = out / "probes-eval" / "folds" / "boolq" / "runs"
+    res = run("probes-eval")
+    assert res["ran"] == ["probes-eval/boolq"]
+    assert [c["cell"] for c in res["cells"]] == ["base", "lam0", "probes-eval"]  # lam0 kept, in the profile's order
+    assert {(x["cell"], x["fold"]) for x in res["rows"]} == {("lam0", "boolq"), ("probes-eval", "boolq")}
+    assert all(x["p"] <= x["p_holm"] <= min(1.0, 2 * x["p"]) for x in res["rows"])  # Holm over both cells' rows
+    marker = json.loads((mine / "multitask.json").read_text())
+    assert marker["finished"] and marker["copied_from"] == str(runs / "multitask")
+    assert marker["fingerprint"] == json.loads((runs / "multitask.json").read_text())["fingerprint"]
+    gen = "final/generator.safetensors"
+    assert (mine / "multitask" / gen).read_bytes() == (runs / "multitask" / gen).read_bytes()
+    assert not (mine / "multitask" / "checkpoints").exists()
+    # the same questions and the same generator: the copied run scores exactly as the base cell's
+    row = next(x for x in res["rows"] if x["cell"] == "probes-eval")
+    assert row["diff"] == 0 and row["p"] == 1.0
+    # a lam0 fold of another config is not compared, and the note says how to bring it back
+    done = out / "lam0" / "folds" / "boolq" / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "fingerprint": "stale"}))
+    res = run("probes-eval")
+    assert res["ran"] == [] and [c["cell"] for c in res["cells"]] == ["base", "probes-eval"]
+    assert any(n.startswith("lam0: not compared") and "--cell lam0" in n for n in res["notes"])

@@ -13,6 +13,12 @@ Against the base cell, per fold and method, the difference in accuracy on the ve
 p-values Holm-adjusted over every comparison of the run (cells × methods × folds). Across folds the
 mean difference with its Student-t interval and a Wilcoxon signed-rank p. ``<out>/comparison.{md,json,csv}``
 hold that table; each cell's own tables are its cross-validation's results.md.
+
+Cells accumulate in one folder: a call naming some cells compares them with every other cell of the
+profile already finished there under the current config (:func:`llgbm_cli.services.cv.finished_cv`),
+in one Holm family; a stale one is left out with a note. A cell's fold copies a finished training
+run of the base cell or another cell when its run fingerprint is the same (a cell that changes only
+what evaluation reads trains nothing).
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ def folds_cells(ab, names: Optional[Sequence[str]]) -> list[Cell]:
     return select_cells(declared + [c for c in ablation_grid(ab) if c.name not in ab.cells], names)
 
 
+def _cell_overrides(base_ov: dict[str, Any], cell: Cell, out: Path) -> dict[str, Any]:
+    """The config keys a cell runs under; one that measures deltas its own way gets a delta cache of its own."""
+    ov = {**base_ov, **cell.overrides}
+    if any(k.startswith(("probes.", "delta.")) for k in cell.overrides) and "delta.cache" not in cell.overrides:
+        ov["delta.cache"] = str(child(out, f"deltas-{cell.name}", what="cell"))
+    return ov
+
+
 def _methods(ab, cell: Cell, given: Optional[Sequence[str]]) -> list[str]:
     if given:
         return list(given)
@@ -114,21 +128,39 @@ def run_ablate_folds(
                           force=force, overrides=base_ov, progress=progress)
         ran += [f"{BASE}/{k}" for k in base_run.ran]
         is_main = base_run.is_main
+    known = declared_cells(ab) + [c for c in ablation_grid(ab) if c.name not in ab.cells]
     for c in chosen:
-        ov = {**base_ov, **c.overrides}
-        if any(k.startswith(("probes.", "delta.")) for k in c.overrides) and "delta.cache" not in c.overrides:
+        ov = _cell_overrides(base_ov, c, out)
+        if "delta.cache" in ov and "delta.cache" not in c.overrides:
             # the teachers' deltas measured the cell's way: a cache of its own, filled (incrementally) first
             from .cache_deltas import run_cache_deltas
 
-            ov["delta.cache"] = str(child(out, f"deltas-{c.name}", what="cell"))
             run_cache_deltas(resolved.with_overrides(ov), progress=progress)
+        # a training run the cell shares with the base cell or another cell (same config, same zoo) is copied
+        donors = [base_folder] + [out / o.name for o in known if o.name != c.name and (out / o.name / "cv.json").exists()]
         runs[c.name] = run_cv(resolved.with_overrides(ov), folds=folds, methods=_methods(ab, c, methods),
-                              out=child(out, c.name, what="cell"), force=force, overrides=ov, progress=progress)
+                              out=child(out, c.name, what="cell"), force=force, overrides=ov, progress=progress,
+                              donors=donors)
         ran += [f"{c.name}/{k}" for k in runs[c.name].ran]
         is_main = is_main and runs[c.name].is_main
-    result = AblateFoldsResult(str(out), next(iter(runs.values())).folds, ran=ran, is_main=is_main)
+    fold_names = next(iter(runs.values())).folds
+    result = AblateFoldsResult(str(out), fold_names, ran=ran, is_main=is_main)
     if not is_main:  # under accelerate launch the main process compares and writes
         return result
+    from .cv import finished_cv
+
+    for c in known:  # cells finished by earlier calls into this folder stay in the comparison (and its Holm family)
+        if c.name in runs or not (out / c.name / "cv.json").exists():
+            continue
+        ov = _cell_overrides(base_ov, c, out)
+        kept, why = finished_cv(resolved.with_overrides(ov), folds=fold_names, methods=_methods(ab, c, methods),
+                                out=out / c.name, overrides=ov)
+        if kept is not None:
+            runs[c.name] = kept
+            chosen.append(c)
+        else:
+            result.notes.append(f"{c.name}: not compared ({why}); rerun it with --cell {c.name}")
+    runs = {c.name: runs[c.name] for c in known if c.name in runs}  # the cells in the profile's order
     base_methods = json.loads((base_folder / "cv.json").read_text()).get("methods", [])
     result.cells.append({"cell": BASE, "overrides": {}, "methods": base_methods, "folder": str(base_folder)})
     for name, run in runs.items():

@@ -167,6 +167,43 @@ def fold_config(cres) -> dict[str, Any]:
     return d
 
 
+def fold_fingerprint(cres, methods: Sequence[str], zoo) -> str:
+    """What a finished fold (its ``done.json``) was run under: its config, methods and the zoo's adapters."""
+    return fingerprint({"config": fold_config(cres), "methods": list(methods),
+                        "zoo": [(e.id, e.sha256) for e in zoo.entries]})
+
+
+def finished_cv(resolved, *, folds: Sequence[str], methods: Sequence[str], out: Path,
+                overrides: Optional[dict[str, Any]] = None) -> tuple[Optional[CVResult], str]:
+    """The cross-validation in ``out`` read back without running anything, when it covers exactly
+    ``folds`` and ``methods`` and every fold finished under this config and zoo (its ``done.json``
+    fingerprint); else ``(None, why)``."""
+    from ..zoo_manifest import Zoo
+
+    out = Path(out)
+    try:
+        marker = json.loads((out / MARKER).read_text())
+        saved = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return None, f"{out}: no finished cross-validation there"
+    ms = cv_methods(list(methods))
+    if list(marker.get("folds") or []) != list(folds) or list(marker.get("methods") or []) != ms:
+        return None, f"{out}: run on other folds or methods ({', '.join(marker.get('folds') or [])})"
+    zoo = Zoo.load(workdir.path(resolved, "zoo"))
+    base_ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for k in folds:
+        fdir = out / "folds" / k
+        cres = resolved.with_overrides(fold_overrides(base_ov, k, ms, fdir / "runs"))
+        try:
+            done = json.loads((fdir / DONE).read_text())
+        except (OSError, ValueError):
+            return None, f"{out}: fold {k} has not finished"
+        if done.get("fingerprint") != fold_fingerprint(cres, ms, zoo):
+            return None, f"{out}: fold {k} ran under another config or zoo"
+    fields = {f for f in CVResult.__dataclass_fields__ if f != "is_main"}
+    return CVResult(**{k: v for k, v in saved.items() if k in fields}), ""
+
+
 # --------------------------------------------------------------------------- oracle candidates
 
 def oracle_candidates(zoo, fold: str, mode: str) -> list[Any]:
@@ -197,8 +234,12 @@ def run_cv(
     force: bool = False,
     overrides: Optional[dict[str, Any]] = None,
     progress=NULL_PROGRESS,
+    donors: Sequence[Path] = (),
 ) -> CVResult:
     """Cross-validate ``methods`` over the folds ``folds`` (``all`` or comma-separated tasks); see the module doc.
+    ``donors``: other cross-validation folders whose finished training runs of the very same config
+    and zoo a fold copies instead of training again (an ablation's cells that change only what
+    evaluation reads).
 
     Under ``accelerate launch`` every process calls this: the main process prepares the output
     folder while the others wait, the folds are dealt round robin (each fold trained, evaluated and
@@ -248,7 +289,7 @@ def run_cv(
             fdir = out / "folds" / k
             ov = fold_overrides(base_ov, k, ms, fdir / "runs")
             cres = resolved.with_overrides(ov)
-            fp = fingerprint({"config": fold_config(cres), "methods": ms, "zoo": [(e.id, e.sha256) for e in zoo.entries]})
+            fp = fold_fingerprint(cres, ms, zoo)
             done = fdir / DONE
             if done.exists():
                 prev = json.loads(done.read_text())
@@ -262,7 +303,7 @@ def run_cv(
                             "contamination": prev.get("contamination")}
             progress.update(bar, description=f"cross-validation: fold {k}")
             trained: list[str] = []
-            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, trained, progress)
+            rows, oracle = _run_fold(cres, k, fdir, ms, ov, zoo, scores, trained, progress, donors)
             checked = scores.contamination.get(k)
             atomic_write_json(done, {"fold": k, "fingerprint": fp, "rows": rows, "oracle": oracle,
                                      "contamination": checked})
@@ -317,12 +358,62 @@ def run_fingerprint(cfg, method: str, zoo_entries: Iterable[Any] = ()) -> str:
     })
 
 
-def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=None) -> bool:
+def _finished_run(run_dir: Path, fp: str, final: bool) -> bool:
+    """Whether ``run_dir`` holds a finished run whose marker (``<run_dir>.json``) records ``fp``."""
+    marker = run_dir.parent / f"{run_dir.name}.json"
+    try:
+        prev = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    if prev.get("fingerprint") != fp or not run_dir.is_dir():
+        return False
+    return (run_dir / FINAL).exists() if final else bool(prev.get("finished"))
+
+
+def donor_run(cres, method: str, fold: str, donors: Sequence[Path], zoo_entries: Iterable[Any]) -> Optional[Path]:
+    """The first of ``donors`` (other cross-validations' run folders of fold ``fold``) that holds a
+    finished run of ``method`` trained under exactly this config and zoo: its fingerprint taken as
+    that folder makes it (b2: with its own index path) equals the one its marker records."""
+    tm = TRAINED[method]
+    entries = list(zoo_entries)
+    for d in donors:
+        d = Path(d)
+        cfg = cres.config
+        if tm.fold_overrides is not None:  # the keys the donor's own folder gave its run (b2: its index)
+            data = cfg.model_dump(mode="json")
+            for key, value in tm.fold_overrides(fold, d).items():
+                *parents, last = key.split(".")
+                node = data
+                for part in parents:
+                    node = node[part]
+                node[last] = value
+            cfg = type(cfg).model_validate(data)
+        if _finished_run(d / method, run_fingerprint(cfg, method, entries), tm.final):
+            return d / method
+    return None
+
+
+def _copy_run(src: Path, run_dir: Path) -> None:
+    """``src``'s run into ``run_dir`` (its intermediate checkpoints left behind), replacing what was there."""
+    import shutil
+
+    tmp = run_dir.parent / f".{run_dir.name}.copy"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    tmp.rename(run_dir)
+
+
+def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=None,
+                 donors: Sequence[Path] = (), fold: Optional[str] = None) -> bool:
     """Train ``method`` into ``run_dir`` unless a finished run of this config and this zoo is there
     (``<run_dir>.json`` records it); an interrupted run of them that keeps checkpoints resumes from
     its latest one, a run of another config or zoo is replaced; its descriptor's ``after_train``
     follows (b2: the index at ``index.path``). ``zoo``: the loaded zoo (read from the workdir when
-    not given). True when it trained."""
+    not given). ``donors``: run folders of the same fold ``fold`` in other cross-validations (an
+    ablation's base cell and other cells); a finished run there of the very same config and zoo is
+    copied instead of trained again (the marker names it). True when it trained."""
     from ..io import atomic_write_json
     from ..training.loop import find_latest_checkpoint
     from ..zoo_manifest import Zoo
@@ -333,15 +424,22 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=N
     fp = run_fingerprint(cres.config, method, zoo.entries)
     marker = run_dir.parent / f"{run_dir.name}.json"
     prev = json.loads(marker.read_text()) if marker.exists() else {}
+    if _finished_run(run_dir, fp, tm.final):
+        return False
+    src = donor_run(cres, method, fold, [d for d in donors if Path(d).resolve() != run_dir.parent.resolve()],
+                    zoo.entries) if donors and fold is not None else None
+    if src is not None:
+        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
+        _copy_run(src, run_dir)
+        if tm.after_train is not None:
+            resolve(tm.after_train)(cres, force=True, progress=progress)
+        atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": True, "copied_from": str(src)})
+        return False
     if tm.final:
-        if (run_dir / FINAL).exists() and prev.get("fingerprint") == fp:
-            return False
         fresh = (run_dir / FINAL).exists() or (marker.exists() and prev.get("fingerprint") != fp)
         ck = None if fresh or not run_dir.exists() else find_latest_checkpoint(run_dir)
         args = {"resume": ck is not None, "force": ck is None and run_dir.exists()}
     else:
-        if prev.get("fingerprint") == fp and prev.get("finished") and run_dir.exists():
-            return False
         args = {"force": True}
     atomic_write_json(marker, {"method": method, "fingerprint": fp, "finished": False})
     resolve(tm.train)(cres, out_dir=run_dir, progress=progress, **args)
@@ -352,7 +450,7 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=N
 
 
 def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache,
-              trained: list[str], progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              trained: list[str], progress, donors: Sequence[Path] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
     from ..io import atomic_write_json
     from .eval import load_world, run_eval
@@ -362,7 +460,8 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     for m in methods:
         if m in TRAINED:
             run_dir = fdir / "runs" / m
-            if train_method(cres, m, run_dir, progress, zoo):
+            if train_method(cres, m, run_dir, progress, zoo, donors=[Path(d) / "folds" / k / "runs" for d in donors],
+                            fold=k):
                 trained.append(f"{k}/{m}")
             checkpoints[m] = TRAINED[m].checkpoint(run_dir)
     model, tok = scores.base_model()
