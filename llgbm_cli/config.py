@@ -426,6 +426,10 @@ class RetrieveSection(Section):
         "delta on its own task's prompts; docs/concepts.md), the merge weighted by that score."
     )
     candidates: int = Field(8, ge=1, description="rank = \"behaviour\": adapters taken from the predicted ranking to re-rank.")
+    own_prompts: int = Field(
+        8, ge=1, description="rank = \"behaviour\": prompts of each candidate's own task (the first of its zoo "
+        "condition prompts, else its task's train prompts) its mean delta is measured on; computed once per "
+        "adapter and run.")
 
 
 class ComposeSection(Section):
@@ -827,7 +831,7 @@ ADDED_KEYS: dict[str, Any] = {"zoo.mixed_precision": "no", "train.delta_only.mix
                               "train.multitask.kl_temperature": 1.0, "train.multitask.kl_examples": 4,
                               "train.delta_only.kl_temperature": 1.0, "train.delta_only.kl_examples": 4,
                               "compose": ComposeSection().model_dump(mode="json"),
-                              "retrieve.rank": "predicted", "retrieve.candidates": 8,
+                              "retrieve.rank": "predicted", "retrieve.candidates": 8, "retrieve.own_prompts": 8,
                               "train.multitask.delta_probes": "generic", "train.multitask.delta_per_probe": False,
                               "train.multitask.own_task_probes": 16, "eval.task_probes": 0}
 

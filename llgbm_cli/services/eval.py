@@ -453,7 +453,7 @@ def _task_probe_phase(world: World, b: _Built, methods, tasks, result: EvalResul
     import torch
 
     from ..adapters import load_adapter
-    from ..deltas.compute import compute_deltas
+    from ..deltas.compute import compute_deltas, pack_pays
     from ..deltas.probes import load_probes
     from ..tasks.registry import registry_for
 
@@ -461,7 +461,6 @@ def _task_probe_phase(world: World, b: _Built, methods, tasks, result: EvalResul
     reg = registry_for(world.resolved)
     trained = [load_adapter(world.zoo.path_of(e)) for e in world.train_entries]
     p_task = progress.add("eval: deltas on the tasks' own prompts", total=len(tasks))
-    kw = dict(adapters_per_batch=cfg.delta.adapters_per_batch, pack=cfg.delta.pack)
     for t in tasks:
         rows = [r for r in result.rows if r["task"] == t]
         for r in rows:
@@ -475,6 +474,7 @@ def _task_probe_phase(world: World, b: _Built, methods, tasks, result: EvalResul
         if teacher is None or ps is None:
             progress.advance(p_task, 1)
             continue
+        kw = dict(adapters_per_batch=cfg.delta.adapters_per_batch, pack=pack_pays(ps, cfg.delta.pack))
         mean = torch.as_tensor(compute_deltas(world.model, trained, ps, world.spec, **kw)).float().mean(0)
         ms = [m for m in methods if (m, t) not in b.absent and b.adapters[m, t] is not None]
         ads = [load_adapter(world.zoo.path_of(teacher))] + [b.adapters[m, t] for m in ms]

@@ -183,9 +183,10 @@ def _behaviour_rerank(resolved, rows: list[dict[str, Any]], texts: list[str], k:
     own = []
     for r in rows:
         e = zoo.get(r["id"])
-        cond = list(e.condition or [])
+        n_own = cfg.retrieve.own_prompts
+        cond = list(e.condition or [])[:n_own]
         if not cond and r.get("task") in reg.names():  # an entry without stored prompts: its task's train prompts
-            cond = [x.prompt for x in reg.get(r["task"]).sample("train", 8, seed=cfg.project.seed)]
+            cond = [x.prompt for x in reg.get(r["task"]).sample("train", n_own, seed=cfg.project.seed)]
         if not cond:
             raise InputError(f"--rank behaviour: zoo adapter {r['id']} has no prompts of its own task (no condition "
                              f"in zoo.jsonl and task {r.get('task')!r} is not registered); use --rank predicted")
@@ -193,7 +194,8 @@ def _behaviour_rerank(resolved, rows: list[dict[str, Any]], texts: list[str], k:
     task = progress.add("retrieve: behaviour on the query prompts", total=None)
     scores = consistency_scores(model, tokenizer, [load_adapter(zoo.path_of(zoo.get(r["id"]))) for r in rows], own,
                                 texts, DeltaSpec.from_config(cfg.delta), chat_template=cfg.probes.chat_template,
-                                max_length=cfg.probes.max_length, adapters_per_batch=cfg.delta.adapters_per_batch)
+                                max_length=cfg.probes.max_length, adapters_per_batch=cfg.delta.adapters_per_batch,
+                                keys=[f"{r['id']}:{zoo.get(r['id']).sha256 or zoo.path_of(zoo.get(r['id']))}" for r in rows])
     progress.update(task, total=1, completed=1)
     considered = [{**r, "predicted_score": r["score"], "predicted_rank": i + 1, "score": s}
                   for i, (r, s) in enumerate(zip(rows, scores))]

@@ -221,7 +221,7 @@ class ProbeTargets:
     def __init__(self, resolved, run, mt):
         import torch
 
-        from ...deltas.compute import base_activations, base_per_probe, base_states, delta_for_stacked
+        from ...deltas.compute import base_activations, base_per_probe, base_states, delta_for_stacked, pack_pays
         from ...deltas.probes import load_probes
         from ...tasks.registry import registry_for
         from ..answer_kl import teacher_stacked
@@ -239,7 +239,9 @@ class ProbeTargets:
                               chat_template=cfg.probes.chat_template, max_length=cfg.probes.max_length)
                   if self.own else run.probes)
             self.probes[t] = ps
-            self.acts[t] = base_activations(self.model, ps, pack=cfg.delta.pack, dtype=self.spec.dtype)
+            # the generic probes as the delta cache has them; a task's own prompts packed only where it pays
+            pack = pack_pays(ps, cfg.delta.pack) if self.own else cfg.delta.pack
+            self.acts[t] = base_activations(self.model, ps, pack=pack, dtype=self.spec.dtype)
             self.base[t] = (base_states(self.model, ps, self.spec, acts=self.acts[t]) if self.average
                             else base_per_probe(self.model, ps, self.spec, self.acts[t]))
         rows: list = [None] * len(self.tasks)
