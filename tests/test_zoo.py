@@ -245,6 +245,30 @@ def test_zoo_score_reuses_what_it_scored_before(built, tiny, tmp_path, monkeypat
     assert saved["arc-easy"]["n"] == 5 and saved["boolq"]["n"] == 6  # the task not scored now is kept
 
 
+def test_zoo_score_stopped_part_way_keeps_the_tasks_it_finished(built, tiny, tmp_path, monkeypatch):
+    """Each task's scores are saved when it finishes: a run stopped in its second task leaves the first
+    in scores.json, and the rerun scores only what is missing."""
+    import llgbm_cli.tasks.evaluate as ev
+
+    root = _copy_project(built, tmp_path)
+    resolved = load_config(root / "llgbm.toml")
+    real = ev.score_records_many
+
+    def stop_in_boolq(model, tok, ads, form, recs, **k):
+        if any("boolq" in str(getattr(a, "path", "")) or "boolq" in r.id for a in ads for r in recs[:1]):
+            raise KeyboardInterrupt
+        return real(model, tok, ads, form, recs, **k)
+
+    monkeypatch.setattr(ev, "score_records_many", stop_in_boolq)
+    with pytest.raises(KeyboardInterrupt):
+        score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny)
+    saved = json.loads((root / "runs/zoo/scores.json").read_text())["tasks"]
+    assert list(saved) == ["arc-easy"] and len(saved["arc-easy"]["question_ids"]) == 6
+    monkeypatch.setattr(ev, "score_records_many", real)
+    rerun = score_zoo(resolved, test_sample=6, model_and_tokenizer=tiny)
+    assert rerun.reused == 3 and set(rerun.tasks) == {"arc-easy", "boolq"}  # arc-easy's base and two teachers
+
+
 def test_zoo_score_scores_a_tasks_checkpoints_together_as_each_alone(built, tiny, tmp_path, monkeypatch):
     import llgbm_cli.services.zoo as zoo_service
     import llgbm_cli.tasks.scoring as scoring

@@ -855,12 +855,13 @@ def score_zoo(resolved, *, tasks: Optional[list[str]] = None, test_sample: Optio
                      "last": entries[-1].id if entries else None, "metrics": metrics, "vs_base": vs_base,
                      "question_ids": qids, "questions": questions, "sha256": shas, "score_key": key,
                      **({"contamination": contamination} if contamination else {})}
-    report = ScoreReport(str(folder), n, cfg.project.seed, out, split, reused)
-    # The file keeps the tasks scored earlier and not now, so a later run on other tasks reuses them too.
-    kept = ScoreReport(str(folder), n, cfg.project.seed, {**{t: r for t, r in earlier.items() if t not in out}, **out},
-                       split, reused)
-    atomic_write_json(file, {**kept.to_dict(questions=True), "provenance": provenance("zoo score", resolved.to_dict())})
-    return report
+        # Saved after every task: a run stopped part-way keeps what it scored, and the rerun reuses it.
+        # The file keeps the tasks scored earlier and not now, so a later run on other tasks reuses them too.
+        kept = ScoreReport(str(folder), n, cfg.project.seed,
+                           {**{t: r for t, r in earlier.items() if t not in out}, **out}, split, reused)
+        atomic_write_json(file, {**kept.to_dict(questions=True),
+                                 "provenance": provenance("zoo score", resolved.to_dict())})
+    return ScoreReport(str(folder), n, cfg.project.seed, out, split, reused)
 
 
 def _earlier_scores(path: Path) -> dict[str, dict[str, Any]]:
