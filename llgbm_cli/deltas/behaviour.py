@@ -41,9 +41,9 @@ def consistency_scores(model, tokenizer, adapters: Sequence[Any], own_prompts: S
     query = probes_from_texts(query_prompts, tokenizer, source="the query prompts", **kw)
     d_q = per_probe_deltas(model, query, spec, adapters, adapters_per_batch=adapters_per_batch,
                            pack=pack_pays(query))  # [n, P, D]
-    from .compute import _weights_stamp
+    from .compute import weights_stamp
 
-    stamp = _weights_stamp(model)
+    stamp = weights_stamp(model)
     memo = _OWN.get(model)
     if memo is None or memo.get("stamp") != stamp:  # new weights: every mean delta measured again
         memo = _OWN[model] = {"stamp": stamp}

@@ -246,7 +246,7 @@ def activations_fingerprint(base_fingerprint: str, probe_fingerprint: str, pack:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _weights_stamp(model) -> tuple:
+def weights_stamp(model) -> tuple:
     """Changes whenever a parameter is replaced, added or modified in place (autograd's version
     counter), or the train/eval mode flips: stale activations are then recomputed."""
     return (model.training, tuple((p.data_ptr(), p._version, tuple(p.shape)) for p in model.parameters()))
@@ -282,12 +282,12 @@ class BaseActivations:
         self.layers_run = 0  # decoder layers those forwards computed
         self._pooled: dict = {}
         self._model = weakref.ref(model)
-        self._stamp = _weights_stamp(model)
+        self._stamp = weights_stamp(model)
         self._fingerprint: Optional[str] = None
 
     def matches(self, model) -> bool:
         """Still the activations of ``model`` as it is now."""
-        return self._model() is model and self._stamp == _weights_stamp(model)
+        return self._model() is model and self._stamp == weights_stamp(model)
 
     @property
     def fingerprint(self) -> str:
