@@ -34,15 +34,13 @@ def consistency_scores(model, tokenizer, adapters: Sequence[Any], own_prompts: S
     cross-validation re-ranks from the same zoo) and only the query's deltas are new."""
     import torch
 
-    from .compute import pack_pays, per_probe_deltas
+    from .compute import pack_pays, per_probe_deltas, weights_stamp
     from .probes import probes_from_texts
 
     kw = dict(chat_template=chat_template, max_length=max_length)
     query = probes_from_texts(query_prompts, tokenizer, source="the query prompts", **kw)
     d_q = per_probe_deltas(model, query, spec, adapters, adapters_per_batch=adapters_per_batch,
                            pack=pack_pays(query))  # [n, P, D]
-    from .compute import weights_stamp
-
     stamp = weights_stamp(model)
     memo = _OWN.get(model)
     if memo is None or memo.get("stamp") != stamp:  # new weights: every mean delta measured again

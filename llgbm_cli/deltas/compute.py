@@ -203,7 +203,7 @@ def pack_pays(probes: "ProbeSet", pack: bool = True) -> bool:
     over all of them) costs less than the padded batch (each probe its own row, the prefix repeated):
     ``S(1 + S/A) <= P·T(1 + T/A)`` with S the packed length, P probes of at most T tokens and A
     :data:`ATTENTION_TOKENS`. A few short generic probes pack; many long task prompts do not
-    (64 prompts of 128 tokens: about 3x cheaper padded). Both give the same deltas to float rounding."""
+    (``benchmarks/task_prompt_deltas.py``). Both give the same deltas to float rounding."""
     if not pack:
         return False
     rows = [len(r) for r in probes.token_ids]
