@@ -676,7 +676,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _set_dotted(d: dict, key: str, value: Any) -> None:
+def set_dotted(d: dict, key: str, value: Any) -> None:
+    """Set ``key`` (dotted: ``section.key``) in the nested dict ``d``, making the sections it passes through."""
     parts = key.split(".")
     cur = d
     for p in parts[:-1]:
@@ -879,7 +880,7 @@ def _resolve(raw: dict[str, Any], used_path: Optional[Path], p: Path, overrides:
             guess = difflib.get_close_matches(k, sorted(known), n=1)
             bad_flags.append(f"{k}: unknown key" + (f" (did you mean `{guess[0]}`?)" if guess else ""))
             continue
-        _set_dotted(data, k, v)
+        set_dotted(data, k, v)
     problems = list(bad_flags) + legacy_problems
     cfg = None
     refused: list[str] = []  # the dotted keys pydantic refused
@@ -1086,7 +1087,7 @@ def _ablation_checks(cfg: LlgbmConfig) -> list[str]:
         if not bad and cell.set:
             data = _deep_copy(base)
             for k, v in cell.set.items():
-                _set_dotted(data, k, v)
+                set_dotted(data, k, v)
             try:
                 LlgbmConfig.model_validate(data)
             except ValidationError as e:

@@ -380,13 +380,11 @@ def donor_run(cres, method: str, fold: str, donors: Sequence[Path], zoo_entries:
         d = Path(d)
         cfg = cres.config
         if tm.fold_overrides is not None:  # the keys the donor's own folder gave its run (b2: its index)
+            from ..config import set_dotted
+
             data = cfg.model_dump(mode="json")
             for key, value in tm.fold_overrides(fold, d).items():
-                *parents, last = key.split(".")
-                node = data
-                for part in parents:
-                    node = node[part]
-                node[last] = value
+                set_dotted(data, key, value)
             cfg = type(cfg).model_validate(data)
         if _finished_run(d / method, run_fingerprint(cfg, method, entries), tm.final):
             return d / method
