@@ -211,6 +211,14 @@ def test_zoo_score_reports_base_and_every_teacher(built, tiny, tmp_path):
     ex = rep["teacher_beats_base_exact"]
     assert ex["of"] == len(saved["tasks"]) and set(ex["p_holm"]) == set(saved["tasks"])
     assert all(ex["p_holm"][t] >= ex["p"][t] for t in ex["p"])  # the adjusted p is never smaller
+    across = rep["teacher_vs_base_across_tasks"]  # the teachers as a group: one difference per task
+    diffs = [saved["tasks"][t]["vs_base"][saved["tasks"][t]["last"]]["diff"] for t in ex["p"]]
+    assert across["n"] == len(diffs) and across["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert across["above"] == sum(d > 0 for d in diffs) and across["below"] == sum(d < 0 for d in diffs)
+    from llgbm_cli.commands.zoo import across_line
+
+    assert across_line(across).startswith(f"across the {len(diffs)} tasks the last checkpoint is {across['mean']:+.3f} [")
+    assert across_line({**across, "low": None}) is None  # one task: no interval, no line
     last = score_zoo(resolved, tasks=["boolq"], test_sample=6, checkpoints="last", model_and_tokenizer=tiny)
     assert list(last.to_dict()["tasks"]["boolq"]["adapters"]) == ["boolq-s00006"]
     assert last.reused == 2  # base and the last checkpoint: the same questions, adapters and form as before

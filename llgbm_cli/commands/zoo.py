@@ -136,8 +136,22 @@ def score_cmd(
         x = d["teacher_beats_base_exact"]
         console().print(f"the last checkpoint beats base by the exact paired test (Holm-adjusted p < 0.05 over "
                         f"{x['of']} tasks) on {x['count']}" + (f": {', '.join(x['tasks'])}" if x["tasks"] else ""))
+        line = across_line(d.get("teacher_vs_base_across_tasks"))
+        if line:
+            console().print(line)
 
     emit(ctx, report, render)
+
+
+def across_line(a: Optional[dict]) -> Optional[str]:
+    """`zoo score`'s line on the teachers as a group (one difference to base per task), or None where
+    there is no interval (fewer than two tasks)."""
+    if not a or a.get("low") is None:
+        return None
+    sign = "—" if a.get("sign_p") is None else f"{a['sign_p']:.3g}"
+    wil = "—" if a.get("wilcoxon_p") is None else f"{a['wilcoxon_p']:.3g}"
+    return (f"across the {a['n']} tasks the last checkpoint is {a['mean']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}] "
+            f"above base (above on {a['above']}, below on {a['below']}; Wilcoxon p {wil}, sign test p {sign})")
 
 
 @zoo_app.command("separation")

@@ -692,7 +692,7 @@ class ScoreReport:
         tasks = self.tasks if questions else {
             t: {k: v for k, v in r.items() if k not in ("questions", "question_ids", "score_key")}
             for t, r in self.tasks.items()}
-        from ..evaluation.stats import holm
+        from ..evaluation.stats import holm, sign_test, t_interval, wilcoxon_across
 
         beats = [t for t, r in self.tasks.items() if r.get("best") is not None and r["best_accuracy"] > r["base"]]
         # The task's teacher (its last checkpoint) ahead of base by at least two paired standard errors.
@@ -703,12 +703,18 @@ class ScoreReport:
                 if r.get("last") and "p" in r.get("vs_base", {}).get(r["last"], {})}
         adj = dict(zip(last, holm([v["p"] for v in last.values()])))
         exact = [t for t, v in last.items() if v["diff"] > 0 and adj[t] < 0.05]
+        # The teachers as a group: their differences to base across the tasks (each task one value).
+        diffs = [v["diff"] for v in last.values()]
+        above = sum(d > 0 for d in diffs)
+        across = {**t_interval(diffs), "wilcoxon_p": wilcoxon_across(diffs), "above": above,
+                  "below": sum(d < 0 for d in diffs), "sign_p": sign_test(above, sum(d != 0 for d in diffs))}
         return {"zoo": self.zoo, "split": self.split, "reused": self.reused, "test_sample": self.test_sample,
                 "seed": self.seed, "tasks": tasks,
                 "beats_base": {"tasks": beats, "count": len(beats), "of": len(self.tasks)},
                 "teacher_beats_base_2se": {"tasks": sig, "count": len(sig), "of": len(self.tasks)},
                 "teacher_beats_base_exact": {"tasks": exact, "count": len(exact), "of": len(last),
-                                             "p": {t: v["p"] for t, v in last.items()}, "p_holm": adj}}
+                                             "p": {t: v["p"] for t, v in last.items()}, "p_holm": adj},
+                "teacher_vs_base_across_tasks": across}
 
 
 def _heldout_sample(task_def, fraction: float, entries, n: int, seed: int) -> list:
