@@ -18,6 +18,10 @@ def f(x, fmt="{:.3f}") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def pf(x) -> str:  # a p-value: three decimals, or two significant digits below 0.001
+    return f(x, "{:.2g}" if x is not None and 0 < x < 1e-3 else "{:.3f}")
+
+
 def ci(s: dict, key: str, fmt="{:+.3f}") -> str:  # a mean with its interval where it has one
     if s.get(key) is None:
         return "—"
@@ -46,13 +50,20 @@ def teachers(w: Path) -> None:
         return
     ex = d.get("teacher_beats_base_exact") or {"tasks": [], "p_holm": {}}
     print(f"Teachers against base (`zoo score`, up to {d['test_sample']} test questions; exact paired p, Holm over "
-          "the tasks):\n\n| task | metric | n | base | teacher | teacher − base | p | Holm |\n|---|---|---|---|---|---|---|---|")
+          "the tasks; ± 1.96 paired SE):\n\n| task | metric | n | base | teacher | teacher − base | p | Holm |\n"
+          "|---|---|---|---|---|---|---|---|")
     for name, t in d["tasks"].items():
         vs = t["vs_base"][t["last"]]
         print(f"| {name} | {t['metric']} | {t['n']} | {t['base']:.3f} | {t['adapters'][t['last']]:.3f} | "
-              f"{vs['diff']:+.3f} | {f(vs.get('p'))} | {f(ex['p_holm'].get(name))} |")
+              f"{vs['diff']:+.3f} ± {1.96 * vs['se']:.3f} | {pf(vs.get('p'))} | {pf(ex['p_holm'].get(name))} |")
     print(f"\nTeachers above base at Holm-adjusted p < 0.05: {len(ex['tasks'])} of {len(d['tasks'])}"
-          + (f" ({', '.join(ex['tasks'])})" if ex["tasks"] else "") + ".\n")
+          + (f" ({', '.join(ex['tasks'])})" if ex["tasks"] else "") + ".")
+    a = d.get("teacher_vs_base_across_tasks")
+    if a and a.get("low") is not None:
+        print(f"Across the {a['n']} tasks: {a['mean']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}] above base, above on "
+              f"{a['above']} and below on {a['below']}; Wilcoxon p {f(a['wilcoxon_p'], '{:.3g}')}, sign test p "
+              f"{f(a['sign_p'], '{:.3g}')}.")
+    print()
 
 
 def cv(w: Path) -> None:
