@@ -1,6 +1,7 @@
 """docs/results.md's tables (markdown) from `scripts/research.sh`'s outputs: `zoo score`, `eval --folds` (cv/,
 cv-oracle/: gaps only on the same question ids), `ablate --folds` (ablation/). It only formats; the tests and
-Holm adjustments are llgbm's. `python scripts/research_tables.py [WORKDIR]`"""
+Holm adjustments are llgbm's. `python scripts/research_tables.py [WORKDIR]`; `... WORKDIR --against OTHER` prints
+the two worlds' cross-validations side by side instead (per method across the folds, on the same questions)."""
 
 from __future__ import annotations
 
@@ -180,7 +181,42 @@ def timings(w: Path) -> None:
           + "".join(f"| {t['step']} | {t['seconds']} | {t['finished']} | {t['load']} |\n" for t in rows))
 
 
+def against(w: Path, other: Path) -> None:
+    """Two worlds' cross-validations (e.g. float32 and bf16 training) method by method: each fold's accuracy in
+    both, on the very same questions (stops otherwise); across the folds the mean difference [t-interval] and
+    the Wilcoxon signed-rank p, and the folds where they differ."""
+    from llgbm_cli.evaluation.stats import t_interval, wilcoxon_across
+
+    a, b = (load(x / "cv" / "results.json", "cv") for x in (w, other))
+    if a is None or b is None:
+        return
+    folds = [k for k in a["folds"] if k in b["folds"]]
+    for k in folds:
+        if not same_ids(w / "cv", other / "cv", k):
+            sys.exit(f"fold {k}: no questions.json in one of the runs")
+    ra, rb = ({(r["fold"], r["method"]): r for r in d["rows"]} for d in (a, b))
+    print(f"Cross-validation, {w.name} against {other.name} ({len(folds)} folds, the same questions), per method: "
+          f"mean accuracy in each, {other.name} − {w.name} across folds [95% t-interval], Wilcoxon p, folds equal:\n\n"
+          f"| method | {w.name} | {other.name} | difference | Wilcoxon p | folds equal | centered cosine |\n"
+          "|---|---|---|---|---|---|---|")
+    for m in (m for m in a["methods"] if m in b["methods"]):
+        x = [ra[(k, m)]["accuracy"] for k in folds]
+        y = [rb[(k, m)]["accuracy"] for k in folds]
+        d = t_interval([j - i for i, j in zip(x, y)])
+        cx, cy = ([r[(k, m)]["centered_cosine"] for k in folds] for r in (ra, rb))
+        cos = "—" if None in cx + cy else f"{sum(cx) / len(cx):.2f} → {sum(cy) / len(cy):.2f}"
+        print(f"| {m} | {sum(x) / len(x):.3f} | {sum(y) / len(y):.3f} | {ci({'diff': d['mean'], 'low': d['low'], 'high': d['high']}, 'diff')} | "
+              f"{f(wilcoxon_across([j - i for i, j in zip(x, y)]))} | {sum(i == j for i, j in zip(x, y))}/{len(folds)} "
+              f"| {cos} |")
+    print()
+
+
 if __name__ == "__main__":
-    w = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "runs-research")
+    args = sys.argv[1:]
+    if "--against" in args:
+        i = args.index("--against")
+        against(Path(args[0] if i else "runs-research"), Path(args[i + 1]))
+        sys.exit(0)
+    w = Path(args[0] if args else Path(__file__).resolve().parent.parent / "runs-research")
     for table in (teachers, cv, oracle, cells, timings):
         table(w)
