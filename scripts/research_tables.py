@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+from llgbm_cli.commands.zoo import across_line
 from llgbm_cli.training.methods import TRAINED
 
 GEN, GAPS = tuple(TRAINED), ("accuracy_vs_base", "vs_mean_delta")  # the trained methods; the differences
@@ -59,11 +60,9 @@ def teachers(w: Path) -> None:
               f"{vs['diff']:+.3f} ± {1.96 * vs['se']:.3f} | {pf(vs.get('p'))} | {pf(ex['p_holm'].get(name))} |")
     print(f"\nTeachers above base at Holm-adjusted p < 0.05: {len(ex['tasks'])} of {len(d['tasks'])}"
           + (f" ({', '.join(ex['tasks'])})" if ex["tasks"] else "") + ".")
-    a = d.get("teacher_vs_base_across_tasks")
-    if a and a.get("low") is not None:
-        print(f"Across the {a['n']} tasks: {a['mean']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}] above base, above on "
-              f"{a['above']} and below on {a['below']}; Wilcoxon p {f(a['wilcoxon_p'], '{:.3g}')}, sign test p "
-              f"{f(a['sign_p'], '{:.3g}')}.")
+    line = across_line(d.get("teacher_vs_base_across_tasks"))  # `zoo score`'s own line on the group
+    if line:
+        print(line[0].upper() + line[1:] + ".")
     print()
 
 
@@ -202,11 +201,12 @@ def against(w: Path, other: Path) -> None:
     for m in (m for m in a["methods"] if m in b["methods"]):
         x = [ra[(k, m)]["accuracy"] for k in folds]
         y = [rb[(k, m)]["accuracy"] for k in folds]
-        d = t_interval([j - i for i, j in zip(x, y)])
+        diffs = [j - i for i, j in zip(x, y)]
+        d = t_interval(diffs)
         cx, cy = ([r[(k, m)]["centered_cosine"] for k in folds] for r in (ra, rb))
         cos = "—" if None in cx + cy else f"{sum(cx) / len(cx):.2f} → {sum(cy) / len(cy):.2f}"
         print(f"| {m} | {sum(x) / len(x):.3f} | {sum(y) / len(y):.3f} | {ci({'diff': d['mean'], 'low': d['low'], 'high': d['high']}, 'diff')} | "
-              f"{f(wilcoxon_across([j - i for i, j in zip(x, y)]))} | {sum(i == j for i, j in zip(x, y))}/{len(folds)} "
+              f"{f(wilcoxon_across(diffs))} | {sum(i == j for i, j in zip(x, y))}/{len(folds)} "
               f"| {cos} |")
     print()
 
