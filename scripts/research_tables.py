@@ -89,12 +89,14 @@ def cv(w: Path) -> None:
           "Δ vs mean-delta | Centered cosine | Wins/losses vs base |\n|---|---|---|---|---|---|")
     for s in d["summary"]:
         if not s.get("reference"):
-            w = [f"p {f(s.get(k + '_wilcoxon_p'))} ({f(s.get(k + '_wilcoxon_p_holm'))})" for k in GAPS]
-            print(f"| {s['method']} | {ci(s, 'accuracy', '{:.3f}')} | {ci(s, 'accuracy_vs_base')}, {w[0]} | "
-                  f"{ci(s, 'vs_mean_delta')}, {w[1]} | {ci(s, 'centered_cosine', '{:.2f}')} "
+            wp = [f"p {f(s.get(k + '_wilcoxon_p'))} ({f(s.get(k + '_wilcoxon_p_holm'))})" for k in GAPS]
+            print(f"| {s['method']} | {ci(s, 'accuracy', '{:.3f}')} | {ci(s, 'accuracy_vs_base')}, {wp[0]} | "
+                  f"{ci(s, 'vs_mean_delta')}, {wp[1]} | {ci(s, 'centered_cosine', '{:.2f}')} "
                   f"({f(s.get('centered_above_mean_delta'), '{}')}/{s['folds']}, sign test Holm p "
                   f"{f(s.get('centered_above_mean_delta_p_holm'))}) | {s['wins_vs_base']}/{s['losses_vs_base']} |")
-    print()
+    print("\nSmallest mean Δ vs base the across-fold test detects with 80% power (one-sample t, α 0.05, the folds' "
+          "spread): " + "; ".join(f"{m} {detectable(d, m)}" for m in d["methods"] if m != "base")
+          + f". Half the mean base → oracle-best gap: {half_gap(w)}.\n")
 
 
 def oracle(w: Path) -> None:
@@ -139,6 +141,27 @@ def gap_closed(w: Path, run: Path, method: str):
     return None if not folds or gap <= 0 else (sum(rows[k, method] - rows[k, "base"] for k in folds) / gap, len(folds))
 
 
+def detectable(run: dict, method: str) -> str:
+    """The smallest mean difference to base the across-fold test detects with 80% power at the spread of the
+    method's per-fold differences in ``run`` (a results.json), as a signed figure (``stats.t_mde``)."""
+    from llgbm_cli.evaluation.stats import t_interval, t_mde
+
+    spread = t_interval([r["accuracy_vs_base"] for r in run["rows"] if r["method"] == method])
+    return f(t_mde(spread["sd"], spread["n"]), "{:+.3f}")
+
+
+def half_gap(w: Path) -> str:
+    """Half the mean base → oracle-best gap over the folds scored on the main run's questions."""
+    o, run = w / "cv-oracle" / "results.json", w / "cv"
+    if not o.exists() or not (run / "results.json").exists():
+        return "—"
+    base = {r["fold"]: r["accuracy"] for r in json.loads((run / "results.json").read_text())["rows"]
+            if r["method"] == "base"}
+    gaps = [x["accuracy"] - base[x["fold"]] for x in json.loads(o.read_text())["oracle"]
+            if x.get("accuracy") is not None and x["fold"] in base and same_ids(run, w / "cv-oracle", x["fold"])]
+    return f(sum(gaps) / len(gaps) / 2, "{:+.3f}") if gaps else "—"
+
+
 def closed(w: Path, run: Path, method: str) -> str:
     g = gap_closed(w, run, method)
     return "—" if g is None else f"{g[0]:+.0%} of the base → oracle-best gap ({g[1]} folds)"
@@ -159,13 +182,16 @@ def cells(w: Path) -> None:
               f"{s['better']} / {s['worse']} | {f(s.get('centered_cosine'), '{:.2f}')} vs "
               f"{f(s.get('base_centered_cosine'), '{:.2f}')} ({s.get('centered_above')} of {s.get('centered_folds')}; "
               f"{f(s.get('centered_sign_p'), '{:.4f}')}, {f(s.get('centered_sign_p_holm'), '{:.4f}')}) |")
-    for c, r in runs.items():  # cells whose method the main run has not: against base in their own run
-        for s in (x for x in r["summary"] if c != "base" and x["method"] not in runs["base"]["methods"]):
-            print(f"\n{c} ({s['method']}{', few-shot' if s.get('regime') == 'few-shot' else ''}) in its own run: "
+    folder = {c["cell"]: Path(c["folder"]) for c in d["cells"]}
+    for c, r in runs.items():  # every cell's methods against base in its own run, and the gap they close
+        for s in (x for x in r["summary"] if c != "base" and x["method"] in (*GEN, "b2", "compose")):
+            own = "" if s["method"] in runs["base"]["methods"] else " in its own run"
+            print(f"\n{c} ({s['method']}{', few-shot' if s.get('regime') == 'few-shot' else ''}){own}: "
                   f"Δ vs base {ci(s, 'accuracy_vs_base')}, Wilcoxon p "
-                  f"{f(s.get('accuracy_vs_base_wilcoxon_p'))}; Δ vs mean-delta {ci(s, 'vs_mean_delta')}; centered "
+                  f"{f(s.get('accuracy_vs_base_wilcoxon_p'))}; detectable across folds {detectable(r, s['method'])}; "
+                  f"Δ vs mean-delta {ci(s, 'vs_mean_delta')}; centered "
                   f"cosine {ci(s, 'centered_cosine', '{:.2f}')}; wins/losses vs base {s['wins_vs_base']}/{s['losses_vs_base']}; "
-                  f"{closed(w, Path(d['cells'][[x['cell'] for x in d['cells']].index(c)]['folder']), s['method'])}")
+                  f"{closed(w, folder[c], s['method'])}")
     for c, r in runs.items():  # the levers' deltas on the held-out task's own prompts, where measured
         for s in (x for x in r["summary"] if x.get("task_probe_centered_cosine") is not None):
             print(f"\n{c} ({s['method']}): centered cosine on the held-out task's own prompts "

@@ -210,9 +210,9 @@ def test_summary_counts_holm_adjusted_wins_only():
                 "vs_mean_delta_low": 0.0, "vs_mean_delta_high": 0.0, "vs_base_mde": 0.12, "n_questions": 100}
 
     rows = []
-    for k, (p_mt, p_b1) in {"a": (0.01, 0.03), "b": (0.02, 0.5), "c": (0.004, 0.04)}.items():
+    for k, (p_mt, p_b1, d_b1) in {"a": (0.01, 0.03, 0.1), "b": (0.02, 0.5, 0.05), "c": (0.004, 0.04, 0.15)}.items():
         rows += [row(k, "base", 0.0, 1.0), row(k, "mean-delta", 0.01, 0.8), row(k, "multitask", 0.1, p_mt),
-                 row(k, "b1", 0.1, p_b1)]
+                 row(k, "b1", d_b1, p_b1)]
     sizes = holm_family(rows)
     assert sizes == {"vs_base": 9, "vs_mean_delta": 9}
     got = {(r["fold"], r["method"]): r["vs_base_p_holm"] for r in rows}
@@ -231,6 +231,10 @@ def test_summary_counts_holm_adjusted_wins_only():
     assert "the 9 comparisons with `base`" in md and "| 0.120 |" in md
     assert "checked against the train splits of x, y (policy `drop`): 2 dropped in fold a." in md
     assert "+0.1000 [+0.1000, +0.1000] p=0.250 (Holm 0.750)" in md  # the summary: mean, t-interval, Wilcoxon p
+    from llgbm_cli.evaluation.stats import t_mde
+    # only b1's folds spread (sd 0.05): the others' detectable difference is undefined and left out
+    assert f"80% power, at the spread of the folds' differences" in md and f"`b1` {t_mde(0.05, 3):+.3f}." in md
+    assert "`multitask` +" not in md.split("80% power, at the spread")[1].split("\n")[0]
 
 
 def test_few_shot_methods_form_families_of_their_own():
@@ -322,6 +326,12 @@ def test_summary_adjusts_the_across_fold_tests_and_counts_folds_closer_than_mean
     assert summ["b2"]["centered_above_mean_delta_p_holm"] == pytest.approx(
         holm([signs["multitask"], signs["b2"]])[1])
     assert summ["mean-delta"]["centered_above_mean_delta"] is None
+    from statistics import stdev
+
+    from llgbm_cli.evaluation.stats import t_mde
+    for m in ("multitask", "b2"):  # the across-fold detectable difference at the folds' own spread
+        assert summ[m]["accuracy_vs_base_mde"] == pytest.approx(t_mde(stdev(diffs[m]), 6))
+    assert summ["base"]["accuracy_vs_base_mde"] is None and summ["mean-delta"]["accuracy_vs_base_mde"] is None
 
 
 def test_folds_bad_input(cli, cv_world, tmp_path):

@@ -50,3 +50,29 @@ def test_against_refuses_folds_scored_on_other_questions(tmp_path):
     y = _world(tmp_path / "y", acc, {"a": [1, 3]})
     with pytest.raises(SystemExit, match="different questions"):
         t.against(x, y)
+
+
+def test_detectable_difference_and_half_the_oracle_gap(tmp_path):
+    """The across-fold detectable difference is t_mde at the spread of the method's per-fold differences to base;
+    half the gap averages oracle − base over the folds the oracle scored on the main run's questions."""
+    from statistics import stdev
+
+    from llgbm_cli.evaluation.stats import t_mde
+
+    t = _tables()
+    ids = {"a": [1, 2], "b": [3], "c": [4]}
+    w = _world(tmp_path, {"a": {"base": 0.5, "multitask": 0.6}, "b": {"base": 0.2, "multitask": 0.2},
+                          "c": {"base": 0.1, "multitask": 0.15}}, ids)
+    run = json.loads((w / "cv" / "results.json").read_text())
+    for r in run["rows"]:
+        r["accuracy_vs_base"] = r["accuracy"] - {"a": 0.5, "b": 0.2, "c": 0.1}[r["fold"]]
+    assert t.detectable(run, "multitask") == f"{t_mde(stdev([0.1, 0.0, 0.05]), 3):+.3f}"
+    assert t.detectable(run, "base") == "—"  # no spread
+    assert t.half_gap(w) == "—"  # no oracle run
+    (w / "cv-oracle").mkdir()
+    (w / "cv-oracle" / "results.json").write_text(json.dumps({"oracle": [
+        {"fold": "a", "accuracy": 0.7}, {"fold": "b", "accuracy": 0.3}, {"fold": "c", "accuracy": None}]}))
+    for k in ("a", "b"):
+        (w / "cv-oracle" / "folds" / k).mkdir(parents=True)
+        (w / "cv-oracle" / "folds" / k / "questions.json").write_text(json.dumps({"question_ids": ids[k]}))
+    assert t.half_gap(w) == "+0.075"  # (0.2 + 0.1) / 2 folds / 2

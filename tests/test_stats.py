@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -212,3 +213,21 @@ def test_wilcoxon_across_folds_equals_scipy():
     assert wilcoxon_across([0.0, 0.0, 0.0]) == 1.0
     assert wilcoxon_across([0.1]) is None and wilcoxon_across([]) is None
     assert not math.isnan(wilcoxon_across([0.1, 0.0]))
+
+
+def test_t_mde_is_where_the_t_tests_power_reaches_80_percent():
+    """At the returned mean, simulated one-sample t-tests (scipy.stats.ttest_1samp) reject at α = 0.05 in
+    80% of draws; a quarter below it, far fewer do; large n gives the normal-approximation figure."""
+    from llgbm_cli.evaluation.stats import t_mde
+
+    d = t_mde(0.02, 13)
+    rng = np.random.default_rng(0)
+    draws = rng.normal(d, 0.02, size=(20000, 13))
+    assert (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean() == pytest.approx(0.80, abs=0.01)
+    lower = rng.normal(0.75 * d, 0.02, size=(20000, 13))
+    assert (stats.ttest_1samp(lower, 0.0, axis=1).pvalue < 0.05).mean() < 0.6
+    z = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(5000)
+    assert t_mde(1.0, 5000) == pytest.approx(z, rel=1e-3)
+    assert t_mde(2.0, 13) == pytest.approx(2 * t_mde(1.0, 13))  # in units of the spread
+    assert t_mde(1.0, 2) > t_mde(1.0, 3) > 0  # df 1 still solves
+    assert t_mde(0.0, 13) is None and t_mde(1.0, 1) is None and t_mde(None, 5) is None

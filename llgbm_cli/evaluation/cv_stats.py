@@ -86,10 +86,12 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
     base and to mean-delta (``accuracy_vs_base_wilcoxon_p``, ``vs_mean_delta_wilcoxon_p``) with its
     Holm-adjusted value over the methods compared with that reference (``..._wilcoxon_p_holm``), the
     folds where its centered cosine is above mean-delta's (``centered_above_mean_delta``) with the
-    two-sided sign test's p (``..._p``, Holm over the methods other than base and mean-delta), and how
+    two-sided sign test's p (``..._p``, Holm over the methods other than base and mean-delta), the
+    smallest mean difference to base the across-fold test detects with 80% power at the folds' spread
+    (``accuracy_vs_base_mde``, :func:`~llgbm_cli.evaluation.stats.t_mde`), and how
     many folds it beats or loses to base and mean-delta (Holm-adjusted exact p < 0.05, adjusted by
     :func:`holm_family`, which this sets on the rows); last the ``oracle-best`` reference."""
-    from .stats import folds_above, t_interval, wilcoxon_across
+    from .stats import folds_above, t_interval, t_mde, wilcoxon_across
 
     holm_family(rows)
     out = []
@@ -102,6 +104,8 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
             s[key], s[f"{key}_low"], s[f"{key}_high"] = ti["mean"], ti["low"], ti["high"]
         for key in ("accuracy_vs_base", "vs_mean_delta"):
             s[f"{key}_wilcoxon_p"] = wilcoxon_across([r.get(key) for r in rs])
+        spread = t_interval([r.get("accuracy_vs_base") for r in rs], LEVEL)  # the folds' spread around base
+        s["accuracy_vs_base_mde"] = None if m == "base" else t_mde(spread["sd"], spread["n"])
         s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
         picks = [r for r in rs if r.get("picks_oracle_task") is not None]
         if picks:  # a retrieval method: how often its top hit is the oracle-best's task, and its family
@@ -210,6 +214,11 @@ def cv_results_md(r: dict[str, Any]) -> str:
                f"sign test p={fmt(s['centered_above_mean_delta_p'], 3)}, Holm {fmt(s['centered_above_mean_delta_p_holm'], 3)})")
             + f" | {fmt(s.get('delta_cosine'))} | {fmt(s.get('task_identification'), 2)} | "
             f"{s['wins_vs_base']}/{s['losses_vs_base']} | {s['wins_vs_mean_delta']}/{s['losses_vs_mean_delta']} |")
+    mde = [s for s in r["summary"] if s.get("accuracy_vs_base_mde") is not None]
+    if mde:
+        lines += ["", "Smallest mean Δ vs base detectable across the folds (two-sided one-sample t-test, α = 0.05, "
+                  "80% power, at the spread of the folds' differences; the Wilcoxon test reported has about 95% of its "
+                  "efficiency): " + "; ".join(f"`{s['method']}` {signed(s['accuracy_vs_base_mde'], 3)}" for s in mde) + "."]
     on_task = [s for s in r["summary"] if s.get("task_probe_centered_cosine") is not None]
     if on_task:
         lines += ["", "Centered cosine on the held-out task's own prompts (`eval.task_probes` train prompts of it; "
