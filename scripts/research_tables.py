@@ -199,6 +199,44 @@ def cells(w: Path) -> None:
     print()
 
 
+def picks(w: Path) -> None:
+    """Retrieval against the oracle-best: per fold the task of B2's top hit (the main run's and each cell's that
+    retrieves) beside the oracle-best adapter's task, and how often they agree on the task and on its family
+    (the registry's kind: multiple-choice or generative)."""
+    from llgbm_cli.tasks.registry import registry_for
+
+    o = w / "cv-oracle" / "results.json"
+    if not o.exists():
+        return
+    best = {x["fold"]: x.get("adapter_task") for x in json.loads(o.read_text())["oracle"] if x.get("adapter_task")}
+    runs = {"main": w / "cv"}
+    comp = w / "ablation" / "comparison.json"
+    if comp.exists():
+        runs.update({c["cell"]: Path(c["folder"]) for c in json.loads(comp.read_text())["cells"] if c["cell"] != "base"})
+    tops: dict[str, dict[str, str]] = {}
+    for name, run in runs.items():
+        for k in best:
+            e = run / "folds" / k / "eval" / "results.json"
+            hits = (((json.loads(e.read_text()).get("runs") or {}).get("b2") or {}).get("hits") or {}).get(k) \
+                if e.exists() else None
+            if hits:
+                tops.setdefault(name, {})[k] = hits[0]["task"]
+    if not tops:
+        return
+    kind = registry_for(None)
+    fam = {t: kind.get(t).kind for t in {*best.values(), *(t for v in tops.values() for t in v.values())}}
+    print("B2's top hit against the oracle-best adapter's task (chosen with test labels; family: the task's kind):\n\n"
+          "| fold | oracle-best's task | " + " | ".join(f"B2 top hit ({n})" for n in tops) + " |\n|---|---|"
+          + "---|" * len(tops))
+    for k in best:
+        print(f"| {k} | {best[k]} | " + " | ".join(v.get(k, "—") for v in tops.values()) + " |")
+    for n, v in tops.items():
+        same = sum(v[k] == best[k] for k in v)
+        family = sum(fam[v[k]] == fam[best[k]] for k in v)
+        print(f"\nB2 ({n}): the oracle-best's task on {same} of {len(v)} folds, its family on {family} of {len(v)}")
+    print()
+
+
 def timings(w: Path) -> None:
     rows = [json.loads(x) for x in (w / "timings.jsonl").read_text().splitlines() if x.strip()] \
         if (w / "timings.jsonl").exists() else []
@@ -244,5 +282,5 @@ if __name__ == "__main__":
         against(Path(args[0] if i else "runs-research"), Path(args[i + 1]))
         sys.exit(0)
     w = Path(args[0] if args else Path(__file__).resolve().parent.parent / "runs-research")
-    for table in (teachers, cv, oracle, cells, timings):
+    for table in (teachers, cv, oracle, cells, picks, timings):
         table(w)

@@ -76,3 +76,22 @@ def test_detectable_difference_and_half_the_oracle_gap(tmp_path):
         (w / "cv-oracle" / "folds" / k).mkdir(parents=True)
         (w / "cv-oracle" / "folds" / k / "questions.json").write_text(json.dumps({"question_ids": ids[k]}))
     assert t.half_gap(w) == "+0.075"  # (0.2 + 0.1) / 2 folds / 2
+
+
+def test_picks_compares_b2s_top_hit_with_the_oracle_best_task(tmp_path, capsys):
+    """Per fold B2's top hit (from the fold's eval results) against the oracle-best adapter's task; the counts
+    of the same task and of the same family (registry kind: multiple-choice or generative)."""
+    t = _tables()
+    (tmp_path / "cv-oracle").mkdir()
+    (tmp_path / "cv-oracle" / "results.json").write_text(json.dumps({"oracle": [
+        {"fold": "arc-easy", "adapter_task": "openbookqa"}, {"fold": "mawps", "adapter_task": "piqa"},
+        {"fold": "gsm8k", "adapter_task": "svamp"}]}))
+    top = {"arc-easy": "openbookqa", "mawps": "singleeq", "gsm8k": "mawps"}
+    for k, hit in top.items():
+        e = tmp_path / "cv" / "folds" / k / "eval"
+        e.mkdir(parents=True)
+        e.joinpath("results.json").write_text(json.dumps({"runs": {"b2": {"hits": {k: [{"task": hit}, {"task": "x"}]}}}}))
+    t.picks(tmp_path)
+    out = capsys.readouterr().out
+    assert "| mawps | piqa | singleeq |" in out
+    assert "B2 (main): the oracle-best's task on 1 of 3 folds, its family on 2 of 3" in out  # mawps: MC oracle
