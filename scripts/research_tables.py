@@ -182,6 +182,8 @@ def cells(w: Path) -> None:
               f"{s['better']} / {s['worse']} | {f(s.get('centered_cosine'), '{:.2f}')} vs "
               f"{f(s.get('base_centered_cosine'), '{:.2f}')} ({s.get('centered_above')} of {s.get('centered_folds')}; "
               f"{f(s.get('centered_sign_p'), '{:.4f}')}, {f(s.get('centered_sign_p_holm'), '{:.4f}')}) |")
+    for s in d["summary"]:  # each cell fold by fold beside the main run's same method
+        per_fold(runs[s["cell"]], runs["base"], s["cell"], s["method"])
     folder = {c["cell"]: Path(c["folder"]) for c in d["cells"]}
     for c, r in runs.items():  # every cell's methods against base in its own run, and the gap they close
         for s in (x for x in r["summary"] if c != "base" and x["method"] in (*GEN, "b2", "compose")):
@@ -235,6 +237,20 @@ def picks(w: Path) -> None:
         family = sum(fam[v[k]] == fam[best[k]] for k in v)
         print(f"\nB2 ({n}): the oracle-best's task on {same} of {len(v)} folds, its family on {family} of {len(v)}")
     print()
+
+
+def per_fold(cell: dict, main: dict, name: str, method: str) -> None:
+    """One cell's method per fold beside the main run's: accuracy, base, and the centered cosine to the held-out
+    teacher (on the generic probes; on the held-out task's own prompts where the cell measured it)."""
+    a, b = ({(r["fold"], r["method"]): r for r in x["rows"]} for x in (cell, main))
+    print(f"\n{name} per fold ({method}; centered cosine to the held-out teacher, cell / main run; on the held-out "
+          f"task's own prompts, cell):\n\n| fold | {name} | main {method} | base | centered cosine | on the task's "
+          "prompts |\n|---|---|---|---|---|---|")
+    for k in (k for k in main["folds"] if (k, method) in a):
+        x, y = a[k, method], b.get((k, method)) or {}
+        print(f"| {k} | {x['accuracy']:.2f} | {f(y.get('accuracy'), '{:.2f}')} | {a[k, 'base']['accuracy']:.2f} | "
+              f"{f(x.get('centered_cosine'), '{:.2f}')} / {f(y.get('centered_cosine'), '{:.2f}')} | "
+              f"{f(x.get('task_probe_centered_cosine'), '{:.2f}')} |")
 
 
 def timings(w: Path) -> None:

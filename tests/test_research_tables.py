@@ -95,3 +95,15 @@ def test_picks_compares_b2s_top_hit_with_the_oracle_best_task(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| mawps | piqa | singleeq |" in out
     assert "B2 (main): the oracle-best's task on 1 of 3 folds, its family on 2 of 3" in out  # mawps: MC oracle
+
+
+def test_per_fold_puts_a_cell_beside_the_main_run(capsys):
+    t = _tables()
+    row = lambda k, m, a, c=None, tp=None: {"fold": k, "method": m, "accuracy": a, "centered_cosine": c,
+                                            "task_probe_centered_cosine": tp}
+    main = {"folds": ["a", "b"], "rows": [row("a", "base", 0.5), row("a", "multitask", 0.6, 0.7),
+                                          row("b", "base", 0.2), row("b", "multitask", 0.1, 0.4)]}
+    cell = {"rows": [row("a", "base", 0.5), row("a", "multitask", 0.55, 0.65, 0.3)]}  # fold b not run yet
+    t.per_fold(cell, main, "kl", "multitask")
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| a") or x.startswith("| b")]
+    assert lines == ["| a | 0.55 | 0.60 | 0.50 | 0.65 / 0.70 | 0.30 |"]
