@@ -128,22 +128,33 @@ def oracle(w: Path) -> None:
     print("Gap closed: " + "; ".join(f"{m} {closed(w, w / 'cv', m)}" for m in ms if m != "base") + "\n")
 
 
+def oracle_folds(w: Path, run: Path) -> dict[str, tuple[float, dict]]:
+    """Per fold where cv-oracle scored the same questions as ``run``: the oracle-best accuracy and ``run``'s
+    accuracy per method there; empty without both runs."""
+    o = w / "cv-oracle" / "results.json"
+    if not o.exists() or not (run / "results.json").exists():
+        return {}
+    acc: dict[str, dict] = {}
+    for r in json.loads((run / "results.json").read_text())["rows"]:
+        acc.setdefault(r["fold"], {})[r["method"]] = r["accuracy"]
+    return {x["fold"]: (x["accuracy"], acc[x["fold"]]) for x in json.loads(o.read_text())["oracle"]
+            if x.get("accuracy") is not None and "base" in acc.get(x["fold"], {})
+            and same_ids(run, w / "cv-oracle", x["fold"])}
+
+
 def gap_closed(w: Path, run: Path, method: str):
     """The share of the base → oracle-best gap a method closes: Σ (method − base) / Σ (oracle − base) over
     the folds where cv-oracle scored the same questions, with the folds counted; None without them."""
-    o = w / "cv-oracle" / "results.json"
-    if not o.exists() or not (run / "results.json").exists():
-        return None
-    oracle = {x["fold"]: x["accuracy"] for x in json.loads(o.read_text())["oracle"] if x.get("accuracy") is not None}
-    rows = {(r["fold"], r["method"]): r["accuracy"] for r in json.loads((run / "results.json").read_text())["rows"]}
-    folds = [k for k in oracle if (k, method) in rows and (k, "base") in rows and same_ids(run, w / "cv-oracle", k)]
-    gap = sum(oracle[k] - rows[k, "base"] for k in folds)
-    return None if not folds or gap <= 0 else (sum(rows[k, method] - rows[k, "base"] for k in folds) / gap, len(folds))
+    folds = {k: v for k, v in oracle_folds(w, run).items() if method in v[1]}
+    gap = sum(o - acc["base"] for o, acc in folds.values())
+    return None if not folds or gap <= 0 else (sum(acc[method] - acc["base"] for _, acc in folds.values()) / gap,
+                                               len(folds))
 
 
 def detectable(run: dict, method: str) -> str:
     """The smallest mean difference to base the across-fold test detects with 80% power at the spread of the
-    method's per-fold differences in ``run`` (a results.json), as a signed figure (``stats.t_mde``)."""
+    method's per-fold differences in ``run`` (a results.json; computed here as ``cv_stats.summarize`` does, since
+    runs written before that field existed lack it), as a signed figure (``stats.t_mde``)."""
     from llgbm_cli.evaluation.stats import t_interval, t_mde
 
     spread = t_interval([r["accuracy_vs_base"] for r in run["rows"] if r["method"] == method])
@@ -152,13 +163,7 @@ def detectable(run: dict, method: str) -> str:
 
 def half_gap(w: Path) -> str:
     """Half the mean base → oracle-best gap over the folds scored on the main run's questions."""
-    o, run = w / "cv-oracle" / "results.json", w / "cv"
-    if not o.exists() or not (run / "results.json").exists():
-        return "—"
-    base = {r["fold"]: r["accuracy"] for r in json.loads((run / "results.json").read_text())["rows"]
-            if r["method"] == "base"}
-    gaps = [x["accuracy"] - base[x["fold"]] for x in json.loads(o.read_text())["oracle"]
-            if x.get("accuracy") is not None and x["fold"] in base and same_ids(run, w / "cv-oracle", x["fold"])]
+    gaps = [o - acc["base"] for o, acc in oracle_folds(w, w / "cv").values()]
     return f(sum(gaps) / len(gaps) / 2, "{:+.3f}") if gaps else "—"
 
 
@@ -205,6 +210,7 @@ def picks(w: Path) -> None:
     """Retrieval against the oracle-best: per fold the task of B2's top hit (the main run's and each cell's that
     retrieves) beside the oracle-best adapter's task, and how often they agree on the task and on its family
     (the registry's kind: multiple-choice or generative)."""
+    from llgbm_cli.services.cv import oracle_picks
     from llgbm_cli.tasks.registry import registry_for
 
     o = w / "cv-oracle" / "results.json"
@@ -225,16 +231,16 @@ def picks(w: Path) -> None:
                 tops.setdefault(name, {})[k] = hits[0]["task"]
     if not tops:
         return
-    kind = registry_for(None)
-    fam = {t: kind.get(t).kind for t in {*best.values(), *(t for v in tops.values() for t in v.values())}}
+    reg = registry_for(None)
+    kind = {t: reg.get(t).kind for t in {*best.values(), *(t for v in tops.values() for t in v.values())}}
     print("B2's top hit against the oracle-best adapter's task (chosen with test labels; family: the task's kind):\n\n"
           "| fold | oracle-best's task | " + " | ".join(f"B2 top hit ({n})" for n in tops) + " |\n|---|---|"
           + "---|" * len(tops))
     for k in best:
         print(f"| {k} | {best[k]} | " + " | ".join(v.get(k, "—") for v in tops.values()) + " |")
     for n, v in tops.items():
-        same = sum(v[k] == best[k] for k in v)
-        family = sum(fam[v[k]] == fam[best[k]] for k in v)
+        got = [oracle_picks(v[k], best[k], kind) for k in v]
+        same, family = (sum(g[key] for g in got) for key in ("picks_oracle_task", "picks_oracle_family"))
         print(f"\nB2 ({n}): the oracle-best's task on {same} of {len(v)} folds, its family on {family} of {len(v)}")
     print()
 

@@ -447,6 +447,13 @@ def train_method(cres, method: str, run_dir: Path, progress=NULL_PROGRESS, zoo=N
     return True
 
 
+def oracle_picks(top: Optional[str], oracle_task: str, kind: dict[str, str]) -> dict[str, bool]:
+    """Whether a retrieval's top hit ``top`` is the oracle-best adapter's task, and of its family (the
+    registry's ``kind`` of each task: multiple-choice or generative)."""
+    return {"picks_oracle_task": top == oracle_task,
+            "picks_oracle_family": top in kind and kind.get(top) == kind.get(oracle_task)}
+
+
 def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], zoo, scores: ScoreCache,
               trained: list[str], progress, donors: Sequence[Path] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train, evaluate, score per question and compare, for the fold that holds out ``k``."""
@@ -510,10 +517,8 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
         hits = (((ev.runs or {}).get(m) or {}).get("hits") or {}).get(k) or []
         picked = {}
         if hits and oracle.get("adapter_task"):  # a retrieval method: does its top hit find the oracle's task?
-            top = hits[0].get("task")
             picked = {"retrieved": [h.get("task") for h in hits], "oracle_task": oracle["adapter_task"],
-                      "picks_oracle_task": top == oracle["adapter_task"],
-                      "picks_oracle_family": top in kind and kind.get(top) == kind.get(oracle["adapter_task"])}
+                      **oracle_picks(hits[0].get("task"), oracle["adapter_task"], kind)}
         rows.append({**picked,
             "fold": k, "method": m, "eval_accuracy": r["accuracy"],
             "delta_mse": r["delta_mse"], "delta_cosine": r["delta_cosine"], "centered_cosine": r["centered_cosine"],
