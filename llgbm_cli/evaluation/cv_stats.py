@@ -99,13 +99,14 @@ def summarize(rows: list[dict[str, Any]], oracle: list[dict[str, Any]], methods:
         rs = [r for r in rows if r["method"] == m]
         s: dict[str, Any] = {"method": m, "folds": len(rs), "reference": False,
                              "regime": regime(rs[0]) if rs else "zero-shot"}
+        spread = {}
         for key in SUMMARY_KEYS:
-            ti = t_interval([r.get(key) for r in rs], LEVEL)
+            spread[key] = ti = t_interval([r.get(key) for r in rs], LEVEL)
             s[key], s[f"{key}_low"], s[f"{key}_high"] = ti["mean"], ti["low"], ti["high"]
         for key in ("accuracy_vs_base", "vs_mean_delta"):
             s[f"{key}_wilcoxon_p"] = wilcoxon_across([r.get(key) for r in rs])
-        spread = t_interval([r.get("accuracy_vs_base") for r in rs], LEVEL)  # the folds' spread around base
-        s["accuracy_vs_base_mde"] = None if m == "base" else t_mde(spread["sd"], spread["n"])
+        vs_base = spread["accuracy_vs_base"]  # the folds' spread around base
+        s["accuracy_vs_base_mde"] = None if m == "base" else t_mde(vs_base["sd"], vs_base["n"])
         s["task_identification"] = (sum(bool(r.get("identified")) for r in rs) / len(rs)) if rs else None
         picks = [r for r in rs if r.get("picks_oracle_task") is not None]
         if picks:  # a retrieval method: how often its top hit is the oracle-best's task, and its family
