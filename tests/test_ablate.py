@@ -415,11 +415,9 @@ def test_ablate_folds_cell_that_measures_deltas_otherwise_gets_its_own_cache(cli
     assert "deltas-probes2" in ev["command"]
 
 
-def test_ablate_folds_keeps_finished_cells_and_copies_the_runs_a_cell_shares(cli, tmp_path, tiny):
-    """A cell that changes only what evaluation reads copies the base cell's finished training run
-    instead of training again (its marker names the source); a call naming one cell keeps every cell
-    already finished in the folder in the comparison and its Holm family, and leaves out, with a note,
-    one whose folds ran under another config."""
+def two_cell_project(tmp_path, tiny):
+    """A three-task world with the multitask generator and two cells: lam0 (trains its own generator) and
+    probes-eval (changes only what evaluation reads)."""
     from test_cv import CV_TOML
     from test_eval import make_world
 
@@ -434,9 +432,28 @@ set = { "train.multitask.lambda_delta" = 0.0 }
 [ablation.cells.probes-eval]
 set = { "eval.task_probes" = 2 }
 """)
+    return project
+
+
+def test_ablate_folds_keeps_finished_cells_and_copies_the_runs_a_cell_shares(cli, tmp_path, tiny, monkeypatch):
+    """A cell that changes only what evaluation reads copies the base cell's finished training run
+    instead of training again (its marker names the source); a call naming one cell keeps every cell
+    already finished in the folder in the comparison and its Holm family, and leaves out, with a note,
+    one whose folds ran under another config. A cell scores only the adapters it changes: the base model
+    and `mean-delta` (the same files, form, model and questions) are read back from the base cell's score
+    cache with the very same per-question values, and the copied generator's adapter is not scored again."""
+    import llgbm_cli.tasks.evaluate as E
+
+    project = two_cell_project(tmp_path, tiny)
     out = tmp_path / "abl"
+    scored: list = []  # (task, adapters) of every scoring call
+    one, many = E.score_records, E.score_records_many
+    monkeypatch.setattr(E, "score_records", lambda m, t, form, *a, **k: scored.append((form.task, 0)) or one(m, t, form, *a, **k))
+    monkeypatch.setattr(E, "score_records_many", lambda m, t, ads, form, *a, **k:
+                        scored.append((form.task, len(ads))) or many(m, t, ads, form, *a, **k))
 
     def run(*cells):
+        scored.clear()
         r = cli("--project", project, "--quiet", "--json", "ablate", "--folds", "boolq", "--set", "eval.test_sample=4",
                 "--out", out, *[a for c in cells for a in ("--cell", c)])
         assert r.exit_code == 0, r.stderr
@@ -444,10 +461,17 @@ set = { "eval.task_probes" = 2 }
 
     res = run("lam0")
     assert [c["cell"] for c in res["cells"]] == ["base", "lam0"]
+    # the base cell: the base model, then mean-delta and multitask together, then the oracle's 4 candidates;
+    # the cell: its own multitask alone (and the oracle's candidates, scored in its own cache)
+    assert scored == [("boolq", 0), ("boolq", 2), ("boolq", 4), ("boolq", 1), ("boolq", 4)]
+    q = {c: json.loads((out / c / "folds" / "boolq" / "questions.json").read_text()) for c in ("base", "lam0")}
+    assert q["lam0"]["question_ids"] == q["base"]["question_ids"]
+    assert all(q["lam0"]["methods"][m] == q["base"]["methods"][m] for m in ("base", "mean-delta"))
     runs = out / "base" / "folds" / "boolq" / "runs"
     mine = out / "probes-eval" / "folds" / "boolq" / "runs"
     res = run("probes-eval")
     assert res["ran"] == ["probes-eval/boolq"]
+    assert scored == [("boolq", 4)]  # the oracle's candidates only: its adapters' files are the base cell's
     assert [c["cell"] for c in res["cells"]] == ["base", "lam0", "probes-eval"]  # lam0 kept, in the profile's order
     assert {(x["cell"], x["fold"]) for x in res["rows"]} == {("lam0", "boolq"), ("probes-eval", "boolq")}
     assert all(x["p"] <= x["p_holm"] <= min(1.0, 2 * x["p"]) for x in res["rows"])  # Holm over both cells' rows
@@ -466,3 +490,4 @@ set = { "eval.task_probes" = 2 }
     res = run("probes-eval")
     assert res["ran"] == [] and [c["cell"] for c in res["cells"]] == ["base", "probes-eval"]
     assert any(n.startswith("lam0: not compared") and "--cell lam0" in n for n in res["notes"])
+

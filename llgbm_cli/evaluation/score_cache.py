@@ -66,12 +66,32 @@ class ScoreCache:
             self._tasks[name] = (form_for(self.resolved, t), recs)
         return self._tasks[name]
 
-    def key(self, adapter_sha: Optional[str], task: str) -> dict[str, Any]:
+    def key(self, adapter_sha: Optional[str], task: str, form=None, recs: Optional[Sequence] = None) -> dict[str, Any]:
+        """What a score depends on: the adapter, the task's prompt form, the base model and the question
+        ids (``form``/``recs``: given by a caller that holds them, else this cache's sample of ``task``)."""
         cfg = self.resolved.config
-        form, recs = self.task(task)
+        if form is None or recs is None:
+            form, recs = self.task(task)
         return {"adapter": adapter_sha or "base", "task": task, "form": repr(form),
                 "base_model": cfg.model.base, "dtype": cfg.model.dtype, "max_length": cfg.data.max_length,
                 "questions": [r.id for r in recs]}
+
+    def lookup(self, adapter_folder: Optional[Path], task: str, form, recs: Sequence):
+        """The cached score of an adapter folder (None: the base model) on exactly ``recs`` in ``form``, as
+        a :class:`~llgbm_cli.tasks.evaluate.StoredScore`; None when this cache has not scored it."""
+        from ..tasks.evaluate import StoredScore
+
+        sha = None if adapter_folder is None else adapter_sha256(Path(adapter_folder))
+        got = self._cached(self.key(sha, task, form, recs))
+        if got is None or got.get("metric") != form.metric or len(got.get("values") or []) != len(recs):
+            return None
+        return StoredScore(form, got["values"])
+
+    def put(self, adapter_folder: Optional[Path], task: str, score, recs: Sequence) -> None:
+        """Cache ``score`` (a TaskScore of ``recs``) of an adapter folder (None: the base model), keyed by
+        the sha256 of its files, so that a later run that builds the same adapter reads it back."""
+        sha = None if adapter_folder is None else adapter_sha256(Path(adapter_folder))
+        self._write(self.key(sha, task, score.form, recs), adapter_folder, score, recs)
 
     def _cached(self, key: dict[str, Any]) -> Optional[dict[str, Any]]:
         """The cached score of ``key``; None when missing or unreadable (it is scored again and rewritten)."""
@@ -104,7 +124,11 @@ class ScoreCache:
         return self._store(key, adapter_folder, s, recs)
 
     def _store(self, key: dict[str, Any], adapter_folder: Optional[Path], s, recs) -> dict[str, Any]:
-        """Cache the TaskScore ``s`` of ``recs`` under ``key``; return the cached form."""
+        """Cache the TaskScore ``s`` of ``recs`` under ``key``, scored here; return the cached form."""
+        self.misses += 1
+        return self._write(key, adapter_folder, s, recs)
+
+    def _write(self, key: dict[str, Any], adapter_folder: Optional[Path], s, recs) -> dict[str, Any]:
         from ..io import atomic_write_json
 
         out = {"accuracy": s.accuracy, "values": [float(v) for v in s.values()], "question_ids": [r.id for r in recs],
@@ -112,7 +136,6 @@ class ScoreCache:
         atomic_write_json(self.folder / f"{fingerprint(key)}.json",
                           {"key": key, "adapter_folder": None if adapter_folder is None else str(adapter_folder),
                            "score": out})
-        self.misses += 1
         return out
 
     def score_many(self, items: Sequence[tuple[Path, Optional[str]]], task: str, group: int = 8) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ Cells accumulate in one folder: a call naming some cells compares them with ever
 profile already finished there under the current config (:func:`llgbm_cli.services.cv.finished_cv`),
 in one Holm family; a stale one is left out with a note. A cell's fold copies a finished training
 run of the base cell or another cell when its run fingerprint is the same (a cell that changes only
-what evaluation reads trains nothing).
+what evaluation reads trains nothing), and reads back the scores of every adapter it shares with the base
+cell or another cell (the base model, ``mean-delta``: the same files, prompt form, base model and questions) from
+their score caches instead of scoring it again, so a cell scores only what it changes.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ adapter (zoo adapters of the other tasks; by default each trajectory's last chec
 Adapter x task scores are cached under ``<out>/scores`` (:mod:`llgbm_cli.evaluation.score_cache`:
 keyed by the adapter's sha256, the task, its prompt form, the base model and the question ids), so
 base and zoo adapters are scored once across folds and reruns; the oracle's candidates are scored
-together. The statistics and tables are :mod:`llgbm_cli.evaluation.cv_stats`. A finished fold leaves
+together. Every score a fold's evaluation makes (the base model and each method's adapter) goes into
+that cache, and the evaluation reads back what it or a donor's cache (``donors``: an ablation's base
+cell and other cells) already holds, so a fold that rebuilds an unchanged adapter does not score it again. The statistics and tables are :mod:`llgbm_cli.evaluation.cv_stats`. A finished fold leaves
 ``done.json`` and is skipped on the next run (its rows' statistics recomputed from its
 ``questions.json``; without that file it runs again); a finished training run (its ``final`` checkpoint and
 marker) of the same config and zoo (every adapter's id and weights hash) is reused; an interrupted
@@ -471,9 +473,21 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
             checkpoints[m] = TRAINED[m].checkpoint(run_dir)
     model, tok = scores.base_model()
     world = load_world(cres, [k], [k], model=model, tok=tok)
+    # what this run or a donor (the base cell of an ablation) scored already, keyed by the adapter's files, the
+    # prompt form, the base model and the questions, is read back: a cell scores only the adapters it changes
+    caches = [scores] + [ScoreCache(cres, Path(d) / "scores") for d in donors if (Path(d) / "scores").is_dir()]
+
+    def cached(folder, task, form, recs):
+        return next((got for c in caches if (got := c.lookup(folder, task, form, recs)) is not None), None)
+
     ev = run_eval(cres, methods=methods, tasks=[k], holdout=[k], out=fdir / "eval", force=True,
-                  checkpoints=checkpoints, overrides=ov, world=world, progress=progress)
+                  checkpoints=checkpoints, overrides=ov, world=world, progress=progress, cached=cached)
     by_method = {r["method"]: r for r in ev.rows if r["task"] == k}
+    recs = scores.task(k)[1]
+    for (m, t), sc in ev.scores.items():  # kept for later runs: the base model's and each adapter's scores
+        folder = by_method[m].get("adapter") if m is not None and m in by_method else None
+        if t == k and (m is None or folder) and len(sc.values()) == len(recs):
+            scores.put(Path(folder) if folder else None, k, sc, recs)
 
     values: dict[str, list[float]] = {}
     qids: list[str] = []

@@ -209,6 +209,7 @@ def run_eval(
     progress=NULL_PROGRESS,
     world: Optional[World] = None,
     group=None,
+    cached=None,
 ) -> EvalResult:
     """Evaluate ``methods`` on ``tasks`` (defaults from ``[eval]``); see the module doc.
 
@@ -221,6 +222,12 @@ def run_eval(
     ``group`` (a :class:`llgbm_cli.distributed.ProcessGroup`, default: the processes of this
     launch) shares the work as the module doc says; every process of it calls this, and only the
     main process's result (``is_main``) is complete and written.
+
+    ``cached`` (a single process only): a function ``(adapter folder or None, task, form, records) ->``
+    score or None, e.g. score caches' :meth:`~llgbm_cli.evaluation.score_cache.ScoreCache.lookup`; a
+    method x task cell it returns a score for (the same adapter files, prompt form, base model and
+    questions) is read back instead of scored again (a cross-validation's cells reuse the base cell's
+    references this way).
     """
     import time
 
@@ -269,7 +276,7 @@ def run_eval(
                                        progress)
         method_delta = _deltas_phase(world, built, progress, dist)
         acc, base_acc, nq, chance = _scoring_phase(world, built, methods, tasks, samples, progress, dist,
-                                                   result.scores)
+                                                   result.scores, cached=cached if dist.world == 1 else None)
         _rows_phase(world, built, method_delta, acc, base_acc, nq, chance, methods, tasks, result)
         if cfg.eval.task_probes:
             _task_probe_phase(world, built, methods, tasks, result, progress)
@@ -291,6 +298,7 @@ class _Built:
     heldout: dict[tuple[str, str], Optional[bool]] = field(default_factory=dict)
     metric: dict[str, str] = field(default_factory=dict)  # the task's headline metric (acc, number, ...)
     absent: set = field(default_factory=set)  # (method, task) the method has nothing for: no row, not scored
+    files: dict[tuple[str, str], str] = field(default_factory=dict)  # where its files are now (before the rename)
 
 
 def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], result: EvalResult, progress) -> _Built:
@@ -311,13 +319,15 @@ def _adapters_phase(ctx: _BuildContext, methods: list[str], tasks: list[str], re
             b.heldout[m, t] = made.heldout[t]
             if t in made.where:
                 b.where[m, t] = made.where[t]
+                inside = Path(made.where[t]).is_relative_to(ctx.out)  # written into this evaluation: still in tmp
+                b.files[m, t] = str(ctx.tmp / Path(made.where[t]).relative_to(ctx.out)) if inside else made.where[t]
             if ad is not None:
                 _check_fits(ctx.world, ad, m)
                 if (m, t) not in b.where:
                     rel = child(Path("adapters"), M_.method_slug(m), t, what="method and task")
                     save_adapter(ctx.tmp / rel, ad, base_model=resolved.config.model.base,
                                  provenance=provenance("eval", resolved.to_dict(), method=m, task=t))
-                    b.where[m, t] = str(ctx.out / rel)
+                    b.where[m, t], b.files[m, t] = str(ctx.out / rel), str(ctx.tmp / rel)
             progress.advance(gen_task)
     return b
 
@@ -374,11 +384,12 @@ def scored_samples(resolved, tasks: Sequence[str]) -> dict[str, tuple[list, dict
 
 
 def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str], samples: dict[str, list],
-                   progress, dist=None, scores: Optional[dict] = None):
+                   progress, dist=None, scores: Optional[dict] = None, cached=None):
     """3. each task's metric (its registry definition: acc, acc_norm, exact_match or number) for every
     method x task on the same test questions (``samples``: the checked sample of each task). The
     cells (each task's base model, then every method with an adapter) are dealt to the processes;
-    their scores are gathered into ``scores`` (``(None, task)``: the base model)."""
+    their scores are gathered into ``scores`` (``(None, task)``: the base model). A cell ``cached``
+    returns a score for (one process only) is not scored again."""
     from ..tasks.evaluate import form_for, score_records, score_records_many
     from ..tasks.registry import registry_for
 
@@ -398,6 +409,17 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
         opts = [len(r.options) for r in recs[t]]
         chance[t] = sum(1 / k for k in opts) / len(opts) if opts and all(opts) else None
     cells = [c for t in tasks for c in [(None, t)] + [(m, t) for m in methods if b.adapters[m, t] is not None]]
+    reused = {}
+    if cached is not None:
+        for m, t in cells:
+            folder = None if m is None else b.files.get((m, t))
+            if m is not None and (not folder or not Path(folder).is_dir()):
+                continue
+            sc = cached(folder, t, forms[t], recs[t])
+            if sc is not None:
+                reused[m, t] = sc
+                progress.advance(s_task, 1 + (sum(b.adapters[k, t] is None for k in methods) if m is None else 0))
+        cells = [c for c in cells if c not in reused]
     mine = []
     dealt = dist.shard(cells) if dist is not None else cells
     for t in dict.fromkeys(t for _, t in dealt):
@@ -413,6 +435,8 @@ def _scoring_phase(world: World, b: _Built, methods: list[str], tasks: list[str]
     got = dict(dist.gather(mine) if dist is not None else mine)
     if dist is not None and not dist.is_main:
         return None
+    got.update(reused)
+    cells += list(reused)
     if scores is not None:
         scores.update((c, got[c]) for c in cells)
     for t in tasks:

@@ -32,6 +32,26 @@ class TaskScore:
         return [int(q.correct) for q in res.per_question]
 
 
+class StoredScore:
+    """A :class:`TaskScore` read back from a score cache (:mod:`llgbm_cli.evaluation.score_cache`): the
+    headline metric and each question's value, in record order; the other metrics and the per-question
+    outputs are not kept there."""
+
+    def __init__(self, form: PromptForm, values: Sequence[float]):
+        self.form = form
+        self.result = None
+        self._values = [int(v) for v in values]
+        self.n = len(self._values)
+        self.accuracy = sum(self._values) / self.n if self.n else 0.0
+        self.metrics = {form.metric: self.accuracy}
+
+    def to_dict(self) -> dict:
+        return {"metric": self.form.metric, "accuracy": self.accuracy, "n": self.n, "cached": True}
+
+    def values(self) -> list[int]:
+        return list(self._values)
+
+
 def score_records(model, tokenizer, form: PromptForm, records: Sequence, *, batch_size: int = 16,
                   generate_batch_size: int = 16, max_length: Optional[int] = None, progress=None,
                   progress_task=None) -> TaskScore:
