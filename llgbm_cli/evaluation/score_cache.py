@@ -76,13 +76,13 @@ class ScoreCache:
                 "base_model": cfg.model.base, "dtype": cfg.model.dtype, "max_length": cfg.data.max_length,
                 "questions": [r.id for r in recs]}
 
-    def lookup(self, adapter_folder: Optional[Path], task: str, form, recs: Sequence):
-        """The cached score of an adapter folder (None: the base model) on exactly ``recs`` in ``form``, as
-        a :class:`~llgbm_cli.tasks.evaluate.StoredScore`; None when this cache has not scored it."""
+    def lookup(self, adapter_sha: Optional[str], task: str, form, recs: Sequence):
+        """The cached score of the adapter whose files hash to ``adapter_sha`` (:func:`adapter_sha256`; None:
+        the base model) on exactly ``recs`` in ``form``, as a :class:`~llgbm_cli.tasks.evaluate.StoredScore`;
+        None when this cache has not scored it."""
         from ..tasks.evaluate import StoredScore
 
-        sha = None if adapter_folder is None else adapter_sha256(Path(adapter_folder))
-        got = self._cached(self.key(sha, task, form, recs))
+        got = self._cached(self.key(adapter_sha, task, form, recs))
         if got is None or got.get("metric") != form.metric or len(got.get("values") or []) != len(recs):
             return None
         return StoredScore(form, got["values"])

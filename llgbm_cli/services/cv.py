@@ -24,7 +24,8 @@ keyed by the adapter's sha256, the task, its prompt form, the base model and the
 base and zoo adapters are scored once across folds and reruns; the oracle's candidates are scored
 together. Every score a fold's evaluation makes (the base model and each method's adapter) goes into
 that cache, and the evaluation reads back what it or a donor's cache (``donors``: an ablation's base
-cell and other cells) already holds, so a fold that rebuilds an unchanged adapter does not score it again. The statistics and tables are :mod:`llgbm_cli.evaluation.cv_stats`. A finished fold leaves
+cell and other cells) already holds, so a fold that rebuilds an unchanged adapter does not score it
+again. The statistics and tables are :mod:`llgbm_cli.evaluation.cv_stats`. A finished fold leaves
 ``done.json`` and is skipped on the next run (its rows' statistics recomputed from its
 ``questions.json``; without that file it runs again); a finished training run (its ``final`` checkpoint and
 marker) of the same config and zoo (every adapter's id and weights hash) is reused; an interrupted
@@ -46,7 +47,7 @@ from .. import workdir
 from ..errors import InputError
 from ..progress import NULL_PROGRESS
 from ..evaluation.cv_stats import LEVEL, ORACLE, RESAMPLES, contamination_summary, cv_results_md, fold_rows, summarize
-from ..evaluation.score_cache import ScoreCache
+from ..evaluation.score_cache import ScoreCache, adapter_sha256
 from ..io import fingerprint
 from ..training.methods import FINAL, TRAINED, resolve, sections
 
@@ -478,7 +479,8 @@ def _run_fold(cres, k: str, fdir: Path, methods: list[str], ov: dict[str, Any], 
     caches = [scores] + [ScoreCache(cres, Path(d) / "scores") for d in donors if (Path(d) / "scores").is_dir()]
 
     def cached(folder, task, form, recs):
-        return next((got for c in caches if (got := c.lookup(folder, task, form, recs)) is not None), None)
+        sha = None if folder is None else adapter_sha256(Path(folder))  # hashed once for every cache
+        return next((got for c in caches if (got := c.lookup(sha, task, form, recs)) is not None), None)
 
     ev = run_eval(cres, methods=methods, tasks=[k], holdout=[k], out=fdir / "eval", force=True,
                   checkpoints=checkpoints, overrides=ov, world=world, progress=progress, cached=cached)
